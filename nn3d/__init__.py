@@ -1,0 +1,8 @@
+"""nn3d: 3-D deep learning from scratch on the CPU, NumPy + Numba, no autograd.
+
+Every layer writes its forward and its backward pass by hand, with the derivation beside the code.
+Shapes, parameter names and state_dict keys follow PyTorch, so weights move between the two.
+"""
+from .init import manual_seed
+from .module import Module, Parameter, Sequential
+from .threads import get_num_threads, set_num_threads

@@ -1,0 +1,62 @@
+"""Numba compilation settings, in one place.
+
+Every kernel in nn3d is compiled through one of the decorators below, so that
+`NUMBA_DISABLE_JIT=1 python ...` turns all of them into plain Python you can step through in a
+debugger, and `NUMBA_BOUNDSCHECK=1` checks every index.
+
+- `kernel`:           serial, for small loops that are not worth threads.
+- `parallel_kernel`:  `prange` loops split across Numba's threads; each iteration owns its slice
+                      of the output (no two iterations write the same element).
+- `blocked_kernel`:   a `parallel_kernel` compiled with LLVM's loop vectoriser off and its SLP
+                      (straight-line) vectoriser on. Register-blocked convolution kernels keep a
+                      few output voxels x many output channels in local variables; the loop
+                      vectoriser mangles that pattern, the SLP vectoriser turns it into AVX2 FMAs
+                      (about 3x faster, see ../shared/PERF_NOTES.md). SLP is off by default in
+                      Numba because of a past miscompilation, so every such kernel is tested
+                      against a plain reference.
+
+`cache=True` stores compiled machine code in `__pycache__`, so only the first run pays for
+compilation. (The cache does not notice edits in helper functions imported from other files:
+delete `__pycache__` if a kernel looks stale.) fastmath stays off: it would reorder sums and hide NaNs.
+"""
+import contextlib
+import functools
+
+import numba
+from numba.core import config
+
+JIT_OPTIONS = dict(nopython=True, cache=True, fastmath=False)
+
+
+def kernel(function):
+    return numba.njit(**JIT_OPTIONS)(function)
+
+
+def parallel_kernel(function):
+    return numba.njit(parallel=True, **JIT_OPTIONS)(function)
+
+
+@contextlib.contextmanager
+def slp_vectoriser():
+    """Compile inside this block with the loop vectoriser off and the SLP vectoriser on."""
+    saved = config.LOOP_VECTORIZE, config.SLP_VECTORIZE
+    config.LOOP_VECTORIZE, config.SLP_VECTORIZE = 0, 1
+    try:
+        yield
+    finally:
+        config.LOOP_VECTORIZE, config.SLP_VECTORIZE = saved
+
+
+def blocked_kernel(function):
+    """A parallel kernel whose compilation (at its first call per signature) uses `slp_vectoriser`."""
+    dispatcher = parallel_kernel(function)
+
+    @functools.wraps(function)
+    def call(*args):
+        if len(dispatcher.signatures) == 0 or config.DISABLE_JIT:
+            with slp_vectoriser():
+                return dispatcher(*args)
+        return dispatcher(*args)
+
+    call.dispatcher = dispatcher
+    return call

@@ -1,0 +1,14 @@
+"""Shared test setup. PyTorch is required: the comparisons with it are the point of this suite, so a
+missing torch must fail the run, never skip it."""
+import os
+
+try:
+    import torch
+except ImportError as error:  # pragma: no cover - exercised only on a broken install
+    raise ImportError("the test suite needs PyTorch: install it with pip install -e '.[test]' "
+                      "(the extra pins torch==2.13.0, the CPU build)") from error
+
+import numba
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
