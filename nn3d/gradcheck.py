@@ -49,3 +49,197 @@ def max_absolute_error(ours, reference):
     ours = np.asarray(ours, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     return float(np.max(np.abs(ours - reference))) if ours.size else 0.0
+
+
+# ---- checking one layer ---------------------------------------------------------------------------
+
+def check_layer(layer, inputs, eps=1e-6, seed=0):
+    """Compare `layer.backward` with central differences for every input and every parameter.
+
+    inputs: list of float64 arrays, passed as `layer.forward(*inputs)`.
+    Returns a list of (tensor name, analytic gradient, numerical gradient).
+    """
+    rng = np.random.default_rng(seed)
+    output = layer.forward(*inputs)
+    grad_output = rng.standard_normal(output.shape)  # random G: see the module docstring
+
+    def loss():
+        return float(np.sum(layer.forward(*inputs) * grad_output))
+
+    layer.zero_grad()
+    layer.forward(*inputs)
+    grad_inputs = layer.backward(grad_output)
+    if not isinstance(grad_inputs, tuple):
+        grad_inputs = (grad_inputs,)
+    results = []
+    for index, (array, analytic) in enumerate(zip(inputs, grad_inputs)):
+        name = "input" if len(inputs) == 1 else f"input[{index}]"
+        results.append((name, analytic, numerical_gradient(loss, array, eps)))
+    for name, param in layer.named_parameters():
+        results.append((name, param.grad.copy(), numerical_gradient(loss, param.data, eps)))
+    return results
+
+
+def check_mse(criterion, pred, target, eps=1e-6):
+    """MSELoss is a scalar already: compare backward() with central differences of forward()."""
+    criterion.forward(pred, target)
+    analytic = criterion.backward()
+    numeric = numerical_gradient(lambda: criterion.forward(pred, target), pred, eps)
+    return [("pred", analytic, numeric)]
+
+
+# ---- the command line: python -m nn3d.gradcheck LAYER ---------------------------------------------
+
+LAYERS = ("conv3d", "conv_transpose3d", "batchnorm3d", "relu", "maxpool3d", "concat", "mse")
+DEFAULT_SHAPES = {  # small: every element costs two forward passes
+    "conv3d": (2, 2, 5, 4, 3), "conv_transpose3d": (2, 3, 3, 2, 3), "batchnorm3d": (2, 3, 4, 3, 5),
+    "relu": (2, 2, 3, 4, 5), "maxpool3d": (2, 2, 4, 6, 5), "concat": (2, 2, 3, 4, 2),
+    "mse": (2, 1, 3, 4, 5),
+}
+
+
+def build_case(name, shape, dtype, rng):
+    """(layer, inputs, torch twin factory) for one layer kind: the nn3d layer in `dtype`, random
+    inputs of `shape`, and a function that builds the equivalent torch module from the layer."""
+    import nn3d
+
+    channels = shape[1]
+
+    def randn(*size):
+        return rng.standard_normal(size).astype(dtype)
+
+    if name == "conv3d":
+        layer = nn3d.Conv3d(channels, 3, kernel_size=3, stride=1, padding=1)
+        twin = lambda torch: torch.nn.Conv3d(channels, 3, kernel_size=3, stride=1, padding=1)
+        inputs = [randn(*shape)]
+    elif name == "conv_transpose3d":
+        layer = nn3d.ConvTranspose3d(channels, 2, kernel_size=2, stride=2)
+        twin = lambda torch: torch.nn.ConvTranspose3d(channels, 2, kernel_size=2, stride=2)
+        inputs = [randn(*shape)]
+    elif name == "batchnorm3d":
+        layer = nn3d.BatchNorm3d(channels)
+        layer.weight.data[...] = rng.uniform(0.5, 1.5, channels)   # away from gamma=1, beta=0
+        layer.bias.data[...] = rng.standard_normal(channels)
+        twin = lambda torch: torch.nn.BatchNorm3d(channels)
+        inputs = [randn(*shape)]
+    elif name == "relu":
+        layer = nn3d.ReLU()
+        twin = lambda torch: torch.nn.ReLU()
+        inputs = [randn(*shape)]
+    elif name == "maxpool3d":
+        layer = nn3d.MaxPool3d(2)
+        twin = lambda torch: torch.nn.MaxPool3d(2)
+        inputs = [randn(*shape)]
+    elif name == "concat":
+        layer = nn3d.Concat()
+        twin = lambda torch: (lambda *tensors: torch.cat(tensors, dim=1))
+        inputs = [randn(*shape), randn(shape[0], channels + 1, *shape[2:])]
+    elif name == "mse":
+        layer = nn3d.MSELoss()
+        twin = lambda torch: torch.nn.MSELoss()
+        inputs = [randn(*shape), randn(*shape)]
+    else:
+        raise ValueError(f"unknown layer '{name}'; choose one of {', '.join(LAYERS)}")
+    if name != "mse":
+        layer.to(dtype)
+    return layer, inputs, twin
+
+
+def torch_comparison(name, layer, inputs, twin, seed=0):
+    """Run the layer and its torch twin on the same inputs and upstream gradient; return
+    (tensor name, ours, torch's) triples for the output and every gradient."""
+    import torch
+
+    torch.set_default_dtype(torch.float64)
+    module = twin(torch)
+    if hasattr(module, "load_state_dict"):
+        module.load_state_dict({key: torch.from_numpy(np.ascontiguousarray(value))
+                                for key, value in layer.state_dict().items()})
+    tensors = [torch.tensor(np.ascontiguousarray(x), dtype=torch.float64, requires_grad=True)
+               for x in inputs]
+    reference = module(*tensors)
+    if name == "mse":
+        ours = layer.forward(*inputs)
+        reference.backward()
+        grads = (layer.backward(),)
+        rows = [("loss", np.array(ours), reference.detach().numpy()),
+                ("grad pred", grads[0], tensors[0].grad.numpy())]
+        return rows
+    output = layer.forward(*inputs)
+    grad_output = np.random.default_rng(seed).standard_normal(output.shape)
+    reference.backward(torch.from_numpy(grad_output))
+    layer.zero_grad()
+    grads = layer.backward(grad_output.astype(output.dtype))
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    rows = [("output", output, reference.detach().numpy())]
+    rows += [(f"grad input[{i}]" if len(grads) > 1 else "grad input", g, t.grad.numpy())
+             for i, (g, t) in enumerate(zip(grads, tensors))]
+    torch_params = dict(module.named_parameters()) if hasattr(module, "named_parameters") else {}
+    rows += [(f"grad {key}", param.grad, torch_params[key].grad.numpy())
+             for key, param in layer.named_parameters()]
+    return rows
+
+
+def print_table(title, rows, tolerance):
+    """Print one row per tensor; return True when every relative error is within `tolerance`."""
+    print(f"\n{title}  (pass: max relative error <= {tolerance:.0e})")
+    print(f"{'tensor':<22}{'shape':<22}{'max abs err':>14}{'max rel err':>14}  result")
+    all_pass = True
+    for tensor, ours, reference in rows:
+        relative = max_relative_error(ours, reference)
+        passed = relative <= tolerance
+        all_pass &= passed
+        print(f"{tensor:<22}{str(np.shape(reference)):<22}{max_absolute_error(ours, reference):>14.3e}"
+              f"{relative:>14.3e}  {'pass' if passed else 'FAIL'}")
+    return all_pass
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m nn3d.gradcheck",
+        description="Check one layer's backward pass against central finite differences "
+                    "(and, with --torch, against PyTorch).")
+    parser.add_argument("layer", choices=LAYERS, help="the layer to check")
+    parser.add_argument("--shape", type=int, nargs=5, metavar=("N", "C", "D", "H", "W"),
+                        help="input shape (default: a small odd shape per layer)")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                        help="precision of the check (float64: errors ~1e-8; float32 is only "
+                             "meaningful against --torch, finite differences need float64)")
+    parser.add_argument("--torch", action="store_true",
+                        help="also compare output and gradients with PyTorch (needs torch)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of inputs and weights")
+    args = parser.parse_args(argv)
+
+    import nn3d
+
+    nn3d.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    dtype = np.dtype(args.dtype)
+    shape = tuple(args.shape) if args.shape else DEFAULT_SHAPES[args.layer]
+    layer, inputs, twin = build_case(args.layer, shape, dtype, rng)
+    # float64 differences are accurate to ~1e-9; float32 ones only to ~1e-2 (eps^2 vs rounding).
+    tolerance = 1e-6 if dtype == np.float64 else 5e-2
+    eps = 1e-6 if dtype == np.float64 else 1e-2
+    if args.layer == "mse":
+        rows = check_mse(layer, inputs[0], inputs[1], eps)
+    else:
+        rows = check_layer(layer, inputs, eps, args.seed)
+    ok = print_table(f"{args.layer} {shape} {dtype}: backward vs central differences", rows, tolerance)
+
+    if args.torch:
+        try:
+            import torch  # noqa: F401  (test-only dependency, imported only on request)
+        except ImportError:
+            print("error: --torch needs PyTorch: pip install -e '.[test]'")
+            return 2
+        torch_rows = torch_comparison(args.layer, layer, inputs, twin, args.seed)
+        ok &= print_table(f"{args.layer}: nn3d vs PyTorch ({dtype})", torch_rows,
+                          1e-10 if dtype == np.float64 else 1e-4)
+    print("\nall gradients pass" if ok else "\nGRADIENT CHECK FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""What every benchmark shares: threads, timing, the machine's own sgemm and copy rates, JSON output.
+
+Timing rules (the machine is noisy): warm up first so compilation and first-touch page faults are
+excluded, then time `repeats` calls and report the median. Ours and PyTorch's are measured in the
+same process, interleaved, so both see the same machine.
+"""
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+
+def set_threads(threads):
+    """Numba and PyTorch on `threads` threads; BLAS single-threaded inside Numba (nn3d's policy)."""
+    import torch
+
+    import nn3d
+
+    nn3d.set_num_threads(threads)
+    torch.set_num_threads(threads)
+
+
+def median_seconds(function, repeats=5, warmup=1):
+    """Median wall time of `function()` over `repeats` calls after `warmup` calls."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved_medians(functions, repeats=5, warmup=1):
+    """Median seconds of each of several functions, timed round-robin so drift hits all alike."""
+    for function in functions:
+        for _ in range(warmup):
+            function()
+    times = [[] for _ in functions]
+    for _ in range(repeats):
+        for index, function in enumerate(functions):
+            start = time.perf_counter()
+            function()
+            times[index].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def sgemm_gflops(threads, size=2048, repeats=5):
+    """NumPy's float32 matrix product rate on `threads` BLAS threads: the machine's practical peak."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        seconds = median_seconds(lambda: np.dot(a, b), repeats=repeats)
+    return 2.0 * size ** 3 / seconds / 1e9
+
+
+def copy_gbps(megabytes=256, repeats=5):
+    """Memory bandwidth of a NumPy copy (bytes read + bytes written per second): the roof for
+    memory-bound layers such as BatchNorm, ReLU and pooling."""
+    source = np.ones(megabytes * 2 ** 20 // 4, dtype=np.float32)
+    target = np.empty_like(source)
+    seconds = median_seconds(lambda: np.copyto(target, source), repeats=repeats)
+    return 2 * source.nbytes / seconds / 1e9
+
+
+def machine_info(threads):
+    import numba
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "threads": threads, "numpy": np.__version__, "numba": numba.__version__,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def write_json(path, payload):
+    """Write JSON atomically (temp file + rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as handle:
+        json.dump(payload, handle, indent=2)
+    os.replace(temporary, path)
