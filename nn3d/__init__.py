@@ -6,3 +6,10 @@ Shapes, parameter names and state_dict keys follow PyTorch, so weights move betw
 from .init import manual_seed
 from .module import Module, Parameter, Sequential
 from .threads import get_num_threads, set_num_threads
+from .batchnorm3d import BatchNorm3d
+from .concat import Concat
+from .loss import MSELoss
+from .maxpool3d import MaxPool3d
+from .optim import AdamW, clip_grad_norm_
+from .relu import ReLU
+from .schedule import CosineAnnealingLR

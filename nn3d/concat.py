@@ -1,0 +1,57 @@
+"""Concat: channel concatenation (torch.cat(inputs, dim=1)), as used by the U-Net's skip connections.
+
+Forward, inputs x^(j) of shape (N, C_j, D, H, W), j = 0..J-1, offsets o_j = C_0 + ... + C_{j-1}:
+    y[n, o_j + c, d, h, w] = x^(j)[n, c, d, h, w]        0 <= c < C_j          (F)  (N, sum C_j, D, H, W)
+Backward: each output element is a copy of exactly one input element, so dy/dx is a selection and
+    dL/dx^(j)[n, c, d, h, w] = dL/dy[n, o_j + c, d, h, w]                               (B)  (N, C_j, D, H, W)
+i.e. the gradient is split back along the channel axis, slice j going to input j.
+
+Memory: the output is channels-last, so each input is written into a stride-C_total band of it. The
+gradient slices are copied into their own contiguous channels-last blocks (a channels-last slice
+of a wider array is not itself contiguous, and the layers upstream want contiguous blocks).
+"""
+import numpy as np
+
+from .checks import check_forward_ran, check_same_shape, check_volume
+from .layout import from_channels_last
+from .module import Module
+
+
+class Concat(Module):
+    """Concat(): forward(*inputs) concatenates (N, C_j, D, H, W) arrays along C;
+    backward(grad_output) returns a tuple of gradient slices, one per input."""
+
+    def __init__(self):
+        super().__init__()
+        self._cache = None
+
+    def forward(self, *inputs):
+        if len(inputs) < 1:
+            raise ValueError("Concat: forward needs at least one input array")
+        for index, x in enumerate(inputs):
+            check_volume(x, "Concat", name=f"input {index}")
+        first = inputs[0]
+        n, _, d, h, w = first.shape
+        for index, x in enumerate(inputs[1:], start=1):
+            if x.dtype != first.dtype:
+                raise TypeError(f"Concat: input {index} is {x.dtype} but input 0 is {first.dtype}")
+            if (x.shape[0],) + x.shape[2:] != (n, d, h, w):
+                raise ValueError(f"Concat: input {index} has shape {x.shape}, which differs from input 0's "
+                                 f"{first.shape} outside the channel axis")
+        channels = [x.shape[1] for x in inputs]
+        offsets = np.concatenate([[0], np.cumsum(channels)])                  # o_j, (J + 1,)
+        y_cl = np.empty((n, d, h, w, int(offsets[-1])), first.dtype)           # (N, D, H, W, sum C_j)
+        for x, start, stop in zip(inputs, offsets[:-1], offsets[1:]):
+            y_cl[..., start:stop] = x.transpose(0, 2, 3, 4, 1)                # (F) (N, D, H, W, C_j)
+        self._cache = (offsets, from_channels_last(y_cl).shape)
+        return from_channels_last(y_cl)                                       # (N, sum C_j, D, H, W) view
+
+    # forward:  y[:, o_j + c] = x^(j)[:, c]
+    # backward: dL/dx^(j)[:, c] = dL/dy[:, o_j + c]     (B): the split
+    def backward(self, grad_output):
+        check_forward_ran(self._cache, "Concat")
+        offsets, shape = self._cache
+        check_same_shape(grad_output, shape, "Concat")
+        grad_cl = grad_output.transpose(0, 2, 3, 4, 1)                        # (N, D, H, W, sum C_j) view
+        return tuple(from_channels_last(np.ascontiguousarray(grad_cl[..., start:stop]))   # (N, C_j, D, H, W)
+                     for start, stop in zip(offsets[:-1], offsets[1:]))

@@ -1,0 +1,60 @@
+"""MSELoss: the mean squared error between a prediction and a target of the same shape.
+
+Forward, over all n = N*C*D*H*W elements i:
+    L = 1/n sum_i (pred_i - target_i)^2                                           (F)  scalar
+Backward (L is the end of the chain, so backward takes no upstream gradient):
+    dL/dpred_i = 2 (pred_i - target_i) / n                                        (B)  pred's shape
+The sum is accumulated in float64 (nn3d/kernels/loss.py) and returned as a Python float.
+
+This is the boundary where NaN/inf are caught: one non-finite value anywhere upstream (a diverged
+weight, a bad input voxel) makes L non-finite, and forward raises instead of training on it. The
+layers themselves do not scan for NaN (a pass over memory each).
+"""
+import numpy as np
+
+from .checks import check_forward_ran
+from .kernels.loss import sum_squared_difference
+from .layout import from_channels_last, to_channels_last
+from .module import FLOAT_DTYPES
+
+
+class MSELoss:
+    """MSELoss(): forward(pred, target) -> float (mean reduction, as torch.nn.MSELoss());
+    backward() -> dL/dpred with pred's shape and dtype."""
+
+    def __init__(self):
+        self._cache = None
+
+    def __call__(self, pred, target):
+        return self.forward(pred, target)
+
+    def forward(self, pred, target):
+        for name, array in (("pred", pred), ("target", target)):
+            if not isinstance(array, np.ndarray):
+                raise TypeError(f"MSELoss: {name} must be a NumPy array, got {type(array).__name__}")
+            if array.dtype not in FLOAT_DTYPES:
+                raise TypeError(f"MSELoss: {name} must be float32 or float64, got {array.dtype}")
+        if pred.shape != target.shape:
+            raise ValueError(f"MSELoss: pred has shape {pred.shape} but target has shape {target.shape}")
+        if pred.size == 0:
+            raise ValueError(f"MSELoss: pred is empty, shape {pred.shape}")
+        target = target.astype(pred.dtype, copy=False)
+        if pred.ndim == 5:                                           # walk both in channels-last order
+            pred_mem, target_mem = to_channels_last(pred), to_channels_last(target)   # (N, D, H, W, C)
+        else:
+            pred_mem, target_mem = np.ascontiguousarray(pred), np.ascontiguousarray(target)
+        loss = sum_squared_difference(pred_mem.reshape(-1), target_mem.reshape(-1)) / pred.size   # (F)
+        if not np.isfinite(loss):
+            raise ValueError(f"MSELoss: loss is {loss} — a NaN or inf reached the loss (check the inputs, "
+                             f"the learning rate, or the gradients of the previous step)")
+        self._cache = (pred_mem, target_mem, pred.ndim)
+        return loss
+
+    # forward:  L = 1/n sum_i (pred_i - target_i)^2
+    # backward: dL/dpred_i = 2 (pred_i - target_i) / n       (B)
+    def backward(self):
+        check_forward_ran(self._cache, "MSELoss")
+        pred_mem, target_mem, ndim = self._cache
+        grad_mem = pred_mem - target_mem                             # same memory order as pred_mem
+        grad_mem *= pred_mem.dtype.type(2.0 / pred_mem.size)        # (B)
+        return from_channels_last(grad_mem) if ndim == 5 else grad_mem

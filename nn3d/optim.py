@@ -1,0 +1,136 @@
+"""AdamW and gradient clipping.
+
+AdamW (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019), exactly the update
+documented for torch.optim.AdamW (amsgrad=False, maximize=False). For every parameter theta with
+gradient g, at step t = 1, 2, ... (all operations elementwise):
+    theta <- theta (1 - lr wd)                       decoupled weight decay: not added to g
+    m     <- beta1 m + (1 - beta1) g                 first moment   (exp_avg)
+    v     <- beta2 v + (1 - beta2) g^2               second moment  (exp_avg_sq)
+    m_hat  = m / (1 - beta1^t)                       bias corrections: m, v start at 0
+    v_hat  = v / (1 - beta2^t)
+    theta <- theta - lr m_hat / (sqrt(v_hat) + eps)
+In code the last three lines are written as PyTorch evaluates them,
+    theta <- theta - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps),
+so float32 results agree with PyTorch to rounding. Updates run in place, in the parameter's dtype, as
+vectorised NumPy (one parameter at a time; there is no Python loop over elements).
+
+clip_grad_norm_ (as torch.nn.utils.clip_grad_norm_ with norm_type 2):
+    norm = sqrt(sum over all parameters and elements of g^2)      (accumulated in float64)
+    if norm > max_norm:  g <- g * max_norm / (norm + 1e-6)        for every gradient
+returns norm (before clipping).
+"""
+import numpy as np
+
+from .module import Parameter
+
+
+def _parameter_list(params, who):
+    params = list(params)
+    if not params:
+        raise ValueError(f"{who}: got an empty parameter list")
+    for index, param in enumerate(params):
+        if not isinstance(param, Parameter):
+            raise TypeError(f"{who}: parameter {index} is a {type(param).__name__}, expected nn3d Parameter "
+                            f"(pass model.parameters())")
+    return params
+
+
+class AdamW:
+    """AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2).
+
+    `optimizer.lr` is the current learning rate (a scheduler sets it). State: `step_count` and, per
+    parameter (in the order given), `exp_avg` and `exp_avg_sq` arrays of the parameter's shape and dtype.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        self.params = _parameter_list(params, "AdamW")
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError(f"AdamW: lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
+        if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"AdamW: betas must be two numbers in [0, 1), got {betas}")
+        self.lr = float(lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+        self.step_count = 0
+        self.exp_avg = [np.zeros_like(p.data) for p in self.params]       # m, one per parameter
+        self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]    # v, one per parameter
+
+    def zero_grad(self):
+        for param in self.params:
+            param.grad[...] = 0
+
+    def step(self):
+        """One AdamW update of every parameter from its `.grad`, in place."""
+        self.step_count += 1
+        beta1, beta2 = self.betas
+        t = self.step_count
+        step_size = self.lr / (1 - beta1 ** t)                              # lr / (1 - beta1^t)
+        bias_correction2_sqrt = np.sqrt(1 - beta2 ** t)                      # sqrt(1 - beta2^t)
+        for param, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+            theta, g = param.data, param.grad                              # same shape, dtype
+            theta *= theta.dtype.type(1 - self.lr * self.weight_decay)     # decoupled weight decay
+            m += (g - m) * m.dtype.type(1 - beta1)                         # m = beta1 m + (1 - beta1) g
+            v *= v.dtype.type(beta2)
+            v += g * g * v.dtype.type(1 - beta2)                           # v = beta2 v + (1 - beta2) g^2
+            denom = np.sqrt(v)                                             # sqrt(v_hat) = sqrt(v) / sqrt(1 - beta2^t)
+            denom /= denom.dtype.type(bias_correction2_sqrt)
+            denom += denom.dtype.type(self.eps)                            # sqrt(v_hat) + eps
+            theta -= (m / denom) * theta.dtype.type(step_size)             # theta -= lr m_hat / (sqrt(v_hat) + eps)
+
+    def state_dict(self):
+        """The optimizer state as plain numbers and NumPy arrays (saves with np.savez, allow_pickle=False
+        after flattening the lists):
+
+            {"lr": float, "betas": [beta1, beta2], "eps": float, "weight_decay": float,
+             "step": int,
+             "exp_avg":    [array, ...]   one per parameter, in parameter order, parameter's shape/dtype
+             "exp_avg_sq": [array, ...]   likewise}
+        Arrays are copies.
+        """
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay, "step": self.step_count,
+                "exp_avg": [m.copy() for m in self.exp_avg],
+                "exp_avg_sq": [v.copy() for v in self.exp_avg_sq]}
+
+    def load_state_dict(self, state):
+        """Restore a `state_dict()` (hyper-parameters, step count, moments), checking every array's shape."""
+        expected = {"lr", "betas", "eps", "weight_decay", "step", "exp_avg", "exp_avg_sq"}
+        if set(state) != expected:
+            raise ValueError(f"AdamW.load_state_dict: keys {sorted(state)} differ from {sorted(expected)}")
+        for key in ("exp_avg", "exp_avg_sq"):
+            if len(state[key]) != len(self.params):
+                raise ValueError(f"AdamW.load_state_dict: '{key}' has {len(state[key])} arrays but the optimizer "
+                                 f"has {len(self.params)} parameters")
+            for index, (array, param) in enumerate(zip(state[key], self.params)):
+                if np.shape(array) != param.data.shape:
+                    raise ValueError(f"AdamW.load_state_dict: '{key}[{index}]' has shape {np.shape(array)} but "
+                                     f"parameter {index} has shape {param.data.shape}")
+        self.lr = float(state["lr"])
+        self.betas = (float(state["betas"][0]), float(state["betas"][1]))
+        self.eps = float(state["eps"])
+        self.weight_decay = float(state["weight_decay"])
+        self.step_count = int(state["step"])
+        self.exp_avg = [np.array(a, dtype=p.data.dtype) for a, p in zip(state["exp_avg"], self.params)]
+        self.exp_avg_sq = [np.array(a, dtype=p.data.dtype) for a, p in zip(state["exp_avg_sq"], self.params)]
+
+
+def clip_grad_norm_(params, max_norm):
+    """Scale all gradients in place so their joint L2 norm is at most max_norm; return the norm before.
+
+    norm = sqrt(sum_params sum_i g_i^2) in float64; if norm > max_norm, every g *= max_norm / (norm + 1e-6)
+    (PyTorch's formula: the 1e-6 keeps the result just under max_norm and avoids dividing by 0).
+    """
+    params = _parameter_list(params, "clip_grad_norm_")
+    if max_norm <= 0:
+        raise ValueError(f"clip_grad_norm_: max_norm must be positive, got {max_norm}")
+    total = 0.0
+    for param in params:
+        g = param.grad.reshape(-1).astype(np.float64)
+        total += float(np.dot(g, g))
+    norm = float(np.sqrt(total))
+    if norm > max_norm:
+        coefficient = max_norm / (norm + 1e-6)
+        for param in params:
+            param.grad *= param.grad.dtype.type(coefficient)
+    return norm

@@ -1,0 +1,43 @@
+"""ReLU: the rectified linear unit, elementwise.
+
+Forward, for every element i of x (N, C, D, H, W):
+    y_i = max(0, x_i)                                                             (F)  (N, C, D, H, W)
+Backward: dy_i/dx_i = 1 if x_i > 0, else 0 (at x_i = 0 the function has no derivative; PyTorch
+takes 0, and so do we), hence
+    dL/dx_i = dL/dy_i * [x_i > 0] = dL/dy_i * [y_i > 0]                           (B)  (N, C, D, H, W)
+since y_i > 0 exactly when x_i > 0. Backward therefore needs only the output y, which exists anyway
+(the next layer holds it): saving a reference costs no memory, unlike a separate mask. (Do not modify
+a layer's output in place before calling backward.)
+
+NaN propagates forward as in PyTorch (np.maximum returns the NaN); its gradient is 0.
+"""
+import numpy as np
+
+from .checks import check_forward_ran, check_same_shape, check_volume
+from .layout import from_channels_last, to_channels_last
+from .module import Module
+
+
+class ReLU(Module):
+    """ReLU(): y = max(0, x), as torch.nn.ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self._cache = None
+
+    def forward(self, x):
+        check_volume(x, "ReLU")
+        x_cl = to_channels_last(x)                                   # (N, D, H, W, C)
+        y_cl = np.maximum(x_cl, 0)                                   # (F) (N, D, H, W, C)
+        self._cache = y_cl
+        return from_channels_last(y_cl)                              # (N, C, D, H, W) view
+
+    # forward:  y = max(0, x)
+    # backward: dL/dx = dL/dy * [y > 0]      (B)
+    def backward(self, grad_output):
+        check_forward_ran(self._cache, "ReLU")
+        y_cl = self._cache                                           # (N, D, H, W, C)
+        check_same_shape(grad_output, from_channels_last(y_cl).shape, "ReLU")
+        grad_cl = to_channels_last(grad_output)                      # (N, D, H, W, C)
+        grad_input = np.where(y_cl > 0, grad_cl, np.zeros((), y_cl.dtype))   # (B) (N, D, H, W, C)
+        return from_channels_last(grad_input)                        # (N, C, D, H, W) view
