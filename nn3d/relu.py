@@ -9,11 +9,12 @@ since y_i > 0 exactly when x_i > 0. Backward therefore needs only the output y, 
 (the next layer holds it): saving a reference costs no memory, unlike a separate mask. (Do not modify
 a layer's output in place before calling backward.)
 
-NaN propagates forward as in PyTorch (np.maximum returns the NaN); its gradient is 0.
+NaN propagates forward as in PyTorch; its gradient is 0. Kernels: nn3d/kernels/relu.py.
 """
 import numpy as np
 
 from .checks import check_forward_ran, check_same_shape, check_volume
+from .kernels.relu import relu_backward, relu_forward
 from .layout import from_channels_last, to_channels_last
 from .module import Module
 
@@ -28,7 +29,8 @@ class ReLU(Module):
     def forward(self, x):
         check_volume(x, "ReLU")
         x_cl = to_channels_last(x)                                   # (N, D, H, W, C)
-        y_cl = np.maximum(x_cl, 0)                                   # (F) (N, D, H, W, C)
+        y_cl = np.empty_like(x_cl)                                   # (N, D, H, W, C)
+        relu_forward(x_cl.reshape(-1), y_cl.reshape(-1))             # (F)
         self._cache = y_cl
         return from_channels_last(y_cl)                              # (N, C, D, H, W) view
 
@@ -38,6 +40,7 @@ class ReLU(Module):
         check_forward_ran(self._cache, "ReLU")
         y_cl = self._cache                                           # (N, D, H, W, C)
         check_same_shape(grad_output, from_channels_last(y_cl).shape, "ReLU")
-        grad_cl = to_channels_last(grad_output)                      # (N, D, H, W, C)
-        grad_input = np.where(y_cl > 0, grad_cl, np.zeros((), y_cl.dtype))   # (B) (N, D, H, W, C)
+        grad_cl = to_channels_last(grad_output.astype(y_cl.dtype, copy=False))   # (N, D, H, W, C)
+        grad_input = np.empty_like(y_cl)                             # (N, D, H, W, C)
+        relu_backward(y_cl.reshape(-1), grad_cl.reshape(-1), grad_input.reshape(-1))   # (B)
         return from_channels_last(grad_input)                        # (N, C, D, H, W) view

@@ -1,0 +1,166 @@
+"""BatchNorm3d: forward, running statistics and every gradient against PyTorch (train and eval),
+finite differences in float64, kernels against their NumPy references, bad input."""
+import numpy as np
+import pytest
+import torch
+
+from nn3d import BatchNorm3d
+from nn3d.gradcheck import check_layer, max_relative_error
+from nn3d.kernels import batchnorm3d as kernels
+from nn3d.layout import from_channels_last
+from torch_reference import load_into_torch, run_torch
+
+# float32 tolerances. The output is x_hat * gamma + beta with |x_hat| ~ 1..4: a few float32 roundings,
+# ~ 1e-7 relative, so 2e-6. The gradients are sums over M <= 1400 voxels; we sum in float64, PyTorch
+# in float32 (error ~ eps * sqrt(M) ~ 6e-8 * 40 = 2.4e-6), and dx subtracts two means from dy
+# (cancellation up to ~10x): 5e-5.
+OUTPUT_TOLERANCE = 2e-6
+GRAD_TOLERANCE = 5e-5
+
+SHAPES = [(2, 3, 7, 9, 11),   # odd, non-cubic, batch 2
+          (1, 1, 4, 5, 6),    # C = 1, batch 1
+          (2, 16, 4, 4, 4)]   # the U-Net's first width
+
+
+def make_pair(channels, rng):
+    """An nn3d BatchNorm3d with random gamma, beta and its torch twin (weights via state_dict)."""
+    ours = BatchNorm3d(channels)
+    ours.weight.data[...] = rng.uniform(0.5, 1.5, channels)
+    ours.bias.data[...] = rng.standard_normal(channels)
+    return ours, load_into_torch(torch.nn.BatchNorm3d(channels), ours)
+
+
+def random_input(shape, rng, channels_last=False):
+    """Gaussian input with a per-channel offset and scale (mean 3, std 2), float32."""
+    x = (3 + 2 * rng.standard_normal(shape)).astype(np.float32)
+    return from_channels_last(np.ascontiguousarray(x.transpose(0, 2, 3, 4, 1))) if channels_last else x
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_train_mode_matches_torch(shape):
+    rng = np.random.default_rng(1)
+    ours, theirs = make_pair(shape[1], rng)
+    x = random_input(shape, rng, channels_last=shape[1] == 16)
+    grad_output = rng.standard_normal(shape).astype(np.float32)
+    y = ours.forward(x)
+    grad_input = ours.backward(grad_output)
+    y_ref, (grad_input_ref,), grads_ref = run_torch(theirs, [x], grad_output)
+    assert max_relative_error(y, y_ref) < OUTPUT_TOLERANCE
+    assert max_relative_error(grad_input, grad_input_ref) < GRAD_TOLERANCE
+    assert max_relative_error(ours.weight.grad, grads_ref["weight"]) < GRAD_TOLERANCE
+    assert max_relative_error(ours.bias.grad, grads_ref["bias"]) < GRAD_TOLERANCE
+    assert y.shape == shape
+    assert y.transpose(0, 2, 3, 4, 1).flags.c_contiguous, "output must be a channels-last view"
+    assert grad_input.transpose(0, 2, 3, 4, 1).flags.c_contiguous
+
+
+def test_running_statistics_and_eval_mode_match_torch():
+    """Three training steps (different batches), then eval forward and backward, as PyTorch."""
+    rng = np.random.default_rng(2)
+    shape = (2, 3, 5, 6, 7)
+    ours, theirs = make_pair(3, rng)
+    for step in range(3):
+        x = random_input(shape, rng) * (step + 1)
+        ours.forward(x)
+        theirs(torch.from_numpy(x))
+    # running_* follow (1 - m) r + m stat: float32 rounding of a few multiply-adds, 1e-6.
+    assert max_relative_error(ours.running_mean, theirs.running_mean.numpy()) < 1e-6
+    assert max_relative_error(ours.running_var, theirs.running_var.numpy()) < 1e-6
+    assert ours.num_batches_tracked.dtype == np.int64 and ours.num_batches_tracked.shape == ()
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 3
+
+    ours.eval()
+    theirs.eval()
+    x = random_input(shape, rng)
+    grad_output = rng.standard_normal(shape).astype(np.float32)
+    ours.zero_grad()
+    y = ours.forward(x)
+    grad_input = ours.backward(grad_output)
+    y_ref, (grad_input_ref,), grads_ref = run_torch(theirs, [x], grad_output)
+    assert max_relative_error(y, y_ref) < OUTPUT_TOLERANCE
+    assert max_relative_error(grad_input, grad_input_ref) < OUTPUT_TOLERANCE   # a pure scale: no sums
+    assert max_relative_error(ours.weight.grad, grads_ref["weight"]) < GRAD_TOLERANCE
+    assert max_relative_error(ours.bias.grad, grads_ref["bias"]) < GRAD_TOLERANCE
+    assert int(ours.num_batches_tracked) == 3, "eval mode must not update the running statistics"
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_finite_differences_float64(training):
+    rng = np.random.default_rng(3)
+    layer = BatchNorm3d(3).to(np.float64)
+    layer.weight.data[...] = rng.uniform(0.5, 1.5, 3)
+    layer.bias.data[...] = rng.standard_normal(3)
+    layer.running_mean[...] = rng.standard_normal(3)
+    layer.running_var[...] = rng.uniform(0.5, 2.0, 3)
+    layer.train(training)
+    x = rng.standard_normal((2, 3, 3, 4, 5))
+    for name, analytic, numeric in check_layer(layer, [x]):
+        assert max_relative_error(analytic, numeric) < 1e-7, name
+
+
+def test_kernels_match_references():
+    rng = np.random.default_rng(4)
+    for dtype in (np.float32, np.float64):
+        x = (1 + rng.standard_normal((5000, 3))).astype(dtype)          # > 2 chunks of rows
+        grad_output = rng.standard_normal((5000, 3)).astype(dtype)
+        mean = rng.standard_normal(3)
+        scale, shift, mean_dy, k = (rng.standard_normal(3).astype(dtype) for _ in range(4))
+        for ours, reference in zip(kernels.batchnorm_statistics(x), kernels.batchnorm_statistics_reference(x)):
+            np.testing.assert_allclose(ours, reference, rtol=1e-12)
+        for ours, reference in zip(kernels.batchnorm_backward_reduce(x, grad_output, mean),
+                                   kernels.batchnorm_backward_reduce_reference(x, grad_output, mean)):
+            np.testing.assert_allclose(ours, reference, rtol=1e-10)
+        y, y_ref = np.empty_like(x), np.empty_like(x)
+        kernels.batchnorm_affine(x, scale, shift, y)
+        kernels.batchnorm_affine_reference(x, scale, shift, y_ref)
+        np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+        grad_input, grad_input_ref = np.empty_like(x), np.empty_like(x)
+        kernels.batchnorm_backward_input(x, grad_output, mean.astype(dtype), scale, mean_dy, k, grad_input)
+        kernels.batchnorm_backward_input_reference(x, grad_output, mean.astype(dtype), scale, mean_dy, k,
+                                                   grad_input_ref)
+        np.testing.assert_allclose(grad_input, grad_input_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_accumulate_until_zero_grad():
+    rng = np.random.default_rng(5)
+    layer = BatchNorm3d(2)
+    x = random_input((2, 2, 3, 3, 3), rng)
+    grad_output = rng.standard_normal(x.shape).astype(np.float32)
+    layer.forward(x)
+    layer.backward(grad_output)
+    once = layer.weight.grad.copy(), layer.bias.grad.copy()
+    layer.backward(grad_output)
+    np.testing.assert_allclose(layer.weight.grad, 2 * once[0], rtol=1e-6)
+    np.testing.assert_allclose(layer.bias.grad, 2 * once[1], rtol=1e-6)
+    layer.zero_grad()
+    assert not layer.weight.grad.any() and not layer.bias.grad.any()
+
+
+def test_state_dict_keys_match_torch():
+    ours, theirs = BatchNorm3d(4), torch.nn.BatchNorm3d(4)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for key, value in theirs.state_dict().items():
+        assert ours.state_dict()[key].shape == tuple(value.shape), key
+
+
+def test_bad_input():
+    layer = BatchNorm3d(3)
+    with pytest.raises(ValueError, match="before BatchNorm3d.forward"):
+        layer.backward(np.zeros((1, 3, 2, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="must be 5-D"):
+        layer.forward(np.zeros((3, 2, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="has 2 channels, expected 3"):
+        layer.forward(np.zeros((1, 2, 2, 2, 2), np.float32))
+    with pytest.raises(TypeError, match="float16"):
+        layer.forward(np.zeros((1, 3, 2, 2, 2), np.float16))
+    with pytest.raises(TypeError, match="int64"):
+        layer.forward(np.zeros((1, 3, 2, 2, 2), np.int64))
+    with pytest.raises(TypeError, match="float64 but the layer's parameters are float32"):
+        layer.forward(np.zeros((1, 3, 2, 2, 2), np.float64))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        layer.forward(np.zeros((1, 3, 1, 1, 1), np.float32))
+    layer.forward(np.ones((1, 3, 2, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="grad_output has shape"):
+        layer.backward(np.zeros((1, 3, 2, 2, 3), np.float32))
+    with pytest.raises(ValueError, match="num_features must be a positive integer"):
+        BatchNorm3d(0)
