@@ -3,6 +3,8 @@
 Every layer writes its forward and its backward pass by hand, with the derivation beside the code.
 Shapes, parameter names and state_dict keys follow PyTorch, so weights move between the two.
 """
+from .conv3d import Conv3d
+from .conv_transpose3d import ConvTranspose3d
 from .init import manual_seed
 from .module import Module, Parameter, Sequential
 from .threads import get_num_threads, set_num_threads

@@ -1,0 +1,293 @@
+"""3-D convolution kernels on channels-last arrays, with their plain NumPy references.
+
+Notation (see nn3d/conv3d.py for the derivation):
+
+    x_pad        (N, Dp, Hp, Wp, Cin)    input with its zero halo already in memory
+    weight       (Cout, Cin, kD, kH, kW) PyTorch's layout
+    grad_output  (N, Do, Ho, Wo, Cout)   dL/dy
+
+    (1) y[n, z, y, x, co]      = b[co] + sum_{kz, ky, kx, ci} x_pad[n, z*sd+kz, y*sh+ky, x*sw+kx, ci]
+                                                             * weight[co, ci, kz, ky, kx]
+    (2) grad_x_pad[n, i, j, k, ci] = sum over (z, kz) with z*sd+kz = i, ... of
+                                     grad_output[n, z, y, x, co] * weight[co, ci, kz, ky, kx]
+    (3) grad_weight[co, ci, kz, ky, kx] = sum_{n, z, y, x} x_pad[n, z*sd+kz, y*sh+ky, x*sw+kx, ci]
+                                                           * grad_output[n, z, y, x, co]
+
+The fast kernels see the kx and ci axes as one axis j = kx*Cin + ci: for a fixed (n, row, kz, ky)
+the values x_pad[n, z*sd+kz, y*sh+ky, x*sw + kx, ci] for all (kx, ci) form ONE contiguous run of
+kW*Cin numbers in channels-last memory, starting at element x*sw*Cin of that row. The weights are
+repacked to match (`pack_weight`): w_packed[kz, ky, j, co] = weight[co, ci, kz, ky, kx], with the
+output channels padded with zeros up to a multiple of BLOCK_C.
+
+Register blocking (../../shared/PERF_NOTES.md): the forward kernel keeps a BLOCK_W x BLOCK_C tile of
+outputs (BLOCK_W neighbouring voxels along W, BLOCK_C output channels) in registers while it runs
+over the whole reduction (kz, ky, j); per reduction step it loads BLOCK_C weights (two AVX2 vectors
+in float32), broadcasts one input value per voxel and does 2 * BLOCK_W vector FMAs. The grad-weight
+kernel keeps a BLOCK_J x BLOCK_C tile of grad_weight in registers while it runs over voxels.
+"""
+import numpy as np
+from numba import prange
+
+from .jit import blocked_kernel
+from .padding import embed_strided
+
+BLOCK_W = 4    # output voxels along W per register tile (forward)
+BLOCK_J = 4    # (kx, ci) positions per register tile (grad-weight)
+BLOCK_C = 16   # output channels per register tile: 2 AVX2 registers of float32
+
+
+# ---- weight layouts -----------------------------------------------------------------------------
+def pack_weight(weight):
+    """(Cout, Cin, kD, kH, kW) -> (kD, kH, kW*Cin, Cout rounded up to BLOCK_C), zeros in the padding."""
+    cout, cin, kd, kh, kw = weight.shape
+    cout_padded = -(-cout // BLOCK_C) * BLOCK_C
+    packed = np.zeros((kd, kh, kw * cin, cout_padded), dtype=weight.dtype)
+    packed[..., :cout] = weight.transpose(2, 3, 4, 1, 0).reshape(kd, kh, kw * cin, cout)
+    return packed
+
+
+def unpack_weight(packed, cout, cin):
+    """Inverse of pack_weight: (kD, kH, kW*Cin, Cout_padded) -> (Cout, Cin, kD, kH, kW)."""
+    kd, kh, kwcin, _ = packed.shape
+    kw = kwcin // cin
+    return np.ascontiguousarray(
+        packed[..., :cout].reshape(kd, kh, kw, cin, cout).transpose(4, 3, 0, 1, 2))
+
+
+def flipped_transposed(weight):
+    """weight'[ci, co, kz, ky, kx] = weight[co, ci, kD-1-kz, kH-1-ky, kW-1-kx]: the kernel whose
+    stride-1 convolution with the padded output gradient is the input gradient (derivation in
+    nn3d/conv3d.py)."""
+    return np.ascontiguousarray(weight.transpose(1, 0, 2, 3, 4)[:, :, ::-1, ::-1, ::-1])
+
+
+def output_size(padded_size, kernel_size, stride):
+    """Output voxels along each axis of a convolution of an already padded input."""
+    return tuple((p - k) // s + 1 for p, k, s in zip(padded_size, kernel_size, stride))
+
+
+# ---- forward: line (1) --------------------------------------------------------------------------
+@blocked_kernel
+def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, y):
+    """Line (1): y = conv(x_pad, weight) + bias, any kernel size and stride.
+
+    x_pad (N, Dp, Hp, Wp, Cin), w_packed (kD, kH, kW*Cin, Cout_padded) from `pack_weight`,
+    bias (Cout_padded,), y (N, Do, Ho, Wo, Cout) written in full. Each prange iteration owns one
+    output row y[n, z, y, :, :].
+    Differs from conv3d_forward_reference in loop order only: the (kx, ci) loops are one loop over
+    the contiguous run j, and a BLOCK_W x BLOCK_C tile of y stays in `acc` (registers) for the whole
+    reduction; voxels left over at the end of a row (Wo % BLOCK_W) are done one at a time.
+    """
+    n_batch, out_d, out_h, out_w, cout = y.shape
+    kernel_d, kernel_h, run, cout_padded = w_packed.shape
+    cin = x_pad.shape[4]
+    x_rows = x_pad.reshape(n_batch, x_pad.shape[1], x_pad.shape[2], x_pad.shape[3] * cin)
+    step = stride_w * cin                      # distance between neighbouring output voxels in a row
+    full_blocks = out_w // BLOCK_W * BLOCK_W
+    for row in prange(n_batch * out_d * out_h):
+        n = row // (out_d * out_h)
+        z = row // out_h % out_d
+        yy = row % out_h
+        acc = np.empty((BLOCK_W, BLOCK_C), dtype=y.dtype)
+        for co0 in range(0, cout_padded, BLOCK_C):
+            for x0 in range(0, out_w, BLOCK_W):
+                width = BLOCK_W if x0 < full_blocks else 1
+                for x1 in range(x0, min(x0 + BLOCK_W, out_w), width):
+                    for p in range(BLOCK_W):
+                        for c in range(BLOCK_C):
+                            acc[p, c] = bias[co0 + c]
+                    if width == BLOCK_W:
+                        for kz in range(kernel_d):
+                            for ky in range(kernel_h):
+                                x_row = x_rows[n, z * stride_d + kz, yy * stride_h + ky]
+                                w_tile = w_packed[kz, ky]
+                                base = x1 * step
+                                for j in range(run):
+                                    for p in range(BLOCK_W):
+                                        value = x_row[base + p * step + j]
+                                        for c in range(BLOCK_C):
+                                            acc[p, c] += value * w_tile[j, co0 + c]
+                    else:
+                        for kz in range(kernel_d):
+                            for ky in range(kernel_h):
+                                x_row = x_rows[n, z * stride_d + kz, yy * stride_h + ky]
+                                w_tile = w_packed[kz, ky]
+                                base = x1 * step
+                                for j in range(run):
+                                    value = x_row[base + j]
+                                    for c in range(BLOCK_C):
+                                        acc[0, c] += value * w_tile[j, co0 + c]
+                    for p in range(width):
+                        for c in range(min(BLOCK_C, cout - co0)):
+                            y[n, z, yy, x1 + p, co0 + c] = acc[p, c]
+
+
+def conv3d_forward(x_pad, weight, bias, stride):
+    """Line (1) for a padded channels-last input: (N, Dp, Hp, Wp, Cin) -> (N, Do, Ho, Wo, Cout).
+    weight (Cout, Cin, kD, kH, kW); bias (Cout,) or None; stride 3-tuple."""
+    cout = weight.shape[0]
+    w_packed = pack_weight(weight)
+    bias_padded = np.zeros(w_packed.shape[3], dtype=x_pad.dtype)
+    if bias is not None:
+        bias_padded[:cout] = bias
+    out = output_size(x_pad.shape[1:4], weight.shape[2:], stride)
+    y = np.empty((x_pad.shape[0], *out, cout), dtype=x_pad.dtype)
+    conv3d_forward_kernel(x_pad, w_packed, bias_padded, *(np.int64(s) for s in stride), y)
+    return y
+
+
+def conv3d_forward_reference(x_pad, weight, bias, stride):
+    """Line (1), plainly: one matrix product per kernel offset (kz, ky, kx)."""
+    cout, cin, kernel_d, kernel_h, kernel_w = weight.shape
+    stride_d, stride_h, stride_w = stride
+    out_d, out_h, out_w = output_size(x_pad.shape[1:4], weight.shape[2:], stride)
+    y = np.zeros((x_pad.shape[0], out_d, out_h, out_w, cout), dtype=np.float64)
+    for kz in range(kernel_d):
+        for ky in range(kernel_h):
+            for kx in range(kernel_w):
+                x_window = x_pad[:, kz:kz + stride_d * (out_d - 1) + 1:stride_d,
+                                 ky:ky + stride_h * (out_h - 1) + 1:stride_h,
+                                 kx:kx + stride_w * (out_w - 1) + 1:stride_w, :]   # (N, Do, Ho, Wo, Cin)
+                y += x_window @ weight[:, :, kz, ky, kx].T.astype(np.float64)    # (Cin, Cout)
+    if bias is not None:
+        y += bias
+    return y.astype(x_pad.dtype)
+
+
+# ---- grad-input: line (2) -----------------------------------------------------------------------
+def conv3d_grad_input(grad_output, weight, input_size, stride, padding):
+    """Line (2) as a gather: dL/dx (N, D, H, W, Cin) from grad_output (N, Do, Ho, Wo, Cout).
+
+    The output gradient is spread out by the stride (zeros in between) and padded by k-1-p on the
+    left, into a buffer of length D + k - 1 per axis; its stride-1 convolution with the flipped,
+    in/out-swapped kernel (`flipped_transposed`) is grad_input. For stride 1 the buffer is plain
+    zero padding and the work equals the forward pass's; for stride s, s^3 - 1 of every s^3 values
+    read are zeros (the general path, not the U-Net's).
+    """
+    kernel_size = weight.shape[2:]
+    offset = tuple(k - 1 - p for k, p in zip(kernel_size, padding))
+    length = tuple(size + k - 1 for size, k in zip(input_size, kernel_size))
+    grad_output_spread = embed_strided(grad_output, stride, offset, length)   # (N, D+kD-1, ..., Cout)
+    return conv3d_forward(grad_output_spread, flipped_transposed(weight), None, (1, 1, 1))
+
+
+def conv3d_grad_input_reference(grad_output, weight, input_size, stride, padding):
+    """Line (2), plainly, as a scatter: each output voxel sends grad_output @ weight back to the
+    k^3 input voxels it read; the padding is cut off at the end."""
+    cout, cin, kernel_d, kernel_h, kernel_w = weight.shape
+    stride_d, stride_h, stride_w = stride
+    n_batch, out_d, out_h, out_w, _ = grad_output.shape
+    padded = [size + 2 * pad for size, pad in zip(input_size, padding)]
+    grad_x_pad = np.zeros((n_batch, *padded, cin), dtype=np.float64)
+    for kz in range(kernel_d):
+        for ky in range(kernel_h):
+            for kx in range(kernel_w):
+                grad_x_pad[:, kz:kz + stride_d * (out_d - 1) + 1:stride_d,
+                           ky:ky + stride_h * (out_h - 1) + 1:stride_h,
+                           kx:kx + stride_w * (out_w - 1) + 1:stride_w, :] += (
+                    grad_output @ weight[:, :, kz, ky, kx].astype(np.float64))  # (Cout, Cin)
+    pd, ph, pw = padding
+    d, h, w = input_size
+    return grad_x_pad[:, pd:pd + d, ph:ph + h, pw:pw + w, :].astype(grad_output.dtype)
+
+
+# ---- grad-weight: line (3) ----------------------------------------------------------------------
+@blocked_kernel
+def conv3d_grad_weight_kernel(x_pad, grad_output, stride_d, stride_h, stride_w,
+                              rows_per_chunk, rows_per_block, partial):
+    """Line (3), as per-chunk partial sums: partial[chunk, kz, ky, j, co] sums over the output rows
+    (n, z, y) of chunk `chunk` (rows_per_chunk consecutive rows); the caller adds the chunks up in
+    order (deterministic, independent of the thread count).
+
+    x_pad (N, Dp, Hp, Wp, Cin); grad_output (N, Do, Ho, Wo, Cout_padded) with Cout_padded a
+    multiple of BLOCK_C; partial (n_chunks, kD, kH, kW*Cin, Cout_padded), zeros on entry.
+    Differs from conv3d_grad_weight_reference in loop order only: a BLOCK_J x BLOCK_C tile of
+    grad_weight stays in `acc` while the kernel runs over the voxels of rows_per_block rows (data
+    that stays in cache); positions j left over (kW*Cin % BLOCK_J) are done one at a time.
+    """
+    n_batch, out_d, out_h, out_w, cout_padded = grad_output.shape
+    n_chunks, kernel_d, kernel_h, run, _ = partial.shape
+    cin = x_pad.shape[4]
+    x_rows = x_pad.reshape(n_batch, x_pad.shape[1], x_pad.shape[2], x_pad.shape[3] * cin)
+    step = stride_w * cin
+    n_rows = n_batch * out_d * out_h
+    full_blocks = run // BLOCK_J * BLOCK_J
+    for chunk in prange(n_chunks):
+        first_row = np.int64(chunk) * rows_per_chunk
+        last_row = min(first_row + rows_per_chunk, n_rows)
+        acc = np.empty((BLOCK_J, BLOCK_C), dtype=partial.dtype)
+        for block_start in range(first_row, last_row, rows_per_block):
+            block_stop = min(block_start + rows_per_block, last_row)
+            for kz in range(kernel_d):
+                for ky in range(kernel_h):
+                    for co0 in range(0, cout_padded, BLOCK_C):
+                        for j0 in range(0, run, BLOCK_J):
+                            width = BLOCK_J if j0 < full_blocks else 1
+                            for j1 in range(j0, min(j0 + BLOCK_J, run), width):
+                                for q in range(BLOCK_J):
+                                    for c in range(BLOCK_C):
+                                        acc[q, c] = 0.0
+                                for row in range(block_start, block_stop):
+                                    n = row // (out_d * out_h)
+                                    z = row // out_h % out_d
+                                    yy = row % out_h
+                                    x_row = x_rows[n, z * stride_d + kz, yy * stride_h + ky]
+                                    g_row = grad_output[n, z, yy]                  # (Wo, Cout_padded)
+                                    if width == BLOCK_J:
+                                        for x in range(out_w):
+                                            for q in range(BLOCK_J):
+                                                value = x_row[x * step + j1 + q]
+                                                for c in range(BLOCK_C):
+                                                    acc[q, c] += value * g_row[x, co0 + c]
+                                    else:
+                                        for x in range(out_w):
+                                            value = x_row[x * step + j1]
+                                            for c in range(BLOCK_C):
+                                                acc[0, c] += value * g_row[x, co0 + c]
+                                for q in range(width):
+                                    for c in range(BLOCK_C):
+                                        partial[chunk, kz, ky, j1 + q, co0 + c] += acc[q, c]
+
+
+def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride):
+    """Line (3): dL/dweight (Cout, Cin, kD, kH, kW) from x_pad (N, Dp, Hp, Wp, Cin) and
+    grad_output (N, Do, Ho, Wo, Cout)."""
+    n_batch, out_d, out_h, out_w, cout = grad_output.shape
+    cin = x_pad.shape[4]
+    kernel_d, kernel_h, kernel_w = kernel_size
+    cout_padded = -(-cout // BLOCK_C) * BLOCK_C
+    if cout_padded != cout:
+        grad_output = np.concatenate(
+            [grad_output, np.zeros((*grad_output.shape[:4], cout_padded - cout), grad_output.dtype)],
+            axis=4)
+    n_rows = n_batch * out_d * out_h
+    n_chunks = min(n_rows, 8)
+    rows_per_chunk = -(-n_rows // n_chunks)
+    # a block of rows whose input and gradient rows (~ (Cin + Cout) * W values each) fit in L2
+    row_values = x_pad.shape[3] * cin * kernel_d * kernel_h + out_w * cout_padded
+    rows_per_block = max(1, min(rows_per_chunk, 32768 // row_values))
+    partial = np.zeros((n_chunks, kernel_d, kernel_h, kernel_w * cin, cout_padded), x_pad.dtype)
+    conv3d_grad_weight_kernel(x_pad, np.ascontiguousarray(grad_output), *(np.int64(s) for s in stride),
+                              np.int64(rows_per_chunk), np.int64(rows_per_block), partial)
+    w_packed = partial[0].copy()
+    for chunk in range(1, n_chunks):          # fixed order: the result does not depend on threads
+        w_packed += partial[chunk]
+    return unpack_weight(w_packed, cout, cin)
+
+
+def conv3d_grad_weight_reference(x_pad, grad_output, kernel_size, stride):
+    """Line (3), plainly: for each kernel offset, (input window)^T @ grad_output over all voxels."""
+    n_batch, out_d, out_h, out_w, cout = grad_output.shape
+    cin = x_pad.shape[4]
+    kernel_d, kernel_h, kernel_w = kernel_size
+    stride_d, stride_h, stride_w = stride
+    grad_weight = np.zeros((cout, cin, kernel_d, kernel_h, kernel_w), dtype=np.float64)
+    g_flat = grad_output.reshape(-1, cout).astype(np.float64)                 # (N*Do*Ho*Wo, Cout)
+    for kz in range(kernel_d):
+        for ky in range(kernel_h):
+            for kx in range(kernel_w):
+                x_window = x_pad[:, kz:kz + stride_d * (out_d - 1) + 1:stride_d,
+                                 ky:ky + stride_h * (out_h - 1) + 1:stride_h,
+                                 kx:kx + stride_w * (out_w - 1) + 1:stride_w, :]   # (N, Do, Ho, Wo, Cin)
+                grad_weight[:, :, kz, ky, kx] = g_flat.T @ x_window.reshape(-1, cin)
+    return grad_weight.astype(x_pad.dtype)

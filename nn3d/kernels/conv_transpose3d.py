@@ -1,0 +1,222 @@
+"""Transposed 3-D convolution kernels (channels-last), with plain NumPy references.
+
+Notation (derivation in nn3d/conv_transpose3d.py):
+
+    x            (N, D, H, W, Cin)
+    weight       (Cin, Cout, kD, kH, kW)   PyTorch's layout
+    y_full       (N, (D-1)*sd + kD, ..., Cout)   the output before the padding is cut off
+    grad_output  (N, Do, Ho, Wo, Cout),    Do = (D-1)*sd - 2*pd + kD
+
+    (1) y_full[n, z*sd+kz, y*sh+ky, x*sw+kx, co] += sum_ci x[n, z, y, x, ci] * weight[ci, co, kz, ky, kx]
+        y = y_full[:, pd:pd+Do, ph:ph+Ho, pw:pw+Wo, :] + bias
+    (2) grad_x[n, z, y, x, ci] = sum_{co, kz, ky, kx} grad_full[n, z*sd+kz, y*sh+ky, x*sw+kx, co]
+                                                       * weight[ci, co, kz, ky, kx]
+    (3) grad_weight[ci, co, kz, ky, kx] = sum_{n, z, y, x} x[n, z, y, x, ci]
+                                                        * grad_full[n, z*sd+kz, y*sh+ky, x*sw+kx, co]
+    with grad_full = grad_output zero-padded back to y_full's size.
+
+General kernel/stride/padding: the layer reuses the Conv3d kernels (transposed convolution is the
+adjoint of convolution). This file holds the fast path for kernel == stride and no padding (the
+U-Net's 2x2x2 up-sampling): the blocks (kz, ky, kx) of different input voxels do not overlap, so
+(1) is ONE matrix product per voxel, [P, Cin] @ [Cin, kD*kH*kW*Cout], followed by a scatter of each
+row into its kD x kH x kW block of y; (2) and (3) are matrix products of the gathered blocks.
+    w_matrix[ci, (kz, ky, kx, co)] = weight[ci, co, kz, ky, kx]        (Cin, kD*kH*kW*Cout)
+"""
+import numpy as np
+from numba import prange
+
+from .jit import parallel_kernel
+
+
+def weight_matrix(weight):
+    """(Cin, Cout, kD, kH, kW) -> w_matrix (Cin, kD*kH*kW*Cout), C-contiguous."""
+    cin = weight.shape[0]
+    return np.ascontiguousarray(weight.transpose(0, 2, 3, 4, 1).reshape(cin, -1))
+
+
+# ---- fast path: kernel == stride, padding 0 -----------------------------------------------------
+@parallel_kernel
+def conv_transpose3d_blocks_forward_kernel(x, w_matrix, bias, y):
+    """Line (1) for kernel == stride, padding 0: y (N, D*kD, H*kH, W*kW, Cout) from
+    x (N, D, H, W, Cin), w_matrix (Cin, kD*kH*kW*Cout), bias (Cout,).
+    Each prange iteration owns one input row x[n, z, y] and so the output slab y[n, z*kD:(z+1)*kD,
+    y*kH:(y+1)*kH]: products = x_row @ w_matrix, (W, Cin) @ (Cin, kD*kH*kW*Cout), then a scatter.
+    (np.dot calls a single-threaded BLAS inside the prange, see nn3d/threads.py.)"""
+    n_batch, in_d, in_h, in_w, cin = x.shape
+    cout = y.shape[4]
+    kernel_d, kernel_h, kernel_w = y.shape[1] // in_d, y.shape[2] // in_h, y.shape[3] // in_w
+    for row in prange(n_batch * in_d * in_h):
+        n = row // (in_d * in_h)
+        z = row // in_h % in_d
+        yy = row % in_h
+        products = np.dot(x[n, z, yy], w_matrix).reshape(in_w, kernel_d, kernel_h, kernel_w, cout)
+        for kz in range(kernel_d):
+            for ky in range(kernel_h):
+                for xx in range(in_w):
+                    for kx in range(kernel_w):
+                        for co in range(cout):
+                            y[n, z * kernel_d + kz, yy * kernel_h + ky, xx * kernel_w + kx, co] = (
+                                products[xx, kz, ky, kx, co] + bias[co])
+
+
+@parallel_kernel
+def gather_blocks_kernel(grad_output, kernel_d, kernel_h, kernel_w, blocks):
+    """The inverse of the scatter above: blocks[n, z, y, x, kz, ky, kx, co] =
+    grad_output[n, z*kD + kz, y*kH + ky, x*kW + kx, co]. blocks (N, D, H, W, kD, kH, kW, Cout)."""
+    n_batch, in_d, in_h, in_w = blocks.shape[:4]
+    cout = grad_output.shape[4]
+    for row in prange(n_batch * in_d * in_h):
+        n = row // (in_d * in_h)
+        z = row // in_h % in_d
+        yy = row % in_h
+        for xx in range(in_w):
+            for kz in range(kernel_d):
+                for ky in range(kernel_h):
+                    for kx in range(kernel_w):
+                        for co in range(cout):
+                            blocks[n, z, yy, xx, kz, ky, kx, co] = grad_output[
+                                n, z * kernel_d + kz, yy * kernel_h + ky, xx * kernel_w + kx, co]
+
+
+@parallel_kernel
+def conv_transpose3d_blocks_grad_input_kernel(blocks, w_matrix_t, grad_input):
+    """Line (2) for kernel == stride, padding 0: grad_input (N, D, H, W, Cin) row by row,
+    grad_input[n, z, y] = blocks[n, z, y] @ w_matrix^T, (W, kD*kH*kW*Cout) @ (kD*kH*kW*Cout, Cin).
+    blocks from gather_blocks_kernel, reshaped to (N, D, H, W, kD*kH*kW*Cout); w_matrix_t contiguous."""
+    n_batch, in_d, in_h = grad_input.shape[:3]
+    for row in prange(n_batch * in_d * in_h):
+        n = row // (in_d * in_h)
+        z = row // in_h % in_d
+        yy = row % in_h
+        grad_input[n, z, yy] = np.dot(blocks[n, z, yy], w_matrix_t)
+
+
+@parallel_kernel
+def conv_transpose3d_blocks_grad_weight_kernel(x_flat, blocks_flat, rows_per_chunk, partial):
+    """Line (3) for kernel == stride, padding 0, as per-chunk partial sums:
+    partial[chunk] = x_chunk^T @ blocks_chunk, (Cin, P_chunk) @ (P_chunk, kD*kH*kW*Cout), where a
+    chunk is rows_per_chunk consecutive voxels of x_flat (P, Cin) and blocks_flat (P, kD*kH*kW*Cout).
+    The caller adds the chunks in order (deterministic)."""
+    n_voxels = x_flat.shape[0]
+    for chunk in prange(partial.shape[0]):
+        first = np.int64(chunk) * rows_per_chunk
+        last = min(first + rows_per_chunk, n_voxels)
+        partial[chunk] = np.dot(np.ascontiguousarray(x_flat[first:last].T), blocks_flat[first:last])
+
+
+def gather_blocks(grad_output, kernel_size, input_shape):
+    """grad_output (N, D*kD, H*kH, W*kW, Cout) -> (N, D, H, W, kD*kH*kW*Cout): each input voxel's block."""
+    n_batch, d, h, w = input_shape
+    kernel_d, kernel_h, kernel_w = kernel_size
+    cout = grad_output.shape[4]
+    blocks = np.empty((n_batch, d, h, w, kernel_d, kernel_h, kernel_w, cout), grad_output.dtype)
+    gather_blocks_kernel(grad_output, np.int64(kernel_d), np.int64(kernel_h), np.int64(kernel_w), blocks)
+    return blocks.reshape(n_batch, d, h, w, -1)
+
+
+def conv_transpose3d_blocks_forward(x, weight, bias):
+    """Line (1), kernel == stride, padding 0: x (N, D, H, W, Cin) -> y (N, D*kD, H*kH, W*kW, Cout)."""
+    n_batch, d, h, w, _ = x.shape
+    cout, (kernel_d, kernel_h, kernel_w) = weight.shape[1], weight.shape[2:]
+    y = np.empty((n_batch, d * kernel_d, h * kernel_h, w * kernel_w, cout), x.dtype)
+    bias = np.zeros(cout, x.dtype) if bias is None else bias.astype(x.dtype, copy=False)
+    conv_transpose3d_blocks_forward_kernel(x, weight_matrix(weight), bias, y)
+    return y
+
+
+def conv_transpose3d_blocks_grad_input(grad_output, weight, input_shape):
+    """Line (2), kernel == stride, padding 0: grad_output (N, D*kD, ..., Cout) -> (N, D, H, W, Cin)."""
+    blocks = gather_blocks(grad_output, weight.shape[2:], input_shape)
+    grad_input = np.empty((*input_shape, weight.shape[0]), grad_output.dtype)
+    conv_transpose3d_blocks_grad_input_kernel(blocks, np.ascontiguousarray(weight_matrix(weight).T),
+                                              grad_input)
+    return grad_input
+
+
+def conv_transpose3d_blocks_grad_weight(x, grad_output, kernel_size, cout):
+    """Line (3), kernel == stride, padding 0: (Cin, Cout, kD, kH, kW) from x (N, D, H, W, Cin) and
+    grad_output (N, D*kD, H*kH, W*kW, Cout)."""
+    cin = x.shape[4]
+    blocks_flat = gather_blocks(grad_output, kernel_size, x.shape[:4]).reshape(-1, np.prod(kernel_size) * cout)
+    x_flat = x.reshape(-1, cin)                                         # (P, Cin)
+    n_chunks = min(x_flat.shape[0], 8)
+    rows_per_chunk = -(-x_flat.shape[0] // n_chunks)
+    partial = np.empty((n_chunks, cin, blocks_flat.shape[1]), x.dtype)
+    conv_transpose3d_blocks_grad_weight_kernel(x_flat, blocks_flat, np.int64(rows_per_chunk), partial)
+    w_matrix_grad = partial[0].copy()
+    for chunk in range(1, n_chunks):          # fixed order: the result does not depend on threads
+        w_matrix_grad += partial[chunk]
+    return np.ascontiguousarray(
+        w_matrix_grad.reshape(cin, *kernel_size, cout).transpose(0, 4, 1, 2, 3))
+
+
+# ---- references: lines (1)-(3), plainly, any kernel / stride / padding ----------------------------
+def _full_size(input_size, kernel_size, stride):
+    return tuple((size - 1) * s + k for size, k, s in zip(input_size, kernel_size, stride))
+
+
+def conv_transpose3d_forward_reference(x, weight, bias, stride, padding):
+    """Line (1): every input voxel adds x @ weight[:, :, kz, ky, kx] into the output voxel at
+    (z*sd + kz, ...); then the padding is cut off and the bias added."""
+    n_batch, d, h, w, cin = x.shape
+    cout, (kernel_d, kernel_h, kernel_w) = weight.shape[1], weight.shape[2:]
+    stride_d, stride_h, stride_w = stride
+    full = _full_size((d, h, w), weight.shape[2:], stride)
+    y_full = np.zeros((n_batch, *full, cout), dtype=np.float64)
+    for kz in range(kernel_d):
+        for ky in range(kernel_h):
+            for kx in range(kernel_w):
+                y_full[:, kz:kz + stride_d * (d - 1) + 1:stride_d,
+                       ky:ky + stride_h * (h - 1) + 1:stride_h,
+                       kx:kx + stride_w * (w - 1) + 1:stride_w, :] += (
+                    x @ weight[:, :, kz, ky, kx].astype(np.float64))          # (Cin, Cout)
+    pd, ph, pw = padding
+    y = y_full[:, pd:full[0] - pd, ph:full[1] - ph, pw:full[2] - pw, :]
+    if bias is not None:
+        y = y + bias
+    return y.astype(x.dtype)
+
+
+def _grad_full(grad_output, full, padding):
+    """grad_output zero-padded back to the size of y_full."""
+    pd, ph, pw = padding
+    grad_full = np.zeros((grad_output.shape[0], *full, grad_output.shape[4]), dtype=np.float64)
+    grad_full[:, pd:full[0] - pd, ph:full[1] - ph, pw:full[2] - pw, :] = grad_output
+    return grad_full
+
+
+def conv_transpose3d_grad_input_reference(grad_output, weight, input_size, stride, padding):
+    """Line (2): every input voxel collects grad_full @ weight[:, :, kz, ky, kx]^T from the output
+    voxels it was added into."""
+    cin, cout, kernel_d, kernel_h, kernel_w = weight.shape
+    d, h, w = input_size
+    stride_d, stride_h, stride_w = stride
+    grad_full = _grad_full(grad_output, _full_size(input_size, weight.shape[2:], stride), padding)
+    grad_x = np.zeros((grad_output.shape[0], d, h, w, cin), dtype=np.float64)
+    for kz in range(kernel_d):
+        for ky in range(kernel_h):
+            for kx in range(kernel_w):
+                grad_x += (grad_full[:, kz:kz + stride_d * (d - 1) + 1:stride_d,
+                                     ky:ky + stride_h * (h - 1) + 1:stride_h,
+                                     kx:kx + stride_w * (w - 1) + 1:stride_w, :]
+                           @ weight[:, :, kz, ky, kx].T.astype(np.float64))    # (Cout, Cin)
+    return grad_x.astype(grad_output.dtype)
+
+
+def conv_transpose3d_grad_weight_reference(x, grad_output, kernel_size, stride, padding):
+    """Line (3): for each kernel offset, x^T @ (the output-gradient voxels it was added into)."""
+    n_batch, d, h, w, cin = x.shape
+    cout = grad_output.shape[4]
+    kernel_d, kernel_h, kernel_w = kernel_size
+    stride_d, stride_h, stride_w = stride
+    grad_full = _grad_full(grad_output, _full_size((d, h, w), kernel_size, stride), padding)
+    grad_weight = np.zeros((cin, cout, *kernel_size), dtype=np.float64)
+    x_flat = x.reshape(-1, cin).astype(np.float64)                             # (P, Cin)
+    for kz in range(kernel_d):
+        for ky in range(kernel_h):
+            for kx in range(kernel_w):
+                grad_window = grad_full[:, kz:kz + stride_d * (d - 1) + 1:stride_d,
+                                        ky:ky + stride_h * (h - 1) + 1:stride_h,
+                                        kx:kx + stride_w * (w - 1) + 1:stride_w, :]
+                grad_weight[:, :, kz, ky, kx] = x_flat.T @ grad_window.reshape(-1, cout)
+    return grad_weight.astype(x.dtype)

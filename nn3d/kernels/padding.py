@@ -1,0 +1,48 @@
+"""Zero-haloed channels-last buffers: the input of every convolution kernel.
+
+A convolution kernel that reads `x_pad[n, z*s + kz, y*s + ky, x*s + kx, c]` needs no boundary test
+if the zero padding is already in memory. `embed_strided` builds that buffer once per call:
+
+    out[n, o_d*s_d + offset_d, o_h*s_h + offset_h, o_w*s_w + offset_w, c] = x[n, o_d, o_h, o_w, c]
+
+with zeros everywhere else, in an (N, length_d, length_h, length_w, C) array. Entries of x whose
+target index falls outside [0, length) are dropped.
+
+- Zero padding by p (what Conv3d's forward needs):  stride 1, offset p, length D + 2p.
+- The "dilated and padded" output gradient of a strided convolution (its grad-input is a stride-1
+  convolution of that buffer with the flipped kernel, see nn3d/conv3d.py): stride s, offset k-1-p.
+"""
+import numpy as np
+
+
+def _placement(size, stride, offset, length):
+    """For one axis: (first source index, count, first target index) of the entries that land
+    inside [0, length) when source index o goes to target index o*stride + offset."""
+    first = 0 if offset >= 0 else -(offset // stride)          # smallest o with o*stride+offset >= 0
+    last = min(size - 1, (length - 1 - offset) // stride)      # largest o with o*stride+offset < length
+    count = max(0, last - first + 1)
+    return first, count, first * stride + offset
+
+
+def embed_strided(x_cl, stride, offset, length):
+    """Place channels-last `x_cl` (N, D, H, W, C) into zeros of shape (N, *length, C), entry o of each
+    spatial axis going to o*stride + offset. stride, offset, length: 3-tuples of ints."""
+    n, *size, channels = x_cl.shape
+    out = np.zeros((n, *length, channels), dtype=x_cl.dtype)     # (N, Lz, Ly, Lx, C)
+    source, target = [slice(None)], [slice(None)]
+    for axis in range(3):
+        first, count, start = _placement(size[axis], stride[axis], offset[axis], length[axis])
+        source.append(slice(first, first + count))
+        target.append(slice(start, start + (count - 1) * stride[axis] + 1 if count else start,
+                            stride[axis]))
+    out[tuple(target)] = x_cl[tuple(source)]
+    return out
+
+
+def pad_channels_last(x_cl, padding):
+    """Zero padding of `padding` = (pd, ph, pw) voxels on both sides of each spatial axis.
+    (N, D, H, W, C) -> (N, D + 2pd, H + 2ph, W + 2pw, C), C-contiguous."""
+    if padding == (0, 0, 0):
+        return np.ascontiguousarray(x_cl)
+    length = tuple(size + 2 * pad for size, pad in zip(x_cl.shape[1:4], padding))
+    return embed_strided(x_cl, (1, 1, 1), padding, length)

@@ -1,0 +1,138 @@
+"""Conv3d against PyTorch, the fast kernels against their NumPy references, and every gradient
+against central finite differences in float64."""
+import numpy as np
+import pytest
+import torch
+
+import nn3d
+from nn3d import Conv3d
+from nn3d.gradcheck import max_relative_error, numerical_gradient
+from nn3d.kernels import conv3d as kernels
+from nn3d.kernels.padding import pad_channels_last
+from nn3d.layout import from_channels_last, is_channels_last
+from tests.torch_reference import load_into_torch, run_torch
+
+# float32 tolerance: each output sums at most a few thousand products (Cin*k^3 for forward and
+# grad-input, N*Do*Ho*Wo <= 2*7*9*11 for grad-weight); rounding grows like eps * sqrt(length)
+# ~ 6e-8 * 40 = 2.4e-6 relative to the tensor's scale. 2e-5 leaves room for PyTorch's own
+# (different) summation order, and is still 1e4 times smaller than any indexing error.
+FLOAT32_TOLERANCE = 2e-5
+
+# (batch, in_channels, out_channels, spatial size, kernel_size, stride, padding, channels-last input)
+SHAPES = [
+    (2, 3, 5, (7, 9, 11), 3, 1, 1, False),            # odd non-cubic, batch 2, padding 1
+    (1, 1, 16, (6, 7, 9), 3, 2, 0, True),             # C = 1, stride 2, padding 0
+    (2, 16, 1, (5, 6, 7), 1, 1, 0, False),            # the U-Net's 1x1x1 head, Cout = 1
+    (1, 4, 17, (7, 5, 9), (3, 2, 3), (2, 1, 2), (1, 0, 1), True),   # non-cubic kernel, mixed stride
+    (1, 16, 32, (8, 8, 8), 3, 1, 1, True),            # a U-Net layer: full register tiles
+]
+
+
+@pytest.mark.parametrize("batch, cin, cout, size, kernel, stride, padding, channels_last", SHAPES)
+def test_conv3d_matches_torch(batch, cin, cout, size, kernel, stride, padding, channels_last):
+    rng = np.random.default_rng(0)
+    layer = Conv3d(cin, cout, kernel, stride=stride, padding=padding)
+    reference = load_into_torch(torch.nn.Conv3d(cin, cout, kernel, stride=stride, padding=padding), layer)
+    x = rng.standard_normal((batch, cin, *size)).astype(np.float32)
+    if channels_last:
+        x = from_channels_last(np.ascontiguousarray(x.transpose(0, 2, 3, 4, 1)))
+    y = layer.forward(x)
+    grad_output = rng.standard_normal(y.shape).astype(np.float32)
+    y_torch, (grad_input_torch,), grads_torch = run_torch(reference, [x], grad_output)
+    grad_input = layer.backward(grad_output)
+    assert y.shape == y_torch.shape and is_channels_last(y)
+    assert max_relative_error(y, y_torch) < FLOAT32_TOLERANCE
+    assert max_relative_error(grad_input, grad_input_torch) < FLOAT32_TOLERANCE
+    assert max_relative_error(layer.weight.grad, grads_torch["weight"]) < FLOAT32_TOLERANCE
+    assert max_relative_error(layer.bias.grad, grads_torch["bias"]) < FLOAT32_TOLERANCE
+
+
+def test_gradients_accumulate_until_zero_grad():
+    rng = np.random.default_rng(1)
+    layer = Conv3d(2, 3, 3, padding=1)
+    x = rng.standard_normal((1, 2, 4, 5, 6)).astype(np.float32)
+    grad_output = rng.standard_normal((1, 3, 4, 5, 6)).astype(np.float32)
+    layer.forward(x)
+    layer.backward(grad_output)
+    once = layer.weight.grad.copy()
+    layer.backward(grad_output)
+    np.testing.assert_allclose(layer.weight.grad, 2 * once, rtol=1e-6)
+    layer.zero_grad()
+    assert not layer.weight.grad.any() and not layer.bias.grad.any()
+
+
+# ---- fast kernels vs the plain references (float64: differences are rounding only) -------------
+@pytest.mark.parametrize("cin, cout, size, kernel, stride, padding", [
+    (3, 17, (5, 6, 11), (3, 3, 3), (1, 1, 1), (1, 1, 1)),    # W tail (11 = 2*4 + 3), Cout tail
+    (5, 16, (7, 6, 9), (3, 2, 3), (2, 2, 1), (1, 0, 2)),     # strided, non-cubic kernel, j tail
+])
+def test_kernels_match_references(cin, cout, size, kernel, stride, padding):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, *size, cin))                               # (N, D, H, W, Cin)
+    weight = rng.standard_normal((cout, cin, *kernel))
+    bias = rng.standard_normal(cout)
+    x_pad = pad_channels_last(x, padding)
+    y = kernels.conv3d_forward(x_pad, weight, bias, stride)
+    np.testing.assert_allclose(y, kernels.conv3d_forward_reference(x_pad, weight, bias, stride),
+                               rtol=0, atol=1e-12)
+    grad_output = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(
+        kernels.conv3d_grad_input(grad_output, weight, size, stride, padding),
+        kernels.conv3d_grad_input_reference(grad_output, weight, size, stride, padding), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        kernels.conv3d_grad_weight(x_pad, grad_output, kernel, stride),
+        kernels.conv3d_grad_weight_reference(x_pad, grad_output, kernel, stride), rtol=0, atol=1e-11)
+
+
+# ---- finite differences in float64 --------------------------------------------------------------
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 2, 1), ((2, 3, 1), 1, 0)])
+def test_conv3d_finite_differences(kernel, stride, padding):
+    rng = np.random.default_rng(3)
+    layer = Conv3d(2, 3, kernel, stride=stride, padding=padding).to(np.float64)
+    x = rng.standard_normal((1, 2, 4, 5, 3))
+    grad_output = rng.standard_normal(layer.forward(x).shape)
+
+    def loss():
+        return float(np.sum(layer.forward(x) * grad_output))
+
+    layer.forward(x)
+    grad_input = layer.backward(grad_output)
+    assert max_relative_error(grad_input, numerical_gradient(loss, x)) < 1e-7
+    assert max_relative_error(layer.weight.grad, numerical_gradient(loss, layer.weight.data)) < 1e-7
+    assert max_relative_error(layer.bias.grad, numerical_gradient(loss, layer.bias.data)) < 1e-7
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+def test_bad_input_is_rejected():
+    layer = Conv3d(2, 3, 3)
+    with pytest.raises(ValueError, match="backward called before"):
+        layer.backward(np.zeros((1, 3, 2, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="must be 5-D"):
+        layer.forward(np.zeros((2, 5, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="has 3 channels, expected 2"):
+        layer.forward(np.zeros((1, 3, 5, 5, 5), np.float32))
+    with pytest.raises(TypeError, match="must be float32"):
+        layer.forward(np.zeros((1, 2, 5, 5, 5), np.float16))
+    with pytest.raises(TypeError, match="must be float32"):
+        layer.forward(np.zeros((1, 2, 5, 5, 5), np.int64))
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        layer.forward(np.zeros((1, 2, 2, 5, 5), np.float32))
+    layer.forward(np.zeros((1, 2, 5, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="grad_output has shape"):
+        layer.backward(np.zeros((1, 3, 3, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="kernel_size must be an int or a tuple of 3 ints"):
+        Conv3d(2, 3, (3, 3))
+
+
+def test_state_dict_round_trip_with_torch():
+    nn3d.manual_seed(4)
+    layer = Conv3d(3, 4, 3, bias=True)
+    assert layer.weight.shape == (4, 3, 3, 3, 3) and layer.bias.shape == (4,)
+    bound = 1 / np.sqrt(3 * 27)                                   # PyTorch's default init bound
+    assert np.abs(layer.weight.data).max() <= bound and np.abs(layer.weight.data).max() > 0.8 * bound
+    twin = load_into_torch(torch.nn.Conv3d(3, 4, 3), layer)
+    back = Conv3d(3, 4, 3)
+    back.load_state_dict({k: v.detach().numpy() for k, v in twin.state_dict().items()})
+    for key, value in layer.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[key], value)
+    assert list(Conv3d(3, 4, 1, bias=False).state_dict()) == ["weight"]

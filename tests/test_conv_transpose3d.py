@@ -1,0 +1,116 @@
+"""ConvTranspose3d against PyTorch, the fast (kernel == stride) path against the plain references,
+and every gradient against central finite differences in float64."""
+import numpy as np
+import pytest
+import torch
+
+import nn3d
+from nn3d import ConvTranspose3d
+from nn3d.gradcheck import max_relative_error, numerical_gradient
+from nn3d.kernels import conv_transpose3d as kernels
+from nn3d.layout import from_channels_last, is_channels_last
+from tests.torch_reference import load_into_torch, run_torch
+
+# float32 tolerance: each output or input gradient sums at most Cin*k^3 (or Cout*k^3) products and
+# grad-weight sums over at most 2*7*9*11 voxels; rounding ~ eps * sqrt(length) ~ 6e-8 * 40 = 2.4e-6
+# of the tensor's scale. 2e-5 allows for PyTorch's different summation order.
+FLOAT32_TOLERANCE = 2e-5
+
+# (batch, in_channels, out_channels, input size, kernel_size, stride, padding, channels-last input)
+SHAPES = [
+    (2, 4, 3, (3, 4, 5), 2, 2, 0, False),             # the U-Net's up-sampling (fast path), batch 2
+    (1, 16, 8, (4, 4, 4), 2, 2, 0, True),             # fast path, U-Net-like channels
+    (1, 1, 2, (4, 5, 3), 3, 2, 1, True),              # C = 1, general k=3 s=2 p=1
+    (2, 5, 1, (7, 9, 11), 3, 1, 0, False),            # odd non-cubic, stride 1, Cout = 1
+    (1, 3, 4, (3, 4, 5), (3, 2, 1), (2, 2, 1), (1, 0, 0), True),   # non-cubic kernel and stride
+]
+
+
+@pytest.mark.parametrize("batch, cin, cout, size, kernel, stride, padding, channels_last", SHAPES)
+def test_conv_transpose3d_matches_torch(batch, cin, cout, size, kernel, stride, padding, channels_last):
+    rng = np.random.default_rng(0)
+    layer = ConvTranspose3d(cin, cout, kernel, stride=stride, padding=padding)
+    reference = load_into_torch(
+        torch.nn.ConvTranspose3d(cin, cout, kernel, stride=stride, padding=padding), layer)
+    x = rng.standard_normal((batch, cin, *size)).astype(np.float32)
+    if channels_last:
+        x = from_channels_last(np.ascontiguousarray(x.transpose(0, 2, 3, 4, 1)))
+    y = layer.forward(x)
+    grad_output = rng.standard_normal(y.shape).astype(np.float32)
+    y_torch, (grad_input_torch,), grads_torch = run_torch(reference, [x], grad_output)
+    grad_input = layer.backward(grad_output)
+    assert y.shape == y_torch.shape and is_channels_last(y)
+    assert max_relative_error(y, y_torch) < FLOAT32_TOLERANCE
+    assert max_relative_error(grad_input, grad_input_torch) < FLOAT32_TOLERANCE
+    assert max_relative_error(layer.weight.grad, grads_torch["weight"]) < FLOAT32_TOLERANCE
+    assert max_relative_error(layer.bias.grad, grads_torch["bias"]) < FLOAT32_TOLERANCE
+
+
+def test_blocks_kernels_match_references():
+    """The kernel == stride fast path against the plain scatter/gather references (float64)."""
+    rng = np.random.default_rng(2)
+    kernel = (2, 3, 2)
+    x = rng.standard_normal((2, 3, 2, 5, 4))                                 # (N, D, H, W, Cin)
+    weight = rng.standard_normal((4, 6, *kernel))                            # (Cin, Cout, kD, kH, kW)
+    bias = rng.standard_normal(6)
+    y = kernels.conv_transpose3d_blocks_forward(x, weight, bias)
+    np.testing.assert_allclose(
+        y, kernels.conv_transpose3d_forward_reference(x, weight, bias, kernel, (0, 0, 0)), rtol=0, atol=1e-12)
+    grad_output = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(
+        kernels.conv_transpose3d_blocks_grad_input(grad_output, weight, x.shape[:4]),
+        kernels.conv_transpose3d_grad_input_reference(grad_output, weight, x.shape[1:4], kernel, (0, 0, 0)),
+        rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        kernels.conv_transpose3d_blocks_grad_weight(x, grad_output, kernel, 6),
+        kernels.conv_transpose3d_grad_weight_reference(x, grad_output, kernel, kernel, (0, 0, 0)),
+        rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(2, 2, 0), (3, 2, 1)])
+def test_conv_transpose3d_finite_differences(kernel, stride, padding):
+    rng = np.random.default_rng(3)
+    layer = ConvTranspose3d(2, 3, kernel, stride=stride, padding=padding).to(np.float64)
+    x = rng.standard_normal((1, 2, 2, 3, 2))
+    grad_output = rng.standard_normal(layer.forward(x).shape)
+
+    def loss():
+        return float(np.sum(layer.forward(x) * grad_output))
+
+    layer.forward(x)
+    grad_input = layer.backward(grad_output)
+    assert max_relative_error(grad_input, numerical_gradient(loss, x)) < 1e-7
+    assert max_relative_error(layer.weight.grad, numerical_gradient(loss, layer.weight.data)) < 1e-7
+    assert max_relative_error(layer.bias.grad, numerical_gradient(loss, layer.bias.data)) < 1e-7
+
+
+def test_bad_input_is_rejected():
+    layer = ConvTranspose3d(2, 3, 2, stride=2)
+    with pytest.raises(ValueError, match="backward called before"):
+        layer.backward(np.zeros((1, 3, 4, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="must be 5-D"):
+        layer.forward(np.zeros((1, 2, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="has 4 channels, expected 2"):
+        layer.forward(np.zeros((1, 4, 2, 2, 2), np.float32))
+    with pytest.raises(TypeError, match="must be float32"):
+        layer.forward(np.zeros((1, 2, 2, 2, 2), np.float16))
+    with pytest.raises(TypeError, match="must be float32"):
+        layer.forward(np.zeros((1, 2, 2, 2, 2), np.int32))
+    with pytest.raises(ValueError, match="gives an empty output"):
+        ConvTranspose3d(2, 3, 1, padding=1).forward(np.zeros((1, 2, 2, 2, 2), np.float32))
+    layer.forward(np.zeros((1, 2, 2, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="grad_output has shape"):
+        layer.backward(np.zeros((1, 3, 2, 2, 2), np.float32))
+
+
+def test_state_dict_round_trip_with_torch():
+    nn3d.manual_seed(4)
+    layer = ConvTranspose3d(6, 4, 2, stride=2)
+    assert layer.weight.shape == (6, 4, 2, 2, 2) and layer.bias.shape == (4,)
+    bound = 1 / np.sqrt(4 * 8)                                    # fan_in = Cout * k^3, as PyTorch
+    assert np.abs(layer.weight.data).max() <= bound and np.abs(layer.weight.data).max() > 0.8 * bound
+    twin = load_into_torch(torch.nn.ConvTranspose3d(6, 4, 2, stride=2), layer)
+    back = ConvTranspose3d(6, 4, 2, stride=2)
+    back.load_state_dict({k: v.detach().numpy() for k, v in twin.state_dict().items()})
+    for key, value in layer.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[key], value)
