@@ -1,0 +1,43 @@
+"""Atomic file writes: a reader (or a crash) never sees a half-written file.
+
+The file is written under a temporary name in the same folder, flushed to disk, then renamed over the
+target with `os.replace`, which is atomic on POSIX and Windows when both names are on one filesystem.
+A process killed at any moment leaves either the old file or the new one, plus at worst a stray
+temporary file, never a truncated checkpoint.
+
+    with atomic_path("run/latest.npz") as temporary:
+        write_something(temporary)            # renamed to run/latest.npz only if this succeeds
+"""
+import contextlib
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to `path`; on success rename it to `path`, on error delete it.
+
+    The temporary name keeps `path`'s suffixes (e.g. `.nii.gz`), since some writers choose the
+    format from the file name.
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp-{name}", dir=folder)
+    os.close(descriptor)
+    try:
+        yield temporary
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
+def write_text(path, text):
+    """Write a text file atomically."""
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(text)
