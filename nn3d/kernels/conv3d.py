@@ -28,7 +28,7 @@ kernel keeps a BLOCK_J x BLOCK_C tile of grad_weight in registers while it runs 
 import numpy as np
 from numba import prange
 
-from .jit import blocked_kernel
+from .jit import blocked_kernel, tile_helper
 from .padding import embed_strided
 
 BLOCK_W = 4    # output voxels along W per register tile (forward)
@@ -38,16 +38,19 @@ BLOCK_C = 16   # output channels per register tile: 2 AVX2 registers of float32
 
 # ---- weight layouts -----------------------------------------------------------------------------
 def pack_weight(weight):
-    """(Cout, Cin, kD, kH, kW) -> (kD, kH, kW*Cin, Cout rounded up to BLOCK_C), zeros in the padding."""
+    """(Cout, Cin, kD, kH, kW) -> w_packed (kD, kH, Cout_padded // 16, kW*Cin, 16):
+    w_packed[kz, ky, cb, j, c] = weight[cb*16 + c, ci, kz, ky, kx] with j = kx*Cin + ci, zeros for
+    the padding channels. The 16 weights one reduction step of the forward kernel needs are adjacent."""
     cout, cin, kd, kh, kw = weight.shape
     cout_padded = -(-cout // BLOCK_C) * BLOCK_C
     packed = np.zeros((kd, kh, kw * cin, cout_padded), dtype=weight.dtype)
     packed[..., :cout] = weight.transpose(2, 3, 4, 1, 0).reshape(kd, kh, kw * cin, cout)
-    return packed
+    return np.ascontiguousarray(
+        packed.reshape(kd, kh, kw * cin, cout_padded // BLOCK_C, BLOCK_C).transpose(0, 1, 3, 2, 4))
 
 
 def unpack_weight(packed, cout, cin):
-    """Inverse of pack_weight: (kD, kH, kW*Cin, Cout_padded) -> (Cout, Cin, kD, kH, kW)."""
+    """(kD, kH, kW*Cin, Cout_padded), grad-weight's layout -> (Cout, Cin, kD, kH, kW)."""
     kd, kh, kwcin, _ = packed.shape
     kw = kwcin // cin
     return np.ascontiguousarray(
@@ -66,60 +69,86 @@ def output_size(padded_size, kernel_size, stride):
     return tuple((p - k) // s + 1 for p, k, s in zip(padded_size, kernel_size, stride))
 
 
+# ---- register tiles -----------------------------------------------------------------------------
+# Numba keeps scalars and tuples in registers, never arrays. A BLOCK_C-wide slice of output channels
+# is therefore carried as a tuple of 16 numbers; the SLP vectoriser turns the 16 scalar operations of
+# `fma16` into two AVX2 vector FMAs (float32). The helpers are inlined into the kernels by LLVM.
+@tile_helper
+def load16(matrix, i):
+    """matrix[i, 0:16] as a tuple (a register tile); `i` is a loop counter, so LLVM drops the
+    negative-index checks and the 16 loads become one vector load."""
+    return (matrix[i, 0], matrix[i, 1], matrix[i, 2], matrix[i, 3], matrix[i, 4], matrix[i, 5],
+            matrix[i, 6], matrix[i, 7], matrix[i, 8], matrix[i, 9], matrix[i, 10], matrix[i, 11],
+            matrix[i, 12], matrix[i, 13], matrix[i, 14], matrix[i, 15])
+
+
+@tile_helper
+def fma16(acc, value, w):
+    """acc + value * w, element-wise on 16-tuples."""
+    return (acc[0] + value * w[0], acc[1] + value * w[1], acc[2] + value * w[2], acc[3] + value * w[3],
+            acc[4] + value * w[4], acc[5] + value * w[5], acc[6] + value * w[6], acc[7] + value * w[7],
+            acc[8] + value * w[8], acc[9] + value * w[9], acc[10] + value * w[10], acc[11] + value * w[11],
+            acc[12] + value * w[12], acc[13] + value * w[13], acc[14] + value * w[14],
+            acc[15] + value * w[15])
+
+
 # ---- forward: line (1) --------------------------------------------------------------------------
 @blocked_kernel
 def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, y):
     """Line (1): y = conv(x_pad, weight) + bias, any kernel size and stride.
 
-    x_pad (N, Dp, Hp, Wp, Cin), w_packed (kD, kH, kW*Cin, Cout_padded) from `pack_weight`,
-    bias (Cout_padded,), y (N, Do, Ho, Wo, Cout) written in full. Each prange iteration owns one
-    output row y[n, z, y, :, :].
+    x_pad (N, Dp, Hp, Wp, Cin), w_packed (kD, kH, Cout_padded/16, kW*Cin, 16) from `pack_weight`,
+    bias (Cout_padded/16, 16), y (N, Do, Ho, Wo, Cout_padded). Each prange iteration owns one output
+    row y[n, z, y, :, :].
     Differs from conv3d_forward_reference in loop order only: the (kx, ci) loops are one loop over
-    the contiguous run j, and a BLOCK_W x BLOCK_C tile of y stays in `acc` (registers) for the whole
-    reduction; voxels left over at the end of a row (Wo % BLOCK_W) are done one at a time.
+    the contiguous run j, and BLOCK_W = 4 neighbouring voxels x BLOCK_C = 16 output channels of y
+    stay in registers (acc0..acc3) for the whole reduction over (kz, ky, j); voxels left over at the
+    end of a row (Wo % 4) are done one at a time (acc0 only). The input of voxel x0 + p is read
+    through the view x_p = x_row[(x0 + p)*sw*Cin:], so the innermost index is the loop counter j.
     """
-    n_batch, out_d, out_h, out_w, cout = y.shape
-    kernel_d, kernel_h, run, cout_padded = w_packed.shape
+    n_batch, out_d, out_h, out_w, cout_padded = y.shape
+    kernel_d, kernel_h, n_cblocks, run, _ = w_packed.shape
     cin = x_pad.shape[4]
     x_rows = x_pad.reshape(n_batch, x_pad.shape[1], x_pad.shape[2], x_pad.shape[3] * cin)
+    y_tiles = y.reshape(n_batch, out_d, out_h, out_w, n_cblocks, BLOCK_C)
     step = stride_w * cin                      # distance between neighbouring output voxels in a row
     full_blocks = out_w // BLOCK_W * BLOCK_W
     for row in prange(n_batch * out_d * out_h):
         n = row // (out_d * out_h)
         z = row // out_h % out_d
         yy = row % out_h
-        acc = np.empty((BLOCK_W, BLOCK_C), dtype=y.dtype)
-        for co0 in range(0, cout_padded, BLOCK_C):
-            for x0 in range(0, out_w, BLOCK_W):
-                width = BLOCK_W if x0 < full_blocks else 1
-                for x1 in range(x0, min(x0 + BLOCK_W, out_w), width):
-                    for p in range(BLOCK_W):
-                        for c in range(BLOCK_C):
-                            acc[p, c] = bias[co0 + c]
-                    if width == BLOCK_W:
-                        for kz in range(kernel_d):
-                            for ky in range(kernel_h):
-                                x_row = x_rows[n, z * stride_d + kz, yy * stride_h + ky]
-                                w_tile = w_packed[kz, ky]
-                                base = x1 * step
-                                for j in range(run):
-                                    for p in range(BLOCK_W):
-                                        value = x_row[base + p * step + j]
-                                        for c in range(BLOCK_C):
-                                            acc[p, c] += value * w_tile[j, co0 + c]
-                    else:
-                        for kz in range(kernel_d):
-                            for ky in range(kernel_h):
-                                x_row = x_rows[n, z * stride_d + kz, yy * stride_h + ky]
-                                w_tile = w_packed[kz, ky]
-                                base = x1 * step
-                                for j in range(run):
-                                    value = x_row[base + j]
-                                    for c in range(BLOCK_C):
-                                        acc[0, c] += value * w_tile[j, co0 + c]
-                    for p in range(width):
-                        for c in range(min(BLOCK_C, cout - co0)):
-                            y[n, z, yy, x1 + p, co0 + c] = acc[p, c]
+        for cb in range(n_cblocks):
+            for x0 in range(0, full_blocks, BLOCK_W):
+                acc0 = acc1 = acc2 = acc3 = load16(bias, cb)
+                for kz in range(kernel_d):
+                    for ky in range(kernel_h):
+                        x_row = x_rows[n, z * stride_d + kz, yy * stride_h + ky]
+                        x_0 = x_row[x0 * step:]
+                        x_1 = x_row[(x0 + 1) * step:]
+                        x_2 = x_row[(x0 + 2) * step:]
+                        x_3 = x_row[(x0 + 3) * step:]
+                        w_tile = w_packed[kz, ky, cb]                      # (kW*Cin, 16)
+                        for j in range(run):
+                            w = load16(w_tile, j)
+                            acc0 = fma16(acc0, x_0[j], w)
+                            acc1 = fma16(acc1, x_1[j], w)
+                            acc2 = fma16(acc2, x_2[j], w)
+                            acc3 = fma16(acc3, x_3[j], w)
+                for c in range(BLOCK_C):
+                    y_tiles[n, z, yy, x0, cb, c] = acc0[c]
+                    y_tiles[n, z, yy, x0 + 1, cb, c] = acc1[c]
+                    y_tiles[n, z, yy, x0 + 2, cb, c] = acc2[c]
+                    y_tiles[n, z, yy, x0 + 3, cb, c] = acc3[c]
+            for x0 in range(full_blocks, out_w):
+                acc0 = load16(bias, cb)
+                for kz in range(kernel_d):
+                    for ky in range(kernel_h):
+                        x_0 = x_rows[n, z * stride_d + kz, yy * stride_h + ky, x0 * step:]
+                        w_tile = w_packed[kz, ky, cb]
+                        for j in range(run):
+                            acc0 = fma16(acc0, x_0[j], load16(w_tile, j))
+                for c in range(BLOCK_C):
+                    y_tiles[n, z, yy, x0, cb, c] = acc0[c]
 
 
 def conv3d_forward(x_pad, weight, bias, stride):
@@ -127,13 +156,15 @@ def conv3d_forward(x_pad, weight, bias, stride):
     weight (Cout, Cin, kD, kH, kW); bias (Cout,) or None; stride 3-tuple."""
     cout = weight.shape[0]
     w_packed = pack_weight(weight)
-    bias_padded = np.zeros(w_packed.shape[3], dtype=x_pad.dtype)
+    cout_padded = w_packed.shape[2] * BLOCK_C
+    bias_padded = np.zeros(cout_padded, dtype=x_pad.dtype)
     if bias is not None:
         bias_padded[:cout] = bias
+    bias_padded = bias_padded.reshape(-1, BLOCK_C)                          # (Cout_padded/16, 16)
     out = output_size(x_pad.shape[1:4], weight.shape[2:], stride)
-    y = np.empty((x_pad.shape[0], *out, cout), dtype=x_pad.dtype)
+    y = np.empty((x_pad.shape[0], *out, cout_padded), dtype=x_pad.dtype)  # (N, Do, Ho, Wo, Cout_padded)
     conv3d_forward_kernel(x_pad, w_packed, bias_padded, *(np.int64(s) for s in stride), y)
-    return y
+    return y if y.shape[4] == cout else np.ascontiguousarray(y[..., :cout])
 
 
 def conv3d_forward_reference(x_pad, weight, bias, stride):
@@ -193,60 +224,67 @@ def conv3d_grad_input_reference(grad_output, weight, input_size, stride, padding
 
 # ---- grad-weight: line (3) ----------------------------------------------------------------------
 @blocked_kernel
-def conv3d_grad_weight_kernel(x_pad, grad_output, stride_d, stride_h, stride_w,
+def conv3d_grad_weight_kernel(x_pad, g_tiles, stride_d, stride_h, stride_w,
                               rows_per_chunk, rows_per_block, partial):
     """Line (3), as per-chunk partial sums: partial[chunk, kz, ky, j, co] sums over the output rows
     (n, z, y) of chunk `chunk` (rows_per_chunk consecutive rows); the caller adds the chunks up in
     order (deterministic, independent of the thread count).
 
-    x_pad (N, Dp, Hp, Wp, Cin); grad_output (N, Do, Ho, Wo, Cout_padded) with Cout_padded a
-    multiple of BLOCK_C; partial (n_chunks, kD, kH, kW*Cin, Cout_padded), zeros on entry.
-    Differs from conv3d_grad_weight_reference in loop order only: a BLOCK_J x BLOCK_C tile of
-    grad_weight stays in `acc` while the kernel runs over the voxels of rows_per_block rows (data
-    that stays in cache); positions j left over (kW*Cin % BLOCK_J) are done one at a time.
+    x_pad (N, Dp, Hp, Wp, Cin); g_tiles (N, Do, Ho, Cout_padded/16, Wo, 16): grad_output with its
+    channels padded to a multiple of 16 and split in blocks of 16 (so one block of a row is
+    contiguous); partial (n_chunks, kD, kH, kW*Cin, Cout_padded), zeros on entry.
+    Differs from conv3d_grad_weight_reference in loop order only: BLOCK_J = 4 positions j x 16
+    output channels of grad_weight stay in registers (acc0..acc3) while the kernel runs over the
+    voxels of rows_per_block rows (data that stays in cache); positions j left over
+    (kW*Cin % 4) are done one at a time.
     """
-    n_batch, out_d, out_h, out_w, cout_padded = grad_output.shape
+    n_batch, out_d, out_h, n_cblocks, out_w, _ = g_tiles.shape
     n_chunks, kernel_d, kernel_h, run, _ = partial.shape
     cin = x_pad.shape[4]
     x_rows = x_pad.reshape(n_batch, x_pad.shape[1], x_pad.shape[2], x_pad.shape[3] * cin)
     step = stride_w * cin
     n_rows = n_batch * out_d * out_h
     full_blocks = run // BLOCK_J * BLOCK_J
+    zero_tile = np.zeros((1, BLOCK_C), dtype=partial.dtype)
     for chunk in prange(n_chunks):
         first_row = np.int64(chunk) * rows_per_chunk
         last_row = min(first_row + rows_per_chunk, n_rows)
-        acc = np.empty((BLOCK_J, BLOCK_C), dtype=partial.dtype)
         for block_start in range(first_row, last_row, rows_per_block):
             block_stop = min(block_start + rows_per_block, last_row)
             for kz in range(kernel_d):
                 for ky in range(kernel_h):
-                    for co0 in range(0, cout_padded, BLOCK_C):
-                        for j0 in range(0, run, BLOCK_J):
-                            width = BLOCK_J if j0 < full_blocks else 1
-                            for j1 in range(j0, min(j0 + BLOCK_J, run), width):
-                                for q in range(BLOCK_J):
-                                    for c in range(BLOCK_C):
-                                        acc[q, c] = 0.0
-                                for row in range(block_start, block_stop):
-                                    n = row // (out_d * out_h)
-                                    z = row // out_h % out_d
-                                    yy = row % out_h
-                                    x_row = x_rows[n, z * stride_d + kz, yy * stride_h + ky]
-                                    g_row = grad_output[n, z, yy]                  # (Wo, Cout_padded)
-                                    if width == BLOCK_J:
-                                        for x in range(out_w):
-                                            for q in range(BLOCK_J):
-                                                value = x_row[x * step + j1 + q]
-                                                for c in range(BLOCK_C):
-                                                    acc[q, c] += value * g_row[x, co0 + c]
-                                    else:
-                                        for x in range(out_w):
-                                            value = x_row[x * step + j1]
-                                            for c in range(BLOCK_C):
-                                                acc[0, c] += value * g_row[x, co0 + c]
-                                for q in range(width):
-                                    for c in range(BLOCK_C):
-                                        partial[chunk, kz, ky, j1 + q, co0 + c] += acc[q, c]
+                    for cb in range(n_cblocks):
+                        for j0 in range(0, full_blocks, BLOCK_J):
+                            acc0 = acc1 = acc2 = acc3 = load16(zero_tile, 0)
+                            for row in range(block_start, block_stop):
+                                n = row // (out_d * out_h)
+                                z = row // out_h % out_d
+                                yy = row % out_h
+                                x_row = x_rows[n, z * stride_d + kz, yy * stride_h + ky, j0:]
+                                g_row = g_tiles[n, z, yy, cb]                      # (Wo, 16)
+                                for x in range(out_w):
+                                    g = load16(g_row, x)
+                                    acc0 = fma16(acc0, x_row[x * step], g)
+                                    acc1 = fma16(acc1, x_row[x * step + 1], g)
+                                    acc2 = fma16(acc2, x_row[x * step + 2], g)
+                                    acc3 = fma16(acc3, x_row[x * step + 3], g)
+                            for c in range(BLOCK_C):
+                                partial[chunk, kz, ky, j0, cb * BLOCK_C + c] += acc0[c]
+                                partial[chunk, kz, ky, j0 + 1, cb * BLOCK_C + c] += acc1[c]
+                                partial[chunk, kz, ky, j0 + 2, cb * BLOCK_C + c] += acc2[c]
+                                partial[chunk, kz, ky, j0 + 3, cb * BLOCK_C + c] += acc3[c]
+                        for j0 in range(full_blocks, run):
+                            acc0 = load16(zero_tile, 0)
+                            for row in range(block_start, block_stop):
+                                n = row // (out_d * out_h)
+                                z = row // out_h % out_d
+                                yy = row % out_h
+                                x_row = x_rows[n, z * stride_d + kz, yy * stride_h + ky, j0:]
+                                g_row = g_tiles[n, z, yy, cb]
+                                for x in range(out_w):
+                                    acc0 = fma16(acc0, x_row[x * step], load16(g_row, x))
+                            for c in range(BLOCK_C):
+                                partial[chunk, kz, ky, j0, cb * BLOCK_C + c] += acc0[c]
 
 
 def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride):
@@ -267,7 +305,9 @@ def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride):
     row_values = x_pad.shape[3] * cin * kernel_d * kernel_h + out_w * cout_padded
     rows_per_block = max(1, min(rows_per_chunk, 32768 // row_values))
     partial = np.zeros((n_chunks, kernel_d, kernel_h, kernel_w * cin, cout_padded), x_pad.dtype)
-    conv3d_grad_weight_kernel(x_pad, np.ascontiguousarray(grad_output), *(np.int64(s) for s in stride),
+    g_tiles = np.ascontiguousarray(grad_output.reshape(n_batch, out_d, out_h, out_w, -1, BLOCK_C)
+                                   .transpose(0, 1, 2, 4, 3, 5))          # (N, Do, Ho, Cout_p/16, Wo, 16)
+    conv3d_grad_weight_kernel(x_pad, g_tiles, *(np.int64(s) for s in stride),
                               np.int64(rows_per_chunk), np.int64(rows_per_block), partial)
     w_packed = partial[0].copy()
     for chunk in range(1, n_chunks):          # fixed order: the result does not depend on threads
