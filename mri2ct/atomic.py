@@ -25,6 +25,9 @@ def atomic_path(path):
     os.makedirs(folder, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp-{name}", dir=folder)
     os.close(descriptor)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     try:
         yield temporary
         with open(temporary, "rb+") as written:
