@@ -73,8 +73,10 @@ TISSUE_T1 = {
 }
 
 # Skin surface of the nominal head: an ellipsoid of 140 x 172 x 154 mm (x, y, z). That is the
-# average adult head of about 150 x 185 x 165 mm scaled by 0.93, so that the largest patient (+10%)
-# still fits the default 192 mm field of view.
+# average adult head of about 150 x 185 x 165 mm scaled by 0.93, so that a +10% patient still nearly
+# fits the default 192 mm field of view; the few that do not (about 1 in 6 once rotated and shifted)
+# are shrunk to fit, by at most ~5%. Smaller fields of view shrink every head (64^3 at 1 mm: a
+# miniature head).
 HEAD_SEMI_AXES_MM = np.array([70.0, 86.0, 77.0])
 SIZE_JITTER = 0.10       # per-axis scale drawn from 1 +- 0.10
 ROTATION_DEG = 10.0      # rotation about each axis drawn from +-10 degrees
@@ -181,7 +183,7 @@ def draw_patient(rng, fov_mm):
     p["inner_table_mm"] = rng.uniform(1.2, 1.8)
     p["csf_mm"] = rng.uniform(1.5, 3.0)
     p["cortex_mm"] = rng.uniform(2.3, 3.0)
-    p["sulcus_depth_mm"] = rng.uniform(10.0, 16.0)
+    p["sulcus_depth_mm"] = rng.uniform(14.0, 20.0)
     p["ventricle_scale"] = rng.uniform(0.7, 1.4)
     p["hu"] = np.array([m + rng.uniform(-j, j) for m, j in (TISSUE_HU[t] for t in range(N_LABELS))])
     p["t1"] = np.array([m * (1 + rng.uniform(-j, j)) for m, j in (TISSUE_T1[t] for t in range(N_LABELS))])
@@ -243,8 +245,8 @@ def paint_head(ux, uy, uz, thickness, bump, folds, p):
     fold = np.abs(folds(ux[fold_zone] / r[fold_zone], uy[fold_zone] / r[fold_zone],
                         uz[fold_zone] / r[fold_zone]))
     zone_labels = labels[fold_zone]
-    zone_labels[fold < 0.45] = GREY_MATTER
-    zone_labels[(fold < 0.12) & (brain_depth[fold_zone] < p["sulcus_depth_mm"])] = CSF
+    zone_labels[fold < 0.6] = GREY_MATTER
+    zone_labels[(fold < 0.15) & (brain_depth[fold_zone] < p["sulcus_depth_mm"])] = CSF
     labels[fold_zone] = zone_labels
 
     # Interhemispheric fissure above the corpus callosum, lined by the medial cortex.
@@ -322,7 +324,7 @@ def generate_patient(rng, shape=64, spacing=3.0, supersample=2):
     bump = SmoothNoise(rng, 25.0, half)
     bone_density = SmoothNoise(rng, 15.0, half)
     bias = SmoothNoise(rng, 60.0, half)
-    fold_noise = SmoothNoise(rng, 7.0, 100.0)  # head frame, evaluated on the skin surface
+    fold_noise = SmoothNoise(rng, 5.5, 100.0)  # head frame, evaluated on the skin surface
 
     # Fold noise sampled once on a 1.5 mm head-frame grid, then read by trilinear interpolation.
     fold_axis = np.arange(-100.0, 100.0 + 1e-9, 1.5)
