@@ -1,7 +1,8 @@
 """AdamW and gradient clipping.
 
 AdamW (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019), exactly the update
-documented for torch.optim.AdamW (amsgrad=False, maximize=False). For every parameter theta with
+documented for torch.optim.AdamW (https://pytorch.org/docs/stable/generated/torch.optim.AdamW.html,
+amsgrad=False, maximize=False). For every parameter theta with
 gradient g, at step t = 1, 2, ... (all operations elementwise):
     theta <- theta (1 - lr wd)                       decoupled weight decay: not added to g
     m     <- beta1 m + (1 - beta1) g                 first moment   (exp_avg)
@@ -67,8 +68,11 @@ class AdamW:
         t = self.step_count
         step_size = self.lr / (1 - beta1 ** t)                              # lr / (1 - beta1^t)
         bias_correction2_sqrt = np.sqrt(1 - beta2 ** t)                      # sqrt(1 - beta2^t)
-        for param, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+        for index, (param, m, v) in enumerate(zip(self.params, self.exp_avg, self.exp_avg_sq)):
             theta, g = param.data, param.grad                              # same shape, dtype
+            if m.dtype != theta.dtype:
+                raise TypeError(f"AdamW: parameter {index} is {theta.dtype} but its optimizer state is {m.dtype}; "
+                                f"create the optimizer after Module.to()")
             theta *= theta.dtype.type(1 - self.lr * self.weight_decay)     # decoupled weight decay
             m += (g - m) * m.dtype.type(1 - beta1)                         # m = beta1 m + (1 - beta1) g
             v *= v.dtype.type(beta2)

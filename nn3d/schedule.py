@@ -1,7 +1,8 @@
 """CosineAnnealingLR: the learning rate follows half a cosine from lr0 down to eta_min over T_max steps.
 
 Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts" (ICLR 2017), without
-restarts, as documented for torch.optim.lr_scheduler.CosineAnnealingLR:
+restarts, as documented for torch.optim.lr_scheduler.CosineAnnealingLR
+(https://pytorch.org/docs/stable/generated/torch.optim.lr_scheduler.CosineAnnealingLR.html):
     lr_t = eta_min + (lr0 - eta_min) (1 + cos(pi t / T_max)) / 2,       t = number of step() calls
 lr0 is the optimizer's lr when the scheduler is created. PyTorch computes the same values with a
 recursive formula (each lr from the previous one); we use the closed form, which is what the

@@ -228,3 +228,6 @@ def test_bad_arguments():
         CosineAnnealingLR(optimizer, T_max=0)
     with pytest.raises(ValueError, match="max_norm must be positive"):
         clip_grad_norm_([param], 0.0)
+    param.data = param.data.astype(np.float64)                     # what Module.to() does after creation
+    with pytest.raises(TypeError, match="parameter 0 is float64 but its optimizer state is float32"):
+        optimizer.step()
