@@ -74,14 +74,15 @@ TISSUE_T1 = {
 
 # Skin surface of the nominal head: an ellipsoid of 140 x 172 x 154 mm (x, y, z). That is the
 # average adult head of about 150 x 185 x 165 mm scaled by 0.93, so that a +10% patient still nearly
-# fits the default 192 mm field of view; the few that do not (about 1 in 6 once rotated and shifted)
-# are shrunk to fit, by at most ~5%. Smaller fields of view shrink every head (64^3 at 1 mm: a
-# miniature head).
+# fits the default 192 mm field of view; those that do not (about 1 in 3 once rotated and shifted,
+# with a 5 mm margin) are shrunk to fit, by at most ~7%. Smaller fields of view shrink every head
+# (64^3 at 1 mm: a miniature head).
 HEAD_SEMI_AXES_MM = np.array([70.0, 86.0, 77.0])
 SIZE_JITTER = 0.10       # per-axis scale drawn from 1 +- 0.10
 ROTATION_DEG = 10.0      # rotation about each axis drawn from +-10 degrees
 SHIFT_MM = 4.0           # translation along each axis drawn from +-4 mm
-FOV_MARGIN_MM = 3.0      # a head larger than the field of view minus this margin is shrunk to fit
+SKIN_BUMP_MM = 1.5       # std of the skin surface roughness, clipped at 2 std
+FOV_MARGIN_MM = 5.0      # a head (before roughness) larger than the field of view minus this is shrunk
 
 # Cubic B-spline: the variance of noise interpolated from a lattice of unit-variance values is
 # (integral of B^2)^3 = (151/315)^3; dividing the lattice by its square root gives unit variance.
@@ -215,7 +216,7 @@ def paint_head(ux, uy, uz, thickness, bump, folds, p):
                 + (uz / HEAD_SEMI_AXES_MM[2]) ** 2)
     r = np.maximum(r, 1e-3)
     rad = np.sqrt(ux**2 + uy**2 + uz**2)
-    depth = rad * (1 / r - 1) + 1.5 * bump
+    depth = rad * (1 / r - 1) + SKIN_BUMP_MM * np.clip(bump, -2, 2)
 
     # Layer boundaries, cumulative depth in mm; thickness varies by about +-30% over the head.
     vary = np.exp(0.3 * thickness)  # (4, X, Y, Z)
