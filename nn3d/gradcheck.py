@@ -61,7 +61,7 @@ def check_layer(layer, inputs, eps=1e-6, seed=0):
     """
     rng = np.random.default_rng(seed)
     output = layer.forward(*inputs)
-    grad_output = rng.standard_normal(output.shape)  # random G: see the module docstring
+    grad_output = rng.standard_normal(output.shape).astype(output.dtype)  # random G: see above
 
     def loss():
         return float(np.sum(layer.forward(*inputs) * grad_output))
@@ -152,7 +152,7 @@ def torch_comparison(name, layer, inputs, twin, seed=0):
 
     torch.set_default_dtype(torch.float64)
     module = twin(torch)
-    if hasattr(module, "load_state_dict"):
+    if isinstance(module, torch.nn.Module) and hasattr(layer, "state_dict"):
         module.load_state_dict({key: torch.from_numpy(np.ascontiguousarray(value))
                                 for key, value in layer.state_dict().items()})
     tensors = [torch.tensor(np.ascontiguousarray(x), dtype=torch.float64, requires_grad=True)

@@ -27,7 +27,7 @@ import functools
 import numba
 from numba.core import config
 
-JIT_OPTIONS = dict(nopython=True, cache=True, fastmath=False)
+JIT_OPTIONS = dict(cache=True, fastmath=False)
 
 
 def kernel(function):
