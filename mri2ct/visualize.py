@@ -4,8 +4,8 @@
                                [--mask MASK.nii.gz]
 
 The slice figure has one row per view (axial, coronal, sagittal, through the volume's centre) and one
-column per image: MR, CT, synthetic CT, |CT - sCT|. CT panels share one HU colour bar. Without --ct it
-shows MR and sCT only. The metrics (mri2ct.metrics) go in the title, inside --mask if given, else
+column per image: MR, CT, synthetic CT, |CT - sCT|, each HU column with a colour bar. Without --ct
+it shows MR and sCT only. The metrics (mri2ct.metrics) go in the title, inside --mask if given, else
 over the whole volume. Figures are written atomically with matplotlib's Agg backend (no display).
 """
 import argparse
@@ -92,8 +92,9 @@ def plot_slices(mri, pred_hu, spacing, path, ct_hu=None, title=""):
                 panel.set_title(name)
             if column == 0:
                 panel.set_ylabel(VIEWS[row])
-            if unit:
-                figure.colorbar(shown, ax=panel, fraction=0.046, pad=0.02, label=unit)
+        if unit:  # one horizontal colour bar under the column
+            figure.colorbar(shown, ax=axes[:, column], orientation="horizontal", fraction=0.04, pad=0.03,
+                            label=unit)
     figure.suptitle(title)
     save_figure(figure, path)
 
