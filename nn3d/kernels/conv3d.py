@@ -31,7 +31,7 @@ from numba import prange
 from .jit import blocked_kernel, tile_helper
 from .padding import embed_strided
 
-BLOCK_W = 4    # output voxels along W per register tile (forward)
+BLOCK_W = 8    # output voxels along W per register tile (forward)
 BLOCK_J = 4    # (kx, ci) positions per register tile (grad-weight)
 BLOCK_C = 16   # output channels per register tile: 2 AVX2 registers of float32
 
@@ -119,7 +119,7 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, y
         yy = row % out_h
         for cb in range(n_cblocks):
             for x0 in range(0, full_blocks, BLOCK_W):
-                acc0 = acc1 = acc2 = acc3 = load16(bias, cb)
+                acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(bias, cb)
                 for kz in range(kernel_d):
                     for ky in range(kernel_h):
                         x_row = x_rows[n, z * stride_d + kz, yy * stride_h + ky]
@@ -127,6 +127,10 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, y
                         x_1 = x_row[(x0 + 1) * step:]
                         x_2 = x_row[(x0 + 2) * step:]
                         x_3 = x_row[(x0 + 3) * step:]
+                        x_4 = x_row[(x0 + 4) * step:]
+                        x_5 = x_row[(x0 + 5) * step:]
+                        x_6 = x_row[(x0 + 6) * step:]
+                        x_7 = x_row[(x0 + 7) * step:]
                         w_tile = w_packed[kz, ky, cb]                      # (kW*Cin, 16)
                         for j in range(run):
                             w = load16(w_tile, j)
@@ -134,11 +138,19 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, y
                             acc1 = fma16(acc1, x_1[j], w)
                             acc2 = fma16(acc2, x_2[j], w)
                             acc3 = fma16(acc3, x_3[j], w)
+                            acc4 = fma16(acc4, x_4[j], w)
+                            acc5 = fma16(acc5, x_5[j], w)
+                            acc6 = fma16(acc6, x_6[j], w)
+                            acc7 = fma16(acc7, x_7[j], w)
                 for c in range(BLOCK_C):
                     y_tiles[n, z, yy, x0, cb, c] = acc0[c]
                     y_tiles[n, z, yy, x0 + 1, cb, c] = acc1[c]
                     y_tiles[n, z, yy, x0 + 2, cb, c] = acc2[c]
                     y_tiles[n, z, yy, x0 + 3, cb, c] = acc3[c]
+                    y_tiles[n, z, yy, x0 + 4, cb, c] = acc4[c]
+                    y_tiles[n, z, yy, x0 + 5, cb, c] = acc5[c]
+                    y_tiles[n, z, yy, x0 + 6, cb, c] = acc6[c]
+                    y_tiles[n, z, yy, x0 + 7, cb, c] = acc7[c]
             for x0 in range(full_blocks, out_w):
                 acc0 = load16(bias, cb)
                 for kz in range(kernel_d):
@@ -299,11 +311,12 @@ def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride):
             [grad_output, np.zeros((*grad_output.shape[:4], cout_padded - cout), grad_output.dtype)],
             axis=4)
     n_rows = n_batch * out_d * out_h
-    n_chunks = min(n_rows, 8)
+    n_chunks = min(n_rows, 4)     # a fixed count (not the thread count): same sums on any machine
     rows_per_chunk = -(-n_rows // n_chunks)
-    # a block of rows whose input and gradient rows (~ (Cin + Cout) * W values each) fit in L2
-    row_values = x_pad.shape[3] * cin * kernel_d * kernel_h + out_w * cout_padded
-    rows_per_block = max(1, min(rows_per_chunk, 32768 // row_values))
+    # a block of rows whose input (~ kD rows of Wp*Cin each per output row; the kH rows overlap
+    # with the next output row's) and output-gradient rows stay in L2 (128K values, 512 KiB float32)
+    row_values = kernel_d * x_pad.shape[3] * cin + out_w * cout_padded
+    rows_per_block = max(1, min(rows_per_chunk, 131072 // row_values))
     partial = np.zeros((n_chunks, kernel_d, kernel_h, kernel_w * cin, cout_padded), x_pad.dtype)
     g_tiles = np.ascontiguousarray(grad_output.reshape(n_batch, out_d, out_h, out_w, -1, BLOCK_C)
                                    .transpose(0, 1, 2, 4, 3, 5))          # (N, Do, Ho, Cout_p/16, Wo, 16)
