@@ -32,8 +32,9 @@ from .jit import blocked_kernel, tile_helper
 from .padding import embed_strided
 
 BLOCK_W = 8    # output voxels along W per register tile (forward)
-BLOCK_J = 4    # (kx, ci) positions per register tile (grad-weight)
-BLOCK_C = 16   # output channels per register tile: 2 AVX2 registers of float32
+BLOCK_J = 8    # (kx, ci) positions per register tile (grad-weight)
+BLOCK_C = 16   # output channels per register tile: one AVX-512 (two AVX2) registers of float32
+LANE = tuple(np.uint64(q) for q in range(BLOCK_J))   # unsigned constants: offset + LANE[q] stays unsigned
 
 
 # ---- weight layouts -----------------------------------------------------------------------------
@@ -245,56 +246,79 @@ def conv3d_grad_weight_kernel(x_pad, g_tiles, stride_d, stride_h, stride_w,
     x_pad (N, Dp, Hp, Wp, Cin); g_tiles (N, Do, Ho, Cout_padded/16, Wo, 16): grad_output with its
     channels padded to a multiple of 16 and split in blocks of 16 (so one block of a row is
     contiguous); partial (n_chunks, kD, kH, kW*Cin, Cout_padded), zeros on entry.
-    Differs from conv3d_grad_weight_reference in loop order only: BLOCK_J = 4 positions j x 16
-    output channels of grad_weight stay in registers (acc0..acc3) while the kernel runs over the
+    Differs from conv3d_grad_weight_reference in loop order only: BLOCK_J = 8 positions j x 16
+    output channels of grad_weight stay in registers (acc0..acc7) while the kernel runs over the
     voxels of rows_per_block rows (data that stays in cache); positions j left over
-    (kW*Cin % 4) are done one at a time.
+    (kW*Cin % 8) are done one at a time. Inside the voxel loop every index is an unsigned offset
+    into flat arrays (row offsets computed once per block), so there are no negative-index checks,
+    divisions or views there; LANE[q] is q as an unsigned number.
     """
     n_batch, out_d, out_h, n_cblocks, out_w, _ = g_tiles.shape
-    n_chunks, kernel_d, kernel_h, run, _ = partial.shape
+    n_chunks, kernel_d, kernel_h, run, cout_padded = partial.shape
     cin = x_pad.shape[4]
-    x_rows = x_pad.reshape(n_batch, x_pad.shape[1], x_pad.shape[2], x_pad.shape[3] * cin)
-    step = stride_w * cin
+    x_flat = x_pad.reshape(x_pad.size)
+    g_matrix = g_tiles.reshape(g_tiles.size // BLOCK_C, BLOCK_C)     # rows (n, z, y, cb, x)
+    x_row_length = x_pad.shape[3] * cin
+    x_plane_length = x_pad.shape[2] * x_row_length
+    step = np.uint64(stride_w * cin)
+    width = np.uint64(out_w)
     n_rows = n_batch * out_d * out_h
     full_blocks = run // BLOCK_J * BLOCK_J
     zero_tile = np.zeros((1, BLOCK_C), dtype=partial.dtype)
     for chunk in prange(n_chunks):
         first_row = np.int64(chunk) * rows_per_chunk
         last_row = min(first_row + rows_per_chunk, n_rows)
+        x_offsets = np.empty(rows_per_block, dtype=np.uint64)   # x_flat offset of x_pad[n, z*sd, y*sh, 0, 0]
+        g_offsets = np.empty(rows_per_block, dtype=np.uint64)   # g_matrix row of g_tiles[n, z, y, 0, 0]
         for block_start in range(first_row, last_row, rows_per_block):
-            block_stop = min(block_start + rows_per_block, last_row)
+            block_rows = min(rows_per_block, last_row - block_start)
+            for r in range(block_rows):
+                row = block_start + r
+                n = row // (out_d * out_h)
+                z = row // out_h % out_d
+                yy = row % out_h
+                x_offsets[r] = ((n * x_pad.shape[1] + z * stride_d) * x_pad.shape[2]
+                                + yy * stride_h) * x_row_length
+                g_offsets[r] = row * n_cblocks * out_w
             for kz in range(kernel_d):
                 for ky in range(kernel_h):
                     for cb in range(n_cblocks):
                         for j0 in range(0, full_blocks, BLOCK_J):
-                            acc0 = acc1 = acc2 = acc3 = load16(zero_tile, 0)
-                            for row in range(block_start, block_stop):
-                                n = row // (out_d * out_h)
-                                z = row // out_h % out_d
-                                yy = row % out_h
-                                x_row = x_rows[n, z * stride_d + kz, yy * stride_h + ky, j0:]
-                                g_row = g_tiles[n, z, yy, cb]                      # (Wo, 16)
-                                for x in range(out_w):
-                                    g = load16(g_row, x)
-                                    acc0 = fma16(acc0, x_row[x * step], g)
-                                    acc1 = fma16(acc1, x_row[x * step + 1], g)
-                                    acc2 = fma16(acc2, x_row[x * step + 2], g)
-                                    acc3 = fma16(acc3, x_row[x * step + 3], g)
+                            shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
+                            acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(zero_tile, 0)
+                            for r in range(np.uint64(block_rows)):
+                                x_offset = x_offsets[r] + shift
+                                g_offset = g_offsets[r] + np.uint64(cb * out_w)
+                                for x in range(width):
+                                    g = load16(g_matrix, g_offset + x)
+                                    at = x_offset + x * step
+                                    acc0 = fma16(acc0, x_flat[at], g)
+                                    acc1 = fma16(acc1, x_flat[at + LANE[1]], g)
+                                    acc2 = fma16(acc2, x_flat[at + LANE[2]], g)
+                                    acc3 = fma16(acc3, x_flat[at + LANE[3]], g)
+                                    acc4 = fma16(acc4, x_flat[at + LANE[4]], g)
+                                    acc5 = fma16(acc5, x_flat[at + LANE[5]], g)
+                                    acc6 = fma16(acc6, x_flat[at + LANE[6]], g)
+                                    acc7 = fma16(acc7, x_flat[at + LANE[7]], g)
                             for c in range(BLOCK_C):
-                                partial[chunk, kz, ky, j0, cb * BLOCK_C + c] += acc0[c]
-                                partial[chunk, kz, ky, j0 + 1, cb * BLOCK_C + c] += acc1[c]
-                                partial[chunk, kz, ky, j0 + 2, cb * BLOCK_C + c] += acc2[c]
-                                partial[chunk, kz, ky, j0 + 3, cb * BLOCK_C + c] += acc3[c]
+                                co = cb * BLOCK_C + c
+                                partial[chunk, kz, ky, j0, co] += acc0[c]
+                                partial[chunk, kz, ky, j0 + 1, co] += acc1[c]
+                                partial[chunk, kz, ky, j0 + 2, co] += acc2[c]
+                                partial[chunk, kz, ky, j0 + 3, co] += acc3[c]
+                                partial[chunk, kz, ky, j0 + 4, co] += acc4[c]
+                                partial[chunk, kz, ky, j0 + 5, co] += acc5[c]
+                                partial[chunk, kz, ky, j0 + 6, co] += acc6[c]
+                                partial[chunk, kz, ky, j0 + 7, co] += acc7[c]
                         for j0 in range(full_blocks, run):
+                            shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
                             acc0 = load16(zero_tile, 0)
-                            for row in range(block_start, block_stop):
-                                n = row // (out_d * out_h)
-                                z = row // out_h % out_d
-                                yy = row % out_h
-                                x_row = x_rows[n, z * stride_d + kz, yy * stride_h + ky, j0:]
-                                g_row = g_tiles[n, z, yy, cb]
-                                for x in range(out_w):
-                                    acc0 = fma16(acc0, x_row[x * step], load16(g_row, x))
+                            for r in range(np.uint64(block_rows)):
+                                x_offset = x_offsets[r] + shift
+                                g_offset = g_offsets[r] + np.uint64(cb * out_w)
+                                for x in range(width):
+                                    acc0 = fma16(acc0, x_flat[x_offset + x * step],
+                                                 load16(g_matrix, g_offset + x))
                             for c in range(BLOCK_C):
                                 partial[chunk, kz, ky, j0, cb * BLOCK_C + c] += acc0[c]
 
