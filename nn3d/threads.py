@@ -17,6 +17,7 @@ def set_num_threads(threads=None):
     if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}, got {threads}")
     numba.set_num_threads(threads)
+    import scipy.linalg.cython_blas  # noqa: F401  (load the BLAS Numba's np.dot calls, so the limit reaches it)
     _blas_limit = threadpool_limits(limits=1, user_api="blas")
     return threads
 

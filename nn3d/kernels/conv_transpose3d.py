@@ -54,9 +54,8 @@ def conv_transpose3d_blocks_forward_kernel(x, w_matrix, bias, y):
             for ky in range(kernel_h):
                 for xx in range(in_w):
                     for kx in range(kernel_w):
-                        for co in range(cout):
-                            y[n, z * kernel_d + kz, yy * kernel_h + ky, xx * kernel_w + kx, co] = (
-                                products[xx, kz, ky, kx, co] + bias[co])
+                        y[n, z * kernel_d + kz, yy * kernel_h + ky, xx * kernel_w + kx, :] = (
+                            products[xx, kz, ky, kx, :] + bias)
 
 
 @parallel_kernel
@@ -64,7 +63,6 @@ def gather_blocks_kernel(grad_output, kernel_d, kernel_h, kernel_w, blocks):
     """The inverse of the scatter above: blocks[n, z, y, x, kz, ky, kx, co] =
     grad_output[n, z*kD + kz, y*kH + ky, x*kW + kx, co]. blocks (N, D, H, W, kD, kH, kW, Cout)."""
     n_batch, in_d, in_h, in_w = blocks.shape[:4]
-    cout = grad_output.shape[4]
     for row in prange(n_batch * in_d * in_h):
         n = row // (in_d * in_h)
         z = row // in_h % in_d
@@ -73,9 +71,8 @@ def gather_blocks_kernel(grad_output, kernel_d, kernel_h, kernel_w, blocks):
             for kz in range(kernel_d):
                 for ky in range(kernel_h):
                     for kx in range(kernel_w):
-                        for co in range(cout):
-                            blocks[n, z, yy, xx, kz, ky, kx, co] = grad_output[
-                                n, z * kernel_d + kz, yy * kernel_h + ky, xx * kernel_w + kx, co]
+                        blocks[n, z, yy, xx, kz, ky, kx, :] = grad_output[
+                            n, z * kernel_d + kz, yy * kernel_h + ky, xx * kernel_w + kx, :]
 
 
 @parallel_kernel
