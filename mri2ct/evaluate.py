@@ -71,7 +71,8 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of mri2ct.train (e.g. best.npz)")
     parser.add_argument("--data", required=True, metavar="DIR", help="cohort folder with manifest.json")
     parser.add_argument("--split", default="test", help="train, val or test (default: test)")
-    parser.add_argument("--out", help="CSV file to write (default: metrics_<split>.csv beside the checkpoint)")
+    parser.add_argument("--out",
+                        help="CSV file to write (default: metrics_<split>.csv beside the checkpoint)")
     parser.add_argument("--threads", type=int, default=None, help="Numba threads (default: all cores)")
     return parser.parse_args(argv)
 

@@ -81,8 +81,8 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint-every", type=int, default=10, metavar="N",
                         help="also keep epoch_NNN.npz every N epochs (0: never)")
     parser.add_argument("--resume", metavar="latest|PATH",
-                        help="continue a run: 'latest' is --out/latest.npz (a fresh start if it does "
-                             "not exist yet), or give a checkpoint file")
+                        help="continue a run, with the run's own flags: 'latest' is --out/latest.npz "
+                             "(a fresh start if it does not exist yet), or give a checkpoint file")
     args = parser.parse_args(argv)
     for name in ("epochs", "lr", "clip"):
         if not getattr(args, name) > 0:

@@ -109,7 +109,8 @@ def test_infer_follows_the_orientation(patient, checkpoint, tmp_path, capsys):
     """The same scan stored with its first axis reversed gives the same sCT, reversed."""
     image = nib.load(os.path.join(patient, "mr.nii.gz"))
     flipped_affine = image.affine @ np.array([[-1, 0, 0, 31], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
-    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[::-1].copy(), flipped_affine), tmp_path / "flip.nii.gz")
+    flipped = nib.Nifti1Image(np.asarray(image.dataobj)[::-1].copy(), flipped_affine)
+    nib.save(flipped, tmp_path / "flip.nii.gz")
     outputs = []
     for name, source in (("a", os.path.join(patient, "mr.nii.gz")),
                          ("b", str(tmp_path / "flip.nii.gz"))):
@@ -144,7 +145,8 @@ def test_infer_refuses_bad_input(case, checkpoint, tmp_path, capsys):
     path, message = bad_inputs(tmp_path)[case]
     output = tmp_path / "out" / "sct.nii.gz"
     output.parent.mkdir()
-    code, _, err = run_cli(infer, ["--checkpoint", checkpoint, "--input", path, "--output", str(output)], capsys)
+    argv = ["--checkpoint", checkpoint, "--input", path, "--output", str(output)]
+    code, _, err = run_cli(infer, argv, capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0] and path in lines[0]
