@@ -11,4 +11,6 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
 import numba
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+import nn3d  # noqa: E402
+
+nn3d.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))  # also: every BLAS single-threaded
