@@ -7,7 +7,7 @@ any of them by hand or in another library. docs/backprop.md quotes this output; 
 checks that the quotes still match.
 
     x  (1, 1, 4, 4, 4)  --Conv3d(1, 1, 3, padding=1)-->  c  (1, 1, 4, 4, 4)
-       --BatchNorm3d(1)-->  b  --ReLU-->  r  --MSE against t-->  L  (a number)
+       --BatchNorm3d(1)-->  z  --ReLU-->  r  --MSE against t-->  L  (a number)
 """
 import numpy as np
 
@@ -77,12 +77,12 @@ def main():
     inv_std = 1 / np.sqrt(var + bn.eps)
     print(f"BatchNorm batch statistics over M = 64 voxels: mean = {mean:.4f}, var = {var:.4f} (biased), "
           f"inv_std = {inv_std:.4f}")
-    b = bn.forward(c)                                                       # (1, 1, 4, 4, 4)
-    show("b[0, 0, 1] = (c - mean) * inv_std   (gamma = 1, beta = 0)", b[0, 0, 1])
+    z = bn.forward(c)                                                       # (1, 1, 4, 4, 4)
+    show("z[0, 0, 1] = (c - mean) * inv_std   (gamma = 1, beta = 0)", z[0, 0, 1])
     print(f"running_mean = {bn.running_mean[0]:.4f}, running_var = {bn.running_var[0]:.4f} "
           f"(momentum 0.1, unbiased var {c.var(ddof=1):.4f})")
-    r = relu.forward(b)                                                     # (1, 1, 4, 4, 4)
-    show("r[0, 0, 1] = ReLU(b)[0, 0, 1]", r[0, 0, 1])
+    r = relu.forward(z)                                                     # (1, 1, 4, 4, 4)
+    show("r[0, 0, 1] = ReLU(z)[0, 0, 1]", r[0, 0, 1])
     show("target[0, 0, 1]", target[0, 0, 1])
     loss = mse.forward(r, target)
     print(f"L = mean((r - target)^2) = {loss:.6f}")
@@ -92,17 +92,17 @@ def main():
     bn.zero_grad()
     grad_r = mse.backward()                                                 # (1, 1, 4, 4, 4)
     show("dL/dr[0, 0, 1] = 2 (r - target) / 64", grad_r[0, 0, 1])
-    grad_b = relu.backward(grad_r)
-    show("dL/db[0, 0, 1] = dL/dr * [b > 0]", grad_b[0, 0, 1])
-    grad_c = bn.backward(grad_b)
+    grad_z = relu.backward(grad_r)
+    show("dL/dz[0, 0, 1] = dL/dr * [z > 0]", grad_z[0, 0, 1])
+    grad_c = bn.backward(grad_z)
     print(f"dL/dbeta = {bn.bias.grad[0]:.6f}   dL/dgamma = {bn.weight.grad[0]:.6f}")
     show("dL/dc[0, 0, 1]  (the three-term BatchNorm input gradient)", grad_c[0, 0, 1])
-    # (B3) of nn3d/batchnorm3d.py by hand for one voxel q, with gamma = 1 and x_hat = b:
+    # (B3) of nn3d/batchnorm3d.py by hand for one voxel q, with gamma = 1 and x_hat = z:
     q = (0, 0, 1, 0, 0)
-    mean_g, mean_gb = grad_b.mean(), (grad_b * b).mean()
-    three_terms = inv_std * (grad_b[q] - mean_g - b[q] * mean_gb)
-    print(f"dL/dc[0, 0, 1, 0, 0] = inv_std (g_q - mean(g) - x_hat_q mean(g x_hat)) with g = dL/db:\n"
-          f"                     = {inv_std:.4f} ({grad_b[q]:.6f} - {mean_g:.6f} - {b[q]:.4f} x {mean_gb:.6f})"
+    mean_g, mean_gz = grad_z.mean(), (grad_z * z).mean()
+    three_terms = inv_std * (grad_z[q] - mean_g - z[q] * mean_gz)
+    print(f"dL/dc[0, 0, 1, 0, 0] = inv_std (g_q - mean(g) - x_hat_q mean(g x_hat)) with g = dL/dz:\n"
+          f"                     = {inv_std:.4f} ({grad_z[q]:.6f} - {mean_g:.6f} - {z[q]:.4f} x {mean_gz:.6f})"
           f" = {three_terms:.6f}")
     print(f"sum of dL/dc over all 64 voxels is 0 (to rounding): {abs(grad_c.sum()) < 1e-12}")
     grad_x = conv.backward(grad_c)
