@@ -16,14 +16,20 @@ Notation (see nn3d/conv3d.py for the derivation):
 The fast kernels see the kx and ci axes as one axis j = kx*Cin + ci: for a fixed (n, row, kz, ky)
 the values x_pad[n, z*sd+kz, y*sh+ky, x*sw + kx, ci] for all (kx, ci) form ONE contiguous run of
 kW*Cin numbers in channels-last memory, starting at element x*sw*Cin of that row. The weights are
-repacked to match (`pack_weight`): w_packed[kz, ky, j, co] = weight[co, ci, kz, ky, kx], with the
-output channels padded with zeros up to a multiple of BLOCK_C.
+repacked to match (`pack_weight`): w_packed[kz, ky, cb, j, c] = weight[16*cb + c, ci, kz, ky, kx],
+with the output channels padded with zeros up to a multiple of BLOCK_C = 16.
 
 Register blocking (../../shared/PERF_NOTES.md): the forward kernel keeps a BLOCK_W x BLOCK_C tile of
 outputs (BLOCK_W neighbouring voxels along W, BLOCK_C output channels) in registers while it runs
-over the whole reduction (kz, ky, j); per reduction step it loads BLOCK_C weights (two AVX2 vectors
-in float32), broadcasts one input value per voxel and does 2 * BLOCK_W vector FMAs. The grad-weight
-kernel keeps a BLOCK_J x BLOCK_C tile of grad_weight in registers while it runs over voxels.
+over the whole reduction (kz, ky, j); per reduction step it loads BLOCK_C weights (one AVX-512
+vector in float32), broadcasts one input value per voxel and does BLOCK_W vector FMAs. The
+grad-weight kernel keeps a BLOCK_J x BLOCK_C tile of grad_weight in registers while it runs over
+voxels (one vector load of grad_output, BLOCK_J broadcasts of the input, BLOCK_J FMAs per voxel).
+The tiles are sized for AVX-512 (32 vector registers: 8 accumulators + weights); on an AVX2-only
+machine (16 registers of 8 floats) the 8 x 16 tiles take 16 accumulators and spill; a 4 x 16 tile
+(acc0..acc3) fits there. BLOCK_W and BLOCK_J name the tile sizes the kernels are unrolled for.
+Grad-input (2) has no kernel of its own: it is the forward kernel applied to the (spread, padded)
+output gradient with the flipped, in/out-swapped weights (`conv3d_grad_input`).
 """
 import numpy as np
 from numba import prange
@@ -73,7 +79,9 @@ def output_size(padded_size, kernel_size, stride):
 # ---- register tiles -----------------------------------------------------------------------------
 # Numba keeps scalars and tuples in registers, never arrays. A BLOCK_C-wide slice of output channels
 # is therefore carried as a tuple of 16 numbers; the SLP vectoriser turns the 16 scalar operations of
-# `fma16` into two AVX2 vector FMAs (float32). The helpers are inlined into the kernels by LLVM.
+# `fma16` into one AVX-512 vector FMA (float32; two on AVX2). The helpers are inlined into the
+# kernels by LLVM (check with NUMBA_DUMP_ASSEMBLY=1: the inner loop is one vector load and eight
+# `vfmadd231ps (mem){1to16}, zmm, zmm`).
 @tile_helper
 def load16(matrix, i):
     """matrix[i, 0:16] as a tuple (a register tile); `i` is a loop counter, so LLVM drops the
@@ -102,9 +110,9 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, y
     bias (Cout_padded/16, 16), y (N, Do, Ho, Wo, Cout_padded). Each prange iteration owns one output
     row y[n, z, y, :, :].
     Differs from conv3d_forward_reference in loop order only: the (kx, ci) loops are one loop over
-    the contiguous run j, and BLOCK_W = 4 neighbouring voxels x BLOCK_C = 16 output channels of y
-    stay in registers (acc0..acc3) for the whole reduction over (kz, ky, j); voxels left over at the
-    end of a row (Wo % 4) are done one at a time (acc0 only). The input of voxel x0 + p is read
+    the contiguous run j, and BLOCK_W = 8 neighbouring voxels x BLOCK_C = 16 output channels of y
+    stay in registers (acc0..acc7) for the whole reduction over (kz, ky, j); voxels left over at the
+    end of a row (Wo % 8) are done one at a time (acc0 only). The input of voxel x0 + p is read
     through the view x_p = x_row[(x0 + p)*sw*Cin:], so the innermost index is the loop counter j.
     """
     n_batch, out_d, out_h, out_w, cout_padded = y.shape
