@@ -112,45 +112,50 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, y
     Differs from conv3d_forward_reference in loop order only: the (kx, ci) loops are one loop over
     the contiguous run j, and BLOCK_W = 8 neighbouring voxels x BLOCK_C = 16 output channels of y
     stay in registers (acc0..acc7) for the whole reduction over (kz, ky, j); voxels left over at the
-    end of a row (Wo % 8) are done one at a time (acc0 only). The input of voxel x0 + p is read
-    through the view x_p = x_row[(x0 + p)*sw*Cin:], so the innermost index is the loop counter j.
+    end of a row (Wo % 8) are done one at a time (acc0 only). The input of voxel x0 + p is read at
+    the unsigned flat offset x_p + j (x_p: where its run starts), so the inner loop has no
+    negative-index checks and no array views.
     """
     n_batch, out_d, out_h, out_w, cout_padded = y.shape
     kernel_d, kernel_h, n_cblocks, run, _ = w_packed.shape
     cin = x_pad.shape[4]
-    x_rows = x_pad.reshape(n_batch, x_pad.shape[1], x_pad.shape[2], x_pad.shape[3] * cin)
+    x_flat = x_pad.reshape(x_pad.size)
+    w_matrix = w_packed.reshape(w_packed.size // BLOCK_C, BLOCK_C)      # rows (kz, ky, cb, j)
     y_tiles = y.reshape(n_batch, out_d, out_h, out_w, n_cblocks, BLOCK_C)
+    x_row_length = x_pad.shape[3] * cin
+    x_plane_length = x_pad.shape[2] * x_row_length
     step = stride_w * cin                      # distance between neighbouring output voxels in a row
+    run_u = np.uint64(run)
     full_blocks = out_w // BLOCK_W * BLOCK_W
     for row in prange(n_batch * out_d * out_h):
         n = row // (out_d * out_h)
         z = row // out_h % out_d
         yy = row % out_h
+        row_start = ((n * x_pad.shape[1] + z * stride_d) * x_pad.shape[2] + yy * stride_h) * x_row_length
         for cb in range(n_cblocks):
             for x0 in range(0, full_blocks, BLOCK_W):
                 acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(bias, cb)
                 for kz in range(kernel_d):
                     for ky in range(kernel_h):
-                        x_row = x_rows[n, z * stride_d + kz, yy * stride_h + ky]
-                        x_0 = x_row[x0 * step:]
-                        x_1 = x_row[(x0 + 1) * step:]
-                        x_2 = x_row[(x0 + 2) * step:]
-                        x_3 = x_row[(x0 + 3) * step:]
-                        x_4 = x_row[(x0 + 4) * step:]
-                        x_5 = x_row[(x0 + 5) * step:]
-                        x_6 = x_row[(x0 + 6) * step:]
-                        x_7 = x_row[(x0 + 7) * step:]
-                        w_tile = w_packed[kz, ky, cb]                      # (kW*Cin, 16)
-                        for j in range(run):
-                            w = load16(w_tile, j)
-                            acc0 = fma16(acc0, x_0[j], w)
-                            acc1 = fma16(acc1, x_1[j], w)
-                            acc2 = fma16(acc2, x_2[j], w)
-                            acc3 = fma16(acc3, x_3[j], w)
-                            acc4 = fma16(acc4, x_4[j], w)
-                            acc5 = fma16(acc5, x_5[j], w)
-                            acc6 = fma16(acc6, x_6[j], w)
-                            acc7 = fma16(acc7, x_7[j], w)
+                        x_0 = np.uint64(row_start + kz * x_plane_length + ky * x_row_length + x0 * step)
+                        x_1 = x_0 + np.uint64(step)
+                        x_2 = x_1 + np.uint64(step)
+                        x_3 = x_2 + np.uint64(step)
+                        x_4 = x_3 + np.uint64(step)
+                        x_5 = x_4 + np.uint64(step)
+                        x_6 = x_5 + np.uint64(step)
+                        x_7 = x_6 + np.uint64(step)
+                        w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
+                        for j in range(run_u):
+                            w = load16(w_matrix, w_0 + j)
+                            acc0 = fma16(acc0, x_flat[x_0 + j], w)
+                            acc1 = fma16(acc1, x_flat[x_1 + j], w)
+                            acc2 = fma16(acc2, x_flat[x_2 + j], w)
+                            acc3 = fma16(acc3, x_flat[x_3 + j], w)
+                            acc4 = fma16(acc4, x_flat[x_4 + j], w)
+                            acc5 = fma16(acc5, x_flat[x_5 + j], w)
+                            acc6 = fma16(acc6, x_flat[x_6 + j], w)
+                            acc7 = fma16(acc7, x_flat[x_7 + j], w)
                 for c in range(BLOCK_C):
                     y_tiles[n, z, yy, x0, cb, c] = acc0[c]
                     y_tiles[n, z, yy, x0 + 1, cb, c] = acc1[c]
@@ -164,10 +169,10 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, y
                 acc0 = load16(bias, cb)
                 for kz in range(kernel_d):
                     for ky in range(kernel_h):
-                        x_0 = x_rows[n, z * stride_d + kz, yy * stride_h + ky, x0 * step:]
-                        w_tile = w_packed[kz, ky, cb]
-                        for j in range(run):
-                            acc0 = fma16(acc0, x_0[j], load16(w_tile, j))
+                        x_0 = np.uint64(row_start + kz * x_plane_length + ky * x_row_length + x0 * step)
+                        w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
+                        for j in range(run_u):
+                            acc0 = fma16(acc0, x_flat[x_0 + j], load16(w_matrix, w_0 + j))
                 for c in range(BLOCK_C):
                     y_tiles[n, z, yy, x0, cb, c] = acc0[c]
 
@@ -343,12 +348,16 @@ def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride):
             [grad_output, np.zeros((*grad_output.shape[:4], cout_padded - cout), grad_output.dtype)],
             axis=4)
     n_rows = n_batch * out_d * out_h
-    n_chunks = min(n_rows, 4)     # a fixed count (not the thread count): same sums on any machine
+    # a fixed number of chunks (not the thread count), so the sums are the same on any machine;
+    # few, because each chunk's partial grad_weight must be zeroed and added (1.7 MiB for 128->128)
+    n_chunks = min(n_rows, 2)
     rows_per_chunk = -(-n_rows // n_chunks)
-    # a block of rows whose input (~ kD rows of Wp*Cin each per output row; the kH rows overlap
-    # with the next output row's) and output-gradient rows stay in L2 (128K values, 512 KiB float32)
+    # blocks of rows whose input (~ kD rows of Wp*Cin each per output row; the kH rows overlap
+    # with the next output row's) and output-gradient rows stay in L2 (256K values, 1 MiB float32),
+    # split evenly: a short last block would pay the per-tile overhead for few voxels
     row_values = kernel_d * x_pad.shape[3] * cin + out_w * cout_padded
-    rows_per_block = max(1, min(rows_per_chunk, 131072 // row_values))
+    n_blocks = -(-rows_per_chunk // max(1, 262144 // row_values))
+    rows_per_block = -(-rows_per_chunk // n_blocks)
     partial = np.zeros((n_chunks, kernel_d, kernel_h, kernel_w * cin, cout_padded), x_pad.dtype)
     g_tiles = np.ascontiguousarray(grad_output.reshape(n_batch, out_d, out_h, out_w, -1, BLOCK_C)
                                    .transpose(0, 1, 2, 4, 3, 5))          # (N, Do, Ho, Cout_p/16, Wo, 16)
