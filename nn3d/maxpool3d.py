@@ -3,14 +3,19 @@
 Forward, x (N, C, D, H, W), no padding, output size floor division as in PyTorch:
     OD = floor((D - KD) / SD) + 1, likewise OH, OW (voxels past the last full window are unused)
     y[n, c, od, oh, ow] = max over (kd, kh, kw) of x[n, c, od SD + kd, oh SH + kh, ow SW + kw]     (F)
+                                                                              y (N, C, OD, OH, OW)
     argmax[n, c, od, oh, ow] = the FIRST (kd, kh, kw), in lexicographic scan order, where that max
-                               is attained, stored as a = (kd KH + kh) KW + kw (uint8)           (A)
+                               is attained, stored as a = (kd KH + kh) KW + kw    (A)  (N, C, OD, OH, OW) uint8
 Backward. Within a window, y is a copy of one input element (the argmax), so
     dy[n,c,od,oh,ow] / dx[n,c,i,j,l] = 1 if (i, j, l) = (od SD + kd*, oh SH + kh*, ow SW + kw*), else 0
 and summing over all outputs (overlapping windows, SD < KD, can route several gradients to one voxel):
     dL/dx[n,c,i,j,l] = sum over (od, oh, ow) whose argmax is (i, j, l) of dL/dy[n,c,od,oh,ow]      (B)
+                                                                              dL/dx (N, C, D, H, W)
+(B) is a scatter: each output gradient is added at one input position, computed from the stored a
+as kd* = a // (KH KW), kh* = (a // KW) % KH, kw* = a % KW.
 Ties: at equal maxima the max is not differentiable; like PyTorch we send the whole gradient to the
-first maximum in scan order, not split it. After a ReLU, windows of exact zeros are common, so this
+first maximum in scan order, not split it (any split summing to 1 would be a valid subgradient;
+the first-max rule keeps backward a pure routing and matches PyTorch). After a ReLU, windows of exact zeros are common, so this
 choice matters for matching PyTorch (the tests check it on ReLU output).
 Voxels that are in no window, or never the maximum, get gradient 0.
 

@@ -1,24 +1,47 @@
 """AdamW and gradient clipping.
 
-AdamW (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019), exactly the update
-documented for torch.optim.AdamW (https://pytorch.org/docs/stable/generated/torch.optim.AdamW.html,
-amsgrad=False, maximize=False). For every parameter theta with
-gradient g, at step t = 1, 2, ... (all operations elementwise):
-    theta <- theta (1 - lr wd)                       decoupled weight decay: not added to g
-    m     <- beta1 m + (1 - beta1) g                 first moment   (exp_avg)
-    v     <- beta2 v + (1 - beta2) g^2               second moment  (exp_avg_sq)
-    m_hat  = m / (1 - beta1^t)                       bias corrections: m, v start at 0
-    v_hat  = v / (1 - beta2^t)
-    theta <- theta - lr m_hat / (sqrt(v_hat) + eps)
-In code the last three lines are written as PyTorch evaluates them,
+Sources: Adam, Kingma & Ba, "Adam: A Method for Stochastic Optimization" (ICLR 2015, Algorithm 1);
+AdamW, Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (ICLR 2019, Algorithm 2); and
+the update documented for torch.optim.AdamW (https://pytorch.org/docs/stable/generated/torch.optim.AdamW.html,
+amsgrad=False, maximize=False), which is what this file computes. For every parameter theta with
+gradient g = dL/dtheta (same shape as theta), at step t = 1, 2, ... (all operations elementwise;
+every line has theta's shape):
+    theta <- theta (1 - lr wd)                       (W)  decoupled weight decay: not added to g
+    m     <- beta1 m + (1 - beta1) g                 (M)  first moment   (exp_avg),    m_0 = 0
+    v     <- beta2 v + (1 - beta2) g^2               (V)  second moment  (exp_avg_sq), v_0 = 0
+    m_hat  = m / (1 - beta1^t)                       (C1) bias corrections
+    v_hat  = v / (1 - beta2^t)                       (C2)
+    theta <- theta - lr m_hat / (sqrt(v_hat) + eps)  (U)
+In code (C1), (C2) and (U) are written as PyTorch evaluates them,
     theta <- theta - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps),
 so float32 results agree with PyTorch to rounding. Updates run in place, in the parameter's dtype, as
 vectorised NumPy (one parameter at a time; there is no Python loop over elements).
 
-clip_grad_norm_ (as torch.nn.utils.clip_grad_norm_ with norm_type 2):
-    norm = sqrt(sum over all parameters and elements of g^2)      (accumulated in float64)
-    if norm > max_norm:  g <- g * max_norm / (norm + 1e-6)        for every gradient
-returns norm (before clipping).
+Why bias correction (Kingma & Ba, section 3). Unrolling (M) from m_0 = 0 gives
+    m_t = (1 - beta1) sum_{s=1..t} beta1^(t-s) g_s,  and the weights sum to 1 - beta1^t,
+so if the gradients have a stationary mean, E[m_t] = (1 - beta1^t) E[g]: a moving average that starts
+at zero underestimates by exactly that factor, badly at the start (t = 1: 0.1 for beta1 = 0.9, and
+0.001 for beta2 = 0.999 in v). (C1) and (C2) divide it out. At t = 1, m_hat = g and v_hat = g^2, so the
+first step moves each element by about lr in the direction of -sign(g).
+
+Why decoupled weight decay (Loshchilov & Hutter). "Adam with L2 regularisation" adds wd/2 |theta|^2 to
+the loss, i.e. g <- g + wd theta before (M) and (V). The decay term then goes through the adaptive
+scaling of (U): it is divided by sqrt(v_hat), so weights whose gradients have been large (large v)
+are decayed less than weights with small gradients, and the regulariser is no longer the uniform
+shrinkage it is in plain SGD (where L2 and weight decay coincide). (W) instead shrinks every weight
+by the same factor, outside the adaptive step; the paper shows this generalises better and makes the
+best wd much less dependent on lr. Conventions differ in one place: the paper decays by
+eta_t wd theta, with eta_t the schedule multiplier (not the step size alpha), while PyTorch and this
+file decay by lr wd theta with lr the scheduled learning rate. A wd tuned for one convention does not
+carry over to the other.
+
+clip_grad_norm_ (as torch.nn.utils.clip_grad_norm_ with norm_type 2,
+https://pytorch.org/docs/stable/generated/torch.nn.utils.clip_grad_norm_.html; global-norm clipping
+as in Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks", ICML 2013):
+    norm = sqrt(sum over all parameters and elements of g^2)      (N)  scalar, accumulated in float64
+    if norm > max_norm:  g <- g * max_norm / (norm + 1e-6)        (K)  for every gradient, its shape
+returns norm (before clipping). All gradients are scaled by one factor, so the update's direction is
+kept and only its length is capped: one batch with an outlier gradient cannot throw the weights far.
 """
 import numpy as np
 
@@ -73,14 +96,14 @@ class AdamW:
             if m.dtype != theta.dtype:
                 raise TypeError(f"AdamW: parameter {index} is {theta.dtype} but its optimizer state is {m.dtype}; "
                                 f"create the optimizer after Module.to()")
-            theta *= theta.dtype.type(1 - self.lr * self.weight_decay)     # decoupled weight decay
-            m += (g - m) * m.dtype.type(1 - beta1)                         # m = beta1 m + (1 - beta1) g
+            theta *= theta.dtype.type(1 - self.lr * self.weight_decay)     # (W) decoupled weight decay
+            m += (g - m) * m.dtype.type(1 - beta1)                         # (M) m = beta1 m + (1 - beta1) g
             v *= v.dtype.type(beta2)
-            v += g * g * v.dtype.type(1 - beta2)                           # v = beta2 v + (1 - beta2) g^2
-            denom = np.sqrt(v)                                             # sqrt(v_hat) = sqrt(v) / sqrt(1 - beta2^t)
+            v += g * g * v.dtype.type(1 - beta2)                           # (V) v = beta2 v + (1 - beta2) g^2
+            denom = np.sqrt(v)                                             # (C2) sqrt(v_hat) = sqrt(v) / sqrt(1 - beta2^t)
             denom /= denom.dtype.type(bias_correction2_sqrt)
             denom += denom.dtype.type(self.eps)                            # sqrt(v_hat) + eps
-            theta -= (m / denom) * theta.dtype.type(step_size)             # theta -= lr m_hat / (sqrt(v_hat) + eps)
+            theta -= (m / denom) * theta.dtype.type(step_size)             # (C1), (U) theta -= lr m_hat / (sqrt(v_hat) + eps)
 
     def state_dict(self):
         """The optimizer state as plain numbers and NumPy arrays (saves with np.savez, allow_pickle=False
@@ -132,9 +155,9 @@ def clip_grad_norm_(params, max_norm):
     for param in params:
         g = param.grad.reshape(-1).astype(np.float64)
         total += float(np.dot(g, g))
-    norm = float(np.sqrt(total))
+    norm = float(np.sqrt(total))                                   # (N)
     if norm > max_norm:
         coefficient = max_norm / (norm + 1e-6)
         for param in params:
-            param.grad *= param.grad.dtype.type(coefficient)
+            param.grad *= param.grad.dtype.type(coefficient)                        # (K)
     return norm

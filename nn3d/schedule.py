@@ -3,7 +3,10 @@
 Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts" (ICLR 2017), without
 restarts, as documented for torch.optim.lr_scheduler.CosineAnnealingLR
 (https://pytorch.org/docs/stable/generated/torch.optim.lr_scheduler.CosineAnnealingLR.html):
-    lr_t = eta_min + (lr0 - eta_min) (1 + cos(pi t / T_max)) / 2,       t = number of step() calls
+    lr_t = eta_min + (lr0 - eta_min) (1 + cos(pi t / T_max)) / 2,       t = number of step() calls   (S)
+lr_0 = lr0, lr_{T_max} = eta_min, and the slope is zero at both ends: the rate stays near lr0 for a
+while, falls fastest at t = T_max / 2, and eases into eta_min (SGDR's schedule within one run,
+with its T_cur = t and T_i = T_max).
 lr0 is the optimizer's lr when the scheduler is created. PyTorch computes the same values with a
 recursive formula (each lr from the previous one); we use the closed form, which is what the
 recursion equals mathematically; the tests show they agree to rounding for t = 0 .. 2 T_max + 5
@@ -27,7 +30,7 @@ class CosineAnnealingLR:
 
     def _set_lr(self):
         t = self.last_epoch
-        self.optimizer.lr = self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
+        self.optimizer.lr = self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2   # (S)
         self._last_lr = [self.optimizer.lr]
 
     def step(self):
