@@ -10,8 +10,16 @@ has dL/dx = backward(G). Central differences estimate each component:
 
 In float64 with eps = 1e-6 the truncation error (~eps^2 * f''') and the rounding error
 (~1e-16 * |L| / eps) are both near 1e-10 relative, so a correct backward matches to ~1e-7 or better
-and a wrong one (a flipped kernel, a missing term) is off by O(1). A random G matters: with G = 1
-many wrong gradients (a transposed weight, a flipped kernel) still sum to the right number.
+and a wrong one (a flipped kernel, a missing term) is off by far more (1e-2 and up). A random G
+matters: with G = 1 many wrong gradients (a transposed weight, a flipped kernel) still sum to the
+right number, and for BatchNorm G = 1 gives dL/dx = 0 exactly, whatever the variance term says.
+
+float32: the rounding error ~6e-8 * |L| / eps dominates unless eps is large (the CLI uses 1e-2 and
+accepts 5e-2 relative), and a large eps straddles kinks (an input within eps of 0 before a ReLU,
+two near-equal values in a pooling window), where the difference quotient is meaningless. Prove
+gradients in float64; use float32 only against PyTorch (--torch), which rounds like we do.
+
+    python -m nn3d.gradcheck batchnorm3d --torch      # docs/backprop.md, section 9, shows the output
 """
 import numpy as np
 
