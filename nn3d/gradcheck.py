@@ -158,8 +158,9 @@ def torch_comparison(name, layer, inputs, twin, seed=0):
     (tensor name, ours, torch's) triples for the output and every gradient."""
     import torch
 
-    torch.set_default_dtype(torch.float64)
     module = twin(torch)
+    if isinstance(module, torch.nn.Module):
+        module = module.double()        # float64 here only: torch's global default dtype stays as it was
     if isinstance(module, torch.nn.Module) and hasattr(layer, "state_dict"):
         module.load_state_dict({key: torch.from_numpy(np.ascontiguousarray(value))
                                 for key, value in layer.state_dict().items()})

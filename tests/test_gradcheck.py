@@ -57,6 +57,17 @@ def test_command_line_entry_point():
     assert "all gradients pass" in result.stdout
 
 
+def test_torch_comparison_leaves_torch_default_dtype_alone(capsys):
+    """--torch used to call torch.set_default_dtype(float64) and leak it into everything after it
+    (float32 torch modules built later got float64 parameters)."""
+    import torch
+
+    before = torch.get_default_dtype()
+    assert gradcheck.main(["batchnorm3d", "--torch"]) == 0
+    assert torch.get_default_dtype() == before
+    assert torch.nn.BatchNorm3d(2).weight.dtype == before
+
+
 def test_unknown_layer_is_a_usage_error():
     with pytest.raises(SystemExit) as error:
         gradcheck.main(["softmax"])
