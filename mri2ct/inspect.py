@@ -15,8 +15,8 @@ prints
 
 and draws the same numbers as bar charts on a log scale (PNG, default `inspect.png` next to the
 checkpoint). What to look for is in docs/backprop.md, section 10: gradient norms that fall or grow
-by orders of magnitude from the head down to enc1, BatchNorm outputs with std near |gamma| whatever
-the convolution before them produced, and conv biases before a BatchNorm whose gradient is ~0.
+by orders of magnitude from the head down to enc1, BatchNorm outputs with a std near 1 in a fresh
+model (gamma = 1) whatever the convolution before them produced, and conv biases before a BatchNorm whose gradient is ~0.
 
 How the numbers are taken without touching nn3d or the model: `record_layers(model)` is a context
 manager that replaces, on each leaf layer instance, `forward` and `backward` by thin wrappers that
@@ -35,7 +35,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 import numpy as np  # noqa: E402
 
 import nn3d  # noqa: E402
-from mri2ct.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_from_checkpoint  # noqa: E402
+from mri2ct.checkpoint import (CheckpointError, load_checkpoint, load_model_state,  # noqa: E402
+                               model_from_checkpoint)
 from mri2ct.cli import exit_on_user_error  # noqa: E402
 from mri2ct.data import CohortDataset  # noqa: E402
 from mri2ct.model import UNet3D  # noqa: E402
@@ -159,8 +160,8 @@ def plot_records(records, path, title):
     gradient norm at each layer's output, and the parameter gradient norms."""
     names = [r.name for r in records]
     positions = np.arange(len(records))
-    figure, (act_axes, grad_axes, param_axes) = plt.subplots(3, 1, figsize=(max(10, 0.28 * len(records)), 12),
-                                                             sharex=True)
+    width = max(10, 0.28 * len(records))
+    figure, (act_axes, grad_axes, param_axes) = plt.subplots(3, 1, figsize=(width, 12), sharex=True)
     act_axes.bar(positions - 0.2, positive([r.act_std for r in records]), 0.4, label="std")
     act_axes.bar(positions + 0.2, positive([abs(r.act_max) for r in records]), 0.4, label="|max|")
     act_axes.set(yscale="log", ylabel="activation", title=f"{title}\nforward: each layer's output")
@@ -191,7 +192,8 @@ def parse_args(argv=None):
     parser.add_argument("--split", default="train", help="split to take the patient from (default: train)")
     parser.add_argument("--patient", type=int, default=0, metavar="INDEX",
                         help="index of the patient within the split (default: 0, the first)")
-    parser.add_argument("--out", metavar="PNG", help="figure to write (default: inspect.png next to the checkpoint)")
+    parser.add_argument("--out", metavar="PNG",
+                        help="figure to write (default: inspect.png next to the checkpoint)")
     parser.add_argument("--features", type=int, nargs=4, metavar=("F1", "F2", "F3", "F4"),
                         help="U-Net channels, only for a checkpoint whose config lacks them")
     return parser.parse_args(argv)
