@@ -35,7 +35,7 @@ import numpy as np
 from numba import prange
 
 from .jit import blocked_kernel, tile_helper
-from .padding import embed_strided
+from .padding import embed_strided, pad_channels_last
 
 BLOCK_W = 8    # output voxels along W per register tile (forward)
 BLOCK_J = 8    # (kx, ci) positions per register tile (grad-weight)
@@ -84,8 +84,8 @@ def output_size(padded_size, kernel_size, stride):
 # `vfmadd231ps (mem){1to16}, zmm, zmm`).
 @tile_helper
 def load16(matrix, i):
-    """matrix[i, 0:16] as a tuple (a register tile); `i` is a loop counter, so LLVM drops the
-    negative-index checks and the 16 loads become one vector load."""
+    """matrix[i, 0:16] as a tuple (a register tile). With `i` unsigned (or a loop counter LLVM
+    knows is >= 0) there are no negative-index checks and the 16 loads become one vector load."""
     return (matrix[i, 0], matrix[i, 1], matrix[i, 2], matrix[i, 3], matrix[i, 4], matrix[i, 5],
             matrix[i, 6], matrix[i, 7], matrix[i, 8], matrix[i, 9], matrix[i, 10], matrix[i, 11],
             matrix[i, 12], matrix[i, 13], matrix[i, 14], matrix[i, 15])
@@ -224,7 +224,10 @@ def conv3d_grad_input(grad_output, weight, input_size, stride, padding):
     kernel_size = weight.shape[2:]
     offset = tuple(k - 1 - p for k, p in zip(kernel_size, padding))
     length = tuple(size + k - 1 for size, k in zip(input_size, kernel_size))
-    grad_output_spread = embed_strided(grad_output, stride, offset, length)   # (N, D+kD-1, ..., Cout)
+    if stride == (1, 1, 1) and min(offset) >= 0:                             # plain zero padding
+        grad_output_spread = pad_channels_last(grad_output, offset)          # (N, D+kD-1, ..., Cout)
+    else:
+        grad_output_spread = embed_strided(grad_output, stride, offset, length)
     return conv3d_forward(grad_output_spread, flipped_transposed(weight), None, (1, 1, 1))
 
 
