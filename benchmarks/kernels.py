@@ -1,0 +1,269 @@
+"""Throughput of every distinct layer shape of the U-Net, pass by pass: nn3d vs PyTorch.
+
+    python -m benchmarks.kernels [--size 64] [--threads 2] [--repeats 5]
+
+For each layer shape of UNet3D (16-32-64-128) at the given input size, batch 1: the 3x3x3
+convolutions' forward, grad-input and grad-weight passes, the head, the transposed convolutions,
+BatchNorm, ReLU, MaxPool and concatenation, each timed for nn3d and for PyTorch in the same process
+after warm-up (median of interleaved repeats). PyTorch runs each pass in NCDHW and in
+channels_last_3d; the faster counts. Compute-bound passes report GFLOP/s and the fraction of
+NumPy's sgemm rate measured in the same run; memory-bound ones report GB/s (bytes of the inputs
+read once plus the outputs written once) against a NumPy copy measured in the same run.
+
+Writes benchmarks/results/kernels_<size>.json and .png.
+"""
+import argparse
+import os
+
+import numpy as np
+
+from .common import (copy_gbps, interleaved_medians, machine_info, set_threads, sgemm_gflops,
+                     write_json)
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+FEATURES = (16, 32, 64, 128)
+
+
+def unet_layer_shapes(size, features=FEATURES):
+    """The distinct layer shapes of UNet3D for a cubic input of `size`: (name, kind, details)."""
+    f1, f2, f3, f4 = features
+    s1, s2, s3, s4 = size, size // 2, size // 4, size // 8
+    convs = [("enc1.conv1", 1, f1, s1), ("enc1.conv2", f1, f1, s1), ("enc2.conv1", f1, f2, s2),
+             ("enc2.conv2", f2, f2, s2), ("enc3.conv1", f2, f3, s3), ("enc3.conv2", f3, f3, s3),
+             ("bottleneck.conv1", f3, f4, s4), ("bottleneck.conv2", f4, f4, s4),
+             ("dec3.conv1", 2 * f3, f3, s3), ("dec2.conv1", 2 * f2, f2, s2),
+             ("dec1.conv1", 2 * f1, f1, s1)]
+    layers = [(name, "conv3", dict(cin=cin, cout=cout, size=s)) for name, cin, cout, s in convs]
+    layers.append(("head", "conv1", dict(cin=f1, cout=1, size=s1)))
+    layers += [(f"up{i}", "up", dict(cin=cin, cout=cout, size=s)) for i, cin, cout, s in
+               ((3, f4, f3, s4), (2, f3, f2, s3), (1, f2, f1, s2))]
+    layers += [(f"bn+relu {c}ch", "bnrelu", dict(channels=c, size=s)) for c, s in
+               ((f1, s1), (f2, s2), (f3, s3), (f4, s4))]
+    layers += [(f"pool{i}", "pool", dict(channels=c, size=s)) for i, c, s in
+               ((1, f1, s1), (2, f2, s2), (3, f3, s3))]
+    layers += [(f"cat{i}", "cat", dict(channels=c, size=s)) for i, c, s in
+               ((1, f1, s1), (2, f2, s2), (3, f3, s3))]
+    return layers
+
+
+def random_cl(rng, n, c, size, dtype=np.float32):
+    """A random (N, C, S, S, S) array that is channels-last in memory (nn3d's layout)."""
+    return rng.standard_normal((n, size, size, size, c), dtype=dtype).transpose(0, 4, 1, 2, 3)
+
+
+def conv_passes(kind, spec, rng):
+    """{pass: (ours, torch NCDHW, torch channels-last, flops, bytes)} for a convolution layer."""
+    import torch
+
+    import nn3d
+    from nn3d.kernels.conv3d import conv3d_grad_input, conv3d_grad_weight
+    from nn3d.layout import to_channels_last
+
+    cin, cout, size = spec["cin"], spec["cout"], spec["size"]
+    k, pad = (3, 1) if kind == "conv3" else (1, 0)
+    layer = nn3d.Conv3d(cin, cout, k, padding=pad)
+    x = random_cl(rng, 1, cin, size)
+    y = layer.forward(x)
+    g_cl = to_channels_last(random_cl(rng, 1, cout, size))
+    x_pad = layer._cache[0]
+    stride, padding = (1, 1, 1), (pad,) * 3
+    flops = 2.0 * size ** 3 * cin * cout * k ** 3
+    w = torch.from_numpy(layer.weight.data)
+    b = torch.from_numpy(layer.bias.data)
+    passes = {}
+    formats = {}
+    for fmt, memory in (("ncdhw", torch.contiguous_format), ("cl", torch.channels_last_3d)):
+        xt = torch.from_numpy(np.ascontiguousarray(x)).contiguous(memory_format=memory)
+        gt = torch.from_numpy(np.ascontiguousarray(y)).contiguous(memory_format=memory)
+        wt = w.contiguous(memory_format=memory)
+        formats[fmt] = dict(
+            forward=lambda xt=xt, wt=wt: torch.nn.functional.conv3d(xt, wt, b, padding=pad),
+            grad_input=lambda xt=xt, gt=gt, wt=wt: torch.ops.aten.convolution_backward(
+                gt, xt, wt, [cout], [1] * 3, [pad] * 3, [1] * 3, False, [0] * 3, 1, [True, False, False]),
+            grad_weight=lambda xt=xt, gt=gt, wt=wt: torch.ops.aten.convolution_backward(
+                gt, xt, wt, [cout], [1] * 3, [pad] * 3, [1] * 3, False, [0] * 3, 1, [False, True, True]))
+    ours = dict(
+        forward=lambda: layer.forward(x),
+        grad_input=lambda: conv3d_grad_input(g_cl, layer.weight.data, (size,) * 3, stride, padding),
+        grad_weight=lambda: conv3d_grad_weight(x_pad, g_cl, (k,) * 3, stride))
+    for name in ("forward", "grad_input", "grad_weight"):
+        passes[name] = (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None)
+    return passes
+
+
+def up_passes(spec, rng):
+    """The k=2, s=2 transposed convolution: three GEMM-like passes."""
+    import torch
+
+    import nn3d
+    from nn3d.kernels.conv_transpose3d import (conv_transpose3d_blocks_grad_input,
+                                               conv_transpose3d_blocks_grad_weight)
+    from nn3d.layout import to_channels_last
+
+    cin, cout, size = spec["cin"], spec["cout"], spec["size"]
+    layer = nn3d.ConvTranspose3d(cin, cout, 2, stride=2)
+    x = random_cl(rng, 1, cin, size)
+    x_cl = to_channels_last(x)
+    g = random_cl(rng, 1, cout, 2 * size)
+    g_cl = to_channels_last(g)
+    flops = 2.0 * size ** 3 * cin * cout * 8
+    w = torch.from_numpy(layer.weight.data)
+    b = torch.from_numpy(layer.bias.data)
+    formats = {}
+    for fmt, memory in (("ncdhw", torch.contiguous_format), ("cl", torch.channels_last_3d)):
+        xt = torch.from_numpy(np.ascontiguousarray(x)).contiguous(memory_format=memory)
+        gt = torch.from_numpy(np.ascontiguousarray(g)).contiguous(memory_format=memory)
+        formats[fmt] = dict(
+            forward=lambda xt=xt: torch.nn.functional.conv_transpose3d(xt, w, b, stride=2),
+            grad_input=lambda xt=xt, gt=gt: torch.ops.aten.convolution_backward(
+                gt, xt, w, [cout], [2] * 3, [0] * 3, [1] * 3, True, [0] * 3, 1, [True, False, False]),
+            grad_weight=lambda xt=xt, gt=gt: torch.ops.aten.convolution_backward(
+                gt, xt, w, [cout], [2] * 3, [0] * 3, [1] * 3, True, [0] * 3, 1, [False, True, True]))
+    ours = dict(
+        forward=lambda: layer.forward(x),
+        grad_input=lambda: conv_transpose3d_blocks_grad_input(g_cl, layer.weight.data, x_cl.shape[:4]),
+        grad_weight=lambda: conv_transpose3d_blocks_grad_weight(x_cl, g_cl, (2, 2, 2), cout))
+    return {name: (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None)
+            for name in ("forward", "grad_input", "grad_weight")}
+
+
+def memory_passes(kind, spec, rng):
+    """BatchNorm+ReLU, MaxPool and concat: forward and backward, memory-bound."""
+    import torch
+
+    import nn3d
+
+    channels, size = spec["channels"], spec["size"]
+    volume_bytes = 4.0 * channels * size ** 3
+    x = random_cl(rng, 1, channels, size)
+    if kind == "bnrelu":
+        bn, relu = nn3d.BatchNorm3d(channels), nn3d.ReLU()
+        layers_forward = lambda: relu.forward(bn.forward(x))
+        layers_forward()
+        g = random_cl(rng, 1, channels, size)
+        layers_backward = lambda: bn.backward(relu.backward(g))
+        bytes_forward, bytes_backward = 2 * volume_bytes, 3 * volume_bytes   # x->y; (g, x)->grad
+        torch_module = torch.nn.Sequential(torch.nn.BatchNorm3d(channels), torch.nn.ReLU())
+    elif kind == "pool":
+        pool = nn3d.MaxPool3d(2)
+        layers_forward = lambda: pool.forward(x)
+        layers_forward()
+        g = random_cl(rng, 1, channels, size // 2)
+        layers_backward = lambda: pool.backward(g)
+        bytes_forward, bytes_backward = 1.125 * volume_bytes, 1.125 * volume_bytes
+        torch_module = torch.nn.MaxPool3d(2)
+    else:
+        cat = nn3d.Concat()
+        x2 = random_cl(rng, 1, channels, size)
+        layers_forward = lambda: cat.forward(x, x2)
+        layers_forward()
+        g = random_cl(rng, 1, 2 * channels, size)
+        layers_backward = lambda: cat.backward(g)
+        bytes_forward = bytes_backward = 4 * volume_bytes
+        torch_module = lambda a, b: torch.cat([a, b], dim=1)
+
+    formats = {}
+    for fmt, memory in (("ncdhw", torch.contiguous_format), ("cl", torch.channels_last_3d)):
+        xt = torch.from_numpy(np.ascontiguousarray(x)).contiguous(memory_format=memory)
+        xt.requires_grad_(True)
+        gt = torch.from_numpy(np.ascontiguousarray(g)).contiguous(memory_format=memory)
+        inputs = (xt, xt.detach().clone().requires_grad_(True)) if kind == "cat" else (xt,)
+        state = {}
+
+        def forward(inputs=inputs, state=state):
+            state["y"] = torch_module(*inputs)
+
+        def backward(inputs=inputs, state=state, gt=gt):
+            state["y"].backward(gt, retain_graph=True)
+
+        forward()
+        formats[fmt] = dict(forward=forward, backward=backward)
+    return {"forward": (layers_forward, formats["ncdhw"]["forward"], formats["cl"]["forward"],
+                        None, bytes_forward),
+            "backward": (layers_backward, formats["ncdhw"]["backward"], formats["cl"]["backward"],
+                         None, bytes_backward)}
+
+
+def run(size, threads, repeats):
+    set_threads(threads)
+    rng = np.random.default_rng(0)
+    sgemm = sgemm_gflops(threads)
+    copy = copy_gbps()
+    print(f"reference rates: sgemm {sgemm:.0f} GFLOP/s ({threads} threads), copy {copy:.1f} GB/s")
+    header = (f"{'layer':<18}{'pass':<12}{'ours ms':>9}{'torch ms':>10}{'speed-up':>10}"
+              f"{'ours rate':>13}{'torch rate':>13}{'of roof':>9}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for name, kind, spec in unet_layer_shapes(size):
+        if kind in ("conv3", "conv1"):
+            passes = conv_passes(kind, spec, rng)
+        elif kind == "up":
+            passes = up_passes(spec, rng)
+        else:
+            passes = memory_passes(kind, spec, rng)
+        for pass_name, (ours, torch_ncdhw, torch_cl, flops, nbytes) in passes.items():
+            seconds = interleaved_medians([ours, torch_ncdhw, torch_cl], repeats=repeats, warmup=2)
+            torch_best = min(seconds[1], seconds[2])
+            row = dict(layer=name, kind=kind, **spec, pass_=pass_name, ours_ms=seconds[0] * 1e3,
+                       torch_ncdhw_ms=seconds[1] * 1e3, torch_cl_ms=seconds[2] * 1e3,
+                       torch_ms=torch_best * 1e3, speedup=torch_best / seconds[0])
+            if flops is not None:
+                row.update(unit="GFLOP/s", ours_rate=flops / seconds[0] / 1e9,
+                           torch_rate=flops / torch_best / 1e9)
+                row["fraction_of_roof"] = row["ours_rate"] / sgemm
+            else:
+                row.update(unit="GB/s", ours_rate=nbytes / seconds[0] / 1e9,
+                           torch_rate=nbytes / torch_best / 1e9)
+                row["fraction_of_roof"] = row["ours_rate"] / copy
+            rows.append(row)
+            print(f"{name:<18}{pass_name:<12}{row['ours_ms']:>9.2f}{row['torch_ms']:>10.2f}"
+                  f"{row['speedup']:>9.2f}x{row['ours_rate']:>8.1f} {row['unit']:<4}"
+                  f"{row['torch_rate']:>8.1f} {row['unit']:<4}{row['fraction_of_roof']:>8.0%}", flush=True)
+    return dict(machine=machine_info(threads), size=size, sgemm_gflops=sgemm, copy_gbps=copy,
+                rows=[{("pass" if k == "pass_" else k): v for k, v in row.items()} for row in rows])
+
+
+def plot(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    labels = [f"{row['layer']} {row['pass']}" for row in rows]
+    speedups = [row["speedup"] for row in rows]
+    figure, axis = plt.subplots(figsize=(9, 0.28 * len(rows) + 1.5))
+    positions = np.arange(len(rows))[::-1]
+    colours = ["tab:green" if s >= 2 else "tab:blue" if s >= 1 else "tab:red" for s in speedups]
+    axis.barh(positions, speedups, color=colours)
+    axis.axvline(1.0, color="black", linewidth=0.8)
+    axis.axvline(2.0, color="grey", linestyle="--", linewidth=0.8)
+    axis.set_yticks(positions, labels, fontsize=7)
+    axis.set_xlabel("speed-up over PyTorch (its faster memory format), same run")
+    axis.set_title(f"nn3d kernels, U-Net layers at {result['size']}³, batch 1, "
+                   f"{result['machine']['threads']} threads")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=64, help="cubic U-Net input size (multiple of 8)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for nn3d and PyTorch")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/kernels_<size>.json)")
+    args = parser.parse_args(argv)
+    if args.size % 8:
+        parser.error(f"--size must be a multiple of 8, got {args.size}")
+    result = run(args.size, args.threads, args.repeats)
+    out = args.out or os.path.join(RESULTS, f"kernels_{args.size}.json")
+    write_json(out, result)
+    png = os.path.splitext(out)[0] + ".png"
+    plot(result, png)
+    print(f"wrote {out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
