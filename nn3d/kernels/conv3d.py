@@ -47,13 +47,15 @@ LANE = tuple(np.uint64(q) for q in range(BLOCK_J))   # unsigned constants: offse
 def pack_weight(weight):
     """(Cout, Cin, kD, kH, kW) -> w_packed (kD, kH, Cout_padded // 16, kW*Cin, 16):
     w_packed[kz, ky, cb, j, c] = weight[cb*16 + c, ci, kz, ky, kx] with j = kx*Cin + ci, zeros for
-    the padding channels. The 16 weights one reduction step of the forward kernel needs are adjacent."""
+    the padding channels. The 16 weights one reduction step of the forward kernel needs are adjacent.
+    `weight` may be any strided view (e.g. flipped_transposed's): one copy, done by NumPy."""
     cout, cin, kd, kh, kw = weight.shape
     cout_padded = -(-cout // BLOCK_C) * BLOCK_C
-    packed = np.zeros((kd, kh, kw * cin, cout_padded), dtype=weight.dtype)
-    packed[..., :cout] = weight.transpose(2, 3, 4, 1, 0).reshape(kd, kh, kw * cin, cout)
-    return np.ascontiguousarray(
-        packed.reshape(kd, kh, kw * cin, cout_padded // BLOCK_C, BLOCK_C).transpose(0, 1, 3, 2, 4))
+    if cout_padded != cout:
+        weight = np.concatenate([weight, np.zeros((cout_padded - cout, cin, kd, kh, kw), weight.dtype)])
+    blocks = weight.reshape(cout_padded // BLOCK_C, BLOCK_C, cin, kd, kh, kw)   # (cb, c, ci, kz, ky, kx)
+    return np.ascontiguousarray(blocks.transpose(3, 4, 0, 5, 2, 1)).reshape(
+        kd, kh, cout_padded // BLOCK_C, kw * cin, BLOCK_C)
 
 
 def unpack_weight(packed, cout, cin):
@@ -65,10 +67,10 @@ def unpack_weight(packed, cout, cin):
 
 
 def flipped_transposed(weight):
-    """weight'[ci, co, kz, ky, kx] = weight[co, ci, kD-1-kz, kH-1-ky, kW-1-kx]: the kernel whose
+    """A view: weight'[ci, co, kz, ky, kx] = weight[co, ci, kD-1-kz, kH-1-ky, kW-1-kx]: the kernel whose
     stride-1 convolution with the padded output gradient is the input gradient (derivation in
     nn3d/conv3d.py)."""
-    return np.ascontiguousarray(weight.transpose(1, 0, 2, 3, 4)[:, :, ::-1, ::-1, ::-1])
+    return weight.transpose(1, 0, 2, 3, 4)[:, :, ::-1, ::-1, ::-1]           # a view
 
 
 def output_size(padded_size, kernel_size, stride):
