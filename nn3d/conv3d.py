@@ -3,44 +3,64 @@
 Shapes. x (N, Cin, D, H, W); weight w (Cout, Cin, kD, kH, kW); bias b (Cout,); stride (sd, sh, sw);
 zero padding (pd, ph, pw). x_pad is x with the zeros in place: (N, Cin, D+2pd, H+2ph, W+2pw).
 Output size per axis: Do = (D + 2pd - kD) // sd + 1 (and Ho, Wo alike).
+Index names: (od, oh, ow) an output voxel, (id, ih, iw) an input voxel (of x_pad unless said),
+(kz, ky, kx) a kernel offset, ci / co an input / output channel. Letters x, y, w, b, G, S are tensors.
 
-Forward (index notation; an index like z*sd + kz runs over the padded input):
+Forward (an index like od*sd + kz runs over the padded input):
 
-    y[n, co, z, y, x] = b[co] + sum_{ci, kz, ky, kx} w[co, ci, kz, ky, kx]
-                                    * x_pad[n, ci, z*sd + kz, y*sh + ky, x*sw + kx]     # (N, Cout, Do, Ho, Wo)
+ (1) y[n, co, od, oh, ow] = b[co] + sum_{ci, kz, ky, kx} w[co, ci, kz, ky, kx]
+                              * x_pad[n, ci, od*sd + kz, oh*sh + ky, ow*sw + kx]      # (N, Cout, Do, Ho, Wo)
 
 Backward. G = dL/dy, (N, Cout, Do, Ho, Wo). y is linear in each of x_pad, w, b, so every gradient
 is "the coefficient that multiplies the variable, times G, summed over every place it appears":
 
-  grad_bias: b[co] is added to every output voxel of channel co.
-    dL/db[co] = sum_{n, z, y, x} G[n, co, z, y, x]                                       # (Cout,)
+  grad_input: x_pad[n, ci, id, ih, iw] is read by every output voxel (od, oh, ow) and offset
+  (kz, ky, kx) with od*sd + kz = id, oh*sh + ky = ih, ow*sw + kx = iw (the scatter form):
+ (2) dL/dx_pad[n, ci, id, ih, iw] = sum_{co, kz, ky, kx; od*sd+kz=id, oh*sh+ky=ih, ow*sw+kx=iw}
+                                    G[n, co, od, oh, ow] * w[co, ci, kz, ky, kx]    # (N, Cin, D+2pd, H+2ph, W+2pw)
+     dL/dx = dL/dx_pad with the padding cut off                                      # (N, Cin, D, H, W)
+  The gather form, which conv3d_grad_input computes. Spread G by the stride into S, zeros in between:
+     S[n, co, od*sd + kD-1-pd, oh*sh + kH-1-ph, ow*sw + kW-1-pw] = G[n, co, od, oh, ow], 0 elsewhere
+                                                                  # S: (N, Cout, D+kD-1, H+kH-1, W+kW-1)
+  In (2) substitute kz = kD-1-kz' (the flipped kernel) and write x's own index id - pd as id:
+  od*sd + kz = id + pd  becomes  od*sd + kD-1-pd = id + kz',  i.e. "S's index = id + kz'", so
+ (3) dL/dx[n, ci, id, ih, iw] = sum_{co, kz', ky', kx'} S[n, co, id+kz', ih+ky', iw+kx']
+                                * w[co, ci, kD-1-kz', kH-1-ky', kW-1-kx']             # (N, Cin, D, H, W)
+  a stride-1 convolution (1) of S with the flipped kernel whose in/out channels are swapped.
+  Stride 1: S is G zero-padded by k-1-p on each side, and (3) costs exactly what (1) costs.
+  Stride 2, worked along one axis (D = 5, kD = 3, pd = 1, so Do = 3, S has length 7): G's entries
+  od = 0, 1, 2 land at S indices 2*od + 1 = 1, 3, 5; S = [0, G0, 0, G1, 0, G2, 0]. Input voxel id = 2
+  sums S[2..4] * (flipped w) = G1 * w[kz = 1], the one output (od = 1, kz = 1) that read x[2] in (1);
+  input voxel id = 3 sums S[3..5] = G1 * w[kz = 2] + G2 * w[kz = 0], the two outputs that read x[3].
+  Every S value between two G values is a zero the kernel multiplies anyway (s^3 - 1 of s^3 in 3-D).
 
-  grad_weight: w[co, ci, kz, ky, kx] multiplies x_pad[n, ci, z*sd+kz, ...] in output y[n, co, z, y, x].
-    dL/dw[co, ci, kz, ky, kx] = sum_{n, z, y, x} G[n, co, z, y, x]
-                                * x_pad[n, ci, z*sd + kz, y*sh + ky, x*sw + kx]          # (Cout, Cin, kD, kH, kW)
-    (the forward sum with the roles of w and G exchanged: a "convolution" of x_pad by G.)
+  grad_weight: w[co, ci, kz, ky, kx] multiplies x_pad[n, ci, od*sd+kz, ...] in output y[n, co, od, oh, ow]:
+ (4) dL/dw[co, ci, kz, ky, kx] = sum_{n, od, oh, ow} G[n, co, od, oh, ow]
+                                 * x_pad[n, ci, od*sd + kz, oh*sh + ky, ow*sw + kx]  # (Cout, Cin, kD, kH, kW)
+     (the forward sum with the roles of w and G exchanged: a "convolution" of x_pad by G.)
 
-  grad_input: x_pad[n, ci, i, j, k] is read by every output voxel (z, y, x) and offset (kz, ky, kx)
-  with z*sd + kz = i, y*sh + ky = j, x*sw + kx = k:
-    dL/dx_pad[n, ci, i, j, k] = sum_{co, kz, ky, kx; z*sd+kz=i, ...} G[n, co, z, y, x] w[co, ci, kz, ky, kx]
-                                                                                          # (N, Cin, D+2pd, ...)
-    dL/dx = dL/dx_pad with the padding cut off                                            # (N, Cin, D, H, W)
-  As a gather (what the kernel computes): spread G by the stride into S, zeros in between,
-  S[n, co, z*sd + kD-1-pd, ...] = G[n, co, z, ...], S of length D + kD - 1 per axis. With
-  kz = kD-1-kz' (the flipped kernel) the condition z*sd + kz = i + pd becomes "S index = i + kz'":
-    dL/dx[n, ci, i, j, k] = sum_{co, kz', ky', kx'} S[n, co, i+kz', j+ky', k+kx']
-                             * w[co, ci, kD-1-kz', kH-1-ky', kW-1-kx']                   # (N, Cin, D, H, W)
-  i.e. a stride-1 convolution of S with the flipped kernel whose in/out channels are swapped.
-  For stride 1, S is G zero-padded by k-1-p: grad-input costs exactly what forward costs.
+  grad_bias: b[co] is added to every output voxel of channel co:
+ (5) dL/db[co] = sum_{n, od, oh, ow} G[n, co, od, oh, ow]                               # (Cout,)
+     summed in float64 (2^18 terms at 64^3; float32 would keep only ~4 significant digits).
+     A conv bias followed by a training-mode BatchNorm (as in the U-Net) gets a zero gradient in
+     exact arithmetic: BatchNorm subtracts the channel mean, so adding b[co] to every voxel changes
+     nothing, and the G it passes back sums to zero over each channel ((B3) in
+     nn3d/batchnorm3d.py); computed, it is rounding noise, tiny next to G. PyTorch keeps such biases too, so the state_dicts match.
+
+Input gradient on demand. `requires_input_grad = False` skips (2)-(3) and makes backward return
+None (like a PyTorch input that does not require grad): the U-Net's first convolution reads the
+data, whose gradient nothing needs, and (3) for a 1-channel input wastes 15 of its 16 register lanes.
 
 Memory: activations are channels-last (nn3d/layout.py); the kernels (nn3d/kernels/conv3d.py) work on
-(N, D, H, W, C) arrays and the formulas above are the same with the channel index moved last.
+(N, D, H, W, C) arrays, cite the line numbers above and use the same formulas with the channel index
+moved last.
 """
 import numpy as np
 
 from .checks import check_forward_ran, check_same_shape, check_volume
 from .init import conv_weight_and_bias
-from .kernels.conv3d import conv3d_forward, conv3d_grad_input, conv3d_grad_weight, output_size
+from .kernels.conv3d import (conv3d_forward, conv3d_grad_bias, conv3d_grad_input, conv3d_grad_weight,
+                             output_size)
 from .kernels.padding import pad_channels_last
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
@@ -71,6 +91,7 @@ class Conv3d(Module):
                                                    out_channels if bias else None)
         self.weight = Parameter(weight)                                   # (Cout, Cin, kD, kH, kW)
         self.bias = Parameter(bias_values) if bias else None              # (Cout,)
+        self.requires_input_grad = True      # False: backward skips dL/dx (2)-(3) and returns None
         self._cache = None
 
     def forward(self, x):
@@ -81,13 +102,14 @@ class Conv3d(Module):
                              f"is smaller than the kernel {self.kernel_size}")
         x_pad = pad_channels_last(to_channels_last(x), self.padding)     # (N, D+2pd, H+2ph, W+2pw, Cin)
         bias = None if self.bias is None else self.bias.data
-        y_cl = conv3d_forward(x_pad, self.weight.data, bias, self.stride)  # (N, Do, Ho, Wo, Cout)
+        y_cl = conv3d_forward(x_pad, self.weight.data, bias, self.stride)  # (1) (N, Do, Ho, Wo, Cout)
         self._cache = (x_pad, x.shape)
         return from_channels_last(y_cl)                                   # (N, Cout, Do, Ho, Wo) view
 
-    # forward:  y[n,co,z,y,x] = b[co] + sum_{ci,kz,ky,kx} w[co,ci,kz,ky,kx] x_pad[n,ci,z*sd+kz,y*sh+ky,x*sw+kx]
-    # gives:    dL/db = sum_{n,z,y,x} G;   dL/dw[co,ci,kz,ky,kx] = sum_{n,z,y,x} G[n,co,z,y,x] x_pad[...];
-    #           dL/dx = (spread, padded G) convolved with the flipped, in/out-swapped w (module docstring)
+    # forward (1): y[n,co,od,oh,ow] = b[co] + sum_{ci,kz,ky,kx} w[co,ci,kz,ky,kx] x_pad[n,ci,od*sd+kz,oh*sh+ky,ow*sw+kx]
+    # gives:   (3) dL/dx = (spread, padded G = S) convolved with the flipped, in/out-swapped w
+    #          (4) dL/dw[co,ci,kz,ky,kx] = sum_{n,od,oh,ow} G[n,co,od,oh,ow] x_pad[n,ci,od*sd+kz,oh*sh+ky,ow*sw+kx]
+    #          (5) dL/db[co] = sum_{n,od,oh,ow} G[n,co,od,oh,ow]   (float64 sum)
     def backward(self, grad_output):
         check_forward_ran(self._cache, "Conv3d")
         x_pad, input_shape = self._cache
@@ -95,13 +117,14 @@ class Conv3d(Module):
         check_same_shape(grad_output, (input_shape[0], self.out_channels, *out_size), "Conv3d")
         check_volume(grad_output, "Conv3d.backward", dtype=x_pad.dtype, name="grad_output")
         grad_output_cl = to_channels_last(grad_output)                    # (N, Do, Ho, Wo, Cout)
-        grad_input_cl = conv3d_grad_input(grad_output_cl, self.weight.data, input_shape[2:],
-                                          self.stride, self.padding)      # (N, D, H, W, Cin)
         self.weight.grad += conv3d_grad_weight(x_pad, grad_output_cl, self.kernel_size,
-                                               self.stride)               # (Cout, Cin, kD, kH, kW)
+                                               self.stride)               # (4) (Cout, Cin, kD, kH, kW)
         if self.bias is not None:
-            grad_bias = grad_output_cl.reshape(-1, self.out_channels).sum(axis=0, dtype=np.float64)
-            self.bias.grad += grad_bias.astype(self.bias.grad.dtype)      # (Cout,)
+            self.bias.grad += conv3d_grad_bias(grad_output_cl)            # (5) (Cout,)
+        if not self.requires_input_grad:
+            return None
+        grad_input_cl = conv3d_grad_input(grad_output_cl, self.weight.data, input_shape[2:],
+                                          self.stride, self.padding)      # (3) (N, D, H, W, Cin)
         return from_channels_last(grad_input_cl)                          # (N, Cin, D, H, W) view
 
     def extra_repr(self):

@@ -2,43 +2,54 @@
 
 Shapes. x (N, Cin, D, H, W); weight w (Cin, Cout, kD, kH, kW) (PyTorch's layout: in-channels first);
 bias b (Cout,); stride (sd, sh, sw); padding (pd, ph, pw).
-Output size per axis: Do = (D - 1)*sd - 2*pd + kD (Ho, Wo alike); y_full is the output before the
-padding is cut off, (N, Cout, (D-1)*sd + kD, ...).
+Output size per axis: Do = (D - 1)*sd - 2*pd + kD (Ho, Wo alike).
+Index names: (id, ih, iw) an input voxel (of x), (od, oh, ow) an output voxel, (kz, ky, kx) a kernel
+offset, ci / co an input / output channel. Letters x, y, w, b, G are tensors.
 
 Forward: every input voxel adds a weighted copy of the kernel into the output (a scatter):
 
-    y_full[n, co, z*sd + kz, y*sh + ky, x*sw + kx] += sum_ci x[n, ci, z, y, x] * w[ci, co, kz, ky, kx]
-    y[n, co, i, j, k] = b[co] + y_full[n, co, i + pd, j + ph, k + pw]                  # (N, Cout, Do, Ho, Wo)
+ (1) y_full[n, co, id*sd + kz, ih*sh + ky, iw*sw + kx] += sum_ci x[n, ci, id, ih, iw] * w[ci, co, kz, ky, kx]
+                                         # y_full: (N, Cout, (D-1)*sd + kD, (H-1)*sh + kH, (W-1)*sw + kW)
+     y[n, co, od, oh, ow] = b[co] + y_full[n, co, od + pd, oh + ph, ow + pw]          # (N, Cout, Do, Ho, Wo)
 
-Why "transposed": Conv3d with weight w read as (Cout_conv = Cin, Cin_conv = Cout), the same stride and
-padding, maps a (N, Cout, Do, Ho, Wo) volume to (N, Cin, D, H, W); as a linear map it is a matrix A.
-Its input gradient is A^T (nn3d/conv3d.py): exactly the scatter above. So, with conv3d(v, w) that
-convolution and G = dL/dy (N, Cout, Do, Ho, Wo):
+Why "transposed". Let conv be Conv3d with weight w read as (Cout_conv = Cin, Cin_conv = Cout), the
+same stride and padding: it maps v (N, Cout, Do, Ho, Wo) to u (N, Cin, D, H, W) by (1) of
+nn3d/conv3d.py, u = A v, A a matrix. For any x (N, Cin, D, H, W) and G (N, Cout, Do, Ho, Wo),
+expanding both sides with that formula gives the same quadruple sum over (n, ci, co, voxel, offset):
 
-    forward:      y = A^T x + b     = Conv3d's grad-input applied to x, plus b           # (N, Cout, Do, Ho, Wo)
-    grad_input:   dL/dx = A G       = Conv3d's forward applied to G (no bias)             # (N, Cin, D, H, W)
-    grad_weight:  dL/dw[ci, co, kz, ky, kx] = sum_{n, z, y, x} x[n, ci, z, y, x]
-                                              * G_full[n, co, z*sd + kz, y*sh + ky, x*sw + kx]
-                  (G_full = G zero-padded by p to y_full's size) = Conv3d's grad-weight with the roles
-                  of its input (here G_full) and its grad_output (here x) exchanged     # (Cin, Cout, kD, kH, kW)
-    grad_bias:    dL/db[co] = sum_{n, i, j, k} G[n, co, i, j, k]                          # (Cout,)
+ (A) <x, A G> = sum x[n, ci, id, ih, iw] w[ci, co, kz, ky, kx] G_full[n, co, id*sd + kz, ...] = <A^T x, G>
+     (G_full: G zero-padded back to y_full's size, see (3); <u, v> = sum of u * v over all entries)
 
-The first three lines follow from the forward formula directly too: y is linear in x and w, and
-differentiating the scatter gives the gather dL/dx[n, ci, z, y, x] = sum_{co, kz, ky, kx}
-G_full[n, co, z*sd+kz, y*sh+ky, x*sw+kx] w[ci, co, kz, ky, kx], which is Conv3d's forward formula.
+so the map x -> (1) without b is A^T, the adjoint of that convolution, whose input gradient is also
+A^T (Conv3d's (2)-(3)). The gradients of a linear map y = A^T x + b follow from (A): dL/dx = A G.
+With G = dL/dy (N, Cout, Do, Ho, Wo):
+
+ (2) forward:      y = A^T x + b   = Conv3d's grad-input (3) applied to x, plus b      # (N, Cout, Do, Ho, Wo)
+ (3) grad_input:   dL/dx = A G     = Conv3d's forward (1) applied to G_full, no bias    # (N, Cin, D, H, W)
+     where G_full is G zero-padded by (pd, ph, pw) back to y_full's size:
+     G_full[n, co, od + pd, oh + ph, ow + pw] = G[n, co, od, oh, ow], 0 in the border
+                                         # G_full: (N, Cout, (D-1)*sd + kD, (H-1)*sh + kH, (W-1)*sw + kW)
+ (4) grad_weight:  dL/dw[ci, co, kz, ky, kx] = sum_{n, id, ih, iw} x[n, ci, id, ih, iw]
+                                               * G_full[n, co, id*sd + kz, ih*sh + ky, iw*sw + kx]
+                   = Conv3d's grad-weight (4) with the roles of its input (here G_full) and its
+                   grad_output (here x) exchanged                                        # (Cin, Cout, kD, kH, kW)
+ (5) grad_bias:    dL/db[co] = sum_{n, od, oh, ow} G[n, co, od, oh, ow], summed in float64  # (Cout,)
+
+(3) and (4) also follow from (1) directly: y is linear in x and w, and differentiating the scatter
+gives the gather dL/dx[n, ci, id, ih, iw] = sum_{co, kz, ky, kx} G_full[n, co, id*sd+kz, ih*sh+ky,
+iw*sw+kx] w[ci, co, kz, ky, kx], which is Conv3d's forward formula.
 
 Fast path (the U-Net's up-sampling, kernel == stride, padding 0): the output blocks of different input
-voxels do not overlap, so forward is one matrix product per voxel, x[n, :, z, y, x] (1, Cin) @
+voxels do not overlap, so forward is one matrix product per voxel, x[n, :, id, ih, iw] (1, Cin) @
 w_matrix (Cin, kD*kH*kW*Cout), written into its kD x kH x kW block of y; grad_input gathers each
 block and multiplies by w_matrix^T; grad_weight is x^T @ (gathered blocks). See
-nn3d/kernels/conv_transpose3d.py.
+nn3d/kernels/conv_transpose3d.py, which cites the line numbers above.
 """
-import numpy as np
 
 from .checks import check_forward_ran, check_same_shape, check_volume
 from .conv3d import triple
 from .init import conv_weight_and_bias
-from .kernels.conv3d import conv3d_forward, conv3d_grad_input, conv3d_grad_weight
+from .kernels.conv3d import conv3d_forward, conv3d_grad_bias, conv3d_grad_input, conv3d_grad_weight
 from .kernels.conv_transpose3d import (conv_transpose3d_blocks_forward,
                                        conv_transpose3d_blocks_grad_input,
                                        conv_transpose3d_blocks_grad_weight)
@@ -92,10 +103,10 @@ class ConvTranspose3d(Module):
         self._cache = (x_cl, out_size)
         return from_channels_last(y_cl)                                   # (N, Cout, Do, Ho, Wo) view
 
-    # forward:  y_full[n,co,z*sd+kz,y*sh+ky,x*sw+kx] += sum_ci x[n,ci,z,y,x] w[ci,co,kz,ky,kx];  y = crop(y_full) + b
-    # gives:    dL/dx[n,ci,z,y,x] = sum_{co,kz,ky,kx} G_full[n,co,z*sd+kz,...] w[ci,co,kz,ky,kx]   (Conv3d forward of G)
-    #           dL/dw[ci,co,kz,ky,kx] = sum_{n,z,y,x} x[n,ci,z,y,x] G_full[n,co,z*sd+kz,...]        (Conv3d grad-weight)
-    #           dL/db[co] = sum G[n,co,...]
+    # forward (1): y_full[n,co,id*sd+kz,ih*sh+ky,iw*sw+kx] += sum_ci x[n,ci,id,ih,iw] w[ci,co,kz,ky,kx]; y = crop(y_full) + b
+    # gives: (3) dL/dx[n,ci,id,ih,iw] = sum_{co,kz,ky,kx} G_full[n,co,id*sd+kz,...] w[ci,co,kz,ky,kx]  (Conv3d forward of G_full)
+    #        (4) dL/dw[ci,co,kz,ky,kx] = sum_{n,id,ih,iw} x[n,ci,id,ih,iw] G_full[n,co,id*sd+kz,...]   (Conv3d grad-weight)
+    #        (5) dL/db[co] = sum_{n,od,oh,ow} G[n,co,od,oh,ow]   (float64 sum)
     def backward(self, grad_output):
         check_forward_ran(self._cache, "ConvTranspose3d")
         x_cl, out_size = self._cache
@@ -113,8 +124,7 @@ class ConvTranspose3d(Module):
             grad_weight = conv3d_grad_weight(grad_full, x_cl, self.kernel_size, self.stride)
         self.weight.grad += grad_weight                                   # (Cin, Cout, kD, kH, kW)
         if self.bias is not None:
-            grad_bias = grad_output_cl.reshape(-1, self.out_channels).sum(axis=0, dtype=np.float64)
-            self.bias.grad += grad_bias.astype(self.bias.grad.dtype)      # (Cout,)
+            self.bias.grad += conv3d_grad_bias(grad_output_cl)            # (5) (Cout,)
         return from_channels_last(grad_input_cl)                          # (N, Cin, D, H, W) view
 
     def extra_repr(self):

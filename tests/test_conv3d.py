@@ -8,7 +8,7 @@ import nn3d
 from nn3d import Conv3d
 from nn3d.gradcheck import max_relative_error, numerical_gradient
 from nn3d.kernels import conv3d as kernels
-from nn3d.kernels.padding import pad_channels_last
+from nn3d.kernels.padding import embed_strided, pad_channels_last
 from nn3d.layout import from_channels_last, is_channels_last
 from tests.torch_reference import load_into_torch, run_torch
 
@@ -66,22 +66,47 @@ def test_gradients_accumulate_until_zero_grad():
     (3, 17, (5, 6, 11), (3, 3, 3), (1, 1, 1), (1, 1, 1)),    # W tail (11 = 2*4 + 3), Cout tail
     (5, 16, (7, 6, 9), (3, 2, 3), (2, 2, 1), (1, 0, 2)),     # strided, non-cubic kernel, j tail
 ])
-def test_kernels_match_references(cin, cout, size, kernel, stride, padding):
+@pytest.mark.parametrize("block", [4, 8])        # both register-tile widths (AVX2, AVX-512), any CPU
+def test_kernels_match_references(cin, cout, size, kernel, stride, padding, block):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, *size, cin))                               # (N, D, H, W, Cin)
     weight = rng.standard_normal((cout, cin, *kernel))
     bias = rng.standard_normal(cout)
     x_pad = pad_channels_last(x, padding)
-    y = kernels.conv3d_forward(x_pad, weight, bias, stride)
+    np.testing.assert_array_equal(x_pad, embed_strided(x, (1, 1, 1), padding,            # pad kernel
+                                                       [s + 2 * p for s, p in zip(size, padding)]))
+    y = kernels.conv3d_forward(x_pad, weight, bias, stride, block)
     np.testing.assert_allclose(y, kernels.conv3d_forward_reference(x_pad, weight, bias, stride),
                                rtol=0, atol=1e-12)
     grad_output = rng.standard_normal(y.shape)
     np.testing.assert_allclose(
-        kernels.conv3d_grad_input(grad_output, weight, size, stride, padding),
+        kernels.conv3d_grad_input(grad_output, weight, size, stride, padding, block),
         kernels.conv3d_grad_input_reference(grad_output, weight, size, stride, padding), rtol=0, atol=1e-12)
     np.testing.assert_allclose(
-        kernels.conv3d_grad_weight(x_pad, grad_output, kernel, stride),
+        kernels.conv3d_grad_weight(x_pad, grad_output, kernel, stride, block),
         kernels.conv3d_grad_weight_reference(x_pad, grad_output, kernel, stride), rtol=0, atol=1e-11)
+    np.testing.assert_allclose(kernels.conv3d_grad_bias(grad_output),
+                               kernels.conv3d_grad_bias_reference(grad_output), rtol=1e-14)
+
+
+def test_tile_width_follows_the_cpu():
+    assert kernels.tile_width("+sse4.2,+avx,+avx2,+fma,-avx512f") == 4           # Zen 2
+    assert kernels.tile_width("+avx2,+fma,+avx512f,+avx512bw,+avx512vl") == 8      # Zen 4, Skylake-X
+    assert kernels.BLOCK_W == kernels.tile_width(kernels.compiling_for())
+
+
+def test_input_gradient_can_be_skipped():
+    rng = np.random.default_rng(5)
+    layer = Conv3d(1, 4, 3, padding=1)
+    x = rng.standard_normal((1, 1, 4, 5, 6)).astype(np.float32)
+    grad_output = rng.standard_normal((1, 4, 4, 5, 6)).astype(np.float32)
+    layer.forward(x)
+    full = layer.backward(grad_output)
+    weight_grad = layer.weight.grad.copy()
+    layer.zero_grad()
+    layer.requires_input_grad = False
+    assert full is not None and layer.backward(grad_output) is None
+    np.testing.assert_array_equal(layer.weight.grad, weight_grad)         # parameter gradients unchanged
 
 
 # ---- finite differences in float64 --------------------------------------------------------------

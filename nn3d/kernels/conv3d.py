@@ -1,46 +1,77 @@
 """3-D convolution kernels on channels-last arrays, with their plain NumPy references.
 
-Notation (see nn3d/conv3d.py for the derivation):
+Notation: the numbered lines of nn3d/conv3d.py, with the channel index moved last. Index names:
+(od, oh, ow) an output voxel, (id, ih, iw) an input voxel, (kz, ky, kx) a kernel offset, ci / co an
+input / output channel; x_pad, y, weight, grad_output, S are tensors.
 
     x_pad        (N, Dp, Hp, Wp, Cin)    input with its zero halo already in memory
     weight       (Cout, Cin, kD, kH, kW) PyTorch's layout
-    grad_output  (N, Do, Ho, Wo, Cout)   dL/dy
+    grad_output  (N, Do, Ho, Wo, Cout)   G = dL/dy
 
-    (1) y[n, z, y, x, co]      = b[co] + sum_{kz, ky, kx, ci} x_pad[n, z*sd+kz, y*sh+ky, x*sw+kx, ci]
-                                                             * weight[co, ci, kz, ky, kx]
-    (2) grad_x_pad[n, i, j, k, ci] = sum over (z, kz) with z*sd+kz = i, ... of
-                                     grad_output[n, z, y, x, co] * weight[co, ci, kz, ky, kx]
-    (3) grad_weight[co, ci, kz, ky, kx] = sum_{n, z, y, x} x_pad[n, z*sd+kz, y*sh+ky, x*sw+kx, ci]
-                                                           * grad_output[n, z, y, x, co]
+    (1) y[n, od, oh, ow, co] = b[co] + sum_{kz, ky, kx, ci} x_pad[n, od*sd+kz, oh*sh+ky, ow*sw+kx, ci]
+                                                             * weight[co, ci, kz, ky, kx]   # (N, Do, Ho, Wo, Cout)
+    (2) grad_x_pad[n, id, ih, iw, ci] = sum over (od, kz) with od*sd+kz = id, (oh, ky), (ow, kx) alike,
+                                        and co of grad_output[n, od, oh, ow, co] * weight[co, ci, kz, ky, kx]
+                                                                      # (N, Dp, Hp, Wp, Cin)  the scatter
+    (3) grad_x[n, id, ih, iw, ci] = sum_{kz', ky', kx', co} S[n, id+kz', ih+ky', iw+kx', co]
+                                    * weight[co, ci, kD-1-kz', kH-1-ky', kW-1-kx']
+                                    # S: grad_output spread by the stride, (N, D+kD-1, H+kH-1, W+kW-1, Cout)
+                                    # grad_x: (N, D, H, W, Cin)                      the gather
+    (4) grad_weight[co, ci, kz, ky, kx] = sum_{n, od, oh, ow} x_pad[n, od*sd+kz, oh*sh+ky, ow*sw+kx, ci]
+                                          * grad_output[n, od, oh, ow, co]           # (Cout, Cin, kD, kH, kW)
+    (5) grad_bias[co] = sum_{n, od, oh, ow} grad_output[n, od, oh, ow, co]    (float64)  # (Cout,)
 
-The fast kernels see the kx and ci axes as one axis j = kx*Cin + ci: for a fixed (n, row, kz, ky)
-the values x_pad[n, z*sd+kz, y*sh+ky, x*sw + kx, ci] for all (kx, ci) form ONE contiguous run of
-kW*Cin numbers in channels-last memory, starting at element x*sw*Cin of that row. The weights are
+The fast kernels see the kx and ci axes as one axis j = kx*Cin + ci: for a fixed (n, od, oh, kz, ky)
+the values x_pad[n, od*sd+kz, oh*sh+ky, ow*sw + kx, ci] for all (kx, ci) form ONE contiguous run of
+kW*Cin numbers in channels-last memory, starting at element ow*sw*Cin of that row. The weights are
 repacked to match (`pack_weight`): w_packed[kz, ky, cb, j, c] = weight[16*cb + c, ci, kz, ky, kx],
 with the output channels padded with zeros up to a multiple of BLOCK_C = 16.
 
-Register blocking (../../shared/PERF_NOTES.md): the forward kernel keeps a BLOCK_W x BLOCK_C tile of
-outputs (BLOCK_W neighbouring voxels along W, BLOCK_C output channels) in registers while it runs
-over the whole reduction (kz, ky, j); per reduction step it loads BLOCK_C weights (one AVX-512
-vector in float32), broadcasts one input value per voxel and does BLOCK_W vector FMAs. The
-grad-weight kernel keeps a BLOCK_J x BLOCK_C tile of grad_weight in registers while it runs over
-voxels (one vector load of grad_output, BLOCK_J broadcasts of the input, BLOCK_J FMAs per voxel).
-The tiles are sized for AVX-512 (32 vector registers: 8 accumulators + weights); on an AVX2-only
-machine (16 registers of 8 floats) the 8 x 16 tiles take 16 accumulators and spill; a 4 x 16 tile
-(acc0..acc3) fits there. BLOCK_W and BLOCK_J name the tile sizes the kernels are unrolled for.
-Grad-input (2) has no kernel of its own: it is the forward kernel applied to the (spread, padded)
-output gradient with the flipped, in/out-swapped weights (`conv3d_grad_input`).
+Register blocking (../../shared/PERF_NOTES.md): the forward kernel keeps a tile of outputs
+(BLOCK_W neighbouring voxels along W x BLOCK_C = 16 output channels) in registers while it runs over
+the whole reduction (kz, ky, j); per reduction step it loads 16 weights (one AVX-512 vector, two
+AVX2 vectors in float32), broadcasts one input value per voxel and does one FMA per voxel and
+vector. The grad-weight kernel keeps a BLOCK_J x 16 tile of grad_weight in registers while it runs
+over voxels (a load of 16 grad_output values, BLOCK_J broadcasts of the input, BLOCK_J FMAs).
+
+Tile width per CPU. Numba compiles for the CPU it runs on (and keys its cache by CPU), so the tile
+is chosen at import from the features Numba compiles for (`tile_width`): on AVX-512 (32 vector
+registers of 16 floats) BLOCK_W = BLOCK_J = 8, i.e. 8 accumulators + the weights; on AVX2 (16
+registers of 8 floats, e.g. the Zen 2 machines of PERF_NOTES) 8 x 16 outputs would need all 16
+registers for accumulators alone and spill, so BLOCK_W = BLOCK_J = 4 (8 accumulator registers).
+The kernels take the width as an argument and contain both the 8-wide and the 4-wide loops (4 also
+finishes rows after the 8-wide tiles), so the tests run both widths against the references on any
+machine, and one compiled kernel serves both.
+Grad-input (3) has no kernel of its own: it is the forward kernel applied to S (the spread, padded
+output gradient) with the flipped, in/out-swapped weights (`conv3d_grad_input`).
 """
 import numpy as np
 from numba import prange
 
-from .jit import blocked_kernel, tile_helper
+from .jit import blocked_kernel, parallel_kernel, tile_helper
 from .padding import embed_strided, pad_channels_last
 
-BLOCK_W = 8    # output voxels along W per register tile (forward)
-BLOCK_J = 8    # (kx, ci) positions per register tile (grad-weight)
 BLOCK_C = 16   # output channels per register tile: one AVX-512 (two AVX2) registers of float32
-LANE = tuple(np.uint64(q) for q in range(BLOCK_J))   # unsigned constants: offset + LANE[q] stays unsigned
+
+
+def tile_width(cpu_features):
+    """Voxels (forward) or (kx, ci) positions (grad-weight) per register tile for a CPU whose LLVM
+    feature string is `cpu_features`: 8 with AVX-512 (32 vector registers: 8 accumulators of 16
+    floats + the weights fit), 4 without (AVX2's 16 registers of 8 floats: 4 x 16 outputs take 8,
+    8 x 16 would take all 16 and spill)."""
+    return 8 if "+avx512f" in cpu_features.split(",") else 4
+
+
+def compiling_for():
+    """The LLVM feature string Numba compiles for: NUMBA_CPU_FEATURES if set, else the host's."""
+    from llvmlite import binding
+    from numba.core import config
+
+    return config.CPU_FEATURES or binding.get_host_cpu_features().flatten()
+
+
+BLOCK_W = BLOCK_J = tile_width(compiling_for())   # chosen once per process, passed to the kernels
+LANE = tuple(np.uint64(q) for q in range(8))      # unsigned constants: offset + LANE[q] stays unsigned
 
 
 # ---- weight layouts -----------------------------------------------------------------------------
@@ -105,18 +136,19 @@ def fma16(acc, value, w):
 
 # ---- forward: line (1) --------------------------------------------------------------------------
 @blocked_kernel
-def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, y):
+def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, block_w, y):
     """Line (1): y = conv(x_pad, weight) + bias, any kernel size and stride.
 
     x_pad (N, Dp, Hp, Wp, Cin), w_packed (kD, kH, Cout_padded/16, kW*Cin, 16) from `pack_weight`,
-    bias (Cout_padded/16, 16), y (N, Do, Ho, Wo, Cout_padded). Each prange iteration owns one output
-    row y[n, z, y, :, :].
+    bias (Cout_padded/16, 16), y (N, Do, Ho, Wo, Cout_padded); block_w = BLOCK_W (8 or 4). Each
+    prange iteration owns one output row y[n, od, oh, :, :].
     Differs from conv3d_forward_reference in loop order only: the (kx, ci) loops are one loop over
-    the contiguous run j, and BLOCK_W = 8 neighbouring voxels x BLOCK_C = 16 output channels of y
-    stay in registers (acc0..acc7) for the whole reduction over (kz, ky, j); voxels left over at the
-    end of a row (Wo % 8) are done one at a time (acc0 only). The input of voxel x0 + p is read at
-    the unsigned flat offset x_p + j (x_p: where its run starts), so the inner loop has no
-    negative-index checks and no array views.
+    the contiguous run j, and a tile of neighbouring voxels x BLOCK_C = 16 output channels of y stays
+    in registers for the whole reduction over (kz, ky, j): 8 voxels (acc0..acc7) when block_w == 8,
+    then 4 (acc0..acc3) while at least 4 are left in the row, then single voxels (acc0). With
+    block_w == 4 the 8-voxel loop is skipped, and its registers are never needed: each loop gets
+    its own register allocation. The input of voxel ow0 + q is read at the unsigned flat offset
+    x_q + j (x_q: where its run starts), so the inner loop has no negative-index checks or views.
     """
     n_batch, out_d, out_h, out_w, cout_padded = y.shape
     kernel_d, kernel_h, n_cblocks, run, _ = w_packed.shape
@@ -128,18 +160,19 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, y
     x_plane_length = x_pad.shape[2] * x_row_length
     step = stride_w * cin                      # distance between neighbouring output voxels in a row
     run_u = np.uint64(run)
-    full_blocks = out_w // BLOCK_W * BLOCK_W
+    end8 = out_w // 8 * 8 if block_w == 8 else 0          # voxels [0, end8) in tiles of 8
+    end4 = end8 + (out_w - end8) // 4 * 4                 # [end8, end4) in tiles of 4, then singles
     for row in prange(n_batch * out_d * out_h):
         n = row // (out_d * out_h)
-        z = row // out_h % out_d
-        yy = row % out_h
-        row_start = ((n * x_pad.shape[1] + z * stride_d) * x_pad.shape[2] + yy * stride_h) * x_row_length
+        od = row // out_h % out_d
+        oh = row % out_h
+        row_start = ((n * x_pad.shape[1] + od * stride_d) * x_pad.shape[2] + oh * stride_h) * x_row_length
         for cb in range(n_cblocks):
-            for x0 in range(0, full_blocks, BLOCK_W):
+            for ow0 in range(0, end8, 8):
                 acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(bias, cb)
                 for kz in range(kernel_d):
                     for ky in range(kernel_h):
-                        x_0 = np.uint64(row_start + kz * x_plane_length + ky * x_row_length + x0 * step)
+                        x_0 = np.uint64(row_start + kz * x_plane_length + ky * x_row_length + ow0 * step)
                         x_1 = x_0 + np.uint64(step)
                         x_2 = x_1 + np.uint64(step)
                         x_3 = x_2 + np.uint64(step)
@@ -159,29 +192,50 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, y
                             acc6 = fma16(acc6, x_flat[x_6 + j], w)
                             acc7 = fma16(acc7, x_flat[x_7 + j], w)
                 for c in range(BLOCK_C):
-                    y_tiles[n, z, yy, x0, cb, c] = acc0[c]
-                    y_tiles[n, z, yy, x0 + 1, cb, c] = acc1[c]
-                    y_tiles[n, z, yy, x0 + 2, cb, c] = acc2[c]
-                    y_tiles[n, z, yy, x0 + 3, cb, c] = acc3[c]
-                    y_tiles[n, z, yy, x0 + 4, cb, c] = acc4[c]
-                    y_tiles[n, z, yy, x0 + 5, cb, c] = acc5[c]
-                    y_tiles[n, z, yy, x0 + 6, cb, c] = acc6[c]
-                    y_tiles[n, z, yy, x0 + 7, cb, c] = acc7[c]
-            for x0 in range(full_blocks, out_w):
+                    y_tiles[n, od, oh, ow0, cb, c] = acc0[c]
+                    y_tiles[n, od, oh, ow0 + 1, cb, c] = acc1[c]
+                    y_tiles[n, od, oh, ow0 + 2, cb, c] = acc2[c]
+                    y_tiles[n, od, oh, ow0 + 3, cb, c] = acc3[c]
+                    y_tiles[n, od, oh, ow0 + 4, cb, c] = acc4[c]
+                    y_tiles[n, od, oh, ow0 + 5, cb, c] = acc5[c]
+                    y_tiles[n, od, oh, ow0 + 6, cb, c] = acc6[c]
+                    y_tiles[n, od, oh, ow0 + 7, cb, c] = acc7[c]
+            for ow0 in range(end8, end4, 4):
+                acc0 = acc1 = acc2 = acc3 = load16(bias, cb)
+                for kz in range(kernel_d):
+                    for ky in range(kernel_h):
+                        x_0 = np.uint64(row_start + kz * x_plane_length + ky * x_row_length + ow0 * step)
+                        x_1 = x_0 + np.uint64(step)
+                        x_2 = x_1 + np.uint64(step)
+                        x_3 = x_2 + np.uint64(step)
+                        w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
+                        for j in range(run_u):
+                            w = load16(w_matrix, w_0 + j)
+                            acc0 = fma16(acc0, x_flat[x_0 + j], w)
+                            acc1 = fma16(acc1, x_flat[x_1 + j], w)
+                            acc2 = fma16(acc2, x_flat[x_2 + j], w)
+                            acc3 = fma16(acc3, x_flat[x_3 + j], w)
+                for c in range(BLOCK_C):
+                    y_tiles[n, od, oh, ow0, cb, c] = acc0[c]
+                    y_tiles[n, od, oh, ow0 + 1, cb, c] = acc1[c]
+                    y_tiles[n, od, oh, ow0 + 2, cb, c] = acc2[c]
+                    y_tiles[n, od, oh, ow0 + 3, cb, c] = acc3[c]
+            for ow0 in range(end4, out_w):
                 acc0 = load16(bias, cb)
                 for kz in range(kernel_d):
                     for ky in range(kernel_h):
-                        x_0 = np.uint64(row_start + kz * x_plane_length + ky * x_row_length + x0 * step)
+                        x_0 = np.uint64(row_start + kz * x_plane_length + ky * x_row_length + ow0 * step)
                         w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
                         for j in range(run_u):
                             acc0 = fma16(acc0, x_flat[x_0 + j], load16(w_matrix, w_0 + j))
                 for c in range(BLOCK_C):
-                    y_tiles[n, z, yy, x0, cb, c] = acc0[c]
+                    y_tiles[n, od, oh, ow0, cb, c] = acc0[c]
 
 
-def conv3d_forward(x_pad, weight, bias, stride):
+def conv3d_forward(x_pad, weight, bias, stride, block_w=BLOCK_W):
     """Line (1) for a padded channels-last input: (N, Dp, Hp, Wp, Cin) -> (N, Do, Ho, Wo, Cout).
-    weight (Cout, Cin, kD, kH, kW); bias (Cout,) or None; stride 3-tuple."""
+    weight (Cout, Cin, kD, kH, kW); bias (Cout,) or None; stride 3-tuple; block_w: the register
+    tile width (this CPU's BLOCK_W; tests pass 4 and 8 to check both paths on any machine)."""
     cout = weight.shape[0]
     w_packed = pack_weight(weight)
     cout_padded = w_packed.shape[2] * BLOCK_C
@@ -191,7 +245,8 @@ def conv3d_forward(x_pad, weight, bias, stride):
     bias_padded = bias_padded.reshape(-1, BLOCK_C)                          # (Cout_padded/16, 16)
     out = output_size(x_pad.shape[1:4], weight.shape[2:], stride)
     y = np.empty((x_pad.shape[0], *out, cout_padded), dtype=x_pad.dtype)  # (N, Do, Ho, Wo, Cout_padded)
-    conv3d_forward_kernel(x_pad, w_packed, bias_padded, *(np.int64(s) for s in stride), y)
+    conv3d_forward_kernel(x_pad, w_packed, bias_padded, *(np.int64(s) for s in stride),
+                          np.int64(block_w), y)
     return y if y.shape[4] == cout else np.ascontiguousarray(y[..., :cout])
 
 
@@ -213,9 +268,9 @@ def conv3d_forward_reference(x_pad, weight, bias, stride):
     return y.astype(x_pad.dtype)
 
 
-# ---- grad-input: line (2) -----------------------------------------------------------------------
-def conv3d_grad_input(grad_output, weight, input_size, stride, padding):
-    """Line (2) as a gather: dL/dx (N, D, H, W, Cin) from grad_output (N, Do, Ho, Wo, Cout).
+# ---- grad-input: lines (2) and (3) ---------------------------------------------------------------
+def conv3d_grad_input(grad_output, weight, input_size, stride, padding, block_w=BLOCK_W):
+    """Line (3), the gather: dL/dx (N, D, H, W, Cin) from grad_output (N, Do, Ho, Wo, Cout).
 
     The output gradient is spread out by the stride (zeros in between) and padded by k-1-p on the
     left, into a buffer of length D + k - 1 per axis; its stride-1 convolution with the flipped,
@@ -230,11 +285,11 @@ def conv3d_grad_input(grad_output, weight, input_size, stride, padding):
         grad_output_spread = pad_channels_last(grad_output, offset)          # (N, D+kD-1, ..., Cout)
     else:
         grad_output_spread = embed_strided(grad_output, stride, offset, length)
-    return conv3d_forward(grad_output_spread, flipped_transposed(weight), None, (1, 1, 1))
+    return conv3d_forward(grad_output_spread, flipped_transposed(weight), None, (1, 1, 1), block_w)
 
 
 def conv3d_grad_input_reference(grad_output, weight, input_size, stride, padding):
-    """Line (2), plainly, as a scatter: each output voxel sends grad_output @ weight back to the
+    """Line (2), plainly, the scatter: each output voxel sends grad_output @ weight back to the
     k^3 input voxels it read; the padding is cut off at the end."""
     cout, cin, kernel_d, kernel_h, kernel_w = weight.shape
     stride_d, stride_h, stride_w = stride
@@ -253,63 +308,64 @@ def conv3d_grad_input_reference(grad_output, weight, input_size, stride, padding
     return grad_x_pad[:, pd:pd + d, ph:ph + h, pw:pw + w, :].astype(grad_output.dtype)
 
 
-# ---- grad-weight: line (3) ----------------------------------------------------------------------
+# ---- grad-weight: line (4) ----------------------------------------------------------------------
 @blocked_kernel
 def conv3d_grad_weight_kernel(x_pad, g_tiles, stride_d, stride_h, stride_w,
-                              rows_per_chunk, rows_per_block, partial):
-    """Line (3), as per-chunk partial sums: partial[chunk, kz, ky, j, co] sums over the output rows
-    (n, z, y) of chunk `chunk` (rows_per_chunk consecutive rows); the caller adds the chunks up in
+                              rows_per_chunk, rows_per_block, block_j, partial):
+    """Line (4), as per-chunk partial sums: partial[chunk, kz, ky, j, co] sums over the output rows
+    (n, od, oh) of chunk `chunk` (rows_per_chunk consecutive rows); the caller adds the chunks up in
     order (deterministic, independent of the thread count).
 
     x_pad (N, Dp, Hp, Wp, Cin); g_tiles (N, Do, Ho, Cout_padded/16, Wo, 16): grad_output with its
     channels padded to a multiple of 16 and split in blocks of 16 (so one block of a row is
-    contiguous); partial (n_chunks, kD, kH, kW*Cin, Cout_padded), zeros on entry.
-    Differs from conv3d_grad_weight_reference in loop order only: BLOCK_J = 8 positions j x 16
-    output channels of grad_weight stay in registers (acc0..acc7) while the kernel runs over the
-    voxels of rows_per_block rows (data that stays in cache); positions j left over
-    (kW*Cin % 8) are done one at a time. Inside the voxel loop every index is an unsigned offset
-    into flat arrays (row offsets computed once per block), so there are no negative-index checks,
-    divisions or views there; LANE[q] is q as an unsigned number.
+    contiguous); partial (n_chunks, kD, kH, kW*Cin, Cout_padded), zeros on entry; block_j = BLOCK_J.
+    Differs from conv3d_grad_weight_reference in loop order only: a tile of positions j x 16 output
+    channels of grad_weight stays in registers while the kernel runs over the voxels of
+    rows_per_block rows (data that stays in cache): 8 positions (acc0..acc7) when block_j == 8,
+    then 4 (acc0..acc3) while at least 4 are left, then single positions. Inside the voxel loop
+    every index is an unsigned offset into flat arrays (row offsets computed once per block), so
+    there are no negative-index checks, divisions or views there; LANE[q] is q as an unsigned number.
     """
     n_batch, out_d, out_h, n_cblocks, out_w, _ = g_tiles.shape
     n_chunks, kernel_d, kernel_h, run, cout_padded = partial.shape
     cin = x_pad.shape[4]
     x_flat = x_pad.reshape(x_pad.size)
-    g_matrix = g_tiles.reshape(g_tiles.size // BLOCK_C, BLOCK_C)     # rows (n, z, y, cb, x)
+    g_matrix = g_tiles.reshape(g_tiles.size // BLOCK_C, BLOCK_C)     # rows (n, od, oh, cb, ow)
     x_row_length = x_pad.shape[3] * cin
     x_plane_length = x_pad.shape[2] * x_row_length
     step = np.uint64(stride_w * cin)
     width = np.uint64(out_w)
     n_rows = n_batch * out_d * out_h
-    full_blocks = run // BLOCK_J * BLOCK_J
+    end8 = run // 8 * 8 if block_j == 8 else 0          # positions [0, end8) in tiles of 8
+    end4 = end8 + (run - end8) // 4 * 4                 # [end8, end4) in tiles of 4, then singles
     zero_tile = np.zeros((1, BLOCK_C), dtype=partial.dtype)
     for chunk in prange(n_chunks):
         first_row = np.int64(chunk) * rows_per_chunk
         last_row = min(first_row + rows_per_chunk, n_rows)
-        x_offsets = np.empty(rows_per_block, dtype=np.uint64)   # x_flat offset of x_pad[n, z*sd, y*sh, 0, 0]
-        g_offsets = np.empty(rows_per_block, dtype=np.uint64)   # g_matrix row of g_tiles[n, z, y, 0, 0]
+        x_offsets = np.empty(rows_per_block, dtype=np.uint64)   # x_flat offset of x_pad[n, od*sd, oh*sh, 0, 0]
+        g_offsets = np.empty(rows_per_block, dtype=np.uint64)   # g_matrix row of g_tiles[n, od, oh, 0, 0]
         for block_start in range(first_row, last_row, rows_per_block):
             block_rows = min(rows_per_block, last_row - block_start)
             for r in range(block_rows):
                 row = block_start + r
                 n = row // (out_d * out_h)
-                z = row // out_h % out_d
-                yy = row % out_h
-                x_offsets[r] = ((n * x_pad.shape[1] + z * stride_d) * x_pad.shape[2]
-                                + yy * stride_h) * x_row_length
+                od = row // out_h % out_d
+                oh = row % out_h
+                x_offsets[r] = ((n * x_pad.shape[1] + od * stride_d) * x_pad.shape[2]
+                                + oh * stride_h) * x_row_length
                 g_offsets[r] = row * n_cblocks * out_w
             for kz in range(kernel_d):
                 for ky in range(kernel_h):
                     for cb in range(n_cblocks):
-                        for j0 in range(0, full_blocks, BLOCK_J):
+                        for j0 in range(0, end8, 8):
                             shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
                             acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(zero_tile, 0)
                             for r in range(np.uint64(block_rows)):
                                 x_offset = x_offsets[r] + shift
                                 g_offset = g_offsets[r] + np.uint64(cb * out_w)
-                                for x in range(width):
-                                    g = load16(g_matrix, g_offset + x)
-                                    at = x_offset + x * step
+                                for ow in range(width):
+                                    g = load16(g_matrix, g_offset + ow)
+                                    at = x_offset + ow * step
                                     acc0 = fma16(acc0, x_flat[at], g)
                                     acc1 = fma16(acc1, x_flat[at + LANE[1]], g)
                                     acc2 = fma16(acc2, x_flat[at + LANE[2]], g)
@@ -328,22 +384,41 @@ def conv3d_grad_weight_kernel(x_pad, g_tiles, stride_d, stride_h, stride_w,
                                 partial[chunk, kz, ky, j0 + 5, co] += acc5[c]
                                 partial[chunk, kz, ky, j0 + 6, co] += acc6[c]
                                 partial[chunk, kz, ky, j0 + 7, co] += acc7[c]
-                        for j0 in range(full_blocks, run):
+                        for j0 in range(end8, end4, 4):
+                            shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
+                            acc0 = acc1 = acc2 = acc3 = load16(zero_tile, 0)
+                            for r in range(np.uint64(block_rows)):
+                                x_offset = x_offsets[r] + shift
+                                g_offset = g_offsets[r] + np.uint64(cb * out_w)
+                                for ow in range(width):
+                                    g = load16(g_matrix, g_offset + ow)
+                                    at = x_offset + ow * step
+                                    acc0 = fma16(acc0, x_flat[at], g)
+                                    acc1 = fma16(acc1, x_flat[at + LANE[1]], g)
+                                    acc2 = fma16(acc2, x_flat[at + LANE[2]], g)
+                                    acc3 = fma16(acc3, x_flat[at + LANE[3]], g)
+                            for c in range(BLOCK_C):
+                                co = cb * BLOCK_C + c
+                                partial[chunk, kz, ky, j0, co] += acc0[c]
+                                partial[chunk, kz, ky, j0 + 1, co] += acc1[c]
+                                partial[chunk, kz, ky, j0 + 2, co] += acc2[c]
+                                partial[chunk, kz, ky, j0 + 3, co] += acc3[c]
+                        for j0 in range(end4, run):
                             shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
                             acc0 = load16(zero_tile, 0)
                             for r in range(np.uint64(block_rows)):
                                 x_offset = x_offsets[r] + shift
                                 g_offset = g_offsets[r] + np.uint64(cb * out_w)
-                                for x in range(width):
-                                    acc0 = fma16(acc0, x_flat[x_offset + x * step],
-                                                 load16(g_matrix, g_offset + x))
+                                for ow in range(width):
+                                    acc0 = fma16(acc0, x_flat[x_offset + ow * step],
+                                                 load16(g_matrix, g_offset + ow))
                             for c in range(BLOCK_C):
                                 partial[chunk, kz, ky, j0, cb * BLOCK_C + c] += acc0[c]
 
 
-def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride):
-    """Line (3): dL/dweight (Cout, Cin, kD, kH, kW) from x_pad (N, Dp, Hp, Wp, Cin) and
-    grad_output (N, Do, Ho, Wo, Cout)."""
+def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride, block_j=BLOCK_J):
+    """Line (4): dL/dweight (Cout, Cin, kD, kH, kW) from x_pad (N, Dp, Hp, Wp, Cin) and
+    grad_output (N, Do, Ho, Wo, Cout); block_j: the register tile (this CPU's BLOCK_J by default)."""
     n_batch, out_d, out_h, out_w, cout = grad_output.shape
     cin = x_pad.shape[4]
     kernel_d, kernel_h, kernel_w = kernel_size
@@ -367,7 +442,8 @@ def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride):
     g_tiles = np.ascontiguousarray(grad_output.reshape(n_batch, out_d, out_h, out_w, -1, BLOCK_C)
                                    .transpose(0, 1, 2, 4, 3, 5))          # (N, Do, Ho, Cout_p/16, Wo, 16)
     conv3d_grad_weight_kernel(x_pad, g_tiles, *(np.int64(s) for s in stride),
-                              np.int64(rows_per_chunk), np.int64(rows_per_block), partial)
+                              np.int64(rows_per_chunk), np.int64(rows_per_block), np.int64(block_j),
+                              partial)
     w_packed = partial[0].copy()
     for chunk in range(1, n_chunks):          # fixed order: the result does not depend on threads
         w_packed += partial[chunk]
@@ -375,7 +451,7 @@ def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride):
 
 
 def conv3d_grad_weight_reference(x_pad, grad_output, kernel_size, stride):
-    """Line (3), plainly: for each kernel offset, (input window)^T @ grad_output over all voxels."""
+    """Line (4), plainly: for each kernel offset, (input window)^T @ grad_output over all voxels."""
     n_batch, out_d, out_h, out_w, cout = grad_output.shape
     cin = x_pad.shape[4]
     kernel_d, kernel_h, kernel_w = kernel_size
@@ -390,3 +466,34 @@ def conv3d_grad_weight_reference(x_pad, grad_output, kernel_size, stride):
                                  kx:kx + stride_w * (out_w - 1) + 1:stride_w, :]   # (N, Do, Ho, Wo, Cin)
                 grad_weight[:, :, kz, ky, kx] = g_flat.T @ x_window.reshape(-1, cin)
     return grad_weight.astype(x_pad.dtype)
+
+
+# ---- grad-bias: line (5) ------------------------------------------------------------------------
+CHANNEL_SUM_ROWS = 4096   # voxels per chunk of the bias-gradient sum (fixed: thread-independent result)
+
+
+@parallel_kernel
+def channel_sum_kernel(grad_flat, partial):
+    """partial[chunk, c] = sum of grad_flat[p, c] over chunk `chunk`'s CHANNEL_SUM_ROWS rows, in float64.
+    grad_flat (P, C); partial (n_chunks, C) float64, zeros on entry. Each iteration owns one row."""
+    rows, channels = grad_flat.shape
+    for chunk in prange(partial.shape[0]):
+        for p in range(chunk * CHANNEL_SUM_ROWS, min((chunk + 1) * CHANNEL_SUM_ROWS, rows)):
+            for c in range(channels):
+                partial[chunk, c] += grad_flat[p, c]
+
+
+def conv3d_grad_bias(grad_output):
+    """Line (5): dL/db[co] = sum over all voxels of grad_output[..., co], summed in float64 (a 64^3
+    volume adds 262144 values: float32 would lose about 3 of its 7 digits), returned in
+    grad_output's dtype. grad_output (N, Do, Ho, Wo, Cout) C-contiguous -> (Cout,)."""
+    grad_flat = grad_output.reshape(-1, grad_output.shape[-1])                # (P, Cout)
+    partial = np.zeros((-(-grad_flat.shape[0] // CHANNEL_SUM_ROWS), grad_flat.shape[1]), np.float64)
+    channel_sum_kernel(grad_flat, partial)
+    return partial.sum(axis=0).astype(grad_output.dtype)                      # fixed order
+
+
+def conv3d_grad_bias_reference(grad_output):
+    """Line (5), plainly."""
+    return grad_output.reshape(-1, grad_output.shape[-1]).sum(axis=0, dtype=np.float64).astype(
+        grad_output.dtype)
