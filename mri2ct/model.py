@@ -18,6 +18,11 @@ the channels, head = Conv3d 1^3. Three 2x poolings mean every spatial size must 
 There is no autograd, so `UNet3D.backward` walks this graph in reverse by hand. The only place where
 the graph is not a chain is the skip connections; see the comment in `backward`.
 
+The input is data, so by default nothing computes its gradient: `enc1.conv1.requires_input_grad`
+is False (as for a PyTorch input that does not require grad), which skips the costliest-per-FLOP
+pass of the network (a 1-channel grad-input at full resolution) and makes `backward` return None.
+`UNet3D(input_grad=True)` turns it on, e.g. for tests that compare dL/dx with PyTorch.
+
 `state_dict()` keys match a PyTorch module built with the same attribute names (`enc1.conv1.weight`,
 `dec3.bn2.running_var`, `up3.weight`, `head.bias`, ...), so weights move to PyTorch and back.
 """
@@ -58,11 +63,11 @@ class UNet3D(Module):
 
     forward:  x (N, in_channels, D, H, W) float32, D, H, W multiples of 8
               -> (N, out_channels, D, H, W)
-    backward: dL/dy (N, out_channels, D, H, W) -> dL/dx (N, in_channels, D, H, W); adds every
-              parameter's gradient into its `.grad`.
+    backward: dL/dy (N, out_channels, D, H, W) -> dL/dx (N, in_channels, D, H, W) if built with
+              input_grad=True, else None; adds every parameter's gradient into its `.grad`.
     """
 
-    def __init__(self, in_channels=1, out_channels=1, features=DEFAULT_FEATURES):
+    def __init__(self, in_channels=1, out_channels=1, features=DEFAULT_FEATURES, input_grad=False):
         super().__init__()
         features = tuple(int(f) for f in features)
         if len(features) != 4 or min(features) < 1:
@@ -72,6 +77,7 @@ class UNet3D(Module):
         self.in_channels, self.out_channels, self.features = in_channels, out_channels, features
 
         self.enc1 = ConvBlock(in_channels, f1)
+        self.enc1.conv1.requires_input_grad = bool(input_grad)   # dL/dx of the data: off by default
         self.pool1 = MaxPool3d(2)
         self.enc2 = ConvBlock(f1, f2)
         self.pool2 = MaxPool3d(2)
@@ -139,4 +145,4 @@ class UNet3D(Module):
         grad = self.pool3.backward(self.bottleneck.backward(grad_bottom)) + grad_skip3  # (N, f3, D/4, ...)
         grad = self.pool2.backward(self.enc3.backward(grad)) + grad_skip2               # (N, f2, D/2, ...)
         grad = self.pool1.backward(self.enc2.backward(grad)) + grad_skip1               # (N, f1, D, ...)
-        return self.enc1.backward(grad)                                  # (N, in, D, H, W)
+        return self.enc1.backward(grad)                  # (N, in, D, H, W), or None (input_grad=False)

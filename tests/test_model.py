@@ -24,11 +24,19 @@ OUTPUT_TOLERANCE = 1e-4
 GRADIENT_TOLERANCE = 1e-4
 
 
-def make_pair(seed=0):
+def make_pair(seed=0, input_grad=False):
     nn3d.manual_seed(seed)
-    model = UNet3D(features=FEATURES)
+    model = UNet3D(features=FEATURES, input_grad=input_grad)
     twin = load_into_torch(TorchUNet3D(features=FEATURES).double(), model)
     return model, twin
+
+
+def test_input_gradient_is_skipped_by_default():
+    model = UNet3D(features=FEATURES)
+    x = np.random.default_rng(3).standard_normal((2, 1, 8, 8, 8)).astype(np.float32)
+    y = model.forward(x)
+    assert model.backward(np.random.default_rng(4).standard_normal(y.shape).astype(np.float32)) is None
+    assert np.abs(model.enc1.conv1.weight.grad).max() > 0                # parameters still get theirs
 
 
 def test_default_parameter_count():
@@ -45,7 +53,7 @@ def test_state_dict_keys_follow_the_original_design():
 
 
 def test_forward_and_backward_match_pytorch():
-    model, twin = make_pair()
+    model, twin = make_pair(input_grad=True)                              # dL/dx compared too
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 1, 16, 8, 24)).astype(np.float32)           # non-cubic, batch 2
     grad_output = rng.standard_normal((2, 1, 16, 8, 24)).astype(np.float32)  # random, never ones
