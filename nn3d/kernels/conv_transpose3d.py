@@ -1,26 +1,30 @@
 """Transposed 3-D convolution kernels (channels-last), with plain NumPy references.
 
-Notation (derivation in nn3d/conv_transpose3d.py):
+Notation: the numbered lines of nn3d/conv_transpose3d.py, with the channel index moved last. Index
+names: (id, ih, iw) an input voxel, (od, oh, ow) an output voxel, (kz, ky, kx) a kernel offset.
 
     x            (N, D, H, W, Cin)
     weight       (Cin, Cout, kD, kH, kW)   PyTorch's layout
-    y_full       (N, (D-1)*sd + kD, ..., Cout)   the output before the padding is cut off
+    y_full       (N, (D-1)*sd + kD, (H-1)*sh + kH, (W-1)*sw + kW, Cout)   the output before cropping
     grad_output  (N, Do, Ho, Wo, Cout),    Do = (D-1)*sd - 2*pd + kD
+    grad_full    (N, (D-1)*sd + kD, (H-1)*sh + kH, (W-1)*sw + kW, Cout)   grad_output zero-padded
+                                                                         back to y_full's size
 
-    (1) y_full[n, z*sd+kz, y*sh+ky, x*sw+kx, co] += sum_ci x[n, z, y, x, ci] * weight[ci, co, kz, ky, kx]
-        y = y_full[:, pd:pd+Do, ph:ph+Ho, pw:pw+Wo, :] + bias
-    (2) grad_x[n, z, y, x, ci] = sum_{co, kz, ky, kx} grad_full[n, z*sd+kz, y*sh+ky, x*sw+kx, co]
-                                                       * weight[ci, co, kz, ky, kx]
-    (3) grad_weight[ci, co, kz, ky, kx] = sum_{n, z, y, x} x[n, z, y, x, ci]
-                                                        * grad_full[n, z*sd+kz, y*sh+ky, x*sw+kx, co]
-    with grad_full = grad_output zero-padded back to y_full's size.
+    (1) y_full[n, id*sd+kz, ih*sh+ky, iw*sw+kx, co] += sum_ci x[n, id, ih, iw, ci] * weight[ci, co, kz, ky, kx]
+        y = y_full[:, pd:pd+Do, ph:ph+Ho, pw:pw+Wo, :] + bias                     # (N, Do, Ho, Wo, Cout)
+    (3) grad_x[n, id, ih, iw, ci] = sum_{co, kz, ky, kx} grad_full[n, id*sd+kz, ih*sh+ky, iw*sw+kx, co]
+                                                         * weight[ci, co, kz, ky, kx]   # (N, D, H, W, Cin)
+    (4) grad_weight[ci, co, kz, ky, kx] = sum_{n, id, ih, iw} x[n, id, ih, iw, ci]
+                                          * grad_full[n, id*sd+kz, ih*sh+ky, iw*sw+kx, co]  # (Cin, Cout, kD, kH, kW)
 
 General kernel/stride/padding: the layer reuses the Conv3d kernels (transposed convolution is the
-adjoint of convolution). This file holds the fast path for kernel == stride and no padding (the
-U-Net's 2x2x2 up-sampling): the blocks (kz, ky, kx) of different input voxels do not overlap, so
-(1) is ONE matrix product per voxel, [P, Cin] @ [Cin, kD*kH*kW*Cout], followed by a scatter of each
-row into its kD x kH x kW block of y; (2) and (3) are matrix products of the gathered blocks.
+adjoint of convolution, identity (A) in the layer file). This file holds the fast path for
+kernel == stride and no padding (the U-Net's 2x2x2 up-sampling): the blocks (kz, ky, kx) of
+different input voxels do not overlap, so (1) is ONE matrix product per voxel,
+[P, Cin] @ [Cin, kD*kH*kW*Cout], followed by a scatter of each row into its kD x kH x kW block of y;
+(3) and (4) are matrix products of the gathered blocks.
     w_matrix[ci, (kz, ky, kx, co)] = weight[ci, co, kz, ky, kx]        (Cin, kD*kH*kW*Cout)
+In the kernels, z, yy, xx are the input voxel (id, ih, iw) (yy, xx: y and x name tensors).
 """
 import numpy as np
 from numba import prange
@@ -39,8 +43,8 @@ def weight_matrix(weight):
 def conv_transpose3d_blocks_forward_kernel(x, w_matrix, bias, y):
     """Line (1) for kernel == stride, padding 0: y (N, D*kD, H*kH, W*kW, Cout) from
     x (N, D, H, W, Cin), w_matrix (Cin, kD*kH*kW*Cout), bias (Cout,).
-    Each prange iteration owns one input row x[n, z, y] and so the output slab y[n, z*kD:(z+1)*kD,
-    y*kH:(y+1)*kH]: products = x_row @ w_matrix, (W, Cin) @ (Cin, kD*kH*kW*Cout), then a scatter.
+    Each prange iteration owns one input row x[n, id, ih] and so the output slab y[n, id*kD:(id+1)*kD,
+    ih*kH:(ih+1)*kH]: products = x_row @ w_matrix, (W, Cin) @ (Cin, kD*kH*kW*Cout), then a scatter.
     (np.dot calls a single-threaded BLAS inside the prange, see nn3d/threads.py.)"""
     n_batch, in_d, in_h, in_w, cin = x.shape
     cout = y.shape[4]
@@ -60,8 +64,8 @@ def conv_transpose3d_blocks_forward_kernel(x, w_matrix, bias, y):
 
 @parallel_kernel
 def gather_blocks_kernel(grad_output, kernel_d, kernel_h, kernel_w, blocks):
-    """The inverse of the scatter above: blocks[n, z, y, x, kz, ky, kx, co] =
-    grad_output[n, z*kD + kz, y*kH + ky, x*kW + kx, co]. blocks (N, D, H, W, kD, kH, kW, Cout)."""
+    """The inverse of the scatter above: blocks[n, id, ih, iw, kz, ky, kx, co] =
+    grad_output[n, id*kD + kz, ih*kH + ky, iw*kW + kx, co]. blocks (N, D, H, W, kD, kH, kW, Cout)."""
     n_batch, in_d, in_h, in_w = blocks.shape[:4]
     for row in prange(n_batch * in_d * in_h):
         n = row // (in_d * in_h)
@@ -77,8 +81,8 @@ def gather_blocks_kernel(grad_output, kernel_d, kernel_h, kernel_w, blocks):
 
 @parallel_kernel
 def conv_transpose3d_blocks_grad_input_kernel(blocks, w_matrix_t, grad_input):
-    """Line (2) for kernel == stride, padding 0: grad_input (N, D, H, W, Cin) row by row,
-    grad_input[n, z, y] = blocks[n, z, y] @ w_matrix^T, (W, kD*kH*kW*Cout) @ (kD*kH*kW*Cout, Cin).
+    """Line (3) for kernel == stride, padding 0: grad_input (N, D, H, W, Cin) row by row,
+    grad_input[n, id, ih] = blocks[n, id, ih] @ w_matrix^T, (W, kD*kH*kW*Cout) @ (kD*kH*kW*Cout, Cin).
     blocks from gather_blocks_kernel, reshaped to (N, D, H, W, kD*kH*kW*Cout); w_matrix_t contiguous."""
     n_batch, in_d, in_h = grad_input.shape[:3]
     for row in prange(n_batch * in_d * in_h):
@@ -90,7 +94,7 @@ def conv_transpose3d_blocks_grad_input_kernel(blocks, w_matrix_t, grad_input):
 
 @parallel_kernel
 def conv_transpose3d_blocks_grad_weight_kernel(x_flat, blocks_flat, rows_per_chunk, partial):
-    """Line (3) for kernel == stride, padding 0, as per-chunk partial sums:
+    """Line (4) for kernel == stride, padding 0, as per-chunk partial sums:
     partial[chunk] = x_chunk^T @ blocks_chunk, (Cin, P_chunk) @ (P_chunk, kD*kH*kW*Cout), where a
     chunk is rows_per_chunk consecutive voxels of x_flat (P, Cin) and blocks_flat (P, kD*kH*kW*Cout).
     The caller adds the chunks in order (deterministic)."""
@@ -122,7 +126,7 @@ def conv_transpose3d_blocks_forward(x, weight, bias):
 
 
 def conv_transpose3d_blocks_grad_input(grad_output, weight, input_shape):
-    """Line (2), kernel == stride, padding 0: grad_output (N, D*kD, ..., Cout) -> (N, D, H, W, Cin)."""
+    """Line (3), kernel == stride, padding 0: grad_output (N, D*kD, ..., Cout) -> (N, D, H, W, Cin)."""
     blocks = gather_blocks(grad_output, weight.shape[2:], input_shape)
     grad_input = np.empty((*input_shape, weight.shape[0]), grad_output.dtype)
     conv_transpose3d_blocks_grad_input_kernel(blocks, np.ascontiguousarray(weight_matrix(weight).T),
@@ -131,7 +135,7 @@ def conv_transpose3d_blocks_grad_input(grad_output, weight, input_shape):
 
 
 def conv_transpose3d_blocks_grad_weight(x, grad_output, kernel_size, cout):
-    """Line (3), kernel == stride, padding 0: (Cin, Cout, kD, kH, kW) from x (N, D, H, W, Cin) and
+    """Line (4), kernel == stride, padding 0: (Cin, Cout, kD, kH, kW) from x (N, D, H, W, Cin) and
     grad_output (N, D*kD, H*kH, W*kW, Cout)."""
     cin = x.shape[4]
     blocks_flat = gather_blocks(grad_output, kernel_size, x.shape[:4]).reshape(-1, np.prod(kernel_size) * cout)
@@ -147,14 +151,14 @@ def conv_transpose3d_blocks_grad_weight(x, grad_output, kernel_size, cout):
         w_matrix_grad.reshape(cin, *kernel_size, cout).transpose(0, 4, 1, 2, 3))
 
 
-# ---- references: lines (1)-(3), plainly, any kernel / stride / padding ----------------------------
+# ---- references: lines (1), (3), (4), plainly, any kernel / stride / padding ----------------------------
 def _full_size(input_size, kernel_size, stride):
     return tuple((size - 1) * s + k for size, k, s in zip(input_size, kernel_size, stride))
 
 
 def conv_transpose3d_forward_reference(x, weight, bias, stride, padding):
     """Line (1): every input voxel adds x @ weight[:, :, kz, ky, kx] into the output voxel at
-    (z*sd + kz, ...); then the padding is cut off and the bias added."""
+    (id*sd + kz, ...); then the padding is cut off and the bias added."""
     n_batch, d, h, w, cin = x.shape
     cout, (kernel_d, kernel_h, kernel_w) = weight.shape[1], weight.shape[2:]
     stride_d, stride_h, stride_w = stride
@@ -183,7 +187,7 @@ def _grad_full(grad_output, full, padding):
 
 
 def conv_transpose3d_grad_input_reference(grad_output, weight, input_size, stride, padding):
-    """Line (2): every input voxel collects grad_full @ weight[:, :, kz, ky, kx]^T from the output
+    """Line (3): every input voxel collects grad_full @ weight[:, :, kz, ky, kx]^T from the output
     voxels it was added into."""
     cin, cout, kernel_d, kernel_h, kernel_w = weight.shape
     d, h, w = input_size
@@ -201,7 +205,7 @@ def conv_transpose3d_grad_input_reference(grad_output, weight, input_size, strid
 
 
 def conv_transpose3d_grad_weight_reference(x, grad_output, kernel_size, stride, padding):
-    """Line (3): for each kernel offset, x^T @ (the output-gradient voxels it was added into)."""
+    """Line (4): for each kernel offset, x^T @ (the output-gradient voxels it was added into)."""
     n_batch, d, h, w, cin = x.shape
     cout = grad_output.shape[4]
     kernel_d, kernel_h, kernel_w = kernel_size
