@@ -14,7 +14,6 @@ Writes benchmarks/results/step.json and step.png.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -121,11 +120,21 @@ def worker(framework, size, mode, threads):
 
         torch.set_num_threads(threads)
         run = torch_runner(size, mode, channels_last=(framework == "torch_cl"))
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline = status_mb("VmRSS")
     run()
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_mb": peak, "baseline_mb": baseline}))
+    print(json.dumps({"peak_mb": status_mb("VmHWM"), "baseline_mb": baseline}))
+
+
+def status_mb(field):
+    """VmRSS (now) or VmHWM (peak) of this process in MB, from /proc/self/status. Not
+    getrusage's ru_maxrss: Linux keeps that across fork + exec, so a worker started by a big parent
+    reports the parent's size (every worker showed the same 1426 MB)."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def measure(size, threads, repeats):
