@@ -9,6 +9,7 @@ it shows MR and sCT only. The metrics (mri2ct.metrics) go in the title, inside -
 over the whole volume. Figures are written atomically with matplotlib's Agg backend (no display).
 """
 import argparse
+import os
 
 import matplotlib
 
@@ -117,11 +118,11 @@ def run(args):
     affine = loaded["MR"][2]
     volumes = {name: to_ras(array, affine)[0] for name, (_, array, _) in loaded.items()}
     spacing = to_ras(loaded["MR"][1], affine)[2]
-    title = args.pred
+    title = os.path.basename(args.pred)
     if args.ct:
         where = "inside the mask" if args.mask else "whole volume"
         metrics = calculate_metrics(volumes["sCT"], volumes["CT"], volumes.get("mask"))
-        title = f"{args.pred}\n{format_metrics(metrics, where)}"
+        title = f"{title}\n{format_metrics(metrics, where)}"
     plot_slices(volumes["MR"], volumes["sCT"], spacing, args.out, ct_hu=volumes.get("CT"), title=title)
     print(f"wrote {args.out}")
 
