@@ -9,10 +9,11 @@ FileNotFoundError for a missing file, ValueError for anything else (not a NIfTI 
 NaN or infinite values, grids that disagree).
 """
 import os
-import tempfile
 
 import nibabel as nib
 import numpy as np
+
+from mri2ct.atomic import atomic_path
 
 AFFINE_TOLERANCE_MM = 1e-3  # affines closer than this (element-wise) describe the same grid
 
@@ -70,17 +71,7 @@ def save_volume(path, array, affine, header=None):
     The array's dtype is stored as is (int16 stays int16, float32 stays float32).
     header: optional NIfTI header to copy (e.g. from the input scan); its dtype is overridden.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    suffix = ".nii.gz" if path.endswith(".nii.gz") else ".nii"  # nibabel compresses by suffix
     image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64), header=header)
     image.set_data_dtype(np.asarray(array).dtype)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:   # keeps the .nii.gz suffix: nibabel compresses by name
         nib.save(image, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
