@@ -51,6 +51,12 @@ Input gradient on demand. `requires_input_grad = False` skips (2)-(3) and makes 
 None (like a PyTorch input that does not require grad): the U-Net's first convolution reads the
 data, whose gradient nothing needs, and (3) for a 1-channel input wastes 15 of its 16 register lanes.
 
+What backward keeps. (4) reads x_pad, but the cache holds x itself (channels-last; usually the
+previous layer's output, which that layer keeps for its own backward anyway) and backward pads it
+again: one parallel copy (~1% of a step) instead of a second, padded copy of every conv input alive
+from forward to backward. x must not be modified in place between forward and backward. Under
+`nn3d.no_grad()` nothing is kept.
+
 Memory: activations are channels-last (nn3d/layout.py); the kernels (nn3d/kernels/conv3d.py) work on
 (N, D, H, W, C) arrays, cite the line numbers above and use the same formulas with the channel index
 moved last.
@@ -58,6 +64,7 @@ moved last.
 import numpy as np
 
 from .checks import check_forward_ran, check_same_shape, check_volume
+from .grad_mode import is_grad_enabled
 from .init import conv_weight_and_bias
 from .kernels.conv3d import (conv3d_forward, conv3d_grad_bias, conv3d_grad_input, conv3d_grad_weight,
                              output_size)
@@ -100,10 +107,11 @@ class Conv3d(Module):
         if any(p < k for p, k in zip(padded, self.kernel_size)):
             raise ValueError(f"Conv3d: input spatial size {x.shape[2:]} with padding {self.padding} "
                              f"is smaller than the kernel {self.kernel_size}")
-        x_pad = pad_channels_last(to_channels_last(x), self.padding)     # (N, D+2pd, H+2ph, W+2pw, Cin)
+        x_cl = to_channels_last(x)                                        # (N, D, H, W, Cin)
+        x_pad = pad_channels_last(x_cl, self.padding)                     # (N, D+2pd, H+2ph, W+2pw, Cin)
         bias = None if self.bias is None else self.bias.data
         y_cl = conv3d_forward(x_pad, self.weight.data, bias, self.stride)  # (1) (N, Do, Ho, Wo, Cout)
-        self._cache = (x_pad, x.shape)
+        self._cache = (x_cl, x.shape) if is_grad_enabled() else None     # x_pad is rebuilt in backward
         return from_channels_last(y_cl)                                   # (N, Cout, Do, Ho, Wo) view
 
     # forward (1): y[n,co,od,oh,ow] = b[co] + sum_{ci,kz,ky,kx} w[co,ci,kz,ky,kx] x_pad[n,ci,od*sd+kz,oh*sh+ky,ow*sw+kx]
@@ -112,13 +120,16 @@ class Conv3d(Module):
     #          (5) dL/db[co] = sum_{n,od,oh,ow} G[n,co,od,oh,ow]   (float64 sum)
     def backward(self, grad_output):
         check_forward_ran(self._cache, "Conv3d")
-        x_pad, input_shape = self._cache
-        out_size = output_size(x_pad.shape[1:4], self.kernel_size, self.stride)
+        x_cl, input_shape = self._cache
+        padded = [size + 2 * pad for size, pad in zip(x_cl.shape[1:4], self.padding)]
+        out_size = output_size(padded, self.kernel_size, self.stride)
         check_same_shape(grad_output, (input_shape[0], self.out_channels, *out_size), "Conv3d")
-        check_volume(grad_output, "Conv3d.backward", dtype=x_pad.dtype, name="grad_output")
+        check_volume(grad_output, "Conv3d.backward", dtype=x_cl.dtype, name="grad_output")
         grad_output_cl = to_channels_last(grad_output)                    # (N, Do, Ho, Wo, Cout)
+        x_pad = pad_channels_last(x_cl, self.padding)                     # (N, D+2pd, H+2ph, W+2pw, Cin)
         self.weight.grad += conv3d_grad_weight(x_pad, grad_output_cl, self.kernel_size,
                                                self.stride)               # (4) (Cout, Cin, kD, kH, kW)
+        del x_pad                                                         # freed before (3) allocates
         if self.bias is not None:
             self.bias.grad += conv3d_grad_bias(grad_output_cl)            # (5) (Cout,)
         if not self.requires_input_grad:
