@@ -6,6 +6,7 @@ Shapes, parameter names and state_dict keys follow PyTorch, so weights move betw
 from . import memory  # noqa: F401  (first: large buffers stay in the heap, see nn3d/memory.py)
 from .conv3d import Conv3d
 from .conv_transpose3d import ConvTranspose3d
+from .grad_mode import is_grad_enabled, no_grad
 from .init import manual_seed
 from .module import Module, Parameter, Sequential
 from .threads import get_num_threads, set_num_threads

@@ -46,6 +46,7 @@ the per-channel mu, inv_std (x_hat is recomputed: one multiply, cheaper than sto
 import numpy as np
 
 from .checks import check_forward_ran, check_same_shape, check_volume
+from .grad_mode import is_grad_enabled
 from .kernels.batchnorm3d import (batchnorm_affine, batchnorm_backward_input,
                                   batchnorm_backward_reduce, batchnorm_statistics)
 from .layout import from_channels_last, to_channels_last
@@ -105,7 +106,7 @@ class BatchNorm3d(Module):
         shift = self.bias.data - mean * scale                        # (C,) beta - mu scale
         y_flat = np.empty_like(x_flat)                               # (P, C)
         batchnorm_affine(x_flat, scale.astype(dtype), shift.astype(dtype), y_flat)   # (F)
-        self._cache = (x_flat, mean, inv_std, self.training, x.shape)
+        self._cache = (x_flat, mean, inv_std, self.training, x.shape) if is_grad_enabled() else None
         return from_channels_last(y_flat.reshape(x_cl.shape))       # (N, C, D, H, W) view
 
     # forward:  y_pc = gamma_c (x_pc - mu_c) inv_std_c + beta_c

@@ -45,5 +45,5 @@ def check_same_shape(grad_output, expected_shape, layer):
 def check_forward_ran(cache, layer):
     """Backward needs what forward saved; calling it first is a usage error."""
     if cache is None:
-        raise ValueError(f"{layer}.backward called before {layer}.forward: "
-                         f"run forward on a batch first")
+        raise ValueError(f"{layer}.backward called before {layer}.forward: run forward on a batch "
+                         f"first (outside nn3d.no_grad(), under which forward keeps nothing for backward)")

@@ -13,6 +13,7 @@ of a wider array is not itself contiguous, and the layers upstream want contiguo
 import numpy as np
 
 from .checks import check_forward_ran, check_same_shape, check_volume
+from .grad_mode import is_grad_enabled
 from .layout import from_channels_last
 from .module import Module
 
@@ -43,7 +44,7 @@ class Concat(Module):
         y_cl = np.empty((n, d, h, w, int(offsets[-1])), first.dtype)           # (N, D, H, W, sum C_j)
         for x, start, stop in zip(inputs, offsets[:-1], offsets[1:]):
             y_cl[..., start:stop] = x.transpose(0, 2, 3, 4, 1)                # (F) (N, D, H, W, C_j)
-        self._cache = (offsets, from_channels_last(y_cl).shape)
+        self._cache = (offsets, from_channels_last(y_cl).shape) if is_grad_enabled() else None
         return from_channels_last(y_cl)                                       # (N, sum C_j, D, H, W) view
 
     # forward:  y[:, o_j + c] = x^(j)[:, c]

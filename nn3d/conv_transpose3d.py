@@ -47,6 +47,7 @@ nn3d/kernels/conv_transpose3d.py, which cites the line numbers above.
 """
 
 from .checks import check_forward_ran, check_same_shape, check_volume
+from .grad_mode import is_grad_enabled
 from .conv3d import triple
 from .init import conv_weight_and_bias
 from .kernels.conv3d import conv3d_forward, conv3d_grad_bias, conv3d_grad_input, conv3d_grad_weight
@@ -100,7 +101,7 @@ class ConvTranspose3d(Module):
             y_cl = conv3d_grad_input(x_cl, self.weight.data, out_size, self.stride, self.padding)
             if bias is not None:
                 y_cl += bias
-        self._cache = (x_cl, out_size)
+        self._cache = (x_cl, out_size) if is_grad_enabled() else None
         return from_channels_last(y_cl)                                   # (N, Cout, Do, Ho, Wo) view
 
     # forward (1): y_full[n,co,id*sd+kz,ih*sh+ky,iw*sw+kx] += sum_ci x[n,ci,id,ih,iw] w[ci,co,kz,ky,kx]; y = crop(y_full) + b

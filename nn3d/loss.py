@@ -13,6 +13,7 @@ layers themselves do not scan for NaN (a pass over memory each).
 import numpy as np
 
 from .checks import check_forward_ran
+from .grad_mode import is_grad_enabled
 from .kernels.loss import sum_squared_difference
 from .layout import from_channels_last, to_channels_last
 from .module import FLOAT_DTYPES
@@ -47,7 +48,7 @@ class MSELoss:
         if not np.isfinite(loss):
             raise ValueError(f"MSELoss: loss is {loss} — a NaN or inf reached the loss (check the inputs, "
                              f"the learning rate, or the gradients of the previous step)")
-        self._cache = (pred_mem, target_mem, pred.ndim)
+        self._cache = (pred_mem, target_mem, pred.ndim) if is_grad_enabled() else None
         return loss
 
     # forward:  L = 1/n sum_i (pred_i - target_i)^2

@@ -24,6 +24,7 @@ Memory: forward saves only argmax (1 byte per output element) and the input shap
 import numpy as np
 
 from .checks import check_forward_ran, check_same_shape, check_volume
+from .grad_mode import is_grad_enabled
 from .kernels.maxpool3d import maxpool3d_backward, maxpool3d_forward
 from .layout import from_channels_last, to_channels_last
 from .module import Module
@@ -64,7 +65,7 @@ class MaxPool3d(Module):
         y_cl = np.empty((n, OD, OH, OW, c), x.dtype)                 # (N, OD, OH, OW, C)
         argmax = np.empty((n, OD, OH, OW, c), np.uint8)              # (N, OD, OH, OW, C)
         maxpool3d_forward(x_cl, KD, KH, KW, SD, SH, SW, y_cl, argmax)   # (F), (A)
-        self._cache = (argmax, x.shape, x.dtype)
+        self._cache = (argmax, x.shape, x.dtype) if is_grad_enabled() else None
         return from_channels_last(y_cl)                              # (N, C, OD, OH, OW) view
 
     # forward:  y[n,c,od,oh,ow] = x[n,c, od SD + kd*, oh SH + kh*, ow SW + kw*]  (kd*, kh*, kw*) = argmax

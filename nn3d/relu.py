@@ -14,6 +14,7 @@ NaN propagates forward as in PyTorch; its gradient is 0. Kernels: nn3d/kernels/r
 import numpy as np
 
 from .checks import check_forward_ran, check_same_shape, check_volume
+from .grad_mode import is_grad_enabled
 from .kernels.relu import relu_backward, relu_forward
 from .layout import from_channels_last, to_channels_last
 from .module import Module
@@ -31,7 +32,7 @@ class ReLU(Module):
         x_cl = to_channels_last(x)                                   # (N, D, H, W, C)
         y_cl = np.empty_like(x_cl)                                   # (N, D, H, W, C)
         relu_forward(x_cl.reshape(-1), y_cl.reshape(-1))             # (F)
-        self._cache = y_cl
+        self._cache = y_cl if is_grad_enabled() else None
         return from_channels_last(y_cl)                              # (N, C, D, H, W) view
 
     # forward:  y = max(0, x)
