@@ -89,7 +89,8 @@ def predict_sliding_window(model, mr, window):
         for y in window_starts(padded_shape[1], window[1]):
             for z in window_starts(padded_shape[2], window[2]):
                 box = (slice(x, x + window[0]), slice(y, y + window[1]), slice(z, z + window[2]))
-                prediction = model.forward(padded[box][None, None])[0, 0]  # (wx, wy, wz)
+                with nn3d.no_grad():                               # keep no backward caches
+                    prediction = model.forward(padded[box][None, None])[0, 0]  # (wx, wy, wz)
                 total[box] += weights * prediction
                 weight_sum[box] += weights
     return (total / weight_sum)[:mr.shape[0], :mr.shape[1], :mr.shape[2]]

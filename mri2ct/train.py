@@ -121,8 +121,9 @@ def validate(model, criterion, dataset):
     for index in range(len(dataset)):
         x, target = dataset[index]                                 # (1, 1, D, H, W) each
         patient = dataset.patient(index)
-        y = model.forward(x)
-        losses.append(criterion.forward(y, target))
+        with nn3d.no_grad():                                       # keep no backward caches
+            y = model.forward(x)
+            losses.append(criterion.forward(y, target))
         error_hu = np.abs(net_to_hu(y[0, 0]) - patient.ct_hu)      # (D, H, W)
         maes.append(float(error_hu[patient.mask].mean()))
     model.train()
