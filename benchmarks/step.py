@@ -55,7 +55,8 @@ def ours_runner(size, mode):
         scheduler.step()
 
     def eval_forward():
-        model.forward(x)
+        with nn3d.no_grad():              # as torch.no_grad in torch_runner: no backward caches
+            model.forward(x)
 
     if mode == "train":
         model.train()
