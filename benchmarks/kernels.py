@@ -57,6 +57,7 @@ def conv_passes(kind, spec, rng):
 
     import nn3d
     from nn3d.kernels.conv3d import conv3d_grad_input, conv3d_grad_weight
+    from nn3d.kernels.padding import pad_channels_last
     from nn3d.layout import to_channels_last
 
     cin, cout, size = spec["cin"], spec["cout"], spec["size"]
@@ -65,7 +66,7 @@ def conv_passes(kind, spec, rng):
     x = random_cl(rng, 1, cin, size)
     y = layer.forward(x)
     g_cl = to_channels_last(random_cl(rng, 1, cout, size))
-    x_pad = layer._cache[0]
+    x_pad = pad_channels_last(layer._cache[0], (pad,) * 3)       # Conv3d caches x unpadded
     stride, padding = (1, 1, 1), (pad,) * 3
     flops = 2.0 * size ** 3 * cin * cout * k ** 3
     w = torch.from_numpy(layer.weight.data)
