@@ -81,19 +81,27 @@ def triple(value, name):
     return tuple(int(v) for v in values)
 
 
+def conv_arguments(layer, in_channels, out_channels, kernel_size, stride, padding):
+    """Validate a convolution's hyper-parameters; return them as ints and 3-tuples of ints.
+    (Shared by Conv3d and ConvTranspose3d; `layer` names the class in the error message.)"""
+    in_channels, out_channels = int(in_channels), int(out_channels)
+    kernel_size = triple(kernel_size, "kernel_size")
+    stride = triple(stride, "stride")
+    padding = triple(padding, "padding")
+    if min(in_channels, out_channels, *kernel_size, *stride) < 1 or min(padding) < 0:
+        raise ValueError(f"{layer}: channels, kernel_size and stride must be >= 1 and padding >= 0, "
+                         f"got in_channels={in_channels}, out_channels={out_channels}, "
+                         f"kernel_size={kernel_size}, stride={stride}, padding={padding}")
+    return in_channels, out_channels, kernel_size, stride, padding
+
+
 class Conv3d(Module):
     """y = conv3d(x, weight) + bias, as torch.nn.Conv3d (zero padding, no dilation, no groups)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         super().__init__()
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = triple(kernel_size, "kernel_size")
-        self.stride = triple(stride, "stride")
-        self.padding = triple(padding, "padding")
-        if min(self.in_channels, self.out_channels) < 1 or min(self.kernel_size) < 1 \
-                or min(self.stride) < 1 or min(self.padding) < 0:
-            raise ValueError(f"Conv3d: channels, kernel_size and stride must be >= 1 and padding >= 0, "
-                             f"got {self.extra_repr()}")
+        (self.in_channels, self.out_channels, self.kernel_size, self.stride,
+         self.padding) = conv_arguments("Conv3d", in_channels, out_channels, kernel_size, stride, padding)
         weight, bias_values = conv_weight_and_bias((out_channels, in_channels, *self.kernel_size),
                                                    out_channels if bias else None)
         self.weight = Parameter(weight)                                   # (Cout, Cin, kD, kH, kW)

@@ -48,7 +48,7 @@ nn3d/kernels/conv_transpose3d.py, which cites the line numbers above.
 
 from .checks import check_forward_ran, check_same_shape, check_volume
 from .grad_mode import is_grad_enabled
-from .conv3d import triple
+from .conv3d import conv_arguments
 from .init import conv_weight_and_bias
 from .kernels.conv3d import conv3d_forward, conv3d_grad_bias, conv3d_grad_input, conv3d_grad_weight
 from .kernels.conv_transpose3d import (conv_transpose3d_blocks_forward,
@@ -65,14 +65,8 @@ class ConvTranspose3d(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         super().__init__()
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = triple(kernel_size, "kernel_size")
-        self.stride = triple(stride, "stride")
-        self.padding = triple(padding, "padding")
-        if min(self.in_channels, self.out_channels) < 1 or min(self.kernel_size) < 1 \
-                or min(self.stride) < 1 or min(self.padding) < 0:
-            raise ValueError(f"ConvTranspose3d: channels, kernel_size and stride must be >= 1 and "
-                             f"padding >= 0, got {self.extra_repr()}")
+        (self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding) = \
+            conv_arguments("ConvTranspose3d", in_channels, out_channels, kernel_size, stride, padding)
         weight, bias_values = conv_weight_and_bias((in_channels, out_channels, *self.kernel_size),
                                                    out_channels if bias else None)
         self.weight = Parameter(weight)                                   # (Cin, Cout, kD, kH, kW)

@@ -149,6 +149,15 @@ def test_bad_input_is_rejected():
         Conv3d(2, 3, (3, 3))
 
 
+@pytest.mark.parametrize("cls", [Conv3d, nn3d.ConvTranspose3d])
+@pytest.mark.parametrize("arguments", [dict(in_channels=0), dict(kernel_size=0), dict(stride=(1, 0, 1)),
+                                       dict(padding=-1)])
+def test_bad_hyper_parameters_are_a_value_error_naming_the_layer(cls, arguments):
+    settings = dict(in_channels=2, out_channels=3, kernel_size=3, stride=1, padding=0) | arguments
+    with pytest.raises(ValueError, match=f"{cls.__name__}: channels, kernel_size and stride must be >= 1"):
+        cls(**settings)
+
+
 def test_state_dict_round_trip_with_torch():
     nn3d.manual_seed(4)
     layer = Conv3d(3, 4, 3, bias=True)
