@@ -6,7 +6,7 @@ import torch
 
 import nn3d
 from nn3d import Conv3d
-from nn3d.gradcheck import max_relative_error, numerical_gradient
+from nn3d.gradcheck import check_layer, max_relative_error
 from nn3d.kernels import conv3d as kernels
 from nn3d.kernels.padding import embed_strided, pad_channels_last
 from nn3d.layout import from_channels_last, is_channels_last
@@ -115,16 +115,10 @@ def test_conv3d_finite_differences(kernel, stride, padding):
     rng = np.random.default_rng(3)
     layer = Conv3d(2, 3, kernel, stride=stride, padding=padding).to(np.float64)
     x = rng.standard_normal((1, 2, 4, 5, 3))
-    grad_output = rng.standard_normal(layer.forward(x).shape)
-
-    def loss():
-        return float(np.sum(layer.forward(x) * grad_output))
-
-    layer.forward(x)
-    grad_input = layer.backward(grad_output)
-    assert max_relative_error(grad_input, numerical_gradient(loss, x)) < 1e-7
-    assert max_relative_error(layer.weight.grad, numerical_gradient(loss, layer.weight.data)) < 1e-7
-    assert max_relative_error(layer.bias.grad, numerical_gradient(loss, layer.bias.data)) < 1e-7
+    results = check_layer(layer, [x])                     # input, weight, bias vs central differences
+    assert [name for name, _, _ in results] == ["input", "weight", "bias"]
+    for name, analytic, numeric in results:
+        assert max_relative_error(analytic, numeric) < 1e-7, name
 
 
 # ---- bad input ----------------------------------------------------------------------------------
