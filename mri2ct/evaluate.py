@@ -22,7 +22,7 @@ import nn3d
 from mri2ct.atomic import write_text
 from mri2ct.checkpoint import model_from_checkpoint
 from mri2ct.cli import exit_on_user_error
-from mri2ct.data import CohortDataset, net_to_hu
+from mri2ct.data import net_to_hu, open_split
 from mri2ct.infer import predict_sliding_window
 from mri2ct.metrics import calculate_metrics
 from mri2ct.phantom import TISSUE_GROUPS
@@ -80,10 +80,10 @@ def parse_args(argv=None):
 def run(args):
     nn3d.set_num_threads(args.threads)
     model, state = model_from_checkpoint(args.checkpoint)
-    dataset = CohortDataset(args.data, args.split)
+    dataset = open_split(args.data, args.split)
     if len(dataset) == 0:
         raise ValueError(f"{args.data}: the {args.split} split has no patients")
-    spacing = dataset.manifest.get("parameters", {}).get("spacing")
+    spacing = dataset.spacing
     if spacing != state["config"]["spacing"]:
         raise ValueError(f"{args.data}: voxel spacing {spacing} mm, but {args.checkpoint} was trained at "
                          f"{state['config']['spacing']} mm; run mri2ct.infer on each scan instead")

@@ -38,7 +38,7 @@ import nn3d  # noqa: E402
 from mri2ct.checkpoint import (CheckpointError, load_checkpoint, load_model_state,  # noqa: E402
                                model_from_checkpoint)
 from mri2ct.cli import exit_on_user_error  # noqa: E402
-from mri2ct.data import CohortDataset  # noqa: E402
+from mri2ct.data import open_split  # noqa: E402
 from mri2ct.model import UNet3D  # noqa: E402
 from mri2ct.visualize import save_figure  # noqa: E402
 
@@ -215,7 +215,7 @@ def load_model(path, features):
 
 def run(args):
     model = load_model(args.checkpoint, args.features)
-    dataset = CohortDataset(args.data, args.split)
+    dataset = open_split(args.data, args.split)
     if not 0 <= args.patient < len(dataset):
         raise ValueError(f"{args.data}: --patient {args.patient} is out of range, the {args.split} split "
                          f"has {len(dataset)} patients")

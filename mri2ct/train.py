@@ -6,7 +6,7 @@ folder is missing: 60 patients, 64^3 at 3 mm), 100 epochs, batch 1, AdamW (lr 1e
 after every epoch, everything written to checkpoints/run.
 
 One epoch = every training patient once, in an order and with flips drawn from (seed, epoch)
-(`CohortDataset.epoch_plan`). Each step is the textbook one:
+(`PatientSet.epoch_plan`). Each step is the textbook one:
 
     y = model.forward(x); loss = criterion.forward(y, target); model.zero_grad()
     model.backward(criterion.backward()); clip_grad_norm_(model.parameters(), clip)
@@ -44,7 +44,7 @@ import nn3d
 from mri2ct.atomic import write_text
 from mri2ct.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from mri2ct.cli import exit_on_user_error
-from mri2ct.data import CohortDataset, generate_cohort, net_to_hu, read_manifest
+from mri2ct.data import generate_cohort, net_to_hu, open_split, read_manifest
 from mri2ct.model import DEFAULT_FEATURES, UNet3D
 from mri2ct.visualize import plot_training_curves
 
@@ -195,8 +195,8 @@ def write_history(out_dir, history):
 def run(args):
     threads = nn3d.set_num_threads(args.threads)
     manifest = open_cohort(args.data)
-    train_set = CohortDataset(args.data, "train", augment=True, seed=args.seed)
-    val_set = CohortDataset(args.data, "val")
+    train_set = open_split(args.data, "train", seed=args.seed, augment=True)
+    val_set = open_split(args.data, "val", seed=args.seed)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"{args.data}: the cohort needs at least one training and one validation "
                          f"patient, has {len(train_set)} and {len(val_set)}")
