@@ -64,13 +64,14 @@ def split_patients(patients, seed):
 
 
 def check_parameters(patients, shape, spacing, supersample):
-    """ValueError naming the first argument out of range; shape: three sizes."""
+    """ValueError naming the first argument out of range; shape: an int or three sizes."""
     if patients < 1:
         raise ValueError(f"--patients must be at least 1, got {patients}")
-    if len(shape) != 3 or min(shape) < 8:
-        raise ValueError(f"--shape must be one or three sizes of at least 8 voxels, got {' '.join(map(str, shape))}")
-    if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
-        raise ValueError(f"--shape {' '.join(map(str, shape))} exceeds {MAX_VOXELS} voxels per patient")
+    sizes = np.atleast_1d(shape)
+    if len(sizes) not in (1, 3) or sizes.min() < 8:
+        raise ValueError(f"--shape must be one or three sizes of at least 8 voxels, got {' '.join(map(str, sizes))}")
+    if int(np.prod(np.broadcast_to(sizes, (3,)), dtype=np.int64)) > MAX_VOXELS:
+        raise ValueError(f"--shape {' '.join(map(str, sizes))} exceeds {MAX_VOXELS} voxels per patient")
     if not SPACING_RANGE_MM[0] <= spacing <= SPACING_RANGE_MM[1]:   # also false for nan
         raise ValueError(f"--spacing must be between {SPACING_RANGE_MM[0]} and {SPACING_RANGE_MM[1]} mm, "
                          f"got {spacing}")
@@ -150,8 +151,8 @@ def generate_cohort(out_dir, patients=60, seed=0, shape=64, spacing=3.0, supersa
     """
     if layout not in LAYOUTS:
         raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    shape = tuple(int(n) for n in np.broadcast_to(np.asarray(shape), (3,)))
     check_parameters(patients, shape, spacing, supersample)
+    shape = tuple(int(n) for n in np.broadcast_to(np.asarray(shape), (3,)))
     parameters = _parameters(layout, patients, seed, shape, spacing, supersample)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir}: exists and is not a folder")
