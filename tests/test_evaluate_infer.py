@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nn3d
-from mri2ct import evaluate, infer, visualize
+from mri2ct import cli, evaluate, infer, predict, visualize
 from mri2ct.checkpoint import save_checkpoint
 from mri2ct.data import generate_cohort, read_manifest
 from mri2ct.model import UNet3D
@@ -43,9 +43,9 @@ def patient(cohort):
 
 
 def run_cli(module, argv, capsys):
-    """Run a tool's main in this process; returns (exit code, stdout, stderr)."""
+    """Run a tool as its command line does, in this process; returns (exit code, stdout, stderr)."""
     try:
-        module.main(argv)
+        cli.run(module.main, argv)
         code = 0
     except SystemExit as exit_info:
         code = exit_info.code
@@ -63,14 +63,14 @@ class Identity:
 
 def test_sliding_window_blending_is_normalised():
     volume = np.random.default_rng(0).standard_normal((45, 32, 20)).astype(np.float32)  # 2x1x1 windows+
-    prediction = infer.predict_sliding_window(Identity(), volume, (16, 16, 16))
+    prediction = predict.predict_sliding_window(Identity(), volume, (16, 16, 16))
     np.testing.assert_allclose(prediction, volume, rtol=1e-5, atol=1e-6)
 
 
 def test_window_starts_cover_the_volume():
-    assert infer.window_starts(64, 64) == [0]
-    assert infer.window_starts(100, 64) == [0, 32, 36]
-    assert infer.window_starts(96, 32) == [0, 16, 32, 48, 64]
+    assert predict.window_starts(64, 64) == [0]
+    assert predict.window_starts(100, 64) == [0, 32, 36]
+    assert predict.window_starts(96, 32) == [0, 16, 32, 48, 64]
 
 
 def test_orientation_round_trip():
@@ -85,7 +85,7 @@ def test_orientation_round_trip():
 def test_infer_non_cubic_scan_with_other_spacing_and_orientation(patient, checkpoint, tmp_path, capsys):
     """A (40, 52, 28) scan at (4.5, 3.5, 7) mm stored L-A-S: written on the input's grid, with its header."""
     image = nib.load(os.path.join(patient, "mr.nii.gz"))
-    mr = infer.resample(np.asarray(image.dataobj, np.float32), (40, 52, 28))[::-1]  # x flipped: L-A-S
+    mr = predict.resample(np.asarray(image.dataobj, np.float32), (40, 52, 28))[::-1]  # x flipped: L-A-S
     affine = np.diag([-4.5, 3.5, 7.0, 1.0])
     affine[:3, 3] = (90.0, -91.0, -98.0)
     source = nib.Nifti1Image(mr, affine)

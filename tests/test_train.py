@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mri2ct.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mri2ct import train
+from mri2ct import cli, train
 from mri2ct.data import generate_cohort
 
 TINY = ["--features", "4", "8", "16", "32", "--threads", "1"]
@@ -37,7 +37,7 @@ def run_train(data, out, *flags):
 def train_error(capsys, data, out, *flags):
     """Run the trainer in this process (faster than a subprocess) on bad input: its one-line error."""
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--data", data, "--out", out, "--features", "4", "8", "16", "32", *flags])
+        cli.run(train.main, ["--data", data, "--out", out, "--features", "4", "8", "16", "32", *flags])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
@@ -69,7 +69,7 @@ def straight_run(cohort, tmp_path_factory):
 
 def test_run_writes_every_output(straight_run):
     out, result = straight_run
-    assert sorted(os.listdir(out)) == ["best.npz", "epoch_002.npz", "epoch_004.npz", "final.npz",
+    assert sorted(os.listdir(out)) == [".lock", "best.npz", "epoch_002.npz", "epoch_004.npz", "final.npz",
                                        "history.json", "latest.npz", "training_curves.png"]
     history = read_history(out)
     assert [record["epoch"] for record in history] == [1, 2, 3, 4]

@@ -8,10 +8,9 @@ the documentation figures.
     python -m mri2ct.data --figure-normalisation docs/mr_normalisation.png
 """
 import argparse
-import sys
 import time
 
-from mri2ct.cli import exit_on_user_error
+from mri2ct import cli
 from mri2ct.data.cohort import LAYOUTS, generate_cohort
 from mri2ct.data.stats import format_statistics, tissue_statistics
 
@@ -52,7 +51,8 @@ def parse_args(argv=None):
     return args
 
 
-def run(args):
+def main(argv=None):
+    args = parse_args(argv)
     if args.stats:
         print(format_statistics(tissue_statistics(args.stats)))
         return
@@ -80,11 +80,5 @@ def run(args):
           f"{time.perf_counter() - start:.1f} s")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    with exit_on_user_error():
-        run(args)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

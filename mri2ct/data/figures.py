@@ -16,7 +16,7 @@ from mri2ct import phantom
 from mri2ct.data import streams
 from mri2ct.data.normalise import foreground_histogram, normalise_mr, white_matter_peak
 from mri2ct.data.preprocess import compute_mask
-from mri2ct.visualize import CT_WINDOW, VIEWS, central_slices, save_figure
+from mri2ct.visualize import CT_WINDOW, EDGE_LETTERS, EDGE_POSITIONS, VIEWS, central_slices, save_figure
 
 LABEL_COLOURS = ["black", "#d9a079", "#f2e15a", "white", "#aaaaaa", "#3a7bd5", "#777777", "#e8e8e8",
                  "#9b59b6", "#2ecc71", "#e74c3c"]
@@ -39,10 +39,13 @@ def patient_figure(path):
             ("tissue labels", patient.labels, ListedColormap(LABEL_COLOURS), (-0.5, phantom.N_LABELS - 0.5))]
     figure, axes = plt.subplots(len(rows), len(VIEWS), figsize=(10, 10), squeeze=False)
     for row, (name, volume, colours, (low, high)) in enumerate(rows):
-        for column, (image, aspect) in enumerate(central_slices(volume, spacing)):
+        for column, (image, (width, height)) in enumerate(central_slices(volume, spacing)):
             panel = axes[row, column]
-            shown = panel.imshow(image, cmap=colours, vmin=low, vmax=high, origin="lower", aspect=aspect,
-                                 interpolation="nearest")
+            shown = panel.imshow(image, cmap=colours, vmin=low, vmax=high, origin="lower", aspect="equal",
+                                 extent=(0, width, 0, height), interpolation="nearest")   # millimetres
+            for (x, y, align), letter in zip(EDGE_POSITIONS, EDGE_LETTERS[VIEWS[column]]):
+                panel.text(x, y, letter, transform=panel.transAxes, color="yellow", fontsize=8,
+                           ha=align[0], va=align[1])
             panel.set_xticks([]), panel.set_yticks([])
             if row == 0:
                 panel.set_title(VIEWS[column])
