@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from mri2ct import data, phantom
+from mri2ct import cli, data, phantom
 from mri2ct.data import cohort, folders, preprocess
 from mri2ct.data.__main__ import main
 from mri2ct.nifti import save_volume
@@ -221,7 +221,7 @@ def test_out_refuses_a_foreign_folder_and_keeps_an_identical_one(tmp_path, capsy
     (out / "notes.txt").write_text("mine")
     arguments = ["--out", str(out), "--patients", "1", "--shape", "16", "--spacing", "10", "--workers", "1"]
     with pytest.raises(SystemExit) as exit_info:
-        main(arguments)
+        cli.run(main, arguments)
     assert exit_info.value.code == 2
     assert "folder is not empty and does not hold this cohort" in capsys.readouterr().err
     assert os.listdir(out) == ["notes.txt"]
@@ -232,7 +232,7 @@ def test_out_refuses_a_foreign_folder_and_keeps_an_identical_one(tmp_path, capsy
     assert "nothing to do" in capsys.readouterr().out
     assert os.stat(out / "manifest.json").st_mtime_ns == stamp
     with pytest.raises(SystemExit):
-        main(arguments[:-4] + ["--spacing", "9", "--workers", "1"])   # another cohort: refused
+        cli.run(main, arguments[:-4] + ["--spacing", "9", "--workers", "1"])   # another cohort: refused
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
 
 
