@@ -103,8 +103,7 @@ def parse_args(argv=None):
     parser.add_argument("--split", default="test", help="train, val or test (default: test)")
     parser.add_argument("--split-file", metavar="FILE",
                         help="split.json to take the patients from (default: the checkpoint's own split)")
-    parser.add_argument("--cache", metavar="DIR",
-                        help="folder for the preprocessed scans (default: $MRI2CT_CACHE or ~/.cache/mri2ct)")
+    cli.add_cache_argument(parser)
     parser.add_argument("--out",
                         help="CSV file to write (default: metrics_<split>.csv beside the checkpoint)")
     cli.add_threads_argument(parser)

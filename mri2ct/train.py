@@ -99,8 +99,7 @@ def parse_args(argv=None):
     parser.add_argument("--spacing", type=float, metavar="MM",
                         help="isotropic training voxel size (default: the scans' own when all are "
                              "isotropic at one size, else 1.5 mm)")
-    parser.add_argument("--cache", metavar="DIR",
-                        help="folder for the preprocessed scans (default: $MRI2CT_CACHE or ~/.cache/mri2ct)")
+    cli.add_cache_argument(parser)
     parser.add_argument("--patch", type=int, metavar="N",
                         help="train on random N^3 patches centred inside the mask (N a multiple of 8); "
                              "default: whole volumes")
