@@ -16,22 +16,21 @@ frame, predicts it window by window, and brings the result back:
     5. HU = net_to_hu(network output), refused unless finite, clipped to [-1024, 3071] HU (the
        12-bit range of clinical CT); resampled back to the scan's grid
 
-Limits, checked before anything large is allocated (`check_grid`): voxel sizes from MIN_SPACING_MM
-to MAX_SPACING_MM, and at most MAX_GRID_VOXELS voxels after resampling to the training spacing.
+Limits, checked before anything large is allocated (`data.preprocess.check_grid`, the same limits as
+for training scans): voxel sizes from 0.1 to 10 mm, and at most 320^3 voxels after resampling to the
+training spacing.
 """
 import numpy as np
 
 import nn3d
 from mri2ct.data import net_to_hu, normalise_mr
-from mri2ct.data.preprocess import compute_mask, resample, shape_at_spacing
+from mri2ct.data.preprocess import check_grid, compute_mask, resample, shape_at_spacing
 
 WINDOW_OVERLAP = 0.5          # consecutive windows share half their width
 GAUSSIAN_SIGMA = 1 / 8        # of the window size, per axis
 MIN_BLEND_WEIGHT = 1e-3       # floor of the normalised Gaussian, so edge voxels never divide by ~0
 MR_CLIP_PERCENTILES = (0.1, 99.9)  # robust MR range (step 1)
 HU_RANGE = (-1024.0, 3071.0)  # every written sCT lies in this range (step 5)
-MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 10.0    # voxel sizes a head scan can sensibly have
-MAX_GRID_VOXELS = 320 ** 3    # resampled grid: 33 M voxels, ~130 MB per float32 volume
 
 
 class PredictionError(RuntimeError):
@@ -39,19 +38,6 @@ class PredictionError(RuntimeError):
 
 
 # ---- geometry -----------------------------------------------------------------------------------
-def check_grid(shape, spacing, train_spacing, name="input MR"):
-    """ValueError unless every voxel size is within [MIN_SPACING_MM, MAX_SPACING_MM] and the grid
-    resampled to `train_spacing` stays under MAX_GRID_VOXELS. Costs nothing: header numbers only."""
-    for what, values in ((name, spacing), ("the checkpoint's training", train_spacing)):
-        if not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in values):
-            raise ValueError(f"{what} voxel size {' x '.join(f'{s:.4g}' for s in values)} mm is outside "
-                             f"the supported {MIN_SPACING_MM}-{MAX_SPACING_MM} mm")
-    grid = shape_at_spacing(shape, spacing, train_spacing)
-    if int(np.prod(grid, dtype=np.int64)) > MAX_GRID_VOXELS:
-        raise ValueError(f"{name} covers {' x '.join(map(str, grid))} voxels at the training spacing, "
-                         f"more than the limit of {MAX_GRID_VOXELS:,}")
-
-
 def window_starts(length, window):
     """Start indices of windows of `window` voxels covering 0..length-1, overlapping by about half;
     the last window ends exactly at `length` (length >= window)."""

@@ -170,6 +170,18 @@ def test_patient_without_ct_is_named(pairs, tmp_path):
     assert "patient_002: no ct.nii.gz, ct.nii or ct.mha" in result.stderr
 
 
+def test_absurd_voxel_size_is_refused(pairs, tmp_path):
+    root = str(tmp_path / "bad")
+    folder = copy_patient(pairs, root, "patient_000")
+    for kind in ("mr", "ct", "mask"):
+        image = nib.load(folder.paths["patient_000"][kind])
+        save_volume(folder.paths["patient_000"][kind], np.asarray(image.dataobj),
+                    np.diag([20.0, 20.0, 20.0, 1.0]))
+    with pytest.raises(ValueError, match=r"MR of patient_000 voxel size 20 x 20 x 20 mm is outside the "
+                                         r"supported 0.1-10.0 mm"):
+        data.load_patient(data.open_data_folder(root), "patient_000", 8.0, str(tmp_path / "cache"))
+
+
 def test_unreadable_mha_is_named(pairs, tmp_path):
     root = str(tmp_path / "bad")
     copy_patient(pairs, root, "patient_000")

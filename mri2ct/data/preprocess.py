@@ -2,7 +2,8 @@
 
     patient = load_patient(folder, "1BA001", spacing=1.5, cache_dir)   # PatientVolumes
 
-Steps (`preprocess`), each a documented choice:
+Steps (`preprocess`), each a documented choice, after `check_grid` (voxel sizes 0.1-10 mm, at most
+MAX_GRID_VOXELS at the training spacing: a scan cannot make the preprocessing allocate gigabytes):
     1. reorder the axes to RAS (a permutation and flips of the array, no interpolation: orientation.py)
     2. resample MR and CT trilinearly to `spacing` mm, isotropic, keeping the field of view (voxel
        centres aligned as in `resample`); the mask and labels by nearest neighbour. Skipped when the
@@ -39,6 +40,8 @@ CT_RANGE_HU = (-1024.0, 3000.0)
 SPACING_TOLERANCE_MM = 1e-3
 MASK_THRESHOLD = 0.1            # of the MR's 99.9th percentile: head vs background air
 CACHE_FILES = ("mr", "ct_hu", "mask", "labels")
+MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 10.0    # voxel sizes a head scan can sensibly have
+MAX_GRID_VOXELS = 320 ** 3    # resampled grid: 33 M voxels, ~130 MB per float32 volume
 
 
 def default_cache_dir():
@@ -62,6 +65,19 @@ class PatientVolumes:
 def shape_at_spacing(shape, spacing, new_spacing):
     """Grid size covering the same field of view at `new_spacing` (at least one voxel per axis)."""
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, new_spacing))
+
+
+def check_grid(shape, spacing, train_spacing, name="input MR"):
+    """ValueError unless every voxel size is within [MIN_SPACING_MM, MAX_SPACING_MM] and the grid
+    resampled to `train_spacing` stays under MAX_GRID_VOXELS. Costs nothing: header numbers only."""
+    for what, values in ((name, spacing), ("the checkpoint's training", train_spacing)):
+        if not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in values):
+            raise ValueError(f"{what} voxel size {' x '.join(f'{s:.4g}' for s in values)} mm is outside "
+                             f"the supported {MIN_SPACING_MM}-{MAX_SPACING_MM} mm")
+    grid = shape_at_spacing(shape, spacing, train_spacing)
+    if int(np.prod(grid, dtype=np.int64)) > MAX_GRID_VOXELS:
+        raise ValueError(f"{name} covers {' x '.join(map(str, grid))} voxels at the training spacing, "
+                         f"more than the limit of {MAX_GRID_VOXELS:,}")
 
 
 def resample(volume, shape, order=1):
@@ -103,7 +119,8 @@ def compute_mask(mr):
 
 def preprocess(scan, spacing):
     """PatientVolumes of a Scan (folders.read_scan) at `spacing` mm: steps 1-5 of the module docstring."""
-    mr, orientation, ras_spacing = to_ras(scan.mr, scan.affine)
+    mr, orientation, ras_spacing = to_ras(scan.mr, scan.affine, f"MR of {scan.id}")
+    check_grid(mr.shape, ras_spacing, (spacing,) * 3, f"MR of {scan.id}")
     volumes = {"ct": scan.ct, "mask": scan.mask, "labels": scan.labels}
     volumes = {name: None if v is None else to_ras(v, scan.affine)[0] for name, v in volumes.items()}
     ras_affine = scan.affine @ _ras_index_map(orientation, scan.mr.shape)
