@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 import nn3d
+from mri2ct.cli import RunError
 from mri2ct.data import net_to_hu, normalise_mr
 
 WINDOW_OVERLAP = 0.5          # consecutive windows share half their width
@@ -35,8 +36,8 @@ MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 10.0    # voxel sizes a head scan can sens
 MAX_GRID_VOXELS = 320 ** 3    # resampled grid: 33 M voxels, ~130 MB per float32 volume
 
 
-class PredictionError(RuntimeError):
-    """The model produced values that are not a CT (NaN or infinite): nothing is written."""
+class PredictionError(RunError):
+    """The model produced values that are not a CT (NaN or infinite): one line, nothing written."""
 
 
 # ---- geometry -----------------------------------------------------------------------------------
@@ -112,16 +113,18 @@ def predict_sliding_window(model, mr, window):
 
 def prediction_to_hu(prediction):
     """Network output (D, H, W) -> HU, clipped to HU_RANGE; PredictionError if any value is NaN/inf."""
-    if not np.isfinite(prediction).all():
+    with np.errstate(over="ignore"):                               # overflow is reported just below
+        hu = net_to_hu(prediction)                                 # (D, H, W)
+    if not np.isfinite(hu).all():
         raise PredictionError("the model's output holds NaN or infinite values; nothing written")
-    return np.clip(net_to_hu(prediction), *HU_RANGE)
+    return np.clip(hu, *HU_RANGE)
 
 
 def clip_mr(mr):
-    """(D, H, W) MR clipped to its [0.1th, 99.9th] percentile (computed in float64, so values near
-    the float32 limit cannot overflow the interpolation)."""
-    low, high = np.percentile(mr.astype(np.float64), MR_CLIP_PERCENTILES)
-    return np.clip(mr, np.float32(low), np.float32(high))
+    """(D, H, W) MR clipped to its [0.1th, 99.9th] percentile. The percentiles are voxel values
+    ("nearest", no interpolation), so even values near the float32 limit cannot overflow."""
+    low, high = np.percentile(mr, MR_CLIP_PERCENTILES, method="nearest")
+    return np.clip(mr, low, high)
 
 
 def estimate_head_mask(mr):

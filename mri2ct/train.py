@@ -54,6 +54,7 @@ from mri2ct.data import CohortDataset, generate_cohort, net_to_hu
 from mri2ct.folder_lock import lock_folder
 from mri2ct.model import DEFAULT_FEATURES, UNet3D
 from mri2ct.orientation import check_affine
+from mri2ct.predict import check_grid
 from mri2ct.train_step import train_step
 from mri2ct.visualize import plot_training_curves
 
@@ -145,6 +146,7 @@ def data_frame(dataset):
     patient = dataset.patient(0)
     shape = [int(n) for n in patient.mr.shape]
     spacing = [round(float(s), 6) for s in check_affine(patient.affine, dataset.root)]
+    check_grid(shape, spacing, spacing, f"training data {dataset.root}")   # what infer will accept
     return (shape[0] if len(set(shape)) == 1 else shape), (spacing[0] if len(set(spacing)) == 1 else spacing)
 
 

@@ -271,6 +271,15 @@ def test_nan_checkpoint_is_refused_at_load(patient, tmp_path, capsys):
     assert not (tmp_path / "sct.nii.gz").exists()
 
 
+def test_a_model_that_overflows_writes_nothing(patient, tmp_path, capsys):
+    """Finite but absurd weights (3e38): the output overflows to infinity; refused, exit 1."""
+    absurd = tiny_checkpoint(tmp_path, "absurd.npz", lambda state: state["head.weight"].fill(3e38))
+    code, _, err = infer_cli(absurd, os.path.join(patient, "mr.nii.gz"), tmp_path / "sct.nii.gz", capsys)
+    assert one_line_error(code, err, expected_code=1) == ("error: the model's output holds NaN or infinite "
+                                                          "values; nothing written")
+    assert not (tmp_path / "sct.nii.gz").exists()
+
+
 def test_written_sct_is_clipped_to_the_hu_range(patient, tmp_path, capsys):
     """A model whose head bias alone says 20000 HU: the file holds 3071 HU, the top of the CT range."""
     hot = tiny_checkpoint(tmp_path, "hot.npz", lambda state: state["head.bias"].fill(20.0))
