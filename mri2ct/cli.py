@@ -13,11 +13,14 @@ ends with
     RunError (the run cannot go on: the folder is in      "error: <message>"          exit 1
       use, the model produced NaN, ...)
     MemoryError                                           "error: out of memory ..."  exit 1
-    Ctrl-C (KeyboardInterrupt)                            "interrupted"               exit 130 (128 + SIGINT)
+    Ctrl-C (SIGINT, or a KeyboardInterrupt raised)        "interrupted"               exit 130 (128 + SIGINT)
 
 Anything else is a bug and keeps its traceback.
 """
+import os
+import signal
 import sys
+import threading
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
@@ -28,8 +31,20 @@ class RunError(RuntimeError):
     """A run that cannot go on for a reason outside the code (not a bug): one line, exit status 1."""
 
 
+def exit_on_sigint(signal_number, frame):
+    """SIGINT handler: end the process at once, as kill does. A KeyboardInterrupt raised at an
+    arbitrary bytecode can land in a finaliser or a ctypes callback (Numba compiling), where Python
+    prints it and carries on; exiting here cannot be swallowed. Nothing is lost: every file is
+    written atomically, the folder lock is released by the kernel, and the next write removes the
+    temporary file a write in progress leaves (atomic.py)."""
+    os.write(sys.stderr.fileno(), b"\ninterrupted\n")      # async-signal-safe, after any progress bar
+    os._exit(INTERRUPTED)
+
+
 def run(main, argv=None):
     """Call main(argv); return its result, or exit with one line on stderr (see the module docstring)."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, exit_on_sigint) if in_main_thread else None
     try:
         return main(argv)
     except KeyboardInterrupt:
@@ -44,6 +59,9 @@ def run(main, argv=None):
     except MemoryError:
         print("error: out of memory (try a smaller input or fewer --threads)", file=sys.stderr)
         raise SystemExit(RUN_ERROR) from None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 def add_threads_argument(parser, note=""):

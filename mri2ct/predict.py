@@ -23,6 +23,7 @@ training spacing.
 import numpy as np
 
 import nn3d
+from mri2ct.cli import RunError
 from mri2ct.data import net_to_hu, normalise_mr
 from mri2ct.data.preprocess import check_grid, compute_mask, resample, shape_at_spacing
 
@@ -33,8 +34,8 @@ MR_CLIP_PERCENTILES = (0.1, 99.9)  # robust MR range (step 1)
 HU_RANGE = (-1024.0, 3071.0)  # every written sCT lies in this range (step 5)
 
 
-class PredictionError(RuntimeError):
-    """The model produced values that are not a CT (NaN or infinite): nothing is written."""
+class PredictionError(RunError):
+    """The model produced values that are not a CT (NaN or infinite): one line, nothing written."""
 
 
 # ---- geometry -----------------------------------------------------------------------------------
@@ -84,16 +85,18 @@ def predict_sliding_window(model, mr, window):
 
 def prediction_to_hu(prediction):
     """Network output (D, H, W) -> HU, clipped to HU_RANGE; PredictionError if any value is NaN/inf."""
-    if not np.isfinite(prediction).all():
+    with np.errstate(over="ignore"):                               # overflow is reported just below
+        hu = net_to_hu(prediction)                                 # (D, H, W)
+    if not np.isfinite(hu).all():
         raise PredictionError("the model's output holds NaN or infinite values; nothing written")
-    return np.clip(net_to_hu(prediction), *HU_RANGE)
+    return np.clip(hu, *HU_RANGE)
 
 
 def clip_mr(mr):
-    """(D, H, W) MR clipped to its [0.1th, 99.9th] percentile (computed in float64, so values near
-    the float32 limit cannot overflow the interpolation)."""
-    low, high = np.percentile(mr.astype(np.float64), MR_CLIP_PERCENTILES)
-    return np.clip(mr, np.float32(low), np.float32(high))
+    """(D, H, W) MR clipped to its [0.1th, 99.9th] percentile. The percentiles are voxel values
+    ("nearest", no interpolation), so even values near the float32 limit cannot overflow."""
+    low, high = np.percentile(mr, MR_CLIP_PERCENTILES, method="nearest")
+    return np.clip(mr, low, high)
 
 
 def synthesize_ct(model, mr, spacing, window, train_spacing):

@@ -12,6 +12,7 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
                       "(the extra pins torch==2.13.0, the CPU build)") from error
 
 import numba
+import pytest
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 import nn3d  # noqa: E402
@@ -22,3 +23,12 @@ nn3d.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))  # also: every BLAS
 if "MRI2CT_CACHE" not in os.environ:
     os.environ["MRI2CT_CACHE"] = tempfile.mkdtemp(prefix="mri2ct-test-cache-")
     atexit.register(shutil.rmtree, os.environ["MRI2CT_CACHE"], True)
+
+@pytest.fixture
+def dead_pid():
+    """The id of a process that has ended (for temporaries left by a killed writer)."""
+    import subprocess
+    import sys
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
