@@ -1,6 +1,6 @@
 """Predicted HU of white matter, grey matter and background on real T1 scans that no one here made.
 
-    python docs/real_t1.py CHECKPOINT [T1.nii ...]
+    python docs/real_t1.py CHECKPOINT [T1.nii ...]      (mri2ct installed, or PYTHONPATH=.)
 
 Default scan: the crop of a real T1 brain that nibabel ships in its test data
 (nibabel/tests/data/anatomical.nii, 33 x 41 x 25 voxels of 2 mm, LAS), which lies wholly inside the
