@@ -2,8 +2,9 @@
 
     python -m benchmarks.step [--sizes 64 96 128] [--threads 2] [--repeats 3]
 
-A training step is exactly what `python -m mri2ct.train` does per batch: forward, MSE, backward,
-gradient clipping at 1.0, AdamW and the cosine schedule. PyTorch runs the same architecture
+A training step is exactly what `python -m mri2ct.train` does per batch, the same function
+(mri2ct.train_step.train_step): forward, MSE, backward, gradient clipping at 1.0, AdamW and the
+cosine schedule. PyTorch runs the same architecture
 (benchmarks/torch_unet.py) with the same weights, in its default NCDHW format and in
 channels_last_3d; the faster of the two is the reference. Times are medians of interleaved runs in
 one process. Peak resident memory is measured separately, one fresh process per (framework, size,
@@ -12,6 +13,7 @@ pass), so one framework's allocations do not hide the other's.
 Writes benchmarks/results/step.json and step.png.
 """
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -37,6 +39,7 @@ def ours_runner(size, mode):
     """A function running one nn3d training step (mode='train') or eval forward (mode='eval')."""
     import nn3d
     from mri2ct.model import UNet3D
+    from mri2ct.train_step import train_step
 
     nn3d.manual_seed(0)
     model = UNet3D()
@@ -45,22 +48,13 @@ def ours_runner(size, mode):
     optimizer = nn3d.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     scheduler = nn3d.CosineAnnealingLR(optimizer, T_max=1000, eta_min=1e-6)
 
-    def train_step():
-        y = model.forward(x)
-        criterion.forward(y, target)
-        model.zero_grad()
-        model.backward(criterion.backward())
-        nn3d.clip_grad_norm_(model.parameters(), CLIP)
-        optimizer.step()
-        scheduler.step()
-
     def eval_forward():
         with nn3d.no_grad():              # as torch.no_grad in torch_runner: no backward caches
             model.forward(x)
 
     if mode == "train":
         model.train()
-        return model, train_step
+        return model, functools.partial(train_step, model, criterion, optimizer, scheduler, x, target, CLIP)
     model.eval()
     return model, eval_forward
 

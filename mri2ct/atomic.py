@@ -3,14 +3,42 @@
 The file is written under a temporary name in the same folder, flushed to disk, then renamed over the
 target with `os.replace`, which is atomic on POSIX and Windows when both names are on one filesystem.
 A process killed at any moment leaves either the old file or the new one, plus at worst a stray
-temporary file, never a truncated checkpoint.
+temporary file, never a truncated checkpoint. The temporary's name holds the writer's process id,
+`.<name>.<pid>.<random>.tmp-<name>`, so the next atomic write into that folder can tell a stray
+(its process is gone) from a file another live process is still writing, and deletes the strays.
 
     with atomic_path("run/latest.npz") as temporary:
         write_something(temporary)            # renamed to run/latest.npz only if this succeeds
 """
 import contextlib
 import os
+import re
 import tempfile
+
+TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp-(?P=name)")
+
+
+def process_alive(pid):
+    """True if a process with this id exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stray_temporaries(folder):
+    """Delete the temporaries that killed writers left in `folder`; returns their names."""
+    removed = []
+    for name in os.listdir(folder):
+        match = TEMPORARY.fullmatch(name)
+        if match and not process_alive(int(match["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+    return removed
 
 
 @contextlib.contextmanager
@@ -23,7 +51,9 @@ def atomic_path(path):
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp-{name}", dir=folder)
+    remove_stray_temporaries(folder)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=f".tmp-{name}",
+                                             dir=folder)
     os.close(descriptor)
     umask = os.umask(0)
     os.umask(umask)

@@ -20,6 +20,7 @@ JSON has no tuples, no non-string dict keys and no NumPy scalars; those get tags
 gives back exactly what was saved. Files are written atomically (see `atomic.py`).
 """
 import json
+import math
 import os
 import zipfile
 
@@ -29,6 +30,10 @@ from .atomic import atomic_path
 from .model import UNet3D
 
 FORMAT = "mri2ct-checkpoint-v1"
+ZIP_MAGIC = b"PK\x03\x04"           # an .npz file is a zip archive
+FILE_KINDS = {b"\x1f\x8b": "a gzip file (a .nii.gz image?)", b"\x93NUMPY": "a single .npy array"}
+# What inference needs from a checkpoint's config (mri2ct.train writes all three).
+REQUIRED_CONFIG = ("features", "shape", "spacing")
 
 
 class CheckpointError(ValueError):
@@ -94,6 +99,11 @@ def load_checkpoint(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as file:
+        start = file.read(len(ZIP_MAGIC) + 4)
+    if not start.startswith(ZIP_MAGIC):
+        kind = next((kind for magic, kind in FILE_KINDS.items() if start.startswith(magic)), "another file")
+        raise CheckpointError(f"{path}: not an mri2ct checkpoint (.npz), it is {kind}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -113,7 +123,42 @@ def load_checkpoint(path):
     for key in ("epoch", "model", "config"):
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint has no '{key}' entry")
+    check_finite(state["model"], path)
     return state
+
+
+def check_finite(model_state, path):
+    """CheckpointError naming the first weight or BatchNorm statistic holding NaN or infinity: such a
+    model can only predict garbage (an all-NaN sCT)."""
+    if not isinstance(model_state, dict):
+        raise CheckpointError(f"{path}: checkpoint 'model' entry is not a state dict")
+    for name, value in model_state.items():
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise CheckpointError(f"{path}: model/{name} holds NaN or infinite values; the run that "
+                                  f"wrote it diverged, use an earlier checkpoint")
+
+
+def training_frame(state, path):
+    """(window (3,) voxels, spacing (3,) mm) the model was trained on, from the checkpoint's config.
+
+    config "shape" is an int (a cube) or three ints, multiples of 8 (the U-Net pools three times);
+    "spacing" a positive number or three. CheckpointError if the config is incomplete or invalid.
+    """
+    config = state["config"]
+    missing = [key for key in REQUIRED_CONFIG if config.get(key) is None]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint config has no {', '.join(missing)}; it cannot be used "
+                              f"for prediction")
+    try:
+        window = tuple(int(n) for n in np.broadcast_to(np.asarray(config["shape"]), (3,)))
+        spacing = tuple(float(s) for s in np.broadcast_to(np.asarray(config["spacing"], float), (3,)))
+    except (TypeError, ValueError):
+        window, spacing = (0,), (0.0,)
+    if not (len(window) == 3 and all(n > 0 and n % 8 == 0 for n in window)
+            and all(math.isfinite(s) and s > 0 for s in spacing)):
+        raise CheckpointError(f"{path}: checkpoint config has an invalid training shape {config['shape']!r} "
+                              f"or spacing {config['spacing']!r}")
+    return window, spacing
 
 
 # ---- models -------------------------------------------------------------------------------------
@@ -130,9 +175,11 @@ def load_model_state(model, state, path):
 def model_from_checkpoint(path):
     """(UNet3D in eval mode with the checkpoint's weights, checkpoint state) for evaluation/inference.
 
-    The architecture comes from the checkpoint's own config, so it always fits.
+    The architecture comes from the checkpoint's own config, so it always fits; the config must be
+    complete (`training_frame`).
     """
     state = load_checkpoint(path)
+    training_frame(state, path)
     try:
         model = UNet3D(features=state["config"]["features"])
     except (KeyError, TypeError, ValueError) as error:

@@ -1,22 +1,70 @@
-"""What the command-line tools share: a problem with the user's input is one line, not a traceback.
+"""What the command-line tools share: every failure the user can cause is one line, never a traceback.
 
-    with exit_on_user_error():
-        run(args)
+Each tool has a `main(argv=None)` that parses its flags and does the work, raising exceptions, and
+ends with
 
-Bad files, missing folders and mismatched checkpoints raise ValueError or OSError (FileNotFoundError,
-...) with a message naming the file and the problem; the tool prints `error: <message>` to stderr and
-exits with status 2, as argparse does for bad flags.
+    if __name__ == "__main__":
+        cli.run(main)
+
+`run` turns what reaches it into one line on stderr and an exit status:
+
+    ValueError, OSError (bad files, missing folders,      "error: <message>"          exit 2, as argparse
+      mismatched checkpoints, FileNotFoundError, ...)                                  does for bad flags
+    RunError (the run cannot go on: the folder is in      "error: <message>"          exit 1
+      use, the model produced NaN, ...)
+    MemoryError                                           "error: out of memory ..."  exit 1
+    Ctrl-C (SIGINT, or a KeyboardInterrupt raised)        "interrupted"               exit 130 (128 + SIGINT)
+
+Anything else is a bug and keeps its traceback.
 """
-import contextlib
+import os
+import signal
 import sys
+import threading
 
 USAGE_ERROR = 2
+RUN_ERROR = 1
+INTERRUPTED = 130
 
 
-@contextlib.contextmanager
-def exit_on_user_error():
+class RunError(RuntimeError):
+    """A run that cannot go on for a reason outside the code (not a bug): one line, exit status 1."""
+
+
+def exit_on_sigint(signal_number, frame):
+    """SIGINT handler: end the process at once, as kill does. A KeyboardInterrupt raised at an
+    arbitrary bytecode can land in a finaliser or a ctypes callback (Numba compiling), where Python
+    prints it and carries on; exiting here cannot be swallowed. Nothing is lost: every file is
+    written atomically, the folder lock is released by the kernel, and the next write removes the
+    temporary file a write in progress leaves (atomic.py)."""
+    os.write(sys.stderr.fileno(), b"\ninterrupted\n")      # async-signal-safe, after any progress bar
+    os._exit(INTERRUPTED)
+
+
+def run(main, argv=None):
+    """Call main(argv); return its result, or exit with one line on stderr (see the module docstring)."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, exit_on_sigint) if in_main_thread else None
     try:
-        yield
+        return main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
+    except RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(RUN_ERROR) from None
+    except MemoryError:
+        print("error: out of memory (try a smaller input or fewer --threads)", file=sys.stderr)
+        raise SystemExit(RUN_ERROR) from None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+
+
+def add_threads_argument(parser, note=""):
+    """The shared --threads flag (Numba threads; nn3d.set_num_threads(args.threads) applies it)."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="Numba threads (default: all cores)" + (f"; {note}" if note else ""))

@@ -3,7 +3,7 @@
     python -m mri2ct.evaluate --checkpoint PATH --data DIR [--split test] [--out metrics.csv]
 
 For every patient of the split: the synthetic CT (the same sliding-window prediction as mri2ct.infer,
-on the cohort's own normalised MR), then
+mri2ct.predict, on the cohort's own normalised MR), then
     mae, rmse, psnr, ssim     inside the head mask, as in SynthRAD2023 (mri2ct.metrics)
     mae_whole                 over the whole volume, air included
     mae_bone, mae_soft_tissue, mae_brain
@@ -19,13 +19,14 @@ import os
 import numpy as np
 
 import nn3d
+from mri2ct import cli
 from mri2ct.atomic import write_text
-from mri2ct.checkpoint import model_from_checkpoint
-from mri2ct.cli import exit_on_user_error
-from mri2ct.data import CohortDataset, net_to_hu
-from mri2ct.infer import predict_sliding_window
+from mri2ct.checkpoint import model_from_checkpoint, training_frame
+from mri2ct.data import CohortDataset
 from mri2ct.metrics import calculate_metrics
+from mri2ct.orientation import check_affine
 from mri2ct.phantom import TISSUE_GROUPS
+from mri2ct.predict import predict_sliding_window, prediction_to_hu
 
 COLUMNS = ("mae", "rmse", "psnr", "ssim", "mae_whole") + tuple(f"mae_{group}" for group in TISSUE_GROUPS)
 UNITS = {"psnr": "dB", "ssim": ""}  # the others are HU
@@ -33,7 +34,7 @@ UNITS = {"psnr": "dB", "ssim": ""}  # the others are HU
 
 def evaluate_patient(model, patient, window):
     """{column: value} for one PatientVolumes (see the module docstring)."""
-    pred_hu = net_to_hu(predict_sliding_window(model, patient.mr, window))   # (D, H, W)
+    pred_hu = prediction_to_hu(predict_sliding_window(model, patient.mr, window))   # (D, H, W)
     row = calculate_metrics(pred_hu, patient.ct_hu, patient.mask)
     error = np.abs(pred_hu - patient.ct_hu)                                   # (D, H, W)
     row["mae_whole"] = float(error.mean())
@@ -73,21 +74,24 @@ def parse_args(argv=None):
     parser.add_argument("--split", default="test", help="train, val or test (default: test)")
     parser.add_argument("--out",
                         help="CSV file to write (default: metrics_<split>.csv beside the checkpoint)")
-    parser.add_argument("--threads", type=int, default=None, help="Numba threads (default: all cores)")
+    cli.add_threads_argument(parser)
     return parser.parse_args(argv)
 
 
-def run(args):
+def main(argv=None):
+    args = parse_args(argv)
+    if args.out and not args.out.endswith(".csv"):
+        raise ValueError(f"--out {args.out}: give a .csv file name")
     nn3d.set_num_threads(args.threads)
     model, state = model_from_checkpoint(args.checkpoint)
+    window, train_spacing = training_frame(state, args.checkpoint)
     dataset = CohortDataset(args.data, args.split)
     if len(dataset) == 0:
         raise ValueError(f"{args.data}: the {args.split} split has no patients")
-    spacing = dataset.manifest.get("parameters", {}).get("spacing")
-    if spacing != state["config"]["spacing"]:
+    spacing = tuple(float(s) for s in check_affine(dataset.patient(0).affine, args.data))
+    if not np.allclose(spacing, train_spacing, rtol=1e-3):
         raise ValueError(f"{args.data}: voxel spacing {spacing} mm, but {args.checkpoint} was trained at "
-                         f"{state['config']['spacing']} mm; run mri2ct.infer on each scan instead")
-    window = (int(state["config"]["shape"]),) * 3
+                         f"{train_spacing} mm; run mri2ct.infer on each scan instead")
     rows = []
     for index in range(len(dataset)):
         patient = dataset.patient(index)
@@ -100,11 +104,5 @@ def run(args):
     print(summary_table(rows))
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    with exit_on_user_error():
-        run(args)
-
-
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,12 +1,12 @@
 """Look inside one training step: activations and gradients of every layer of the U-Net.
 
     python -m mri2ct.inspect --checkpoint checkpoints/run/best.npz --data data/cohort
-                             [--split train] [--patient 0] [--out inspect.png] [--features F1 F2 F3 F4]
+                             [--split train] [--patient 0] [--out inspect.png] [--threads N]
 
 Loads the checkpoint's weights, takes one patient of the cohort (default: the first of the training
-split, without flips), and runs the forward and backward halves of a training step exactly as
-mri2ct.train does (training mode, so BatchNorm uses batch statistics; MSE on HU / 1000). The
-optimizer update is not applied: the checkpoint is only read. For every layer, in forward order, it
+split, without flips), and runs the forward-and-backward half of the training step that
+mri2ct.train runs (train_step.forward_backward, in training mode, so BatchNorm uses batch
+statistics; MSE on HU / 1000). The optimizer update is not applied: the checkpoint is only read. For every layer, in forward order, it
 prints
 
     act mean / act std / act max    of the layer's output y                      (forward)
@@ -35,12 +35,11 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 import numpy as np  # noqa: E402
 
 import nn3d  # noqa: E402
-from mri2ct.checkpoint import (CheckpointError, load_checkpoint, load_model_state,  # noqa: E402
-                               model_from_checkpoint)
-from mri2ct.cli import exit_on_user_error  # noqa: E402
+from mri2ct import cli  # noqa: E402
+from mri2ct.checkpoint import model_from_checkpoint  # noqa: E402
 from mri2ct.data import CohortDataset  # noqa: E402
-from mri2ct.model import UNet3D  # noqa: E402
-from mri2ct.visualize import save_figure  # noqa: E402
+from mri2ct.train_step import forward_backward  # noqa: E402
+from mri2ct.visualize import picture_format, save_figure  # noqa: E402
 
 
 def l2_norm(array):
@@ -72,7 +71,7 @@ def record_layers(model):
     """Record each leaf layer's output statistics in forward and incoming-gradient norm in backward.
 
         with record_layers(model) as records:
-            model.backward(criterion.backward() if criterion.forward(model.forward(x), t) else None)
+            forward_backward(model, criterion, x, target)
         records  # {name: LayerRecord}, in forward order
 
     Wrappers are set on the instances (an instance attribute shadows the class's method, and
@@ -121,11 +120,9 @@ def inspect_step(model, x, target):
     """Forward, MSE, backward in training mode; returns (loss, [LayerRecord] in forward order,
     total gradient norm over all parameters). Parameter gradients are left in `.grad`."""
     model.train()
-    criterion = nn3d.MSELoss()
+    model.zero_grad()
     with record_layers(model) as records:
-        loss = criterion.forward(model.forward(x), target)
-        model.zero_grad()
-        model.backward(criterion.backward())
+        loss = forward_backward(model, nn3d.MSELoss(), x, target)
     for name, module in leaf_modules(model):
         if name in records:
             records[name].param_grad_norms = {key: l2_norm(param.grad)
@@ -194,27 +191,16 @@ def parse_args(argv=None):
                         help="index of the patient within the split (default: 0, the first)")
     parser.add_argument("--out", metavar="PNG",
                         help="figure to write (default: inspect.png next to the checkpoint)")
-    parser.add_argument("--features", type=int, nargs=4, metavar=("F1", "F2", "F3", "F4"),
-                        help="U-Net channels, only for a checkpoint whose config lacks them")
+    cli.add_threads_argument(parser)
     return parser.parse_args(argv)
 
 
-def load_model(path, features):
-    """The checkpoint's model; the architecture comes from its config unless --features is given."""
-    if features is None:
-        model, _ = model_from_checkpoint(path)
-        return model
-    state = load_checkpoint(path)
-    try:
-        model = UNet3D(features=features)
-    except ValueError as error:
-        raise CheckpointError(f"--features {' '.join(map(str, features))}: {error}") from None
-    load_model_state(model, state, path)
-    return model
-
-
-def run(args):
-    model = load_model(args.checkpoint, args.features)
+def main(argv=None):
+    args = parse_args(argv)
+    if args.out:
+        picture_format(args.out)                                     # refuse a non-picture before any work
+    nn3d.set_num_threads(args.threads)
+    model, _ = model_from_checkpoint(args.checkpoint)
     dataset = CohortDataset(args.data, args.split)
     if not 0 <= args.patient < len(dataset):
         raise ValueError(f"{args.data}: --patient {args.patient} is out of range, the {args.split} split "
@@ -232,12 +218,5 @@ def run(args):
     print(f"\nwrote {out}")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    with exit_on_user_error():
-        run(args)
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)

@@ -7,6 +7,11 @@ as in the training cohort; `from_ras` undoes exactly that.
 
     ras, orientation, spacing = to_ras(volume, affine)   # spacing: mm per voxel along R, A, S
     volume_again = from_ras(ras, orientation)
+
+Volumes are (D, H, W) arrays (the axis names of nifti.py): in file order before `to_ras`, and after
+it D runs towards the patient's Right, H towards Anterior, W towards Superior. An affine whose
+columns are not three independent, finite, non-zero directions describes no grid and is refused
+with ValueError.
 """
 import numpy as np
 from nibabel import orientations
@@ -14,10 +19,26 @@ from nibabel import orientations
 RAS = orientations.axcodes2ornt("RAS")
 
 
-def to_ras(volume, affine):
-    """(X, Y, Z) array in file order -> (array in RAS order, file orientation, (3,) spacing in mm)."""
+DEGENERATE = 1e-6   # |det| below this fraction of the product of voxel sizes: axes (nearly) parallel
+
+
+def check_affine(affine, what):
+    """Voxel sizes (3,) mm along the file axes; ValueError naming `what` unless the affine's 3x3 part
+    is finite with non-zero, independent columns."""
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.sqrt((linear ** 2).sum(axis=0))                  # mm per voxel along each file axis
+    determinant = np.linalg.det(linear) if np.isfinite(linear).all() else np.nan
+    if not abs(determinant) >= DEGENERATE * np.prod(spacing) or not (spacing > 0).all():
+        raise ValueError(f"{what}: degenerate affine, voxel sizes {' x '.join(f'{s:.4g}' for s in spacing)} "
+                         f"mm and determinant {determinant:.4g}; the file describes no 3-D grid")
+    return spacing
+
+
+def to_ras(volume, affine, what="image"):
+    """(D, H, W) array in file order -> (array in RAS order, file orientation, (3,) spacing in mm).
+    `what` names the image in the error message of a degenerate affine."""
+    spacing_file = check_affine(affine, what)
     orientation = orientations.io_orientation(affine)             # file axis -> (RAS axis, flip)
-    spacing_file = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
     spacing = np.empty(3)
     spacing[orientation[:, 0].astype(int)] = spacing_file          # reorder to R, A, S
     return orientations.apply_orientation(volume, orientation), orientation, spacing

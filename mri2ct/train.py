@@ -6,9 +6,9 @@ folder is missing: 60 patients, 64^3 at 3 mm), 100 epochs, batch 1, AdamW (lr 1e
 after every epoch, everything written to checkpoints/run.
 
 One epoch = every training patient once, in an order and with flips drawn from (seed, epoch)
-(`CohortDataset.epoch_plan`). Each step is the textbook one:
+(`CohortDataset.epoch_plan`). Each step is the textbook one, `train_step.train_step`:
 
-    y = model.forward(x); loss = criterion.forward(y, target); model.zero_grad()
+    model.zero_grad(); y = model.forward(x); loss = criterion.forward(y, target)
     model.backward(criterion.backward()); clip_grad_norm_(model.parameters(), clip)
     optimizer.step(); scheduler.step()
 
@@ -16,6 +16,12 @@ The learning rate follows a cosine from --lr to --lr-min over the whole run, adv
 step (T_max = epochs x steps per epoch: smoother than per-epoch steps, and the last step ends at
 --lr-min). Validation runs the model in eval mode (BatchNorm with running statistics) and reports
 the MSE and the MAE in HU inside the head mask, averaged over patients.
+
+The run owns --out: it holds the lock `--out/.lock` from start to end (folder_lock.py), so a second
+trainer on the same folder stops at once with a one-line error, and a run killed with kill -9 leaves
+no stale lock. Temporary files a killed run left behind are deleted by the next write (atomic.py).
+Every checkpoint records the training window and voxel spacing of the data, taken from the first
+training patient, so mri2ct.infer can always use it.
 
 Files in --out, all written atomically (temporary file + rename) and refreshed every epoch:
     latest.npz           the last finished epoch, for --resume
@@ -41,11 +47,15 @@ import numpy as np
 from tqdm import tqdm
 
 import nn3d
-from mri2ct.atomic import write_text
+from mri2ct import cli
+from mri2ct.atomic import remove_stray_temporaries, write_text
 from mri2ct.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
-from mri2ct.cli import exit_on_user_error
-from mri2ct.data import CohortDataset, generate_cohort, net_to_hu, read_manifest
+from mri2ct.data import CohortDataset, generate_cohort, net_to_hu
+from mri2ct.folder_lock import lock_folder
 from mri2ct.model import DEFAULT_FEATURES, UNet3D
+from mri2ct.orientation import check_affine
+from mri2ct.predict import check_grid
+from mri2ct.train_step import train_step
 from mri2ct.visualize import plot_training_curves
 
 DEFAULT_DATA = os.path.join("data", "cohort")
@@ -75,9 +85,7 @@ def parse_args(argv=None):
                         help="channels of encoder levels 1-3 and of the bottleneck")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the weight initialisation and of the data order and flips")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="Numba threads (default: all cores); results are bit-reproducible for "
-                             "a fixed thread count")
+    cli.add_threads_argument(parser, "results are bit-reproducible for a fixed thread count")
     parser.add_argument("--checkpoint-every", type=int, default=10, metavar="N",
                         help="also keep epoch_NNN.npz every N epochs (0: never)")
     parser.add_argument("--resume", metavar="latest|PATH",
@@ -101,13 +109,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, dataset, epoch, clip
     losses = []
     with tqdm(total=len(dataset), desc=label, unit="step", leave=False, disable=None) as progress:
         for x, target in dataset.iterate(epoch):                   # (1, 1, D, H, W) each
-            y = model.forward(x)
-            loss = criterion.forward(y, target)
-            model.zero_grad()
-            model.backward(criterion.backward())
-            nn3d.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            scheduler.step()
+            loss = train_step(model, criterion, optimizer, scheduler, x, target, clip)
             losses.append(loss)
             progress.set_postfix(loss=f"{loss:.5f}")
             progress.update()
@@ -132,20 +134,29 @@ def validate(model, criterion, dataset):
 
 # ---- the run ------------------------------------------------------------------------------------
 def open_cohort(data_dir):
-    """The cohort's manifest; generates the default cohort first if `data_dir` does not exist."""
+    """Generate the default cohort into `data_dir` if it does not exist."""
     if not os.path.exists(data_dir):
         print(f"{data_dir} does not exist: generating the default synthetic cohort into it")
         generate_cohort(data_dir)
-    return read_manifest(data_dir)
 
 
-def run_config(args, manifest):
+def data_frame(dataset):
+    """(shape, spacing) of the training volumes, from the first patient: an int and a float for a
+    cube at isotropic spacing, else three of each. The checkpoint keeps them for prediction."""
+    patient = dataset.patient(0)
+    shape = [int(n) for n in patient.mr.shape]
+    spacing = [round(float(s), 6) for s in check_affine(patient.affine, dataset.root)]
+    check_grid(shape, spacing, spacing, f"training data {dataset.root}")   # what infer will accept
+    return (shape[0] if len(set(shape)) == 1 else shape), (spacing[0] if len(set(spacing)) == 1 else spacing)
+
+
+def run_config(args, dataset):
     """Everything that defines the run, stored in every checkpoint (JSON-able)."""
-    parameters = manifest.get("parameters", {})
+    shape, spacing = data_frame(dataset)
     return {"data": os.path.abspath(args.data), "features": list(args.features), "epochs": args.epochs,
             "lr": args.lr, "lr_min": args.lr_min, "weight_decay": args.weight_decay, "clip": args.clip,
             "seed": args.seed, "batch_size": 1, "loss": "mse of hu / 1000",
-            "shape": parameters.get("shape"), "spacing": parameters.get("spacing")}
+            "shape": shape, "spacing": spacing}
 
 
 def resume_checkpoint(resume, out_dir):
@@ -192,15 +203,23 @@ def write_history(out_dir, history):
     plot_training_curves(history, os.path.join(out_dir, "training_curves.png"))
 
 
-def run(args):
+def main(argv=None):
+    args = parse_args(argv)
     threads = nn3d.set_num_threads(args.threads)
-    manifest = open_cohort(args.data)
+    with lock_folder(args.out):
+        remove_stray_temporaries(args.out)
+        run_training(args, threads)
+
+
+def run_training(args, threads):
+    """The run described in the module docstring; the caller holds the lock of args.out."""
+    open_cohort(args.data)
     train_set = CohortDataset(args.data, "train", augment=True, seed=args.seed)
     val_set = CohortDataset(args.data, "val")
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"{args.data}: the cohort needs at least one training and one validation "
                          f"patient, has {len(train_set)} and {len(val_set)}")
-    config = run_config(args, manifest)
+    config = run_config(args, train_set)
 
     nn3d.manual_seed(args.seed)
     model = UNet3D(features=args.features)
@@ -246,11 +265,5 @@ def run(args):
         print(f"done: {args.out}/final.npz, best validation loss {best_val_loss:.5f}")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    with exit_on_user_error():
-        run(args)
-
-
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -9,8 +9,19 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
                       "(the extra pins torch==2.13.0, the CPU build)") from error
 
 import numba
+import pytest
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 import nn3d  # noqa: E402
 
 nn3d.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))  # also: every BLAS single-threaded
+
+
+@pytest.fixture
+def dead_pid():
+    """The id of a process that has ended (for temporaries left by a killed writer)."""
+    import subprocess
+    import sys
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid

@@ -1,6 +1,7 @@
 """mri2ct.evaluate, mri2ct.infer and mri2ct.visualize on a tiny cohort (4 patients, 32^3 at 6 mm) with
 an untrained tiny model: the geometry, the files, the blending, and every bad input's one-line error."""
 import csv
+import io
 import os
 
 import nibabel as nib
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 import nn3d
-from mri2ct import evaluate, infer, visualize
+from mri2ct import cli, evaluate, infer, predict, visualize
 from mri2ct.checkpoint import save_checkpoint
 from mri2ct.data import generate_cohort, read_manifest
 from mri2ct.model import UNet3D
@@ -43,9 +44,9 @@ def patient(cohort):
 
 
 def run_cli(module, argv, capsys):
-    """Run a tool's main in this process; returns (exit code, stdout, stderr)."""
+    """Run a tool as its command line does, in this process; returns (exit code, stdout, stderr)."""
     try:
-        module.main(argv)
+        cli.run(module.main, argv)
         code = 0
     except SystemExit as exit_info:
         code = exit_info.code
@@ -63,14 +64,14 @@ class Identity:
 
 def test_sliding_window_blending_is_normalised():
     volume = np.random.default_rng(0).standard_normal((45, 32, 20)).astype(np.float32)  # 2x1x1 windows+
-    prediction = infer.predict_sliding_window(Identity(), volume, (16, 16, 16))
+    prediction = predict.predict_sliding_window(Identity(), volume, (16, 16, 16))
     np.testing.assert_allclose(prediction, volume, rtol=1e-5, atol=1e-6)
 
 
 def test_window_starts_cover_the_volume():
-    assert infer.window_starts(64, 64) == [0]
-    assert infer.window_starts(100, 64) == [0, 32, 36]
-    assert infer.window_starts(96, 32) == [0, 16, 32, 48, 64]
+    assert predict.window_starts(64, 64) == [0]
+    assert predict.window_starts(100, 64) == [0, 32, 36]
+    assert predict.window_starts(96, 32) == [0, 16, 32, 48, 64]
 
 
 def test_orientation_round_trip():
@@ -85,7 +86,7 @@ def test_orientation_round_trip():
 def test_infer_non_cubic_scan_with_other_spacing_and_orientation(patient, checkpoint, tmp_path, capsys):
     """A (40, 52, 28) scan at (4.5, 3.5, 7) mm stored L-A-S: written on the input's grid, with its header."""
     image = nib.load(os.path.join(patient, "mr.nii.gz"))
-    mr = infer.resample(np.asarray(image.dataobj, np.float32), (40, 52, 28))[::-1]  # x flipped: L-A-S
+    mr = predict.resample(np.asarray(image.dataobj, np.float32), (40, 52, 28))[::-1]  # x flipped: L-A-S
     affine = np.diag([-4.5, 3.5, 7.0, 1.0])
     affine[:3, 3] = (90.0, -91.0, -98.0)
     source = nib.Nifti1Image(mr, affine)
@@ -192,3 +193,191 @@ def test_visualize(patient, tmp_path, capsys, with_ct):
     assert code == 0, err
     with open(tmp_path / "figure.png", "rb") as file:
         assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- issue 9: no command destroys data or returns garbage ----------------------------------------
+def infer_cli(checkpoint, source, output, capsys):
+    return run_cli(infer, ["--checkpoint", str(checkpoint), "--input", str(source), "--output", str(output)],
+                   capsys)
+
+
+def one_line_error(code, err, expected_code=2):
+    assert code == expected_code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("link", ["same", "hard", "symbolic", "dotted"])
+def test_infer_refuses_to_write_over_its_input(link, patient, checkpoint, tmp_path, capsys):
+    source = tmp_path / "mr.nii.gz"
+    source.write_bytes(open(os.path.join(patient, "mr.nii.gz"), "rb").read())
+    before = source.read_bytes()
+    output = {"same": source, "hard": tmp_path / "hard.nii.gz", "symbolic": tmp_path / "soft.nii.gz",
+              "dotted": tmp_path / "." / "mr.nii.gz"}[link]
+    if link == "hard":
+        os.link(source, output)
+    if link == "symbolic":
+        os.symlink(source, output)
+    line = one_line_error(*infer_cli(checkpoint, source, output, capsys)[::2])
+    assert line == f"error: --output {output} is the input MR itself; choose another file name"
+    assert source.read_bytes() == before
+
+
+def scan_with(patient, folder, name, edit=None, affine=None):
+    """A copy of the patient's MR, changed by `edit(data)` and/or given another affine."""
+    image = nib.load(os.path.join(patient, "mr.nii.gz"))
+    data = np.asarray(image.dataobj, np.float32).copy()
+    if edit:
+        edit(data)
+    path = folder / name
+    nib.save(nib.Nifti1Image(data, image.affine if affine is None else affine), path)
+    return path
+
+
+def test_one_absurd_voxel_does_not_move_the_output(patient, checkpoint, tmp_path, capsys):
+    """One voxel of 3e38 (a corrupt file): the robust clip keeps the scale, so the sCT far from it is
+    what the clean scan gives; every value is a HU value."""
+    clean = scan_with(patient, tmp_path, "clean.nii.gz")
+    spiked = scan_with(patient, tmp_path, "spiked.nii.gz", edit=lambda data: data.__setitem__((5, 6, 7), 3e38))
+    outputs = []
+    for source in (clean, spiked):
+        code, _, err = infer_cli(checkpoint, source, tmp_path / f"sct_{source.name}", capsys)
+        assert code == 0, err
+        outputs.append(np.asarray(nib.load(tmp_path / f"sct_{source.name}").dataobj))
+    far = np.ones(outputs[0].shape, bool)
+    far[:12, :14, :16] = False                                  # the window around the spike
+    assert np.abs(outputs[1][far] - outputs[0][far]).max() < 1.0   # HU
+    assert outputs[1].min() >= -1024 and outputs[1].max() <= 3071
+
+
+def tiny_checkpoint(folder, name, edit_model=None, **config):
+    nn3d.manual_seed(0)
+    model = UNet3D(features=FEATURES)
+    state = model.state_dict()
+    if edit_model:
+        edit_model(state)
+    path = folder / name
+    save_checkpoint(path, {"epoch": 1, "model": state,
+                           "config": {"features": FEATURES, "shape": 32, "spacing": 6.0, **config}})
+    return path
+
+
+def test_nan_checkpoint_is_refused_at_load(patient, tmp_path, capsys):
+    broken = tiny_checkpoint(tmp_path, "nan.npz", lambda state: state["enc2.bn1.running_var"].fill(np.nan))
+    code, _, err = infer_cli(broken, os.path.join(patient, "mr.nii.gz"), tmp_path / "sct.nii.gz", capsys)
+    assert one_line_error(code, err) == (f"error: {broken}: model/enc2.bn1.running_var holds NaN or infinite "
+                                         f"values; the run that wrote it diverged, use an earlier checkpoint")
+    assert not (tmp_path / "sct.nii.gz").exists()
+
+
+def test_a_model_that_overflows_writes_nothing(patient, tmp_path, capsys):
+    """Finite but absurd weights (3e38): the output overflows to infinity; refused, exit 1."""
+    absurd = tiny_checkpoint(tmp_path, "absurd.npz", lambda state: state["head.weight"].fill(3e38))
+    code, _, err = infer_cli(absurd, os.path.join(patient, "mr.nii.gz"), tmp_path / "sct.nii.gz", capsys)
+    assert one_line_error(code, err, expected_code=1) == ("error: the model's output holds NaN or infinite "
+                                                          "values; nothing written")
+    assert not (tmp_path / "sct.nii.gz").exists()
+
+
+def test_written_sct_is_clipped_to_the_hu_range(patient, tmp_path, capsys):
+    """A model whose head bias alone says 20000 HU: the file holds 3071 HU, the top of the CT range."""
+    hot = tiny_checkpoint(tmp_path, "hot.npz", lambda state: state["head.bias"].fill(20.0))
+    code, _, err = infer_cli(hot, os.path.join(patient, "mr.nii.gz"), tmp_path / "sct.nii.gz", capsys)
+    assert code == 0, err
+    sct = np.asarray(nib.load(tmp_path / "sct.nii.gz").dataobj)
+    assert sct.max() == 3071 and sct.min() >= -1024
+
+
+@pytest.mark.parametrize("spacing, message", [
+    (0.01, "input MR voxel size 0.01 x 0.01 x 0.01 mm is outside the supported 0.1-10.0 mm"),
+    (100.0, "input MR voxel size 100 x 100 x 100 mm is outside the supported 0.1-10.0 mm"),
+])
+def test_voxel_sizes_outside_the_range_are_refused(spacing, message, patient, checkpoint, tmp_path, capsys):
+    scan = scan_with(patient, tmp_path, "scan.nii.gz", affine=np.diag([spacing] * 3 + [1.0]))
+    code, _, err = infer_cli(checkpoint, scan, tmp_path / "sct.nii.gz", capsys)
+    assert one_line_error(code, err) == f"error: {message}"
+    assert not (tmp_path / "sct.nii.gz").exists()
+
+
+def test_resampled_grid_over_the_budget_is_refused(patient, tmp_path, capsys):
+    """A model trained at 0.2 mm asked for a 32^3 scan at 6 mm: 960^3 voxels, refused before resampling."""
+    fine = tiny_checkpoint(tmp_path, "fine.npz", spacing=0.2)
+    code, _, err = infer_cli(fine, os.path.join(patient, "mr.nii.gz"), tmp_path / "sct.nii.gz", capsys)
+    assert one_line_error(code, err) == ("error: input MR covers 960 x 960 x 960 voxels at the training "
+                                         "spacing, more than the limit of 32,768,000")
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"shape": None}, "checkpoint config has no shape; it cannot be used for prediction"),
+    ({"spacing": -6.0}, "checkpoint config has an invalid training shape 32 or spacing -6.0"),
+    ({"shape": 30}, "checkpoint config has an invalid training shape 30 or spacing 6.0"),
+])
+def test_incomplete_checkpoint_config_is_one_line(config, message, patient, tmp_path, capsys):
+    bad = tiny_checkpoint(tmp_path, "bad.npz", **config)
+    code, _, err = infer_cli(bad, os.path.join(patient, "mr.nii.gz"), tmp_path / "sct.nii.gz", capsys)
+    assert one_line_error(code, err) == f"error: {bad}: {message}"
+
+
+def test_nifti_given_as_checkpoint_is_one_line_without_pickle_advice(patient, tmp_path, capsys):
+    scan = os.path.join(patient, "mr.nii.gz")
+    code, _, err = infer_cli(scan, scan, tmp_path / "sct.nii.gz", capsys)
+    assert one_line_error(code, err) == (f"error: {scan}: not an mri2ct checkpoint (.npz), it is a gzip "
+                                         f"file (a .nii.gz image?)")
+
+
+def test_zero_spacing_affine_is_one_line(patient, checkpoint, tmp_path, capsys):
+    """A header whose sform maps the second voxel axis to nothing (nibabel cannot write one itself)."""
+    raw = nib.load(os.path.join(patient, "mr.nii.gz")).to_bytes()
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(raw))
+    header["srow_y"] = 0.0
+    header["sform_code"] = 1
+    scan = tmp_path / "flat.nii"
+    scan.write_bytes(header.binaryblock + raw[len(header.binaryblock):])
+    code, _, err = infer_cli(checkpoint, scan, tmp_path / "sct.nii.gz", capsys)
+    assert one_line_error(code, err).startswith(f"error: input MR {scan}: degenerate affine, voxel sizes "
+                                                f"6 x 0 x 6 mm")
+
+
+def test_infer_reads_the_input_once(patient, checkpoint, tmp_path, capsys, monkeypatch):
+    reads = []
+    original = nib.load
+    monkeypatch.setattr(nib, "load", lambda path, *a, **k: reads.append(str(path)) or original(path, *a, **k))
+    source = os.path.join(patient, "mr.nii.gz")
+    code, _, err = infer_cli(checkpoint, source, tmp_path / "sct.nii.gz", capsys)
+    assert code == 0, err
+    assert reads == [source]
+
+
+def test_visualize_refuses_a_non_picture_output(patient, tmp_path, capsys):
+    scan = tmp_path / "ct.nii.gz"
+    scan.write_bytes(open(os.path.join(patient, "ct.nii.gz"), "rb").read())
+    before = scan.read_bytes()
+    argv = ["--mri", os.path.join(patient, "mr.nii.gz"), "--pred", os.path.join(patient, "ct.nii.gz"),
+            "--out", str(scan)]
+    code, _, err = run_cli(visualize, argv, capsys)
+    assert one_line_error(code, err) == (f"error: {scan}: not a picture file name; give one ending in .png, "
+                                         f".jpg, .jpeg, .pdf, .svg, .tif, .tiff")
+    assert scan.read_bytes() == before
+
+
+def test_evaluate_refuses_a_non_csv_output(cohort, patient, checkpoint, capsys):
+    scan = os.path.join(patient, "ct.nii.gz")
+    before = open(scan, "rb").read()
+    code, _, err = run_cli(evaluate, ["--checkpoint", checkpoint, "--data", cohort, "--out", scan], capsys)
+    assert one_line_error(code, err) == f"error: --out {scan}: give a .csv file name"
+    assert open(scan, "rb").read() == before
+
+
+def test_views_are_radiological_with_the_aspect_of_the_spacing():
+    """A RAS volume with one bright voxel at the patient's right, anterior, superior corner region."""
+    volume = np.zeros((10, 12, 14), np.float32)                 # (D, H, W): R, A, S
+    volume[9, 11, 13] = volume[9, 11, 7] = volume[9, 6, 13] = volume[5, 11, 13] = 1
+    axial, coronal, sagittal = visualize.central_slices(volume, (1.0, 2.0, 3.0))
+    image, size = axial                                          # plane W = 7
+    assert size == (10.0, 24.0) and image.shape == (12, 10)
+    assert image[11, 0] == 1                                     # anterior (top row: origin lower), right on the left
+    image, size = coronal                                        # plane H = 6
+    assert size == (10.0, 42.0) and image[13, 0] == 1            # superior up, right on the left
+    image, size = sagittal                                       # plane D = 5
+    assert size == (24.0, 42.0) and image[13, 0] == 1            # superior up, anterior on the left

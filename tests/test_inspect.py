@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import nn3d
-from mri2ct import inspect
+from mri2ct import cli, inspect
 from mri2ct.checkpoint import save_checkpoint
 from mri2ct.data import CohortDataset, generate_cohort
 from mri2ct.model import UNet3D
@@ -31,12 +31,12 @@ def fresh_model():
 def checkpoint(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("run") / "fresh.npz")
     save_checkpoint(path, {"epoch": 0, "model": fresh_model().state_dict(),
-                           "config": {"features": list(FEATURES)}})
+                           "config": {"features": list(FEATURES), "shape": 32, "spacing": 6.0}})
     return path
 
 
 def test_table_lists_every_layer_and_the_figure_is_written(cohort, checkpoint, capsys):
-    assert inspect.main(["--checkpoint", checkpoint, "--data", cohort]) == 0
+    cli.run(inspect.main, ["--checkpoint", checkpoint, "--data", cohort])
     output = capsys.readouterr().out
     figure = os.path.join(os.path.dirname(checkpoint), "inspect.png")       # default: next to the checkpoint
     assert os.path.getsize(figure) > 10_000
@@ -95,11 +95,13 @@ def test_wrappers_are_removed_afterwards(cohort):
     (["--checkpoint", "{checkpoint}", "--data", "{tmp}/no_cohort"], "no manifest.json"),
     (["--checkpoint", "{checkpoint}", "--data", "{cohort}", "--patient", "7"], "out of range"),
     (["--checkpoint", "{checkpoint}", "--data", "{cohort}", "--split", "holdout"], "no split 'holdout'"),
+    (["--checkpoint", "{checkpoint}", "--data", "{cohort}", "--out", "{cohort}/manifest.json"],
+     "manifest.json: not a picture file name"),
 ])
 def test_user_errors_are_one_line(flags, message, cohort, checkpoint, tmp_path, capsys):
     values = {"tmp": str(tmp_path), "cohort": cohort, "checkpoint": checkpoint}
     with pytest.raises(SystemExit) as exit_info:
-        inspect.main([flag.format(**values) for flag in flags])
+        cli.run(inspect.main, [flag.format(**values) for flag in flags])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]

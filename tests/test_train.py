@@ -3,6 +3,7 @@ resume after kill -9, and the one-line errors. Tiny on purpose: 4 patients of 32
 (2 train / 1 val / 1 test), features 4 8 16 32, one thread (bit-reproducible)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 
 from mri2ct.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mri2ct import train
+from mri2ct import cli, infer, train
 from mri2ct.data import generate_cohort
+from mri2ct.folder_lock import lock_folder
 
 TINY = ["--features", "4", "8", "16", "32", "--threads", "1"]
 HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_mae_hu", "lr", "seconds"}
@@ -37,7 +39,7 @@ def run_train(data, out, *flags):
 def train_error(capsys, data, out, *flags):
     """Run the trainer in this process (faster than a subprocess) on bad input: its one-line error."""
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--data", data, "--out", out, "--features", "4", "8", "16", "32", *flags])
+        cli.run(train.main, ["--data", data, "--out", out, "--features", "4", "8", "16", "32", *flags])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
@@ -69,7 +71,7 @@ def straight_run(cohort, tmp_path_factory):
 
 def test_run_writes_every_output(straight_run):
     out, result = straight_run
-    assert sorted(os.listdir(out)) == ["best.npz", "epoch_002.npz", "epoch_004.npz", "final.npz",
+    assert sorted(os.listdir(out)) == [".lock", "best.npz", "epoch_002.npz", "epoch_004.npz", "final.npz",
                                        "history.json", "latest.npz", "training_curves.png"]
     history = read_history(out)
     assert [record["epoch"] for record in history] == [1, 2, 3, 4]
@@ -164,3 +166,41 @@ def test_checkpoint_round_trip_keeps_types(tmp_path):
     assert loaded["model"]["head.bias"].dtype == np.float32 and loaded["config"]["data"] == "/abs"
     np.testing.assert_array_equal(loaded["optimizer"]["exp_avg"][0], np.ones((2, 3)))
     assert os.listdir(tmp_path) == ["state.npz"]                           # no temporary file left
+
+
+def test_a_second_trainer_on_the_folder_is_refused(cohort, straight_run, capsys):
+    """While one run owns the folder (holds its lock), another trainer, even with --resume latest,
+    stops at once with one line and exit status 1, writing nothing."""
+    out = straight_run[0]
+    before = {name: os.path.getmtime(os.path.join(out, name)) for name in os.listdir(out)}
+    with lock_folder(out):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(train.main, ["--data", cohort, "--out", out, *TINY, "--epochs", "5", "--resume", "latest"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {out} is in use by another run (it holds the lock .lock); wait for it to finish or choose "
+        f"another --out"]
+    assert {name: os.path.getmtime(os.path.join(out, name)) for name in os.listdir(out)} == before
+
+
+def test_cohort_without_parameters_gives_a_checkpoint_infer_reads(cohort, tmp_path, dead_pid):
+    """A manifest without "parameters" (any hand-made cohort): the run takes the window and spacing
+    from the data, so infer can use its checkpoint. A temporary file a killed writer left in --out is
+    removed by the new run."""
+    data = tmp_path / "cohort"
+    shutil.copytree(cohort, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    del manifest["parameters"]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "run"
+    out.mkdir()
+    stray = out / f".latest.npz.{dead_pid}.abcd1234.tmp-latest.npz"
+    stray.write_bytes(b"")
+    cli.run(train.main, ["--data", str(data), "--out", str(out), *TINY, "--epochs", "1"])
+    assert not stray.exists()
+    assert {key: load_checkpoint(out / "final.npz")["config"][key] for key in ("shape", "spacing")} == \
+        {"shape": 32, "spacing": 6.0}
+    patient = manifest["split"]["test"][0]
+    cli.run(infer.main, ["--checkpoint", str(out / "final.npz"), "--input", str(data / patient / "mr.nii.gz"),
+                         "--output", str(tmp_path / "sct.nii.gz"), "--threads", "1"])
+    assert os.path.exists(tmp_path / "sct.nii.gz")
