@@ -7,7 +7,7 @@ import torch
 import nn3d
 from nn3d import ConvTranspose3d
 from nn3d.gradcheck import check_layer, max_relative_error
-from nn3d.kernels import conv_transpose3d as kernels
+from nn3d.kernels import conv_transpose3d as kernels, reference
 from nn3d.layout import from_channels_last, is_channels_last
 from tests.torch_reference import load_into_torch, run_torch
 
@@ -55,15 +55,15 @@ def test_blocks_kernels_match_references():
     bias = rng.standard_normal(6)
     y = kernels.conv_transpose3d_blocks_forward(x, weight, bias)
     np.testing.assert_allclose(
-        y, kernels.conv_transpose3d_forward_reference(x, weight, bias, kernel, (0, 0, 0)), rtol=0, atol=1e-12)
+        y, reference.conv_transpose3d_forward_reference(x, weight, bias, kernel, (0, 0, 0)), rtol=0, atol=1e-12)
     grad_output = rng.standard_normal(y.shape)
     np.testing.assert_allclose(
         kernels.conv_transpose3d_blocks_grad_input(grad_output, weight, x.shape[:4]),
-        kernels.conv_transpose3d_grad_input_reference(grad_output, weight, x.shape[1:4], kernel, (0, 0, 0)),
+        reference.conv_transpose3d_grad_input_reference(grad_output, weight, x.shape[1:4], kernel, (0, 0, 0)),
         rtol=0, atol=1e-12)
     np.testing.assert_allclose(
         kernels.conv_transpose3d_blocks_grad_weight(x, grad_output, kernel, 6),
-        kernels.conv_transpose3d_grad_weight_reference(x, grad_output, kernel, kernel, (0, 0, 0)),
+        reference.conv_transpose3d_grad_weight_reference(x, grad_output, kernel, kernel, (0, 0, 0)),
         rtol=0, atol=1e-11)
 
 
