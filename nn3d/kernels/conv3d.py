@@ -49,7 +49,7 @@ output gradient) with the flipped, in/out-swapped weights (`conv3d_grad_input`).
 import numpy as np
 from numba import prange
 
-from .jit import blocked_kernel, parallel_kernel, tile_helper
+from .jit import blocked_kernel, tile_helper
 from .padding import embed_strided, pad_channels_last
 from ..shapes import window_output_size
 
