@@ -25,7 +25,6 @@ different input voxels do not overlap, so (1) is ONE matrix product per voxel,
 [P, Cin] @ [Cin, kD*kH*kW*Cout], followed by a scatter of each row into its kD x kH x kW block of y;
 (3) and (4) are matrix products of the gathered blocks.
     w_matrix[ci, (kz, ky, kx, co)] = weight[ci, co, kz, ky, kx]        (Cin, kD*kH*kW*Cout)
-In the kernels, z, yy, xx are the input voxel (id, ih, iw) (yy, xx: y and x name tensors).
 """
 import numpy as np
 from numba import prange
@@ -52,15 +51,15 @@ def conv_transpose3d_blocks_forward_kernel(x, w_matrix, bias, y):
     kernel_d, kernel_h, kernel_w = y.shape[1] // in_d, y.shape[2] // in_h, y.shape[3] // in_w
     for row in prange(n_batch * in_d * in_h):
         n = row // (in_d * in_h)
-        z = row // in_h % in_d
-        yy = row % in_h
-        products = np.dot(x[n, z, yy], w_matrix).reshape(in_w, kernel_d, kernel_h, kernel_w, cout)
+        id = row // in_h % in_d
+        ih = row % in_h
+        products = np.dot(x[n, id, ih], w_matrix).reshape(in_w, kernel_d, kernel_h, kernel_w, cout)
         for kz in range(kernel_d):
             for ky in range(kernel_h):
-                for xx in range(in_w):
+                for iw in range(in_w):
                     for kx in range(kernel_w):
-                        y[n, z * kernel_d + kz, yy * kernel_h + ky, xx * kernel_w + kx, :] = (
-                            products[xx, kz, ky, kx, :] + bias)
+                        y[n, id * kernel_d + kz, ih * kernel_h + ky, iw * kernel_w + kx, :] = (
+                            products[iw, kz, ky, kx, :] + bias)
 
 
 @parallel_kernel
@@ -70,14 +69,14 @@ def gather_blocks_kernel(grad_output, kernel_d, kernel_h, kernel_w, blocks):
     n_batch, in_d, in_h, in_w = blocks.shape[:4]
     for row in prange(n_batch * in_d * in_h):
         n = row // (in_d * in_h)
-        z = row // in_h % in_d
-        yy = row % in_h
-        for xx in range(in_w):
+        id = row // in_h % in_d
+        ih = row % in_h
+        for iw in range(in_w):
             for kz in range(kernel_d):
                 for ky in range(kernel_h):
                     for kx in range(kernel_w):
-                        blocks[n, z, yy, xx, kz, ky, kx, :] = grad_output[
-                            n, z * kernel_d + kz, yy * kernel_h + ky, xx * kernel_w + kx, :]
+                        blocks[n, id, ih, iw, kz, ky, kx, :] = grad_output[
+                            n, id * kernel_d + kz, ih * kernel_h + ky, iw * kernel_w + kx, :]
 
 
 @parallel_kernel
@@ -88,9 +87,9 @@ def conv_transpose3d_blocks_grad_input_kernel(blocks, w_matrix_t, grad_input):
     n_batch, in_d, in_h = grad_input.shape[:3]
     for row in prange(n_batch * in_d * in_h):
         n = row // (in_d * in_h)
-        z = row // in_h % in_d
-        yy = row % in_h
-        grad_input[n, z, yy] = np.dot(blocks[n, z, yy], w_matrix_t)
+        id = row // in_h % in_d
+        ih = row % in_h
+        grad_input[n, id, ih] = np.dot(blocks[n, id, ih], w_matrix_t)
 
 
 @parallel_kernel

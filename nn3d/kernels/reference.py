@@ -8,7 +8,8 @@ those of the layer files (nn3d/conv3d.py, ...). Most references compute in float
 input's dtype.
 
     Conv3d           (1) forward, (2) grad-input (the scatter form), (4) grad-weight
-    ConvTranspose3d  (1) forward, (3) grad-input, (4) grad-weight, any kernel / stride / padding
+    ConvTranspose3d  (1) forward, (3) grad-input, (4) grad-weight, any kernel / stride / padding,
+                     written as the Conv3d references they equal (identity (A) of its layer file)
     BatchNorm3d      (F) the affine map, (B3) the input gradient
     MaxPool3d        (F), (A) forward with argmax, (B) backward
     ReLU             (F) forward, (B) backward
@@ -79,70 +80,33 @@ def conv3d_grad_weight_reference(x_pad, grad_output, kernel_size, stride):
 
 # ---- ConvTranspose3d (nn3d/conv_transpose3d.py; fast kernels in conv_transpose3d.py) --------------
 def conv_transpose3d_forward_reference(x, weight, bias, stride, padding):
-    """Line (1): every input voxel adds x @ weight[:, :, kz, ky, kx] into the output voxel at
-    (id*sd + kz, ...); then the padding is cut off and the bias added."""
-    n_batch, d, h, w, cin = x.shape
-    cout, (kernel_d, kernel_h, kernel_w) = weight.shape[1], weight.shape[2:]
-    stride_d, stride_h, stride_w = stride
-    full = transposed_output_size((d, h, w), weight.shape[2:], stride, (0, 0, 0))
-    y_full = np.zeros((n_batch, *full, cout), dtype=np.float64)
-    for kz in range(kernel_d):
-        for ky in range(kernel_h):
-            for kx in range(kernel_w):
-                y_full[:, kz:kz + stride_d * (d - 1) + 1:stride_d,
-                       ky:ky + stride_h * (h - 1) + 1:stride_h,
-                       kx:kx + stride_w * (w - 1) + 1:stride_w, :] += (
-                    x @ weight[:, :, kz, ky, kx].astype(np.float64))          # (Cin, Cout)
-    pd, ph, pw = padding
-    y = y_full[:, pd:full[0] - pd, ph:full[1] - ph, pw:full[2] - pw, :]
+    """Line (1), through identity (2) of nn3d/conv_transpose3d.py: y = A^T x + b, where A^T is the
+    input gradient (2) of the Conv3d that maps y's shape back to x's (weight read as (Cout_conv = Cin,
+    Cin_conv = Cout)): every input voxel scatters x @ weight[:, :, kz, ky, kx] into the output."""
+    out_size = transposed_output_size(x.shape[1:4], weight.shape[2:], stride, padding)
+    y = conv3d_grad_input_reference(x, weight, out_size, stride, padding).astype(np.float64)
     if bias is not None:
-        y = y + bias
+        y += bias
     return y.astype(x.dtype)
 
 
-def conv_transpose3d_grad_full(grad_output, full, padding):
-    """grad_output zero-padded back to the size of y_full."""
+def conv_transpose3d_grad_full(grad_output, padding):
+    """grad_output (N, Do, Ho, Wo, Cout) zero-padded by `padding` back to the size of y_full."""
     pd, ph, pw = padding
-    grad_full = np.zeros((grad_output.shape[0], *full, grad_output.shape[4]), dtype=np.float64)
-    grad_full[:, pd:full[0] - pd, ph:full[1] - ph, pw:full[2] - pw, :] = grad_output
-    return grad_full
+    return np.pad(grad_output, ((0, 0), (pd, pd), (ph, ph), (pw, pw), (0, 0)))
 
 
-def conv_transpose3d_grad_input_reference(grad_output, weight, input_size, stride, padding):
-    """Line (3): every input voxel collects grad_full @ weight[:, :, kz, ky, kx]^T from the output
-    voxels it was added into."""
-    cin, cout, kernel_d, kernel_h, kernel_w = weight.shape
-    d, h, w = input_size
-    stride_d, stride_h, stride_w = stride
-    grad_full = conv_transpose3d_grad_full(grad_output, transposed_output_size(input_size, weight.shape[2:], stride, (0, 0, 0)), padding)
-    grad_x = np.zeros((grad_output.shape[0], d, h, w, cin), dtype=np.float64)
-    for kz in range(kernel_d):
-        for ky in range(kernel_h):
-            for kx in range(kernel_w):
-                grad_x += (grad_full[:, kz:kz + stride_d * (d - 1) + 1:stride_d,
-                                     ky:ky + stride_h * (h - 1) + 1:stride_h,
-                                     kx:kx + stride_w * (w - 1) + 1:stride_w, :]
-                           @ weight[:, :, kz, ky, kx].T.astype(np.float64))    # (Cout, Cin)
-    return grad_x.astype(grad_output.dtype)
+def conv_transpose3d_grad_input_reference(grad_output, weight, stride, padding):
+    """Line (3): dL/dx = A G, Conv3d's forward (1) of G_full by the same weight, no bias: every input
+    voxel gathers grad_full @ weight[:, :, kz, ky, kx]^T from the output voxels it was added into."""
+    return conv3d_forward_reference(conv_transpose3d_grad_full(grad_output, padding), weight, None, stride)
 
 
 def conv_transpose3d_grad_weight_reference(x, grad_output, kernel_size, stride, padding):
-    """Line (4): for each kernel offset, x^T @ (the output-gradient voxels it was added into)."""
-    n_batch, d, h, w, cin = x.shape
-    cout = grad_output.shape[4]
-    kernel_d, kernel_h, kernel_w = kernel_size
-    stride_d, stride_h, stride_w = stride
-    grad_full = conv_transpose3d_grad_full(grad_output, transposed_output_size((d, h, w), kernel_size, stride, (0, 0, 0)), padding)
-    grad_weight = np.zeros((cin, cout, *kernel_size), dtype=np.float64)
-    x_flat = x.reshape(-1, cin).astype(np.float64)                             # (P, Cin)
-    for kz in range(kernel_d):
-        for ky in range(kernel_h):
-            for kx in range(kernel_w):
-                grad_window = grad_full[:, kz:kz + stride_d * (d - 1) + 1:stride_d,
-                                        ky:ky + stride_h * (h - 1) + 1:stride_h,
-                                        kx:kx + stride_w * (w - 1) + 1:stride_w, :]
-                grad_weight[:, :, kz, ky, kx] = x_flat.T @ grad_window.reshape(-1, cout)
-    return grad_weight.astype(x.dtype)
+    """Line (4): Conv3d's grad-weight (4) with G_full as its input and x as its output gradient:
+    for each kernel offset, x^T @ (the output-gradient voxels it was added into)."""
+    grad_full = conv_transpose3d_grad_full(grad_output, padding)
+    return conv3d_grad_weight_reference(grad_full, x, kernel_size, stride).astype(x.dtype)
 
 
 # ---- BatchNorm3d (nn3d/batchnorm3d.py; fast kernels in batchnorm3d.py) ----------------------------
