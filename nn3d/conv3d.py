@@ -71,18 +71,18 @@ import numpy as np
 from .checks import check_forward_ran, check_grad_output, check_volume, conv_arguments
 from .grad_mode import is_grad_enabled
 from .init import conv_weight_and_bias
-from .kernels.conv3d import conv3d_forward, conv3d_grad_input, conv3d_grad_weight
 from .kernels.channel_sum import channel_sums
+from .kernels.conv3d import conv3d_forward, conv3d_grad_input, conv3d_grad_weight
 from .kernels.padding import pad_channels_last
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
-from .shapes import window_output_size
 
 
 class Conv3dCache(NamedTuple):
     """What forward keeps for backward (see "What backward keeps" above)."""
     x_cl: np.ndarray          # (N, D, H, W, Cin) the input, channels-last, unpadded
     input_shape: tuple        # (N, Cin, D, H, W)
+    output_shape: tuple       # (N, Cout, Do, Ho, Wo): what grad_output must be
 
 
 class Conv3d(Module):
@@ -109,8 +109,9 @@ class Conv3d(Module):
         x_pad = pad_channels_last(x_cl, self.padding)                     # (N, D+2pd, H+2ph, W+2pw, Cin)
         bias = None if self.bias is None else self.bias.data
         y_cl = conv3d_forward(x_pad, self.weight.data, bias, self.stride)  # (1) (N, Do, Ho, Wo, Cout)
-        self._cache = Conv3dCache(x_cl, x.shape) if is_grad_enabled() else None   # x_pad: rebuilt in backward
-        return from_channels_last(y_cl)                                   # (N, Cout, Do, Ho, Wo) view
+        y = from_channels_last(y_cl)                                      # (N, Cout, Do, Ho, Wo) view
+        self._cache = Conv3dCache(x_cl, x.shape, y.shape) if is_grad_enabled() else None   # no x_pad: see above
+        return y
 
     # forward (1): y[n,co,od,oh,ow] = b[co] + sum_{ci,kz,ky,kx} w[co,ci,kz,ky,kx] x_pad[n,ci,od*sd+kz,oh*sh+ky,ow*sw+kx]
     # gives:   (3) dL/dx = (spread, padded G = S) convolved with the flipped, in/out-swapped w
@@ -118,10 +119,8 @@ class Conv3d(Module):
     #          (5) dL/db[co] = sum_{n,od,oh,ow} G[n,co,od,oh,ow]   (float64 sum)
     def backward(self, grad_output):
         check_forward_ran(self._cache, "Conv3d")
-        x_cl, input_shape = self._cache
-        padded = [size + 2 * pad for size, pad in zip(x_cl.shape[1:4], self.padding)]
-        out_size = window_output_size(padded, self.kernel_size, self.stride)
-        check_grad_output(grad_output, (input_shape[0], self.out_channels, *out_size), x_cl.dtype, "Conv3d")
+        x_cl, input_shape, output_shape = self._cache
+        check_grad_output(grad_output, output_shape, x_cl.dtype, "Conv3d")
         grad_output_cl = to_channels_last(grad_output)                    # (N, Do, Ho, Wo, Cout)
         x_pad = pad_channels_last(x_cl, self.padding)                     # (N, D+2pd, H+2ph, W+2pw, Cin)
         self.weight.grad += conv3d_grad_weight(x_pad, grad_output_cl, self.kernel_size,
