@@ -40,7 +40,8 @@ def test_bad_input_is_refused_with_the_layer_named(name):
     y = forward(x)
     with pytest.raises(ValueError, match=f"{name}.backward: grad_output has shape"):
         layer.backward(np.zeros((*y.shape[:-1], y.shape[-1] + 1), np.float32))
-    with pytest.raises(ValueError, match=f"{name}.backward: grad_output is float64, but forward returned float32"):
+    wrong_dtype = f"{name}.backward: grad_output is float64, but forward returned float32"
+    with pytest.raises(ValueError, match=wrong_dtype):
         layer.backward(np.zeros(y.shape))                   # float64: refused, never cast
     with pytest.raises(TypeError, match=f"{name}.backward: grad_output must be a NumPy array"):
         layer.backward(np.zeros(y.shape, np.float32).tolist())

@@ -22,18 +22,23 @@ from ..shapes import transposed_output_size, window_output_size
 
 
 # ---- Conv3d (nn3d/conv3d.py; fast kernels in conv3d.py) -------------------------------------------
+def window(kz, ky, kx, stride, out_size):
+    """Index of the padded-input voxels that kernel offset (kz, ky, kx) meets, one per output voxel:
+    x_pad[window(...)][n, od, oh, ow, ci] = x_pad[n, od*sd + kz, oh*sh + ky, ow*sw + kx, ci]."""
+    offsets = (kz, ky, kx)
+    return (slice(None), *(slice(k, k + s * (o - 1) + 1, s) for k, s, o in zip(offsets, stride, out_size)),
+            slice(None))
+
+
 def conv3d_forward_reference(x_pad, weight, bias, stride):
     """Line (1), plainly: one matrix product per kernel offset (kz, ky, kx)."""
     cout, cin, kernel_d, kernel_h, kernel_w = weight.shape
-    stride_d, stride_h, stride_w = stride
-    out_d, out_h, out_w = window_output_size(x_pad.shape[1:4], weight.shape[2:], stride)
-    y = np.zeros((x_pad.shape[0], out_d, out_h, out_w, cout), dtype=np.float64)
+    out_size = window_output_size(x_pad.shape[1:4], weight.shape[2:], stride)
+    y = np.zeros((x_pad.shape[0], *out_size, cout), dtype=np.float64)         # (N, Do, Ho, Wo, Cout)
     for kz in range(kernel_d):
         for ky in range(kernel_h):
             for kx in range(kernel_w):
-                x_window = x_pad[:, kz:kz + stride_d * (out_d - 1) + 1:stride_d,
-                                 ky:ky + stride_h * (out_h - 1) + 1:stride_h,
-                                 kx:kx + stride_w * (out_w - 1) + 1:stride_w, :]   # (N, Do, Ho, Wo, Cin)
+                x_window = x_pad[window(kz, ky, kx, stride, out_size)]       # (N, Do, Ho, Wo, Cin)
                 y += x_window @ weight[:, :, kz, ky, kx].T.astype(np.float64)    # (Cin, Cout)
     if bias is not None:
         y += bias
@@ -44,16 +49,13 @@ def conv3d_grad_input_reference(grad_output, weight, input_size, stride, padding
     """Line (2), plainly, the scatter: each output voxel sends grad_output @ weight back to the
     k^3 input voxels it read; the padding is cut off at the end."""
     cout, cin, kernel_d, kernel_h, kernel_w = weight.shape
-    stride_d, stride_h, stride_w = stride
-    n_batch, out_d, out_h, out_w, _ = grad_output.shape
+    n_batch, *out_size, _ = grad_output.shape
     padded = [size + 2 * pad for size, pad in zip(input_size, padding)]
-    grad_x_pad = np.zeros((n_batch, *padded, cin), dtype=np.float64)
+    grad_x_pad = np.zeros((n_batch, *padded, cin), dtype=np.float64)        # (N, D+2pd, H+2ph, W+2pw, Cin)
     for kz in range(kernel_d):
         for ky in range(kernel_h):
             for kx in range(kernel_w):
-                grad_x_pad[:, kz:kz + stride_d * (out_d - 1) + 1:stride_d,
-                           ky:ky + stride_h * (out_h - 1) + 1:stride_h,
-                           kx:kx + stride_w * (out_w - 1) + 1:stride_w, :] += (
+                grad_x_pad[window(kz, ky, kx, stride, out_size)] += (
                     grad_output @ weight[:, :, kz, ky, kx].astype(np.float64))  # (Cout, Cin)
     pd, ph, pw = padding
     d, h, w = input_size
@@ -62,18 +64,15 @@ def conv3d_grad_input_reference(grad_output, weight, input_size, stride, padding
 
 def conv3d_grad_weight_reference(x_pad, grad_output, kernel_size, stride):
     """Line (4), plainly: for each kernel offset, (input window)^T @ grad_output over all voxels."""
-    n_batch, out_d, out_h, out_w, cout = grad_output.shape
+    n_batch, *out_size, cout = grad_output.shape
     cin = x_pad.shape[4]
     kernel_d, kernel_h, kernel_w = kernel_size
-    stride_d, stride_h, stride_w = stride
     grad_weight = np.zeros((cout, cin, kernel_d, kernel_h, kernel_w), dtype=np.float64)
     g_flat = grad_output.reshape(-1, cout).astype(np.float64)                 # (N*Do*Ho*Wo, Cout)
     for kz in range(kernel_d):
         for ky in range(kernel_h):
             for kx in range(kernel_w):
-                x_window = x_pad[:, kz:kz + stride_d * (out_d - 1) + 1:stride_d,
-                                 ky:ky + stride_h * (out_h - 1) + 1:stride_h,
-                                 kx:kx + stride_w * (out_w - 1) + 1:stride_w, :]   # (N, Do, Ho, Wo, Cin)
+                x_window = x_pad[window(kz, ky, kx, stride, out_size)]       # (N, Do, Ho, Wo, Cin)
                 grad_weight[:, :, kz, ky, kx] = g_flat.T @ x_window.reshape(-1, cin)
     return grad_weight.astype(x_pad.dtype)
 
@@ -116,7 +115,8 @@ def batchnorm_affine_reference(x, scale, shift, y):
 
 
 def batchnorm_backward_input_reference(x, grad_output, mean, scale, mean_dy, x_hat_coefficient, grad_input):
-    """(B3): grad_input[p, c] = scale[c] (dy[p, c] - mean_dy[c] - (x[p, c] - mean[c]) x_hat_coefficient[c])."""
+    """(B3): grad_input[p, c] = scale[c] (dy[p, c] - mean_dy[c] - (x[p, c] - mean[c]) x_hat_coefficient[c]),
+    dy = grad_output."""
     grad_input[...] = scale * (grad_output - mean_dy - (x - mean) * x_hat_coefficient)
 
 
