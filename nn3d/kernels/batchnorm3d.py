@@ -11,7 +11,6 @@ backward sums (B1), (B2) are nn3d/kernels/channel_sum.py's float64 reductions. T
 
 Plain NumPy versions with the same names: nn3d/kernels/reference.py; tests compare the pairs.
 """
-import numpy as np
 from numba import prange
 
 from .jit import parallel_kernel

@@ -7,7 +7,6 @@ One pass over memory each, split across threads (NumPy's np.where needs a tempor
 thread, about 6x slower here). `0 if x <= 0 else x` keeps a NaN (NaN <= 0 is False), as PyTorch does.
 Plain NumPy references with the same names: nn3d/kernels/reference.py; tests compare the pairs.
 """
-import numpy as np
 from numba import prange
 
 from .jit import parallel_kernel
