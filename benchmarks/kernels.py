@@ -66,7 +66,7 @@ def conv_passes(kind, spec, rng):
     x = random_cl(rng, 1, cin, size)
     y = layer.forward(x)
     g_cl = to_channels_last(random_cl(rng, 1, cout, size))
-    x_pad = pad_channels_last(layer._cache[0], (pad,) * 3)       # Conv3d caches x unpadded
+    x_pad = pad_channels_last(layer._cache.x_cl, (pad,) * 3)    # Conv3d caches x unpadded
     stride, padding = (1, 1, 1), (pad,) * 3
     flops = 2.0 * size ** 3 * cin * cout * k ** 3
     w = torch.from_numpy(layer.weight.data)

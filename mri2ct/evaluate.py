@@ -112,6 +112,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.out and not args.out.endswith(".csv"):
+        raise ValueError(f"--out {args.out}: give a .csv file name")
     nn3d.set_num_threads(args.threads)
     model, state = model_from_checkpoint(args.checkpoint)
     window, train_spacing = training_frame(state, args.checkpoint)

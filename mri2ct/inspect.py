@@ -39,7 +39,7 @@ from mri2ct import cli  # noqa: E402
 from mri2ct.checkpoint import model_from_checkpoint  # noqa: E402
 from mri2ct.data import open_split  # noqa: E402
 from mri2ct.train_step import forward_backward  # noqa: E402
-from mri2ct.visualize import save_figure  # noqa: E402
+from mri2ct.visualize import picture_format, save_figure  # noqa: E402
 
 
 def l2_norm(array):
@@ -197,6 +197,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.out:
+        picture_format(args.out)                                     # refuse a non-picture before any work
     nn3d.set_num_threads(args.threads)
     model, _ = model_from_checkpoint(args.checkpoint)
     dataset = open_split(args.data, args.split)

@@ -33,24 +33,38 @@ sigma2_c depend on all of channel c:
     dL/dx_qc = sum_p gamma_c dy_pc d x_hat_pc / d x_qc
              = gamma_c inv_std_c ( dy_qc  -  1/M sum_p dy_pc  -  x_hat_qc 1/M sum_p dy_pc x_hat_pc )   (B3)
                the three terms: direct path, path through mu, path through sigma2.
-In the kernel: x_hat_qc (1/M) sum_p dy_pc x_hat_pc = (x_qc - mu_c) k_c with
-k_c = inv_std_c^2 (1/M) sum_p dy_pc (x_pc - mu_c), i.e. (B2)'s sum reused.
+In the kernel, x_hat is not stored: x_hat_qc (1/M) sum_p dy_pc x_hat_pc = (x_qc - mu_c) x_hat_coefficient_c
+with x_hat_coefficient_c = inv_std_c (1/M) sum_p dy_pc x_hat_pc, i.e. (B2)'s sum reused.
 Input gradient, eval mode: mu and sigma2 are constants, so only the direct path remains,
     dL/dx_qc = gamma_c inv_std_c dy_qc                                             (B3-eval)
 the same kernel with the two mean terms set to zero.
+
+Reference: batchnorm_affine_reference, batchnorm_backward_input_reference and channel_sums_reference
+in nn3d/kernels/reference.py compute (F), (B3) and the sums (S1), (S2), (B1), (B2) in plain NumPy.
 
 Memory: activations are channels-last, so an (N, C, D, H, W) view is a flat (P, C) array with
 P = N*D*H*W; the kernels (nn3d/kernels/batchnorm3d.py) work on that. Backward saves the input x and
 the per-channel mu, inv_std (x_hat is recomputed: one multiply, cheaper than storing it).
 """
+from typing import NamedTuple
+
 import numpy as np
 
-from .checks import check_forward_ran, check_same_shape, check_volume
+from .checks import check_forward_ran, check_grad_output, check_volume
 from .grad_mode import is_grad_enabled
-from .kernels.batchnorm3d import (batchnorm_affine, batchnorm_backward_input,
-                                  batchnorm_backward_reduce, batchnorm_statistics)
+from .kernels.batchnorm3d import batchnorm_affine, batchnorm_backward_input
+from .kernels.channel_sum import channel_sums
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
+
+
+class BatchNormCache(NamedTuple):
+    """What forward keeps for backward (x_hat is recomputed from these)."""
+    x_flat: np.ndarray        # (P, C) the input, channels-last, flat
+    mean: np.ndarray          # (C,) float64 mu (batch statistics, or running_mean in eval)
+    inv_std: np.ndarray       # (C,) float64 1 / sqrt(sigma2 + eps)
+    training: bool            # which input gradient: (B3) or (B3-eval)
+    input_shape: tuple        # (N, C, D, H, W)
 
 
 class BatchNorm3d(Module):
@@ -91,7 +105,7 @@ class BatchNorm3d(Module):
             if count < 2:
                 raise ValueError(f"BatchNorm3d: training needs more than 1 value per channel to compute a "
                                  f"variance, got input shape {x.shape}")
-            total, total_sq = batchnorm_statistics(x_flat)           # (C,) float64 each
+            total, total_sq = channel_sums(x_flat, x_flat)           # (C,) float64 each: sum x, sum x^2
             mean = total / count                                     # (S1)
             var = np.maximum(total_sq / count - mean * mean, 0.0)    # (S2) biased
             m = self.momentum
@@ -106,7 +120,8 @@ class BatchNorm3d(Module):
         shift = self.bias.data - mean * scale                        # (C,) beta - mu scale
         y_flat = np.empty_like(x_flat)                               # (P, C)
         batchnorm_affine(x_flat, scale.astype(dtype), shift.astype(dtype), y_flat)   # (F)
-        self._cache = (x_flat, mean, inv_std, self.training, x.shape) if is_grad_enabled() else None
+        self._cache = (BatchNormCache(x_flat, mean, inv_std, self.training, x.shape)
+                       if is_grad_enabled() else None)
         return from_channels_last(y_flat.reshape(x_cl.shape))       # (N, C, D, H, W) view
 
     # forward:  y_pc = gamma_c (x_pc - mu_c) inv_std_c + beta_c
@@ -114,25 +129,26 @@ class BatchNorm3d(Module):
     #           dx = gamma inv_std (dy - mean_p dy - x_hat mean_p(dy x_hat)) (B3), or gamma inv_std dy in eval.
     def backward(self, grad_output):
         check_forward_ran(self._cache, "BatchNorm3d")
-        x_flat, mean, inv_std, training, shape = self._cache
-        check_same_shape(grad_output, shape, "BatchNorm3d")
+        x_flat, mean, inv_std, training, input_shape = self._cache
         dtype = x_flat.dtype
-        grad_flat = to_channels_last(grad_output.astype(dtype, copy=False)).reshape(x_flat.shape)  # (P, C)
-        count = x_flat.shape[0]
-        sum_dy, sum_dy_xmu = batchnorm_backward_reduce(x_flat, grad_flat, mean)   # (C,) float64 each
+        check_grad_output(grad_output, input_shape, dtype, "BatchNorm3d")
+        grad_output_flat = to_channels_last(grad_output).reshape(x_flat.shape)     # (P, C)
+        count = x_flat.shape[0]                                      # M
+        sum_dy, sum_dy_xmu = channel_sums(grad_output_flat, x_flat, mean)   # (C,) float64 each
         grad_bias = sum_dy                                           # (B1) (C,)
-        grad_weight = sum_dy_xmu * inv_std                           # (B2) (C,)
+        grad_weight = sum_dy_xmu * inv_std                           # (B2) (C,) sum_p dy x_hat
         scale = self.weight.data * inv_std                           # (C,) gamma inv_std
         if training:
             mean_dy = sum_dy / count                                 # (C,) 1/M sum_p dy
-            k = inv_std * inv_std * sum_dy_xmu / count               # (C,) so that x_hat mean(dy x_hat) = (x - mu) k
+            mean_dy_x_hat = grad_weight / count                      # (C,) 1/M sum_p dy x_hat
+            x_hat_coefficient = mean_dy_x_hat * inv_std              # (C,) x_hat mean(dy x_hat) = (x - mu) this
         else:
-            mean_dy = np.zeros_like(sum_dy)
-            k = np.zeros_like(sum_dy)
+            mean_dy = np.zeros_like(sum_dy)                          # (B3-eval): no path through mu
+            x_hat_coefficient = np.zeros_like(sum_dy)                # nor through sigma2
         grad_input = np.empty_like(x_flat)                           # (P, C)
-        batchnorm_backward_input(x_flat, grad_flat, mean.astype(dtype), scale.astype(dtype),
-                                 mean_dy.astype(dtype), k.astype(dtype), grad_input)   # (B3)
+        batchnorm_backward_input(x_flat, grad_output_flat, mean.astype(dtype), scale.astype(dtype),
+                                 mean_dy.astype(dtype), x_hat_coefficient.astype(dtype), grad_input)  # (B3)
         self.weight.grad += grad_weight.astype(dtype)
         self.bias.grad += grad_bias.astype(dtype)
-        n, c, d, h, w = shape
-        return from_channels_last(grad_input.reshape(n, d, h, w, c))   # (N, C, D, H, W) view
+        n_batch, channels, d, h, w = input_shape
+        return from_channels_last(grad_input.reshape(n_batch, d, h, w, channels))   # (N, C, D, H, W) view

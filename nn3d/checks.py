@@ -6,6 +6,7 @@ not do it; `MSELoss` checks that the loss is finite, which catches a NaN anywher
 import numpy as np
 
 from .module import FLOAT_DTYPES
+from .shapes import triple
 
 
 def check_volume(x, layer, channels=None, dtype=None, name="input"):
@@ -32,14 +33,19 @@ def check_volume(x, layer, channels=None, dtype=None, name="input"):
                         f"cast one with .astype() or Module.to()")
 
 
-def check_same_shape(grad_output, expected_shape, layer):
-    """The gradient arriving in backward must have the shape forward produced."""
+def check_grad_output(grad_output, expected_shape, expected_dtype, layer):
+    """The one rule for every layer's backward: grad_output must be an array with exactly the shape
+    and dtype of the output forward returned. Nothing is cast silently: a float64 gradient arriving
+    at a float32 layer is a bug upstream, and casting it would hide it."""
     if not isinstance(grad_output, np.ndarray):
         raise TypeError(f"{layer}.backward: grad_output must be a NumPy array, "
                         f"got {type(grad_output).__name__}")
     if grad_output.shape != tuple(expected_shape):
         raise ValueError(f"{layer}.backward: grad_output has shape {grad_output.shape}, but forward "
                          f"returned shape {tuple(expected_shape)}")
+    if grad_output.dtype != expected_dtype:
+        raise ValueError(f"{layer}.backward: grad_output is {grad_output.dtype}, but forward returned "
+                         f"{np.dtype(expected_dtype)}")
 
 
 def check_forward_ran(cache, layer):
@@ -47,3 +53,27 @@ def check_forward_ran(cache, layer):
     if cache is None:
         raise ValueError(f"{layer}.backward called before {layer}.forward: run forward on a batch "
                          f"first (outside nn3d.no_grad(), under which forward keeps nothing for backward)")
+
+
+def conv_arguments(layer, in_channels, out_channels, kernel_size, stride, padding):
+    """Validate a convolution's hyper-parameters; return them as ints and 3-tuples of ints.
+    (Conv3d and ConvTranspose3d; `layer` names the class in the error message.)"""
+    in_channels, out_channels = int(in_channels), int(out_channels)
+    kernel_size = triple(kernel_size, "kernel_size", layer)
+    stride = triple(stride, "stride", layer)
+    padding = triple(padding, "padding", layer)
+    if min(in_channels, out_channels, *kernel_size, *stride) < 1 or min(padding) < 0:
+        raise ValueError(f"{layer}: channels, kernel_size and stride must be >= 1 and padding >= 0, "
+                         f"got in_channels={in_channels}, out_channels={out_channels}, "
+                         f"kernel_size={kernel_size}, stride={stride}, padding={padding}")
+    return in_channels, out_channels, kernel_size, stride, padding
+
+
+def pool_arguments(layer, kernel_size, stride):
+    """Validate a pooling window: kernel_size and stride (None: = kernel_size) as 3-tuples of ints >= 1."""
+    kernel_size = triple(kernel_size, "kernel_size", layer)
+    stride = kernel_size if stride is None else triple(stride, "stride", layer)
+    if min(*kernel_size, *stride) < 1:
+        raise ValueError(f"{layer}: kernel_size and stride must be positive integers, "
+                         f"got kernel_size={kernel_size}, stride={stride}")
+    return kernel_size, stride

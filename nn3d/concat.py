@@ -10,12 +10,21 @@ Memory: the output is channels-last, so each input is written into a stride-C_to
 gradient slices are copied into their own contiguous channels-last blocks (a channels-last slice
 of a wider array is not itself contiguous, and the layers upstream want contiguous blocks).
 """
+from typing import NamedTuple
+
 import numpy as np
 
-from .checks import check_forward_ran, check_same_shape, check_volume
+from .checks import check_forward_ran, check_grad_output, check_volume
 from .grad_mode import is_grad_enabled
 from .layout import from_channels_last
 from .module import Module
+
+
+class ConcatCache(NamedTuple):
+    """What forward keeps for backward."""
+    offsets: np.ndarray       # (J + 1,) channel offsets o_j, the last one sum C_j
+    output_shape: tuple       # (N, sum C_j, D, H, W)
+    dtype: np.dtype           # of the output: the dtype grad_output must have
 
 
 class Concat(Module):
@@ -44,15 +53,16 @@ class Concat(Module):
         y_cl = np.empty((n, d, h, w, int(offsets[-1])), first.dtype)           # (N, D, H, W, sum C_j)
         for x, start, stop in zip(inputs, offsets[:-1], offsets[1:]):
             y_cl[..., start:stop] = x.transpose(0, 2, 3, 4, 1)                # (F) (N, D, H, W, C_j)
-        self._cache = (offsets, from_channels_last(y_cl).shape) if is_grad_enabled() else None
+        output_shape = from_channels_last(y_cl).shape
+        self._cache = ConcatCache(offsets, output_shape, first.dtype) if is_grad_enabled() else None
         return from_channels_last(y_cl)                                       # (N, sum C_j, D, H, W) view
 
     # forward:  y[:, o_j + c] = x^(j)[:, c]
     # backward: dL/dx^(j)[:, c] = dL/dy[:, o_j + c]     (B): the split
     def backward(self, grad_output):
         check_forward_ran(self._cache, "Concat")
-        offsets, shape = self._cache
-        check_same_shape(grad_output, shape, "Concat")
-        grad_cl = grad_output.transpose(0, 2, 3, 4, 1)                        # (N, D, H, W, sum C_j) view
-        return tuple(from_channels_last(np.ascontiguousarray(grad_cl[..., start:stop]))   # (N, C_j, D, H, W)
+        offsets, output_shape, dtype = self._cache
+        check_grad_output(grad_output, output_shape, dtype, "Concat")
+        grad_output_cl = grad_output.transpose(0, 2, 3, 4, 1)                 # (N, D, H, W, sum C_j) view
+        return tuple(from_channels_last(np.ascontiguousarray(grad_output_cl[..., start:stop]))  # (N, C_j, D, H, W)
                      for start, stop in zip(offsets[:-1], offsets[1:]))

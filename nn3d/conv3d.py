@@ -57,42 +57,32 @@ again: one parallel copy (~1% of a step) instead of a second, padded copy of eve
 from forward to backward. x must not be modified in place between forward and backward. Under
 `nn3d.no_grad()` nothing is kept.
 
+Reference: conv3d_forward_reference, conv3d_grad_input_reference and conv3d_grad_weight_reference in
+nn3d/kernels/reference.py compute (1), (2) and (4) in plain NumPy; read them before the fast kernels.
+
 Memory: activations are channels-last (nn3d/layout.py); the kernels (nn3d/kernels/conv3d.py) work on
 (N, D, H, W, C) arrays, cite the line numbers above and use the same formulas with the channel index
 moved last.
 """
+from typing import NamedTuple
+
 import numpy as np
 
-from .checks import check_forward_ran, check_same_shape, check_volume
+from .checks import check_forward_ran, check_grad_output, check_volume, conv_arguments
 from .grad_mode import is_grad_enabled
 from .init import conv_weight_and_bias
-from .kernels.conv3d import (conv3d_forward, conv3d_grad_bias, conv3d_grad_input, conv3d_grad_weight,
-                             output_size)
+from .kernels.channel_sum import channel_sums
+from .kernels.conv3d import conv3d_forward, conv3d_grad_input, conv3d_grad_weight
 from .kernels.padding import pad_channels_last
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
 
 
-def triple(value, name):
-    """An int or a 3-tuple of ints -> a 3-tuple of ints (PyTorch's convention for kernel/stride/padding)."""
-    values = (value,) * 3 if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(values) != 3 or not all(isinstance(v, (int, np.integer)) for v in values):
-        raise ValueError(f"{name} must be an int or a tuple of 3 ints, got {value!r}")
-    return tuple(int(v) for v in values)
-
-
-def conv_arguments(layer, in_channels, out_channels, kernel_size, stride, padding):
-    """Validate a convolution's hyper-parameters; return them as ints and 3-tuples of ints.
-    (Shared by Conv3d and ConvTranspose3d; `layer` names the class in the error message.)"""
-    in_channels, out_channels = int(in_channels), int(out_channels)
-    kernel_size = triple(kernel_size, "kernel_size")
-    stride = triple(stride, "stride")
-    padding = triple(padding, "padding")
-    if min(in_channels, out_channels, *kernel_size, *stride) < 1 or min(padding) < 0:
-        raise ValueError(f"{layer}: channels, kernel_size and stride must be >= 1 and padding >= 0, "
-                         f"got in_channels={in_channels}, out_channels={out_channels}, "
-                         f"kernel_size={kernel_size}, stride={stride}, padding={padding}")
-    return in_channels, out_channels, kernel_size, stride, padding
+class Conv3dCache(NamedTuple):
+    """What forward keeps for backward (see "What backward keeps" above)."""
+    x_cl: np.ndarray          # (N, D, H, W, Cin) the input, channels-last, unpadded
+    input_shape: tuple        # (N, Cin, D, H, W)
+    output_shape: tuple       # (N, Cout, Do, Ho, Wo): what grad_output must be
 
 
 class Conv3d(Module):
@@ -119,8 +109,9 @@ class Conv3d(Module):
         x_pad = pad_channels_last(x_cl, self.padding)                     # (N, D+2pd, H+2ph, W+2pw, Cin)
         bias = None if self.bias is None else self.bias.data
         y_cl = conv3d_forward(x_pad, self.weight.data, bias, self.stride)  # (1) (N, Do, Ho, Wo, Cout)
-        self._cache = (x_cl, x.shape) if is_grad_enabled() else None     # x_pad is rebuilt in backward
-        return from_channels_last(y_cl)                                   # (N, Cout, Do, Ho, Wo) view
+        y = from_channels_last(y_cl)                                      # (N, Cout, Do, Ho, Wo) view
+        self._cache = Conv3dCache(x_cl, x.shape, y.shape) if is_grad_enabled() else None   # no x_pad: see above
+        return y
 
     # forward (1): y[n,co,od,oh,ow] = b[co] + sum_{ci,kz,ky,kx} w[co,ci,kz,ky,kx] x_pad[n,ci,od*sd+kz,oh*sh+ky,ow*sw+kx]
     # gives:   (3) dL/dx = (spread, padded G = S) convolved with the flipped, in/out-swapped w
@@ -128,18 +119,16 @@ class Conv3d(Module):
     #          (5) dL/db[co] = sum_{n,od,oh,ow} G[n,co,od,oh,ow]   (float64 sum)
     def backward(self, grad_output):
         check_forward_ran(self._cache, "Conv3d")
-        x_cl, input_shape = self._cache
-        padded = [size + 2 * pad for size, pad in zip(x_cl.shape[1:4], self.padding)]
-        out_size = output_size(padded, self.kernel_size, self.stride)
-        check_same_shape(grad_output, (input_shape[0], self.out_channels, *out_size), "Conv3d")
-        check_volume(grad_output, "Conv3d.backward", dtype=x_cl.dtype, name="grad_output")
+        x_cl, input_shape, output_shape = self._cache
+        check_grad_output(grad_output, output_shape, x_cl.dtype, "Conv3d")
         grad_output_cl = to_channels_last(grad_output)                    # (N, Do, Ho, Wo, Cout)
         x_pad = pad_channels_last(x_cl, self.padding)                     # (N, D+2pd, H+2ph, W+2pw, Cin)
         self.weight.grad += conv3d_grad_weight(x_pad, grad_output_cl, self.kernel_size,
                                                self.stride)               # (4) (Cout, Cin, kD, kH, kW)
         del x_pad                                                         # freed before (3) allocates
         if self.bias is not None:
-            self.bias.grad += conv3d_grad_bias(grad_output_cl)            # (5) (Cout,)
+            grad_bias = channel_sums(grad_output_cl.reshape(-1, self.out_channels))   # (5) (Cout,) float64
+            self.bias.grad += grad_bias.astype(self.bias.grad.dtype)
         if not self.requires_input_grad:
             return None
         grad_input_cl = conv3d_grad_input(grad_output_cl, self.weight.data, input_shape[2:],

@@ -39,24 +39,38 @@ With G = dL/dy (N, Cout, Do, Ho, Wo):
 gives the gather dL/dx[n, ci, id, ih, iw] = sum_{co, kz, ky, kx} G_full[n, co, id*sd+kz, ih*sh+ky,
 iw*sw+kx] w[ci, co, kz, ky, kx], which is Conv3d's forward formula.
 
+Reference: conv_transpose3d_forward_reference, conv_transpose3d_grad_input_reference and
+conv_transpose3d_grad_weight_reference in nn3d/kernels/reference.py compute (1), (3) and (4) in
+plain NumPy, any kernel / stride / padding.
+
 Fast path (the U-Net's up-sampling, kernel == stride, padding 0): the output blocks of different input
 voxels do not overlap, so forward is one matrix product per voxel, x[n, :, id, ih, iw] (1, Cin) @
 w_matrix (Cin, kD*kH*kW*Cout), written into its kD x kH x kW block of y; grad_input gathers each
 block and multiplies by w_matrix^T; grad_weight is x^T @ (gathered blocks). See
 nn3d/kernels/conv_transpose3d.py, which cites the line numbers above.
 """
+from typing import NamedTuple
 
-from .checks import check_forward_ran, check_same_shape, check_volume
+import numpy as np
+
+from .checks import check_forward_ran, check_grad_output, check_volume, conv_arguments
 from .grad_mode import is_grad_enabled
-from .conv3d import conv_arguments
 from .init import conv_weight_and_bias
-from .kernels.conv3d import conv3d_forward, conv3d_grad_bias, conv3d_grad_input, conv3d_grad_weight
+from .kernels.channel_sum import channel_sums
+from .kernels.conv3d import conv3d_forward, conv3d_grad_input, conv3d_grad_weight
 from .kernels.conv_transpose3d import (conv_transpose3d_blocks_forward,
                                        conv_transpose3d_blocks_grad_input,
                                        conv_transpose3d_blocks_grad_weight)
 from .kernels.padding import pad_channels_last
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
+from .shapes import transposed_output_size
+
+
+class ConvTranspose3dCache(NamedTuple):
+    """What forward keeps for backward."""
+    x_cl: np.ndarray          # (N, D, H, W, Cin) the input, channels-last
+    out_size: tuple           # (Do, Ho, Wo)
 
 
 class ConvTranspose3d(Module):
@@ -73,17 +87,13 @@ class ConvTranspose3d(Module):
         self.bias = Parameter(bias_values) if bias else None              # (Cout,)
         self._cache = None
 
-    def output_size(self, input_size):
-        return tuple((size - 1) * s - 2 * p + k
-                     for size, k, s, p in zip(input_size, self.kernel_size, self.stride, self.padding))
-
     def _blocks(self):
         """True for the fast path: non-overlapping output blocks (kernel == stride, no padding)."""
         return self.kernel_size == self.stride and self.padding == (0, 0, 0)
 
     def forward(self, x):
         check_volume(x, "ConvTranspose3d", channels=self.in_channels, dtype=self.weight.data.dtype)
-        out_size = self.output_size(x.shape[2:])
+        out_size = transposed_output_size(x.shape[2:], self.kernel_size, self.stride, self.padding)
         if min(out_size) < 1:
             raise ValueError(f"ConvTranspose3d: input spatial size {x.shape[2:]} gives an empty output "
                              f"{out_size} with padding {self.padding}")
@@ -95,7 +105,7 @@ class ConvTranspose3d(Module):
             y_cl = conv3d_grad_input(x_cl, self.weight.data, out_size, self.stride, self.padding)
             if bias is not None:
                 y_cl += bias
-        self._cache = (x_cl, out_size) if is_grad_enabled() else None
+        self._cache = ConvTranspose3dCache(x_cl, out_size) if is_grad_enabled() else None
         return from_channels_last(y_cl)                                   # (N, Cout, Do, Ho, Wo) view
 
     # forward (1): y_full[n,co,id*sd+kz,ih*sh+ky,iw*sw+kx] += sum_ci x[n,ci,id,ih,iw] w[ci,co,kz,ky,kx]; y = crop(y_full) + b
@@ -105,8 +115,8 @@ class ConvTranspose3d(Module):
     def backward(self, grad_output):
         check_forward_ran(self._cache, "ConvTranspose3d")
         x_cl, out_size = self._cache
-        check_same_shape(grad_output, (x_cl.shape[0], self.out_channels, *out_size), "ConvTranspose3d")
-        check_volume(grad_output, "ConvTranspose3d.backward", dtype=x_cl.dtype, name="grad_output")
+        check_grad_output(grad_output, (x_cl.shape[0], self.out_channels, *out_size), x_cl.dtype,
+                          "ConvTranspose3d")
         grad_output_cl = to_channels_last(grad_output)                    # (N, Do, Ho, Wo, Cout)
         if self._blocks():
             grad_input_cl = conv_transpose3d_blocks_grad_input(grad_output_cl, self.weight.data,
@@ -119,7 +129,8 @@ class ConvTranspose3d(Module):
             grad_weight = conv3d_grad_weight(grad_full, x_cl, self.kernel_size, self.stride)
         self.weight.grad += grad_weight                                   # (Cin, Cout, kD, kH, kW)
         if self.bias is not None:
-            self.bias.grad += conv3d_grad_bias(grad_output_cl)            # (5) (Cout,)
+            grad_bias = channel_sums(grad_output_cl.reshape(-1, self.out_channels))   # (5) (Cout,) float64
+            self.bias.grad += grad_bias.astype(self.bias.grad.dtype)
         return from_channels_last(grad_input_cl)                          # (N, Cin, D, H, W) view
 
     def extra_repr(self):

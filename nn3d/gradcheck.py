@@ -153,37 +153,40 @@ def build_case(name, shape, dtype, rng):
     return layer, inputs, twin
 
 
-def torch_comparison(name, layer, inputs, twin, seed=0):
-    """Run the layer and its torch twin on the same inputs and upstream gradient; return
-    (tensor name, ours, torch's) triples for the output and every gradient."""
+def torch_comparison(layer, torch_module, inputs, seed=0):
+    """Run an nn3d layer and its PyTorch twin on the same inputs and the same random upstream gradient.
+
+    torch_module: a torch.nn.Module (its state is first copied from `layer`, and it computes in the
+    inputs' dtype; torch's global default dtype is left alone) or a function of tensors (torch.cat).
+    Returns (tensor name, ours, torch's) for the output, the gradient of every input and of every
+    parameter; for MSELoss, the loss and dL/dpred. The one comparison with PyTorch: the tests and
+    `python -m nn3d.gradcheck --torch` both call it.
+    """
     import torch
 
-    module = twin(torch)
-    if isinstance(module, torch.nn.Module):
-        module = module.double()        # float64 here only: torch's global default dtype stays as it was
-    if isinstance(module, torch.nn.Module) and hasattr(layer, "state_dict"):
-        module.load_state_dict({key: torch.from_numpy(np.ascontiguousarray(value))
-                                for key, value in layer.state_dict().items()})
-    tensors = [torch.tensor(np.ascontiguousarray(x), dtype=torch.float64, requires_grad=True)
-               for x in inputs]
-    reference = module(*tensors)
-    if name == "mse":
-        ours = layer.forward(*inputs)
+    dtype = np.asarray(inputs[0]).dtype
+    if isinstance(torch_module, torch.nn.Module):
+        torch_module = torch_module.to(torch.float64 if dtype == np.float64 else torch.float32)
+        if hasattr(layer, "state_dict"):
+            torch_module.load_state_dict({key: torch.from_numpy(np.ascontiguousarray(value))
+                                          for key, value in layer.state_dict().items()})
+    tensors = [torch.from_numpy(np.ascontiguousarray(x)).requires_grad_() for x in inputs]
+    reference = torch_module(*tensors)
+    if not hasattr(layer, "named_parameters"):                # MSELoss: L is the end of the chain
+        loss = layer.forward(*inputs)
         reference.backward()
-        grads = (layer.backward(),)
-        rows = [("loss", np.array(ours), reference.detach().numpy()),
-                ("grad pred", grads[0], tensors[0].grad.numpy())]
-        return rows
+        return [("loss", np.array(loss), reference.detach().numpy()),
+                ("grad pred", layer.backward(), tensors[0].grad.numpy())]
     output = layer.forward(*inputs)
-    grad_output = np.random.default_rng(seed).standard_normal(output.shape)
+    grad_output = np.random.default_rng(seed).standard_normal(output.shape).astype(output.dtype)  # G
     reference.backward(torch.from_numpy(grad_output))
     layer.zero_grad()
-    grads = layer.backward(grad_output.astype(output.dtype))
+    grads = layer.backward(grad_output)
     grads = grads if isinstance(grads, tuple) else (grads,)
     rows = [("output", output, reference.detach().numpy())]
-    rows += [(f"grad input[{i}]" if len(grads) > 1 else "grad input", g, t.grad.numpy())
-             for i, (g, t) in enumerate(zip(grads, tensors))]
-    torch_params = dict(module.named_parameters()) if hasattr(module, "named_parameters") else {}
+    rows += [(f"grad input[{i}]" if len(grads) > 1 else "grad input", grad, tensor.grad.numpy())
+             for i, (grad, tensor) in enumerate(zip(grads, tensors))]
+    torch_params = dict(torch_module.named_parameters()) if hasattr(torch_module, "named_parameters") else {}
     rows += [(f"grad {key}", param.grad, torch_params[key].grad.numpy())
              for key, param in layer.named_parameters()]
     return rows
@@ -239,11 +242,11 @@ def main(argv=None):
 
     if args.torch:
         try:
-            import torch  # noqa: F401  (test-only dependency, imported only on request)
+            import torch  # the only import of torch in nn3d: a test-only dependency, on request
         except ImportError:
             print("error: --torch needs PyTorch: pip install -e '.[test]'")
             return 2
-        torch_rows = torch_comparison(args.layer, layer, inputs, twin, args.seed)
+        torch_rows = torch_comparison(layer, twin(torch), inputs, args.seed)
         ok &= print_table(f"{args.layer}: nn3d vs PyTorch ({dtype})", torch_rows,
                           1e-10 if dtype == np.float64 else 1e-4)
     print("\nall gradients pass" if ok else "\nGRADIENT CHECK FAILED")

@@ -6,10 +6,25 @@ through a transposed view. PyTorch calls this `channels_last_3d`.
 
 Why: a 3x3x3 convolution reads, for each output voxel, the C input channels of 27 neighbours and
 multiplies them by a (C_in, C_out) weight slice. With channels last those C values sit next to each
-other, so the innermost loop runs over contiguous memory and vectorises (see ../shared/PERF_NOTES.md).
+other, so the innermost loop runs over contiguous memory and vectorises (see docs/performance.md).
 
     x_cl = to_channels_last(x)        # (N, D, H, W, C) contiguous; no copy if x is already a view
     y = from_channels_last(y_cl)      # (N, C, D, H, W) logical view of an (N, D, H, W, C) block
+
+Index names, the one convention of every layer, kernel and reference in nn3d:
+
+    what                     in formulas and shapes       in code
+    batch                    n, N                         n, n_batch
+    channel                  c, C; ci / co (conv in/out)  c, channels; ci, co, cin, cout
+    input size               D, H, W                      d, h, w; in_d, in_h, in_w
+    output size              Do, Ho, Wo                   out_d, out_h, out_w
+    kernel size              kD, kH, kW                   kernel_d, kernel_h, kernel_w
+    stride, padding          (sd, sh, sw), (pd, ph, pw)   stride_d, ...; padding
+    an input voxel           (id, ih, iw)                 id, ih, iw
+    an output voxel          (od, oh, ow)                 od, oh, ow
+    an offset in the kernel  (kz, ky, kx)                 kz, ky, kx
+    a voxel of a flat (P, C) view, P = N*D*H*W            p
+A `_cl` suffix marks a channels-last (N, D, H, W, C) array (x_cl, grad_output_cl).
 """
 import numpy as np
 

@@ -4,19 +4,29 @@ Forward, over all n = N*C*D*H*W elements i:
     L = 1/n sum_i (pred_i - target_i)^2                                           (F)  scalar
 Backward (L is the end of the chain, so backward takes no upstream gradient):
     dL/dpred_i = 2 (pred_i - target_i) / n                                        (B)  pred's shape
-The sum is accumulated in float64 (nn3d/kernels/loss.py) and returned as a Python float.
+The error e_i = pred_i - target_i is computed once, in pred's dtype (as PyTorch does), kept for (B),
+and its squares are summed in float64 (nn3d/kernels/channel_sum.py; plain NumPy:
+channel_sums_reference in nn3d/kernels/reference.py); L is returned as a Python float.
 
 This is the boundary where NaN/inf are caught: one non-finite value anywhere upstream (a diverged
 weight, a bad input voxel) makes L non-finite, and forward raises instead of training on it. The
 layers themselves do not scan for NaN (a pass over memory each).
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from .checks import check_forward_ran
 from .grad_mode import is_grad_enabled
-from .kernels.loss import sum_squared_difference
+from .kernels.channel_sum import channel_sums
 from .layout import from_channels_last, to_channels_last
 from .module import FLOAT_DTYPES
+
+
+class MSELossCache(NamedTuple):
+    """What forward keeps for backward."""
+    error_mem: np.ndarray     # pred - target in pred's memory order (channels-last for 5-D), pred's dtype
+    ndim: int                 # pred.ndim: 5-D gradients are returned as (N, C, D, H, W) views
 
 
 class MSELoss:
@@ -44,18 +54,19 @@ class MSELoss:
             pred_mem, target_mem = to_channels_last(pred), to_channels_last(target)   # (N, D, H, W, C)
         else:
             pred_mem, target_mem = np.ascontiguousarray(pred), np.ascontiguousarray(target)
-        loss = sum_squared_difference(pred_mem.reshape(-1), target_mem.reshape(-1)) / pred.size   # (F)
+        error_mem = pred_mem - target_mem                            # e = pred - target, same memory order
+        error_column = error_mem.reshape(-1, 1)                      # (n, 1): one channel
+        loss = float(channel_sums(error_column, error_column)[1][0]) / pred.size   # (F) sum e^2 / n
         if not np.isfinite(loss):
             raise ValueError(f"MSELoss: loss is {loss} — a NaN or inf reached the loss (check the inputs, "
                              f"the learning rate, or the gradients of the previous step)")
-        self._cache = (pred_mem, target_mem, pred.ndim) if is_grad_enabled() else None
+        self._cache = MSELossCache(error_mem, pred.ndim) if is_grad_enabled() else None
         return loss
 
     # forward:  L = 1/n sum_i (pred_i - target_i)^2
     # backward: dL/dpred_i = 2 (pred_i - target_i) / n       (B)
     def backward(self):
         check_forward_ran(self._cache, "MSELoss")
-        pred_mem, target_mem, ndim = self._cache
-        grad_mem = pred_mem - target_mem                             # same memory order as pred_mem
-        grad_mem *= pred_mem.dtype.type(2.0 / pred_mem.size)        # (B)
+        error_mem, ndim = self._cache
+        grad_mem = error_mem * error_mem.dtype.type(2.0 / error_mem.size)   # (B), same memory order
         return from_channels_last(grad_mem) if ndim == 5 else grad_mem

@@ -90,9 +90,6 @@ class Module:
         for name, child in self._modules.items():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
-    def children(self):
-        return list(self._modules.values())
-
     def named_parameters(self, prefix=""):
         """Yield (dotted name, Parameter), e.g. ('enc1.conv1.weight', Parameter)."""
         for module_name, module in self.named_modules(prefix):

@@ -9,11 +9,12 @@ since y_i > 0 exactly when x_i > 0. Backward therefore needs only the output y, 
 (the next layer holds it): saving a reference costs no memory, unlike a separate mask. (Do not modify
 a layer's output in place before calling backward.)
 
-NaN propagates forward as in PyTorch; its gradient is 0. Kernels: nn3d/kernels/relu.py.
+NaN propagates forward as in PyTorch; its gradient is 0. Kernels: nn3d/kernels/relu.py; plain NumPy
+references: relu_forward_reference, relu_backward_reference in nn3d/kernels/reference.py.
 """
 import numpy as np
 
-from .checks import check_forward_ran, check_same_shape, check_volume
+from .checks import check_forward_ran, check_grad_output, check_volume
 from .grad_mode import is_grad_enabled
 from .kernels.relu import relu_backward, relu_forward
 from .layout import from_channels_last, to_channels_last
@@ -40,8 +41,8 @@ class ReLU(Module):
     def backward(self, grad_output):
         check_forward_ran(self._cache, "ReLU")
         y_cl = self._cache                                           # (N, D, H, W, C)
-        check_same_shape(grad_output, from_channels_last(y_cl).shape, "ReLU")
-        grad_cl = to_channels_last(grad_output.astype(y_cl.dtype, copy=False))   # (N, D, H, W, C)
+        check_grad_output(grad_output, from_channels_last(y_cl).shape, y_cl.dtype, "ReLU")
+        grad_output_cl = to_channels_last(grad_output)               # (N, D, H, W, C)
         grad_input = np.empty_like(y_cl)                             # (N, D, H, W, C)
-        relu_backward(y_cl.reshape(-1), grad_cl.reshape(-1), grad_input.reshape(-1))   # (B)
+        relu_backward(y_cl.reshape(-1), grad_output_cl.reshape(-1), grad_input.reshape(-1))   # (B)
         return from_channels_last(grad_input)                        # (N, C, D, H, W) view

@@ -2,7 +2,7 @@
 
 One thread pool at a time: Numba's threads run the kernels, and any BLAS call (NumPy's or the one
 Numba calls for `np.dot`) runs single-threaded inside them. Two pools spinning on the same two cores
-halve the speed (../shared/PERF_NOTES.md).
+halve the speed (docs/performance.md, "One thread pool at a time").
 """
 import numba
 from threadpoolctl import threadpool_limits

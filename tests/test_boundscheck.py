@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-KERNEL_TESTS = ["test_conv3d.py", "test_conv_transpose3d.py", "test_batchnorm3d.py",
+KERNEL_TESTS = ["test_conv3d.py", "test_conv_transpose3d.py", "test_batchnorm3d.py", "test_channel_sum.py",
                 "test_maxpool3d.py", "test_relu.py", "test_concat.py"]
 
 

@@ -25,8 +25,9 @@ def guide():
 
 @pytest.fixture(scope="module")
 def example_output():
-    result = subprocess.run([sys.executable, os.path.join(DOCS, "worked_example.py")],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, os.path.join(DOCS, "worked_example.py")],   # this tree's nn3d
+                            capture_output=True, text=True, timeout=300, cwd=ROOT, env=environment)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

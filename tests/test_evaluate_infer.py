@@ -361,6 +361,14 @@ def test_visualize_refuses_a_non_picture_output(patient, tmp_path, capsys):
     assert scan.read_bytes() == before
 
 
+def test_evaluate_refuses_a_non_csv_output(cohort, patient, checkpoint, capsys):
+    scan = os.path.join(patient, "ct.nii.gz")
+    before = open(scan, "rb").read()
+    code, _, err = run_cli(evaluate, ["--checkpoint", checkpoint, "--data", cohort, "--out", scan], capsys)
+    assert one_line_error(code, err) == f"error: --out {scan}: give a .csv file name"
+    assert open(scan, "rb").read() == before
+
+
 def test_views_are_radiological_with_the_aspect_of_the_spacing():
     """A RAS volume with one bright voxel at the patient's right, anterior, superior corner region."""
     volume = np.zeros((10, 12, 14), np.float32)                 # (D, H, W): R, A, S

@@ -95,6 +95,8 @@ def test_wrappers_are_removed_afterwards(cohort):
     (["--checkpoint", "{checkpoint}", "--data", "{tmp}/no_cohort"], "no such folder"),
     (["--checkpoint", "{checkpoint}", "--data", "{cohort}", "--patient", "7"], "out of range"),
     (["--checkpoint", "{checkpoint}", "--data", "{cohort}", "--split", "holdout"], "no split 'holdout'"),
+    (["--checkpoint", "{checkpoint}", "--data", "{cohort}", "--out", "{cohort}/manifest.json"],
+     "manifest.json: not a picture file name"),
 ])
 def test_user_errors_are_one_line(flags, message, cohort, checkpoint, tmp_path, capsys):
     values = {"tmp": str(tmp_path), "cohort": cohort, "checkpoint": checkpoint}

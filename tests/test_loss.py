@@ -1,5 +1,5 @@
 """MSELoss: loss and gradient against torch.nn.MSELoss, float64 accumulation, NaN/inf caught,
-finite differences, kernel against its reference, bad input."""
+finite differences, bad input."""
 import math
 
 import numpy as np
@@ -8,8 +8,9 @@ import torch
 
 from nn3d import MSELoss
 from nn3d.gradcheck import check_mse, max_relative_error
-from nn3d.kernels.loss import sum_squared_difference, sum_squared_difference_reference
 from nn3d.layout import from_channels_last
+
+from torch_reference import assert_matches_torch
 
 SHAPES = [(2, 3, 7, 9, 11), (1, 1, 4, 5, 6), (2, 16, 4, 4, 4)]
 
@@ -22,16 +23,9 @@ def test_matches_torch(shape):
     pred = rng.standard_normal(shape).astype(np.float32)
     pred = from_channels_last(np.ascontiguousarray(pred.transpose(0, 2, 3, 4, 1)))   # as layers return it
     target = rng.standard_normal(shape).astype(np.float32)                             # NCDHW, as data is
-    criterion = MSELoss()
-    loss = criterion.forward(pred, target)
-    grad = criterion.backward()
-    pred_t = torch.from_numpy(np.ascontiguousarray(pred)).requires_grad_()
-    loss_t = torch.nn.MSELoss()(pred_t, torch.from_numpy(target))
-    loss_t.backward()
-    assert isinstance(loss, float)
-    assert abs(loss - loss_t.item()) / loss_t.item() < 1e-6
-    assert grad.shape == shape and grad.dtype == np.float32
-    assert max_relative_error(grad, pred_t.grad.numpy()) < 1e-6
+    ours = assert_matches_torch(MSELoss(), torch.nn.MSELoss(), [pred, target], 1e-6)
+    assert isinstance(MSELoss().forward(pred, target), float)
+    assert ours["grad_pred"].dtype == np.float32
 
 
 def test_accumulates_in_float64():
@@ -48,14 +42,6 @@ def test_finite_differences_float64():
     pred, target = rng.standard_normal((2, 1, 3, 4, 5)), rng.standard_normal((2, 1, 3, 4, 5))
     for name, analytic, numeric in check_mse(MSELoss(), pred, target):
         assert max_relative_error(analytic, numeric) < 1e-8, name
-
-
-def test_kernel_matches_reference():
-    rng = np.random.default_rng(2)
-    for dtype in (np.float32, np.float64):
-        pred, target = (rng.standard_normal(40000).astype(dtype) for _ in range(2))   # > 2 chunks
-        assert sum_squared_difference(pred, target) == pytest.approx(
-            sum_squared_difference_reference(pred, target), rel=1e-12)
 
 
 @pytest.mark.parametrize("bad_value, word", [(np.nan, "nan"), (np.inf, "inf")])

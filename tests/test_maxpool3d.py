@@ -6,9 +6,9 @@ import torch
 
 from nn3d import MaxPool3d
 from nn3d.gradcheck import check_layer, max_relative_error
-from nn3d.kernels import maxpool3d as kernels
-from nn3d.layout import to_channels_last
-from torch_reference import run_torch
+from nn3d.kernels import maxpool3d as kernels, reference
+from nn3d.layout import is_channels_last, to_channels_last
+from torch_reference import assert_matches_torch
 
 # (input shape, kernel_size, stride)
 CASES = [((2, 3, 7, 9, 11), 2, None),             # odd sizes: floor drops the last plane/row/column
@@ -30,15 +30,9 @@ def test_matches_torch(shape, kernel_size, stride, source):
     # windows overlap): exact selection, float32 sums of <= 8 terms, so 1e-6 (in practice 0).
     rng = np.random.default_rng(0)
     x = relu_output(shape, rng) if source == "relu" else rng.standard_normal(shape).astype(np.float32)
-    layer = MaxPool3d(kernel_size, stride)
-    y = layer.forward(x)
-    grad_output = rng.standard_normal(y.shape).astype(np.float32)
-    grad_input = layer.backward(grad_output)
-    y_ref, (grad_input_ref,), _ = run_torch(torch.nn.MaxPool3d(kernel_size, stride), [x], grad_output)
-    assert y.shape == y_ref.shape
-    assert max_relative_error(y, y_ref) == 0
-    assert max_relative_error(grad_input, grad_input_ref) < 1e-6
-    assert y.transpose(0, 2, 3, 4, 1).flags.c_contiguous and grad_input.transpose(0, 2, 3, 4, 1).flags.c_contiguous
+    ours = assert_matches_torch(MaxPool3d(kernel_size, stride), torch.nn.MaxPool3d(kernel_size, stride), [x],
+                                1e-6, output=0)
+    assert is_channels_last(ours["output"]) and is_channels_last(ours["grad_input"])
 
 
 def test_ties_go_to_the_first_maximum_in_scan_order():
@@ -68,37 +62,29 @@ def test_kernels_match_references():
     rng = np.random.default_rng(2)
     for dtype in (np.float32, np.float64):
         x = to_channels_last(relu_output((2, 3, 5, 6, 7), rng).astype(dtype))     # (N, D, H, W, C)
-        for (KD, KH, KW), (SD, SH, SW) in (((2, 2, 2), (2, 2, 2)), ((3, 2, 2), (2, 1, 2))):
-            out_shape = (2, (5 - KD) // SD + 1, (6 - KH) // SH + 1, (7 - KW) // SW + 1, 3)
+        for (kernel_d, kernel_h, kernel_w), (stride_d, stride_h, stride_w) in (((2, 2, 2), (2, 2, 2)), ((3, 2, 2), (2, 1, 2))):
+            out_shape = (2, (5 - kernel_d) // stride_d + 1, (6 - kernel_h) // stride_h + 1,
+                         (7 - kernel_w) // stride_w + 1, 3)
             y, y_ref = np.empty(out_shape, dtype), np.empty(out_shape, dtype)
             argmax, argmax_ref = np.empty(out_shape, np.uint8), np.empty(out_shape, np.uint8)
-            kernels.maxpool3d_forward(x, KD, KH, KW, SD, SH, SW, y, argmax)
-            kernels.maxpool3d_forward_reference(x, KD, KH, KW, SD, SH, SW, y_ref, argmax_ref)
+            kernels.maxpool3d_forward(x, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w, y, argmax)
+            reference.maxpool3d_forward_reference(x, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w, y_ref, argmax_ref)
             np.testing.assert_array_equal(y, y_ref)
             np.testing.assert_array_equal(argmax, argmax_ref)
             grad_output = rng.standard_normal(out_shape).astype(dtype)
             grad_input, grad_input_ref = np.zeros_like(x), np.zeros_like(x)
-            kernels.maxpool3d_backward(grad_output, argmax, KD, KH, KW, SD, SH, SW, grad_input)
-            kernels.maxpool3d_backward_reference(grad_output, argmax, KD, KH, KW, SD, SH, SW, grad_input_ref)
+            kernels.maxpool3d_backward(grad_output, argmax, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w, grad_input)
+            reference.maxpool3d_backward_reference(grad_output, argmax, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w, grad_input_ref)
             np.testing.assert_allclose(grad_input, grad_input_ref, rtol=1e-6, atol=1e-6)
 
 
 def test_bad_input():
-    layer = MaxPool3d(2)
-    with pytest.raises(ValueError, match="before MaxPool3d.forward"):
-        layer.backward(np.zeros((1, 1, 1, 1, 1), np.float32))
-    with pytest.raises(ValueError, match="must be 5-D"):
-        layer.forward(np.zeros((1, 4, 4, 4), np.float32))
-    with pytest.raises(TypeError, match="float16"):
-        layer.forward(np.zeros((1, 1, 4, 4, 4), np.float16))
-    with pytest.raises(TypeError, match="int64"):
-        layer.forward(np.zeros((1, 1, 4, 4, 4), np.int64))
+    """MaxPool3d's own checks; the ones every layer shares are in test_bad_input.py."""
     with pytest.raises(ValueError, match="smaller than the kernel"):
-        layer.forward(np.zeros((1, 1, 4, 1, 4), np.float32))
-    layer.forward(np.zeros((1, 1, 4, 4, 4), np.float32))
-    with pytest.raises(ValueError, match="grad_output has shape"):
-        layer.backward(np.zeros((1, 1, 4, 4, 4), np.float32))
-    with pytest.raises(ValueError, match="kernel_size must be a positive integer"):
+        MaxPool3d(2).forward(np.zeros((1, 1, 4, 1, 4), np.float32))
+    with pytest.raises(ValueError, match="MaxPool3d: kernel_size and stride must be positive integers"):
         MaxPool3d(0)
+    with pytest.raises(ValueError, match="MaxPool3d: stride must be an int or a tuple of 3 ints"):
+        MaxPool3d(2, stride=(2, 2))
     with pytest.raises(ValueError, match="uint8 argmax"):
         MaxPool3d(7)

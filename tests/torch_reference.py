@@ -1,26 +1,17 @@
-"""The PyTorch "gold" side of the comparisons: run a torch module on the same input and the same
-random upstream gradient, return everything as float64 NumPy arrays."""
+"""The PyTorch side of the tests, imported one way everywhere: `from torch_reference import ...`.
+
+`assert_matches_torch` is the one layer-vs-PyTorch comparison (nn3d.gradcheck.torch_comparison
+runs both on the same input and the same random upstream gradient); each layer test is one call.
+"""
 import numpy as np
 import torch
+
+from nn3d.gradcheck import max_relative_error, torch_comparison
 
 
 def to_torch(array, requires_grad=False):
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     return tensor.requires_grad_(requires_grad)
-
-
-def run_torch(module, inputs, grad_output):
-    """Forward `inputs` (NumPy arrays) through `module`, backpropagate `grad_output`.
-
-    Returns (output, [grad of each input], {parameter name: grad}), all float64 NumPy arrays.
-    The loss is sum(output * grad_output), so d loss / d output = grad_output.
-    """
-    tensors = [to_torch(x, requires_grad=True) for x in inputs]
-    output = module(*tensors)
-    output.backward(to_torch(grad_output))
-    grads_in = [t.grad.double().numpy() for t in tensors]
-    grads_params = {name: p.grad.double().numpy() for name, p in module.named_parameters()}
-    return output.detach().double().numpy(), grads_in, grads_params
 
 
 def load_into_torch(torch_module, nn3d_module):
@@ -29,3 +20,21 @@ def load_into_torch(torch_module, nn3d_module):
              for key, value in nn3d_module.state_dict().items()}
     torch_module.load_state_dict(state, strict=True)
     return torch_module
+
+
+def assert_matches_torch(layer, torch_module, inputs, tolerance, seed=0, **tolerances):
+    """Assert that `layer` and `torch_module` agree on the output and every gradient, each within
+    `tolerance` (max relative error, see nn3d.gradcheck.max_relative_error), or within
+    tolerances[name] for the tensors named there (output, grad_input, grad_weight, grad_bias, ...).
+    Returns {name: our array} (output, grad_input, ...) for further checks."""
+    ours = {}
+    for name, our_array, torch_array in torch_comparison(layer, torch_module, inputs, seed):
+        key = name.replace(" ", "_")
+        assert np.shape(our_array) == np.shape(torch_array), f"{key}: shape {np.shape(our_array)} " \
+                                                           f"vs torch's {np.shape(torch_array)}"
+        error = max_relative_error(our_array, torch_array)
+        assert error <= tolerances.get(key, tolerance), f"{key}: max relative error {error:.2e}"
+        ours[key] = our_array
+    unused = set(tolerances) - set(ours)
+    assert not unused, f"tolerances for tensors that were not compared: {unused}"
+    return ours

@@ -1,4 +1,5 @@
-"""3-D convolution kernels on channels-last arrays, with their plain NumPy references.
+"""3-D convolution kernels on channels-last arrays. Their plain NumPy versions, with the same index
+names, are conv3d_*_reference in nn3d/kernels/reference.py: read those first.
 
 Notation: the numbered lines of nn3d/conv3d.py, with the channel index moved last. Index names:
 (od, oh, ow) an output voxel, (id, ih, iw) an input voxel, (kz, ky, kx) a kernel offset, ci / co an
@@ -19,7 +20,7 @@ input / output channel; x_pad, y, weight, grad_output, S are tensors.
                                     # grad_x: (N, D, H, W, Cin)                      the gather
     (4) grad_weight[co, ci, kz, ky, kx] = sum_{n, od, oh, ow} x_pad[n, od*sd+kz, oh*sh+ky, ow*sw+kx, ci]
                                           * grad_output[n, od, oh, ow, co]           # (Cout, Cin, kD, kH, kW)
-    (5) grad_bias[co] = sum_{n, od, oh, ow} grad_output[n, od, oh, ow, co]    (float64)  # (Cout,)
+    (5) grad_bias[co] = sum_{n, od, oh, ow} grad_output[n, od, oh, ow, co]    # (Cout,)  nn3d/kernels/channel_sum.py
 
 The fast kernels see the kx and ci axes as one axis j = kx*Cin + ci: for a fixed (n, od, oh, kz, ky)
 the values x_pad[n, od*sd+kz, oh*sh+ky, ow*sw + kx, ci] for all (kx, ci) form ONE contiguous run of
@@ -27,7 +28,7 @@ kW*Cin numbers in channels-last memory, starting at element ow*sw*Cin of that ro
 repacked to match (`pack_weight`): w_packed[kz, ky, cb, j, c] = weight[16*cb + c, ci, kz, ky, kx],
 with the output channels padded with zeros up to a multiple of BLOCK_C = 16.
 
-Register blocking (../../shared/PERF_NOTES.md): the forward kernel keeps a tile of outputs
+Register blocking (docs/performance.md): the forward kernel keeps a tile of outputs
 (BLOCK_W neighbouring voxels along W x BLOCK_C = 16 output channels) in registers while it runs over
 the whole reduction (kz, ky, j); per reduction step it loads 16 weights (one AVX-512 vector, two
 AVX2 vectors in float32), broadcasts one input value per voxel and does one FMA per voxel and
@@ -37,7 +38,7 @@ over voxels (a load of 16 grad_output values, BLOCK_J broadcasts of the input, B
 Tile width per CPU. Numba compiles for the CPU it runs on (and keys its cache by CPU), so the tile
 is chosen at import from the features Numba compiles for (`tile_width`): on AVX-512 (32 vector
 registers of 16 floats) BLOCK_W = BLOCK_J = 8, i.e. 8 accumulators + the weights; on AVX2 (16
-registers of 8 floats, e.g. the Zen 2 machines of PERF_NOTES) 8 x 16 outputs would need all 16
+registers of 8 floats, e.g. the Zen 2 machines of docs/performance.md) 8 x 16 outputs would need all 16
 registers for accumulators alone and spill, so BLOCK_W = BLOCK_J = 4 (8 accumulator registers).
 The kernels take the width as an argument and contain both the 8-wide and the 4-wide loops (4 also
 finishes rows after the 8-wide tiles), so the tests run both widths against the references on any
@@ -48,8 +49,9 @@ output gradient) with the flipped, in/out-swapped weights (`conv3d_grad_input`).
 import numpy as np
 from numba import prange
 
-from .jit import blocked_kernel, parallel_kernel, tile_helper
+from .jit import blocked_kernel, tile_helper
 from .padding import embed_strided, pad_channels_last
+from ..shapes import window_output_size
 
 BLOCK_C = 16   # output channels per register tile: one AVX-512 (two AVX2) registers of float32
 
@@ -102,11 +104,6 @@ def flipped_transposed(weight):
     stride-1 convolution with the padded output gradient is the input gradient (derivation in
     nn3d/conv3d.py)."""
     return weight.transpose(1, 0, 2, 3, 4)[:, :, ::-1, ::-1, ::-1]           # a view
-
-
-def output_size(padded_size, kernel_size, stride):
-    """Output voxels along each axis of a convolution of an already padded input."""
-    return tuple((p - k) // s + 1 for p, k, s in zip(padded_size, kernel_size, stride))
 
 
 # ---- register tiles -----------------------------------------------------------------------------
@@ -243,29 +240,11 @@ def conv3d_forward(x_pad, weight, bias, stride, block_w=BLOCK_W):
     if bias is not None:
         bias_padded[:cout] = bias
     bias_padded = bias_padded.reshape(-1, BLOCK_C)                          # (Cout_padded/16, 16)
-    out = output_size(x_pad.shape[1:4], weight.shape[2:], stride)
+    out = window_output_size(x_pad.shape[1:4], weight.shape[2:], stride)
     y = np.empty((x_pad.shape[0], *out, cout_padded), dtype=x_pad.dtype)  # (N, Do, Ho, Wo, Cout_padded)
     conv3d_forward_kernel(x_pad, w_packed, bias_padded, *(np.int64(s) for s in stride),
                           np.int64(block_w), y)
     return y if y.shape[4] == cout else np.ascontiguousarray(y[..., :cout])
-
-
-def conv3d_forward_reference(x_pad, weight, bias, stride):
-    """Line (1), plainly: one matrix product per kernel offset (kz, ky, kx)."""
-    cout, cin, kernel_d, kernel_h, kernel_w = weight.shape
-    stride_d, stride_h, stride_w = stride
-    out_d, out_h, out_w = output_size(x_pad.shape[1:4], weight.shape[2:], stride)
-    y = np.zeros((x_pad.shape[0], out_d, out_h, out_w, cout), dtype=np.float64)
-    for kz in range(kernel_d):
-        for ky in range(kernel_h):
-            for kx in range(kernel_w):
-                x_window = x_pad[:, kz:kz + stride_d * (out_d - 1) + 1:stride_d,
-                                 ky:ky + stride_h * (out_h - 1) + 1:stride_h,
-                                 kx:kx + stride_w * (out_w - 1) + 1:stride_w, :]   # (N, Do, Ho, Wo, Cin)
-                y += x_window @ weight[:, :, kz, ky, kx].T.astype(np.float64)    # (Cin, Cout)
-    if bias is not None:
-        y += bias
-    return y.astype(x_pad.dtype)
 
 
 # ---- grad-input: lines (2) and (3) ---------------------------------------------------------------
@@ -286,26 +265,6 @@ def conv3d_grad_input(grad_output, weight, input_size, stride, padding, block_w=
     else:
         grad_output_spread = embed_strided(grad_output, stride, offset, length)
     return conv3d_forward(grad_output_spread, flipped_transposed(weight), None, (1, 1, 1), block_w)
-
-
-def conv3d_grad_input_reference(grad_output, weight, input_size, stride, padding):
-    """Line (2), plainly, the scatter: each output voxel sends grad_output @ weight back to the
-    k^3 input voxels it read; the padding is cut off at the end."""
-    cout, cin, kernel_d, kernel_h, kernel_w = weight.shape
-    stride_d, stride_h, stride_w = stride
-    n_batch, out_d, out_h, out_w, _ = grad_output.shape
-    padded = [size + 2 * pad for size, pad in zip(input_size, padding)]
-    grad_x_pad = np.zeros((n_batch, *padded, cin), dtype=np.float64)
-    for kz in range(kernel_d):
-        for ky in range(kernel_h):
-            for kx in range(kernel_w):
-                grad_x_pad[:, kz:kz + stride_d * (out_d - 1) + 1:stride_d,
-                           ky:ky + stride_h * (out_h - 1) + 1:stride_h,
-                           kx:kx + stride_w * (out_w - 1) + 1:stride_w, :] += (
-                    grad_output @ weight[:, :, kz, ky, kx].astype(np.float64))  # (Cout, Cin)
-    pd, ph, pw = padding
-    d, h, w = input_size
-    return grad_x_pad[:, pd:pd + d, ph:ph + h, pw:pw + w, :].astype(grad_output.dtype)
 
 
 # ---- grad-weight: line (4) ----------------------------------------------------------------------
@@ -448,52 +407,3 @@ def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride, block_j=BLOCK_J)
     for chunk in range(1, n_chunks):          # fixed order: the result does not depend on threads
         w_packed += partial[chunk]
     return unpack_weight(w_packed, cout, cin)
-
-
-def conv3d_grad_weight_reference(x_pad, grad_output, kernel_size, stride):
-    """Line (4), plainly: for each kernel offset, (input window)^T @ grad_output over all voxels."""
-    n_batch, out_d, out_h, out_w, cout = grad_output.shape
-    cin = x_pad.shape[4]
-    kernel_d, kernel_h, kernel_w = kernel_size
-    stride_d, stride_h, stride_w = stride
-    grad_weight = np.zeros((cout, cin, kernel_d, kernel_h, kernel_w), dtype=np.float64)
-    g_flat = grad_output.reshape(-1, cout).astype(np.float64)                 # (N*Do*Ho*Wo, Cout)
-    for kz in range(kernel_d):
-        for ky in range(kernel_h):
-            for kx in range(kernel_w):
-                x_window = x_pad[:, kz:kz + stride_d * (out_d - 1) + 1:stride_d,
-                                 ky:ky + stride_h * (out_h - 1) + 1:stride_h,
-                                 kx:kx + stride_w * (out_w - 1) + 1:stride_w, :]   # (N, Do, Ho, Wo, Cin)
-                grad_weight[:, :, kz, ky, kx] = g_flat.T @ x_window.reshape(-1, cin)
-    return grad_weight.astype(x_pad.dtype)
-
-
-# ---- grad-bias: line (5) ------------------------------------------------------------------------
-CHANNEL_SUM_ROWS = 4096   # voxels per chunk of the bias-gradient sum (fixed: thread-independent result)
-
-
-@parallel_kernel
-def channel_sum_kernel(grad_flat, partial):
-    """partial[chunk, c] = sum of grad_flat[p, c] over chunk `chunk`'s CHANNEL_SUM_ROWS rows, in float64.
-    grad_flat (P, C); partial (n_chunks, C) float64, zeros on entry. Each iteration owns one row."""
-    rows, channels = grad_flat.shape
-    for chunk in prange(partial.shape[0]):
-        for p in range(chunk * CHANNEL_SUM_ROWS, min((chunk + 1) * CHANNEL_SUM_ROWS, rows)):
-            for c in range(channels):
-                partial[chunk, c] += grad_flat[p, c]
-
-
-def conv3d_grad_bias(grad_output):
-    """Line (5): dL/db[co] = sum over all voxels of grad_output[..., co], summed in float64 (a 64^3
-    volume adds 262144 values: float32 would lose about 3 of its 7 digits), returned in
-    grad_output's dtype. grad_output (N, Do, Ho, Wo, Cout) C-contiguous -> (Cout,)."""
-    grad_flat = grad_output.reshape(-1, grad_output.shape[-1])                # (P, Cout)
-    partial = np.zeros((-(-grad_flat.shape[0] // CHANNEL_SUM_ROWS), grad_flat.shape[1]), np.float64)
-    channel_sum_kernel(grad_flat, partial)
-    return partial.sum(axis=0).astype(grad_output.dtype)                      # fixed order
-
-
-def conv3d_grad_bias_reference(grad_output):
-    """Line (5), plainly."""
-    return grad_output.reshape(-1, grad_output.shape[-1]).sum(axis=0, dtype=np.float64).astype(
-        grad_output.dtype)

@@ -1,4 +1,5 @@
-"""Transposed 3-D convolution kernels (channels-last), with plain NumPy references.
+"""Transposed 3-D convolution kernels (channels-last). Plain NumPy versions of lines (1), (3), (4)
+for any kernel / stride / padding: conv_transpose3d_*_reference in nn3d/kernels/reference.py.
 
 Notation: the numbered lines of nn3d/conv_transpose3d.py, with the channel index moved last. Index
 names: (id, ih, iw) an input voxel, (od, oh, ow) an output voxel, (kz, ky, kx) a kernel offset.
@@ -24,7 +25,6 @@ different input voxels do not overlap, so (1) is ONE matrix product per voxel,
 [P, Cin] @ [Cin, kD*kH*kW*Cout], followed by a scatter of each row into its kD x kH x kW block of y;
 (3) and (4) are matrix products of the gathered blocks.
     w_matrix[ci, (kz, ky, kx, co)] = weight[ci, co, kz, ky, kx]        (Cin, kD*kH*kW*Cout)
-In the kernels, z, yy, xx are the input voxel (id, ih, iw) (yy, xx: y and x name tensors).
 """
 import numpy as np
 from numba import prange
@@ -51,15 +51,15 @@ def conv_transpose3d_blocks_forward_kernel(x, w_matrix, bias, y):
     kernel_d, kernel_h, kernel_w = y.shape[1] // in_d, y.shape[2] // in_h, y.shape[3] // in_w
     for row in prange(n_batch * in_d * in_h):
         n = row // (in_d * in_h)
-        z = row // in_h % in_d
-        yy = row % in_h
-        products = np.dot(x[n, z, yy], w_matrix).reshape(in_w, kernel_d, kernel_h, kernel_w, cout)
+        id = row // in_h % in_d
+        ih = row % in_h
+        products = np.dot(x[n, id, ih], w_matrix).reshape(in_w, kernel_d, kernel_h, kernel_w, cout)
         for kz in range(kernel_d):
             for ky in range(kernel_h):
-                for xx in range(in_w):
+                for iw in range(in_w):
                     for kx in range(kernel_w):
-                        y[n, z * kernel_d + kz, yy * kernel_h + ky, xx * kernel_w + kx, :] = (
-                            products[xx, kz, ky, kx, :] + bias)
+                        y[n, id * kernel_d + kz, ih * kernel_h + ky, iw * kernel_w + kx, :] = (
+                            products[iw, kz, ky, kx, :] + bias)
 
 
 @parallel_kernel
@@ -69,14 +69,14 @@ def gather_blocks_kernel(grad_output, kernel_d, kernel_h, kernel_w, blocks):
     n_batch, in_d, in_h, in_w = blocks.shape[:4]
     for row in prange(n_batch * in_d * in_h):
         n = row // (in_d * in_h)
-        z = row // in_h % in_d
-        yy = row % in_h
-        for xx in range(in_w):
+        id = row // in_h % in_d
+        ih = row % in_h
+        for iw in range(in_w):
             for kz in range(kernel_d):
                 for ky in range(kernel_h):
                     for kx in range(kernel_w):
-                        blocks[n, z, yy, xx, kz, ky, kx, :] = grad_output[
-                            n, z * kernel_d + kz, yy * kernel_h + ky, xx * kernel_w + kx, :]
+                        blocks[n, id, ih, iw, kz, ky, kx, :] = grad_output[
+                            n, id * kernel_d + kz, ih * kernel_h + ky, iw * kernel_w + kx, :]
 
 
 @parallel_kernel
@@ -87,9 +87,9 @@ def conv_transpose3d_blocks_grad_input_kernel(blocks, w_matrix_t, grad_input):
     n_batch, in_d, in_h = grad_input.shape[:3]
     for row in prange(n_batch * in_d * in_h):
         n = row // (in_d * in_h)
-        z = row // in_h % in_d
-        yy = row % in_h
-        grad_input[n, z, yy] = np.dot(blocks[n, z, yy], w_matrix_t)
+        id = row // in_h % in_d
+        ih = row % in_h
+        grad_input[n, id, ih] = np.dot(blocks[n, id, ih], w_matrix_t)
 
 
 @parallel_kernel
@@ -149,75 +149,3 @@ def conv_transpose3d_blocks_grad_weight(x, grad_output, kernel_size, cout):
         w_matrix_grad += partial[chunk]
     return np.ascontiguousarray(
         w_matrix_grad.reshape(cin, *kernel_size, cout).transpose(0, 4, 1, 2, 3))
-
-
-# ---- references: lines (1), (3), (4), plainly, any kernel / stride / padding ----------------------------
-def _full_size(input_size, kernel_size, stride):
-    return tuple((size - 1) * s + k for size, k, s in zip(input_size, kernel_size, stride))
-
-
-def conv_transpose3d_forward_reference(x, weight, bias, stride, padding):
-    """Line (1): every input voxel adds x @ weight[:, :, kz, ky, kx] into the output voxel at
-    (id*sd + kz, ...); then the padding is cut off and the bias added."""
-    n_batch, d, h, w, cin = x.shape
-    cout, (kernel_d, kernel_h, kernel_w) = weight.shape[1], weight.shape[2:]
-    stride_d, stride_h, stride_w = stride
-    full = _full_size((d, h, w), weight.shape[2:], stride)
-    y_full = np.zeros((n_batch, *full, cout), dtype=np.float64)
-    for kz in range(kernel_d):
-        for ky in range(kernel_h):
-            for kx in range(kernel_w):
-                y_full[:, kz:kz + stride_d * (d - 1) + 1:stride_d,
-                       ky:ky + stride_h * (h - 1) + 1:stride_h,
-                       kx:kx + stride_w * (w - 1) + 1:stride_w, :] += (
-                    x @ weight[:, :, kz, ky, kx].astype(np.float64))          # (Cin, Cout)
-    pd, ph, pw = padding
-    y = y_full[:, pd:full[0] - pd, ph:full[1] - ph, pw:full[2] - pw, :]
-    if bias is not None:
-        y = y + bias
-    return y.astype(x.dtype)
-
-
-def _grad_full(grad_output, full, padding):
-    """grad_output zero-padded back to the size of y_full."""
-    pd, ph, pw = padding
-    grad_full = np.zeros((grad_output.shape[0], *full, grad_output.shape[4]), dtype=np.float64)
-    grad_full[:, pd:full[0] - pd, ph:full[1] - ph, pw:full[2] - pw, :] = grad_output
-    return grad_full
-
-
-def conv_transpose3d_grad_input_reference(grad_output, weight, input_size, stride, padding):
-    """Line (3): every input voxel collects grad_full @ weight[:, :, kz, ky, kx]^T from the output
-    voxels it was added into."""
-    cin, cout, kernel_d, kernel_h, kernel_w = weight.shape
-    d, h, w = input_size
-    stride_d, stride_h, stride_w = stride
-    grad_full = _grad_full(grad_output, _full_size(input_size, weight.shape[2:], stride), padding)
-    grad_x = np.zeros((grad_output.shape[0], d, h, w, cin), dtype=np.float64)
-    for kz in range(kernel_d):
-        for ky in range(kernel_h):
-            for kx in range(kernel_w):
-                grad_x += (grad_full[:, kz:kz + stride_d * (d - 1) + 1:stride_d,
-                                     ky:ky + stride_h * (h - 1) + 1:stride_h,
-                                     kx:kx + stride_w * (w - 1) + 1:stride_w, :]
-                           @ weight[:, :, kz, ky, kx].T.astype(np.float64))    # (Cout, Cin)
-    return grad_x.astype(grad_output.dtype)
-
-
-def conv_transpose3d_grad_weight_reference(x, grad_output, kernel_size, stride, padding):
-    """Line (4): for each kernel offset, x^T @ (the output-gradient voxels it was added into)."""
-    n_batch, d, h, w, cin = x.shape
-    cout = grad_output.shape[4]
-    kernel_d, kernel_h, kernel_w = kernel_size
-    stride_d, stride_h, stride_w = stride
-    grad_full = _grad_full(grad_output, _full_size((d, h, w), kernel_size, stride), padding)
-    grad_weight = np.zeros((cin, cout, *kernel_size), dtype=np.float64)
-    x_flat = x.reshape(-1, cin).astype(np.float64)                             # (P, Cin)
-    for kz in range(kernel_d):
-        for ky in range(kernel_h):
-            for kx in range(kernel_w):
-                grad_window = grad_full[:, kz:kz + stride_d * (d - 1) + 1:stride_d,
-                                        ky:ky + stride_h * (h - 1) + 1:stride_h,
-                                        kx:kx + stride_w * (w - 1) + 1:stride_w, :]
-                grad_weight[:, :, kz, ky, kx] = x_flat.T @ grad_window.reshape(-1, cout)
-    return grad_weight.astype(x.dtype)

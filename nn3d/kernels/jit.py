@@ -11,7 +11,7 @@ debugger, and `NUMBA_BOUNDSCHECK=1` checks every index.
                       (straight-line) vectoriser on. Register-blocked convolution kernels keep a
                       few output voxels x many output channels in local variables; the loop
                       vectoriser mangles that pattern, the SLP vectoriser turns it into AVX2 FMAs
-                      (about 3x faster, see ../shared/PERF_NOTES.md). SLP is off by default in
+                      (about 3x faster, see docs/performance.md). SLP is off by default in
                       Numba because of a past miscompilation, so every such kernel is tested
                       against a plain reference.
 

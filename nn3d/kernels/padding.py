@@ -1,6 +1,6 @@
 """Zero-haloed channels-last buffers: the input of every convolution kernel.
 
-A convolution kernel that reads `x_pad[n, z*s + kz, y*s + ky, x*s + kx, c]` needs no boundary test
+A convolution kernel that reads `x_pad[n, od*sd + kz, oh*sh + ky, ow*sw + kx, c]` needs no boundary test
 if the zero padding is already in memory. `embed_strided` builds that buffer once per call:
 
     out[n, o_d*s_d + offset_d, o_h*s_h + offset_h, o_w*s_w + offset_w, c] = x[n, o_d, o_h, o_w, c]

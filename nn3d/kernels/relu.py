@@ -5,9 +5,8 @@
 
 One pass over memory each, split across threads (NumPy's np.where needs a temporary mask and one
 thread, about 6x slower here). `0 if x <= 0 else x` keeps a NaN (NaN <= 0 is False), as PyTorch does.
-Plain NumPy references with the same names follow each kernel; tests compare the pairs.
+Plain NumPy references with the same names: nn3d/kernels/reference.py; tests compare the pairs.
 """
-import numpy as np
 from numba import prange
 
 from .jit import parallel_kernel
@@ -21,16 +20,8 @@ def relu_forward(x, y):
         y[i] = 0 if value <= 0 else value
 
 
-def relu_forward_reference(x, y):
-    y[...] = np.where(x <= 0, 0, x)
-
-
 @parallel_kernel
 def relu_backward(y, grad_output, grad_input):
     """y, grad_output, grad_input: (size,) same dtype. Each iteration owns grad_input[i]."""
     for i in prange(y.shape[0]):
         grad_input[i] = grad_output[i] if y[i] > 0 else 0
-
-
-def relu_backward_reference(y, grad_output, grad_input):
-    grad_input[...] = np.where(y > 0, grad_output, 0)
