@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import nn3d  # noqa: E402
 from mri2ct import cli  # noqa: E402
 from mri2ct.checkpoint import model_from_checkpoint  # noqa: E402
-from mri2ct.data import CohortDataset  # noqa: E402
+from mri2ct.data import open_split  # noqa: E402
 from mri2ct.train_step import forward_backward  # noqa: E402
 from mri2ct.visualize import picture_format, save_figure  # noqa: E402
 
@@ -201,7 +201,7 @@ def main(argv=None):
         picture_format(args.out)                                     # refuse a non-picture before any work
     nn3d.set_num_threads(args.threads)
     model, _ = model_from_checkpoint(args.checkpoint)
-    dataset = CohortDataset(args.data, args.split)
+    dataset = open_split(args.data, args.split)
     if not 0 <= args.patient < len(dataset):
         raise ValueError(f"{args.data}: --patient {args.patient} is out of range, the {args.split} split "
                          f"has {len(dataset)} patients")

@@ -2,7 +2,7 @@
 
     load_image(path, name=None, dtype=np.float32) -> (array (D, H, W), image)   # image: header, affine
     load_volume(path, name=None, dtype=np.float32) -> (array (D, H, W), affine (4, 4))
-    save_volume(path, array, affine, header=None)
+    save_volume(path, array, affine, header=None, dtype=None)
     check_same_grid(volumes)   volumes: [(path, array, affine), ...]
 
 Axis names: a volume is a (D, H, W) array, the names nn3d gives the three spatial axes of
@@ -116,14 +116,15 @@ def check_same_grid(volumes):
                              f"(max difference {np.abs(affine - first_affine).max():.4g} mm)")
 
 
-def save_volume(path, array, affine, header=None):
+def save_volume(path, array, affine, header=None, dtype=None):
     """Write a NIfTI image atomically: a temporary file in the same folder, then os.replace.
 
     A reader never sees a half-written file, and an interrupted write leaves the old file intact.
-    The array's dtype is stored as is (int16 stays int16, float32 stays float32).
+    The array's dtype is stored as is (int16 stays int16, float32 stays float32), unless `dtype` asks
+    for another: nibabel then stores scale factors (scl_slope, scl_inter) when the values need them.
     header: optional NIfTI header to copy (e.g. from the input scan); its dtype is overridden.
     """
     image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64), header=header)
-    image.set_data_dtype(np.asarray(array).dtype)
+    image.set_data_dtype(dtype or np.asarray(array).dtype)
     with atomic_path(path) as temporary:   # keeps the .nii.gz suffix: nibabel compresses by name
         nib.save(image, temporary)

@@ -312,15 +312,18 @@ def block_majority(fine_labels, k):
 
 
 def generate_patient(rng, shape=64, spacing=3.0, supersample=2):
-    """Generate one patient on a cubic grid of `shape`^3 voxels of `spacing` mm.
+    """Generate one patient on a grid of `shape` voxels of `spacing` mm, centred on the origin.
 
     rng: numpy Generator; all randomness comes from it, in a fixed order.
-    Returns a Phantom with (shape, shape, shape) volumes.
+    shape: an int (cubic grid) or three sizes (X, Y, Z); a cubic grid draws exactly as three equal sizes.
+    Returns a Phantom with (X, Y, Z) volumes.
     """
-    n, k = int(shape), int(supersample)
-    fov = n * spacing
+    size = np.broadcast_to(np.asarray(shape, dtype=int), (3,))
+    nx, ny, nz = (int(n) for n in size)
+    k = int(supersample)
+    fov = size * spacing                                     # (3,) field of view in mm
     p = draw_patient(rng, fov)
-    half = max(fov / 2, 128.0) + 30.0  # noise lattices cover at least a 256 mm cube
+    half = max(float(fov.max()) / 2, 128.0) + 30.0  # noise lattices cover at least a 256 mm cube
     thickness = SmoothNoise(rng, 30.0, half, channels=4)
     bump = SmoothNoise(rng, 25.0, half)
     bone_density = SmoothNoise(rng, 15.0, half)
@@ -337,24 +340,24 @@ def generate_patient(rng, shape=64, spacing=3.0, supersample=2):
 
     # World -> head frame:  u = R^T (x - shift) / scale.
     rot = rotation_matrix(p["rotation_deg"])
-    fine_axis = axis_centres(n * k, spacing / k)
-    labels = np.empty((n, n, n), np.uint8)
-    hu = np.empty((n, n, n), np.float32)
-    t1 = np.empty((n, n, n), np.float32)
-    slab = max(1, 2_100_000 // (k**3 * n * n))  # output planes per slab: ~2M fine points at a time
-    for start in range(0, n, slab):
-        stop = min(n, start + slab)
-        fx = fine_axis[start * k:stop * k]
-        x, y, z = np.meshgrid(fx, fine_axis, fine_axis, indexing="ij", sparse=True)
+    fine_x, fine_y, fine_z = (axis_centres(n * k, spacing / k) for n in (nx, ny, nz))
+    labels = np.empty((nx, ny, nz), np.uint8)
+    hu = np.empty((nx, ny, nz), np.float32)
+    t1 = np.empty((nx, ny, nz), np.float32)
+    slab = max(1, 2_100_000 // (k**3 * ny * nz))  # output planes per slab: ~2M fine points at a time
+    for start in range(0, nx, slab):
+        stop = min(nx, start + slab)
+        fx = fine_x[start * k:stop * k]
+        x, y, z = np.meshgrid(fx, fine_y, fine_z, indexing="ij", sparse=True)
         rel = [x - p["shift_mm"][0], y - p["shift_mm"][1], z - p["shift_mm"][2]]
         ux, uy, uz = ((rel[0] * rot[0, j] + rel[1] * rot[1, j] + rel[2] * rot[2, j]).astype(np.float32)
                       / np.float32(p["scale"][j]) for j in range(3))
-        fine = paint_head(ux, uy, uz, thickness.on_grid(fx, fine_axis, fine_axis),
-                          bump.on_grid(fx, fine_axis, fine_axis)[0], folds, p)
+        fine = paint_head(ux, uy, uz, thickness.on_grid(fx, fine_y, fine_z),
+                          bump.on_grid(fx, fine_y, fine_z)[0], folds, p)
 
         fine_hu = p["hu"].astype(np.float32)[fine]
         fine_t1 = p["t1"].astype(np.float32)[fine]
-        density = bone_density.on_grid(fx, fine_axis, fine_axis)[0]
+        density = bone_density.on_grid(fx, fine_y, fine_z)[0]
         cortical, trabecular = fine == CORTICAL_BONE, fine == TRABECULAR_BONE
         fine_hu[cortical] = np.clip(fine_hu[cortical] * (1 + 0.15 * density[cortical]), 900, 1800)
         fine_hu[trabecular] = np.clip(fine_hu[trabecular] * (1 + 0.2 * density[trabecular]), 300, 600)
@@ -364,11 +367,10 @@ def generate_patient(rng, shape=64, spacing=3.0, supersample=2):
         hu[start:stop] = block_mean(fine_hu, k)
         t1[start:stop] = block_mean(fine_t1, k)
 
-    axis = axis_centres(n, spacing)
-    log_bias = p["mr_bias"] * bias.on_grid(axis, axis, axis)[0]
+    log_bias = p["mr_bias"] * bias.on_grid(*(axis_centres(n, spacing) for n in (nx, ny, nz)))[0]
     signal = t1 * np.exp(log_bias) * p["mr_gain"]
     sigma = p["mr_noise"] * p["mr_gain"]
-    noise_re, noise_im, noise_ct = rng.standard_normal((3, n, n, n), dtype=np.float32)
+    noise_re, noise_im, noise_ct = rng.standard_normal((3, nx, ny, nz), dtype=np.float32)
     mr = np.sqrt((signal + sigma * noise_re) ** 2 + (sigma * noise_im) ** 2).astype(np.float32)
     ct = np.rint(hu + p["ct_noise_hu"] * noise_ct).astype(np.int16)
 
@@ -376,5 +378,5 @@ def generate_patient(rng, shape=64, spacing=3.0, supersample=2):
     mask = ndimage.binary_dilation(head, iterations=max(1, round(3.0 / spacing))).astype(np.uint8)
     params = {key: (value.round(4).tolist() if isinstance(value, np.ndarray) else round(float(value), 4))
               for key, value in p.items()}
-    return Phantom(mr=mr, ct=ct, labels=labels, mask=mask, affine=grid_affine((n, n, n), spacing),
+    return Phantom(mr=mr, ct=ct, labels=labels, mask=mask, affine=grid_affine((nx, ny, nz), spacing),
                    params=params)

@@ -6,9 +6,9 @@ frame, predicts it window by window, and brings the result back:
 
     1. clip the MR to a robust range, [0.1th, 99.9th percentile]: one absurd voxel (3e38 in a
        corrupt file) can neither move the normalisation scale nor reach the network
-    2. resample to the training spacing, trilinear, voxel centres aligned            (D', H', W')
-    3. normalise as in training: divide by the 99th percentile inside a head mask (estimated here
-       by thresholding, since a scan comes without one)
+    2. resample to the training spacing, trilinear (data.preprocess.resample)         (D', H', W')
+    3. normalise as in training (data.normalise: white-matter peak) inside a head mask computed as
+       for a training scan without one (data.preprocess.compute_mask)
     4. sliding windows of the training size, overlapping by half, each predicted in eval mode and
        blended with Gaussian weights (a window's centre counts most: it saw the most context); the
        volume is zero-padded to at least one window. Memory: one window's activations plus three
@@ -16,24 +16,22 @@ frame, predicts it window by window, and brings the result back:
     5. HU = net_to_hu(network output), refused unless finite, clipped to [-1024, 3071] HU (the
        12-bit range of clinical CT); resampled back to the scan's grid
 
-Limits, checked before anything large is allocated (`check_grid`): voxel sizes from MIN_SPACING_MM
-to MAX_SPACING_MM, and at most MAX_GRID_VOXELS voxels after resampling to the training spacing.
+Limits, checked before anything large is allocated (`data.preprocess.check_grid`, the same limits as
+for training scans): voxel sizes from 0.1 to 10 mm, and at most 320^3 voxels after resampling to the
+training spacing.
 """
 import numpy as np
-from scipy import ndimage
 
 import nn3d
 from mri2ct.cli import RunError
 from mri2ct.data import net_to_hu, normalise_mr
+from mri2ct.data.preprocess import check_grid, compute_mask, resample, shape_at_spacing
 
 WINDOW_OVERLAP = 0.5          # consecutive windows share half their width
 GAUSSIAN_SIGMA = 1 / 8        # of the window size, per axis
 MIN_BLEND_WEIGHT = 1e-3       # floor of the normalised Gaussian, so edge voxels never divide by ~0
-HEAD_THRESHOLD = 0.1          # of the whole volume's 99th percentile: head vs background
 MR_CLIP_PERCENTILES = (0.1, 99.9)  # robust MR range (step 1)
 HU_RANGE = (-1024.0, 3071.0)  # every written sCT lies in this range (step 5)
-MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 10.0    # voxel sizes a head scan can sensibly have
-MAX_GRID_VOXELS = 320 ** 3    # resampled grid: 33 M voxels, ~130 MB per float32 volume
 
 
 class PredictionError(RunError):
@@ -41,32 +39,6 @@ class PredictionError(RunError):
 
 
 # ---- geometry -----------------------------------------------------------------------------------
-def resample(volume, shape):
-    """Trilinear resampling of a (D, H, W) array to `shape`, aligning voxel centres (not corners)."""
-    factors = [new / old for new, old in zip(shape, volume.shape)]
-    resampled = ndimage.zoom(volume, factors, order=1, mode="nearest", grid_mode=True)
-    assert resampled.shape == tuple(shape), (resampled.shape, shape)
-    return resampled.astype(np.float32)
-
-
-def shape_at_spacing(shape, spacing, new_spacing):
-    """Grid size covering the same field of view at `new_spacing` (at least one voxel per axis)."""
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, new_spacing))
-
-
-def check_grid(shape, spacing, train_spacing, name="input MR"):
-    """ValueError unless every voxel size is within [MIN_SPACING_MM, MAX_SPACING_MM] and the grid
-    resampled to `train_spacing` stays under MAX_GRID_VOXELS. Costs nothing: header numbers only."""
-    for what, values in ((name, spacing), ("the checkpoint's training", train_spacing)):
-        if not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in values):
-            raise ValueError(f"{what} voxel size {' x '.join(f'{s:.4g}' for s in values)} mm is outside "
-                             f"the supported {MIN_SPACING_MM}-{MAX_SPACING_MM} mm")
-    grid = shape_at_spacing(shape, spacing, train_spacing)
-    if int(np.prod(grid, dtype=np.int64)) > MAX_GRID_VOXELS:
-        raise ValueError(f"{name} covers {' x '.join(map(str, grid))} voxels at the training spacing, "
-                         f"more than the limit of {MAX_GRID_VOXELS:,}")
-
-
 def window_starts(length, window):
     """Start indices of windows of `window` voxels covering 0..length-1, overlapping by about half;
     the last window ends exactly at `length` (length >= window)."""
@@ -127,15 +99,6 @@ def clip_mr(mr):
     return np.clip(mr, low, high)
 
 
-def estimate_head_mask(mr):
-    """(D, H, W) bool: voxels brighter than a tenth of the 99th percentile, with enclosed holes
-    (the dark skull and CSF inside the scalp) filled slice by slice and the result dilated by one voxel."""
-    mask = mr > HEAD_THRESHOLD * np.percentile(mr, 99)
-    for w in range(mask.shape[2]):
-        mask[:, :, w] = ndimage.binary_fill_holes(mask[:, :, w])
-    return ndimage.binary_dilation(mask)
-
-
 def synthesize_ct(model, mr, spacing, window, train_spacing):
     """CT in HU for an MR volume in RAS order, on the MR's own grid (steps 1-5 of the docstring).
 
@@ -144,6 +107,6 @@ def synthesize_ct(model, mr, spacing, window, train_spacing):
     """
     check_grid(mr.shape, spacing, train_spacing)
     resampled = resample(clip_mr(mr), shape_at_spacing(mr.shape, spacing, train_spacing))
-    normalised, _ = normalise_mr(resampled, estimate_head_mask(resampled))
+    normalised, _ = normalise_mr(resampled, compute_mask(resampled))
     prediction = predict_sliding_window(model, normalised, window)
     return resample(prediction_to_hu(prediction), mr.shape)  # trilinear: stays inside HU_RANGE

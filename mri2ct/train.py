@@ -5,8 +5,19 @@ folder is missing: 60 patients, 64^3 at 3 mm), 100 epochs, batch 1, AdamW (lr 1e
 0.01), gradient clipping at 1.0, MSE on the network's CT scale (HU / 1000), random flips, validation
 after every epoch, everything written to checkpoints/run.
 
-One epoch = every training patient once, in an order and with flips drawn from (seed, epoch)
-(`CohortDataset.epoch_plan`). Each step is the textbook one, `train_step.train_step`:
+Data (--data DIR): a cohort written by `python -m mri2ct.data` (its manifest gives the split), or any
+folder of paired scans, one subfolder per patient with mr and ct (.nii.gz, .nii or .mha) and
+optionally a mask: the SynthRAD2023 layout (mri2ct/data/folders.py). Scans are reoriented to RAS,
+resampled to --spacing, clipped and normalised once, and cached (mri2ct/data/preprocess.py). Without
+a manifest, a 70/15/15 split is drawn from --seed, or read from --split FILE; either way it is written
+to --out/split.json and kept in every checkpoint (mri2ct.evaluate reads it from there).
+
+One epoch = every training patient once, in an order and with flips drawn from (seed, epoch), cut
+into steps of --batch-size samples; with --patch N each sample is an N^3 patch centred on a mask
+voxel drawn from (seed, epoch, step, sample) (`PatientSet.batch_plan`), else the whole volume. Every
+random choice is a pure function of those numbers, so a resumed run reads exactly what the
+uninterrupted run would have read, and a data-parallel run can give sample r, r + N, ... of each step
+to rank r of N. Each step is the textbook one, `train_step.train_step`:
 
     model.zero_grad(); y = model.forward(x); loss = criterion.forward(y, target)
     model.backward(criterion.backward()); clip_grad_norm_(model.parameters(), clip)
@@ -14,26 +25,30 @@ One epoch = every training patient once, in an order and with flips drawn from (
 
 The learning rate follows a cosine from --lr to --lr-min over the whole run, advanced after every
 step (T_max = epochs x steps per epoch: smoother than per-epoch steps, and the last step ends at
---lr-min). Validation runs the model in eval mode (BatchNorm with running statistics) and reports
-the MSE and the MAE in HU inside the head mask, averaged over patients.
+--lr-min). Validation, every --val-every epochs and after the last, predicts each whole validation
+scan with the sliding-window predictor that infer and evaluate use (mri2ct.predict; the window is the
+patch, or the whole volume), in eval mode (BatchNorm with running statistics), and reports the MSE
+(network scale) and the MAE in HU inside the mask, averaged over patients.
 
 The run owns --out: it holds the lock `--out/.lock` from start to end (folder_lock.py), so a second
 trainer on the same folder stops at once with a one-line error, and a run killed with kill -9 leaves
 no stale lock. Temporary files a killed run left behind are deleted by the next write (atomic.py).
-Every checkpoint records the training window and voxel spacing of the data, taken from the first
-training patient, so mri2ct.infer can always use it.
+Every checkpoint records the training window (the patch, or the volume shape) and the voxel spacing,
+so mri2ct.infer can always use it.
 
 Files in --out, all written atomically (temporary file + rename) and refreshed every epoch:
     latest.npz           the last finished epoch, for --resume
     best.npz             the epoch with the lowest validation loss
     epoch_010.npz, ...   every --checkpoint-every epochs
     final.npz            the last epoch of the run, once it is reached
+    split.json           the patients of train, val and test
     history.json         [{"epoch", "train_loss", "val_loss", "val_mae_hu", "lr", "seconds"}, ...]
+                         (val_loss and val_mae_hu are null in epochs without validation)
     training_curves.png  loss (log scale), validation MAE and learning rate per epoch
 
 Exact resume: a checkpoint holds the model, the optimizer's moments and step, the schedule's step,
-the history and the config. The data order is a pure function of (seed, epoch), so that pair is the
-whole random state. `--resume latest` after a crash (even kill -9 in the middle of an epoch) restarts
+the history and the config. The data plan is a pure function of (seed, epoch, step), so the seed and
+the epoch are the whole random state. `--resume latest` after a crash (even kill -9 in the middle of an epoch) restarts
 at the first unfinished epoch and gives the history the uninterrupted run would have given (bit for
 bit with the same --threads; Numba's kernels are deterministic for a fixed thread count).
 """
@@ -50,18 +65,20 @@ import nn3d
 from mri2ct import cli
 from mri2ct.atomic import remove_stray_temporaries, write_text
 from mri2ct.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
-from mri2ct.data import CohortDataset, generate_cohort, net_to_hu
+from mri2ct.data import PatientSet, choose_split, generate_cohort, hu_to_net, native_spacing, open_data_folder
+from mri2ct.data.preprocess import default_cache_dir
 from mri2ct.folder_lock import lock_folder
 from mri2ct.model import DEFAULT_FEATURES, UNet3D
-from mri2ct.orientation import check_affine
-from mri2ct.predict import check_grid
+from mri2ct.predict import predict_sliding_window, prediction_to_hu
 from mri2ct.train_step import train_step
 from mri2ct.visualize import plot_training_curves
 
 DEFAULT_DATA = os.path.join("data", "cohort")
 DEFAULT_OUT = os.path.join("checkpoints", "run")
 # Config entries that decide the run's trajectory: a resumed run must use the same values.
-RESUME_MUST_MATCH = ("features", "epochs", "lr", "lr_min", "weight_decay", "clip", "seed")
+RESUME_MUST_MATCH = ("features", "epochs", "lr", "lr_min", "weight_decay", "clip", "seed", "patch",
+                     "batch_size", "spacing", "split")
+UNET_MULTIPLE = 8   # the U-Net halves the grid three times: every input side must divide by 8
 
 
 def parse_args(argv=None):
@@ -70,11 +87,26 @@ def parse_args(argv=None):
         description="Train the 3-D U-Net (nn3d) to synthesise CT from T1 MRI.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", default=DEFAULT_DATA, metavar="DIR",
-                        help="cohort folder with manifest.json; if DIR does not exist, the default "
-                             "synthetic cohort (60 patients, 64^3 at 3 mm) is generated into it")
+                        help="a cohort (manifest.json) or a folder of paired scans, one subfolder per "
+                             "patient with mr and ct (.nii.gz/.nii/.mha) and optionally mask; if DIR does "
+                             "not exist, the default synthetic cohort (60 patients, 64^3 at 3 mm) is "
+                             "generated into it")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                        help="folder for checkpoints, history.json and training_curves.png")
+                        help="folder for checkpoints, split.json, history.json and training_curves.png")
+    parser.add_argument("--split", metavar="FILE",
+                        help="split.json with the patient ids of train, val and test (default: the "
+                             "cohort's manifest, or a 70/15/15 split drawn from --seed)")
+    parser.add_argument("--spacing", type=float, metavar="MM",
+                        help="isotropic training voxel size (default: the scans' own when all are "
+                             "isotropic at one size, else 1.5 mm)")
+    cli.add_cache_argument(parser)
+    parser.add_argument("--patch", type=int, metavar="N",
+                        help="train on random N^3 patches centred inside the mask (N a multiple of 8); "
+                             "default: whole volumes")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="B", help="samples per step")
     parser.add_argument("--epochs", type=int, default=100, metavar="N", help="length of the run")
+    parser.add_argument("--val-every", type=int, default=1, metavar="N",
+                        help="validate every N epochs (and after the last)")
     parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate at the start")
     parser.add_argument("--lr-min", type=float, default=1e-6,
                         help="learning rate at the end of the cosine schedule")
@@ -84,7 +116,7 @@ def parse_args(argv=None):
                         metavar=("F1", "F2", "F3", "F4"),
                         help="channels of encoder levels 1-3 and of the bottleneck")
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the weight initialisation and of the data order and flips")
+                        help="seed of the weight initialisation, the split and the data plan")
     cli.add_threads_argument(parser, "results are bit-reproducible for a fixed thread count")
     parser.add_argument("--checkpoint-every", type=int, default=10, metavar="N",
                         help="also keep epoch_NNN.npz every N epochs (0: never)")
@@ -92,71 +124,94 @@ def parse_args(argv=None):
                         help="continue a run, with the run's own flags: 'latest' is --out/latest.npz "
                              "(a fresh start if it does not exist yet), or give a checkpoint file")
     args = parser.parse_args(argv)
-    for name in ("epochs", "lr", "clip"):
+    for name in ("epochs", "lr", "clip", "batch_size", "val_every"):
         if not getattr(args, name) > 0:
-            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 <= args.lr_min <= args.lr:
         parser.error(f"--lr-min must be between 0 and --lr, got {args.lr_min}")
     if min(args.features) < 1 or args.checkpoint_every < 0:
         parser.error("--features must be positive and --checkpoint-every non-negative")
+    if args.patch is not None and not (args.patch > 0 and args.patch % UNET_MULTIPLE == 0):
+        parser.error(f"--patch must be a positive multiple of {UNET_MULTIPLE}, got {args.patch}")
+    if args.spacing is not None and not 0.1 <= args.spacing <= 10:        # also false for nan
+        parser.error(f"--spacing must be between 0.1 and 10 mm, got {args.spacing}")
     return args
 
 
 # ---- one epoch ----------------------------------------------------------------------------------
-def train_one_epoch(model, criterion, optimizer, scheduler, dataset, epoch, clip, label):
-    """One pass over the training set in the epoch's seeded order; returns the mean training loss."""
+def train_one_epoch(model, criterion, optimizer, scheduler, dataset, epoch, args, label):
+    """One pass over the training set following the epoch's seeded plan; returns the mean loss."""
     model.train()
+    steps = dataset.batch_plan(epoch, args.batch_size, args.patch)
     losses = []
-    with tqdm(total=len(dataset), desc=label, unit="step", leave=False, disable=None) as progress:
-        for x, target in dataset.iterate(epoch):                   # (1, 1, D, H, W) each
-            loss = train_step(model, criterion, optimizer, scheduler, x, target, clip)
+    with tqdm(total=len(steps), desc=label, unit="step", leave=False, disable=None) as progress:
+        for samples in steps:
+            x, target = dataset.batch(samples, args.patch)          # (B, 1, D, H, W) each
+            loss = train_step(model, criterion, optimizer, scheduler, x, target, args.clip)
             losses.append(loss)
             progress.set_postfix(loss=f"{loss:.5f}")
             progress.update()
     return float(np.mean(losses))
 
 
-def validate(model, criterion, dataset):
-    """(mean MSE, mean MAE in HU inside the head mask) over the validation patients, in eval mode."""
+def validate(model, dataset, window):
+    """(mean MSE on the network scale, mean MAE in HU inside the mask) over the whole validation
+    scans, each predicted by sliding windows (mri2ct.predict), in eval mode."""
     model.eval()
     losses, maes = [], []
     for index in range(len(dataset)):
-        x, target = dataset[index]                                 # (1, 1, D, H, W) each
         patient = dataset.patient(index)
-        with nn3d.no_grad():                                       # keep no backward caches
-            y = model.forward(x)
-            losses.append(criterion.forward(y, target))
-        error_hu = np.abs(net_to_hu(y[0, 0]) - patient.ct_hu)      # (D, H, W)
+        prediction = predict_sliding_window(model, np.asarray(patient.mr), window)   # (D, H, W)
+        error = prediction.astype(np.float64) - hu_to_net(patient.ct_hu)
+        losses.append(float(np.mean(error**2)))
+        error_hu = np.abs(prediction_to_hu(prediction) - patient.ct_hu)            # (D, H, W)
         maes.append(float(error_hu[patient.mask].mean()))
     model.train()
     return float(np.mean(losses)), float(np.mean(maes))
 
 
 # ---- the run ------------------------------------------------------------------------------------
-def open_cohort(data_dir):
-    """Generate the default cohort into `data_dir` if it does not exist."""
-    if not os.path.exists(data_dir):
-        print(f"{data_dir} does not exist: generating the default synthetic cohort into it")
-        generate_cohort(data_dir)
+def open_data(args):
+    """(train PatientSet, val PatientSet, split): the folder (the default cohort is generated first
+    when --data does not exist), its split and the training spacing."""
+    if not os.path.exists(args.data):
+        print(f"{args.data} does not exist: generating the default synthetic cohort into it")
+        generate_cohort(args.data)
+    folder = open_data_folder(args.data)
+    split = choose_split(folder, args.seed, args.split)
+    spacing = args.spacing or native_spacing(folder)
+    cache = args.cache or default_cache_dir()
+    train_set = PatientSet(folder, split["train"], spacing, cache, augment=True, seed=args.seed)
+    val_set = PatientSet(folder, split.get("val", []), spacing, cache, seed=args.seed)
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise ValueError(f"{args.data}: training needs at least one training and one validation "
+                         f"patient, the split has {len(train_set)} and {len(val_set)}")
+    return train_set, val_set, split
 
 
-def data_frame(dataset):
-    """(shape, spacing) of the training volumes, from the first patient: an int and a float for a
-    cube at isotropic spacing, else three of each. The checkpoint keeps them for prediction."""
-    patient = dataset.patient(0)
-    shape = [int(n) for n in patient.mr.shape]
-    spacing = [round(float(s), 6) for s in check_affine(patient.affine, dataset.root)]
-    check_grid(shape, spacing, spacing, f"training data {dataset.root}")   # what infer will accept
-    return (shape[0] if len(set(shape)) == 1 else shape), (spacing[0] if len(set(spacing)) == 1 else spacing)
+def training_window(dataset, patch):
+    """The window the network trains on, kept in the checkpoint: the patch, or the one volume shape
+    of every training scan (an int for a cube, else three ints). Preprocesses (caches) every scan."""
+    shapes = {tuple(int(n) for n in dataset.patient(index).mr.shape)
+              for index in tqdm(range(len(dataset)), desc="preprocessing", unit="scan", leave=False,
+                                disable=None)}
+    if patch is not None:
+        return patch
+    shape = shapes.pop()
+    if shapes or any(n % UNET_MULTIPLE for n in shape):
+        raise ValueError(f"{dataset.folder.root}: whole-volume training needs every scan at one shape with "
+                         f"sides divisible by {UNET_MULTIPLE}, these have {sorted(shapes | {shape})[:3]}...; "
+                         f"train on patches (--patch N)")
+    return shape[0] if len(set(shape)) == 1 else list(shape)
 
 
-def run_config(args, dataset):
+def run_config(args, train_set, split):
     """Everything that defines the run, stored in every checkpoint (JSON-able)."""
-    shape, spacing = data_frame(dataset)
     return {"data": os.path.abspath(args.data), "features": list(args.features), "epochs": args.epochs,
             "lr": args.lr, "lr_min": args.lr_min, "weight_decay": args.weight_decay, "clip": args.clip,
-            "seed": args.seed, "batch_size": 1, "loss": "mse of hu / 1000",
-            "shape": shape, "spacing": spacing}
+            "seed": args.seed, "batch_size": args.batch_size, "patch": args.patch,
+            "loss": "mse of hu / 1000", "shape": training_window(train_set, args.patch),
+            "spacing": train_set.spacing, "split": split}
 
 
 def resume_checkpoint(resume, out_dir):
@@ -213,19 +268,16 @@ def main(argv=None):
 
 def run_training(args, threads):
     """The run described in the module docstring; the caller holds the lock of args.out."""
-    open_cohort(args.data)
-    train_set = CohortDataset(args.data, "train", augment=True, seed=args.seed)
-    val_set = CohortDataset(args.data, "val")
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise ValueError(f"{args.data}: the cohort needs at least one training and one validation "
-                         f"patient, has {len(train_set)} and {len(val_set)}")
-    config = run_config(args, train_set)
+    train_set, val_set, split = open_data(args)
+    config = run_config(args, train_set, split)
+    window = tuple(np.broadcast_to(np.asarray(config["shape"]), (3,)).tolist())
+    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
 
     nn3d.manual_seed(args.seed)
     model = UNet3D(features=args.features)
     criterion = nn3d.MSELoss()
     optimizer = nn3d.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = nn3d.CosineAnnealingLR(optimizer, T_max=args.epochs * len(train_set), eta_min=args.lr_min)
+    scheduler = nn3d.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch, eta_min=args.lr_min)
 
     history = []
     path = resume_checkpoint(args.resume, args.out) if args.resume else None
@@ -238,29 +290,35 @@ def run_training(args, threads):
     elif os.path.exists(os.path.join(args.out, "latest.npz")):
         raise ValueError(f"{args.out} already holds a run (latest.npz): continue it with --resume latest, "
                          f"or choose another --out")
+    write_text(os.path.join(args.out, "split.json"), json.dumps(split, indent=1) + "\n")
 
     print(f"UNet3D, features {' '.join(map(str, args.features))}: {model.num_parameters():,} parameters; "
-          f"{len(train_set)} train / {len(val_set)} val patients; {args.epochs} epochs x "
-          f"{len(train_set)} steps; {threads} threads; writing to {args.out}")
-    best_val_loss = min((record["val_loss"] for record in history), default=math.inf)
+          f"{len(train_set)} train / {len(val_set)} val patients at {train_set.spacing} mm; "
+          f"{'patches ' + str(args.patch) + '^3' if args.patch else 'whole volumes'}, batch {args.batch_size}; "
+          f"{args.epochs} epochs x {steps_per_epoch} steps; {threads} threads; writing to {args.out}")
+    best_val_loss = min((record["val_loss"] for record in history if record["val_loss"] is not None),
+                        default=math.inf)
     for epoch in range(len(history) + 1, args.epochs + 1):
         start = time.perf_counter()
         lr = optimizer.lr
-        train_loss = train_one_epoch(model, criterion, optimizer, scheduler, train_set, epoch, args.clip,
+        train_loss = train_one_epoch(model, criterion, optimizer, scheduler, train_set, epoch, args,
                                      label=f"epoch {epoch}/{args.epochs}")
-        val_loss, val_mae_hu = validate(model, criterion, val_set)
+        val_loss = val_mae_hu = None
+        if epoch % args.val_every == 0 or epoch == args.epochs:
+            val_loss, val_mae_hu = validate(model, val_set, window)
         seconds = time.perf_counter() - start
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                         "val_mae_hu": val_mae_hu, "lr": lr, "seconds": seconds})
-        is_best = val_loss < best_val_loss
-        best_val_loss = min(best_val_loss, val_loss)
+        is_best = val_loss is not None and val_loss < best_val_loss
+        best_val_loss = min(best_val_loss, val_loss if val_loss is not None else math.inf)
         state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "val_loss": val_loss, "history": history,
                  "config": config, "rng": {"seed": args.seed, "next_epoch": epoch + 1}}
         write_epoch_outputs(args.out, state, history, is_best, args.checkpoint_every, args.epochs)
-        print(f"epoch {epoch:3d}/{args.epochs}  train loss {train_loss:.5f}  val loss {val_loss:.5f}  "
-              f"val MAE {val_mae_hu:6.1f} HU  lr {lr:.2e}  {seconds:5.1f} s" + ("  *best" if is_best else ""),
-              flush=True)
+        validation = (f"val loss {val_loss:.5f}  val MAE {val_mae_hu:6.1f} HU" if val_loss is not None
+                      else "(no validation)")
+        print(f"epoch {epoch:3d}/{args.epochs}  train loss {train_loss:.5f}  {validation}  lr {lr:.2e}  "
+              f"{seconds:5.1f} s" + ("  *best" if is_best else ""), flush=True)
     if len(history) >= args.epochs:
         print(f"done: {args.out}/final.npz, best validation loss {best_val_loss:.5f}")
 

@@ -1,6 +1,9 @@
 """Shared test setup. PyTorch is required: the comparisons with it are the point of this suite, so a
 missing torch must fail the run, never skip it."""
+import atexit
 import os
+import shutil
+import tempfile
 
 try:
     import torch
@@ -16,6 +19,10 @@ import nn3d  # noqa: E402
 
 nn3d.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))  # also: every BLAS single-threaded
 
+# Preprocessed scans are cached (mri2ct.data.preprocess): keep the suite's cache out of ~/.cache.
+if "MRI2CT_CACHE" not in os.environ:
+    os.environ["MRI2CT_CACHE"] = tempfile.mkdtemp(prefix="mri2ct-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["MRI2CT_CACHE"], True)
 
 @pytest.fixture
 def dead_pid():

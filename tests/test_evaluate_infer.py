@@ -178,9 +178,9 @@ def test_evaluate_writes_csv_and_table(cohort, patient, checkpoint, tmp_path, ca
     assert "| mae (HU) |" in stdout and "| mae_bone (HU) |" in stdout and " ± " in stdout
 
 
-def test_evaluate_on_a_cohort_without_manifest(checkpoint, tmp_path, capsys):
+def test_evaluate_on_a_folder_without_patients(checkpoint, tmp_path, capsys):
     code, _, err = run_cli(evaluate, ["--checkpoint", checkpoint, "--data", str(tmp_path)], capsys)
-    assert code == 2 and err.startswith("error: ") and "manifest.json" in err
+    assert code == 2 and err.startswith("error: ") and "no patient folders" in err
 
 
 @pytest.mark.parametrize("with_ct", [True, False])

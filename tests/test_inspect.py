@@ -9,7 +9,7 @@ import pytest
 import nn3d
 from mri2ct import cli, inspect
 from mri2ct.checkpoint import save_checkpoint
-from mri2ct.data import CohortDataset, generate_cohort
+from mri2ct.data import generate_cohort, open_split
 from mri2ct.model import UNet3D
 
 FEATURES = (4, 8, 16, 32)
@@ -45,7 +45,7 @@ def test_table_lists_every_layer_and_the_figure_is_written(cohort, checkpoint, c
     assert len(layers) == 52                    # 7 blocks x 6, 3 pools, 3 ups, 3 concats, head
     for name in layers:
         assert name in rows, f"layer {name} missing from the table"
-    first_train_patient = CohortDataset(cohort, "train").ids[0]
+    first_train_patient = open_split(cohort, "train").ids[0]
     assert first_train_patient in output
     # Conv3d rows carry both parameter norms, ReLU/MaxPool/Concat rows none.
     assert rows["head"][-1] != "-" and rows["enc1.relu1"][-2:] == ["-", "-"]
@@ -54,7 +54,7 @@ def test_table_lists_every_layer_and_the_figure_is_written(cohort, checkpoint, c
 def test_numbers_are_those_of_a_training_step(cohort):
     """The recorded statistics equal those computed directly, and what BatchNorm implies holds."""
     model = fresh_model()
-    x, target = CohortDataset(cohort, "train")[0]
+    x, target = open_split(cohort, "train")[0]
     loss, records, total = inspect.inspect_step(model, x, target)
     by_name = {record.name: record for record in records}
     assert [record.name for record in records][:3] == ["enc1.conv1", "enc1.bn1", "enc1.relu1"]
@@ -80,7 +80,7 @@ def test_numbers_are_those_of_a_training_step(cohort):
 
 def test_wrappers_are_removed_afterwards(cohort):
     model = fresh_model()
-    x, target = CohortDataset(cohort, "train")[0]
+    x, target = open_split(cohort, "train")[0]
     with inspect.record_layers(model) as records:
         assert "forward" in model.head.__dict__
         model.forward(x)
@@ -92,7 +92,7 @@ def test_wrappers_are_removed_afterwards(cohort):
 
 @pytest.mark.parametrize("flags, message", [
     (["--checkpoint", "{tmp}/missing.npz", "--data", "{cohort}"], "no such checkpoint file"),
-    (["--checkpoint", "{checkpoint}", "--data", "{tmp}/no_cohort"], "no manifest.json"),
+    (["--checkpoint", "{checkpoint}", "--data", "{tmp}/no_cohort"], "no such folder"),
     (["--checkpoint", "{checkpoint}", "--data", "{cohort}", "--patient", "7"], "out of range"),
     (["--checkpoint", "{checkpoint}", "--data", "{cohort}", "--split", "holdout"], "no split 'holdout'"),
     (["--checkpoint", "{checkpoint}", "--data", "{cohort}", "--out", "{cohort}/manifest.json"],

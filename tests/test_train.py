@@ -72,7 +72,7 @@ def straight_run(cohort, tmp_path_factory):
 def test_run_writes_every_output(straight_run):
     out, result = straight_run
     assert sorted(os.listdir(out)) == [".lock", "best.npz", "epoch_002.npz", "epoch_004.npz", "final.npz",
-                                       "history.json", "latest.npz", "training_curves.png"]
+                                       "history.json", "latest.npz", "split.json", "training_curves.png"]
     history = read_history(out)
     assert [record["epoch"] for record in history] == [1, 2, 3, 4]
     assert all(set(record) >= HISTORY_KEYS for record in history)
@@ -121,11 +121,11 @@ def test_resume_after_kill_matches_straight_run(cohort, straight_run, tmp_path):
         np.testing.assert_allclose(final[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
 
 
-def test_cohort_without_manifest(tmp_path):
+def test_folder_without_patients(tmp_path):
     empty = tmp_path / "not_a_cohort"
     empty.mkdir()
     result = run_train(str(empty), str(tmp_path / "out"), "--epochs", "1")
-    assert "not_a_cohort: no manifest.json" in error_line(result)
+    assert "not_a_cohort: no patient folders" in error_line(result)
 
 
 def test_corrupt_checkpoint(cohort, straight_run, tmp_path, capsys):
