@@ -39,6 +39,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 
 import numpy as np
 
@@ -70,7 +71,9 @@ def world():
         return OneProcess()
     name, size = launcher
     try:
-        from mpi4py import MPI
+        with warnings.catch_warnings():       # mpi4py's own multi-line warning about a mismatch: ours is below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            from mpi4py import MPI
     except ImportError:
         raise RunError(f"started by an MPI launcher ({name}={os.environ[name]}) but mpi4py is not installed: "
                        f"pip install -e '.[mpi]'") from None
