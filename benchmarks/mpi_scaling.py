@@ -122,7 +122,8 @@ def main():
         result = {"ranks": world.size, "threads": threads, "size": SIZE, "steps": args.steps,
                   "parameters": model.num_parameters(), "megabytes": megabytes, **seconds,
                   "machine": machine_info(threads)}
-        print(f"{world.size} rank(s) x {threads} thread(s), {SIZE}^3, one sample per rank: step {seconds['step']:.3f} s, "
+        print(f"{world.size} rank(s) x {threads} thread(s), {SIZE}^3, one sample per rank: "
+              f"step {seconds['step']:.3f} s, "
               f"gradient sum {seconds['sum'] * 1e3:.1f} ms ({seconds['sum'] / seconds['step']:.1%}), "
               f"allreduce alone {seconds['allreduce'] * 1e3:.1f} ms of {megabytes:.2f} MB")
         write_json(os.path.join(RESULTS, f"mpi_scaling_{world.size}x{threads}.json"), result)

@@ -26,7 +26,8 @@ have read. With P = 1, each step is the textbook one, `train_step.train_step`:
 Micro-batches: P = N x K, N processes (ranks) started by `mpiexec -n N` or `srun` (distributed.py;
 N = 1 for a plain `python -m mri2ct.train`) and K = --accumulate. Micro-batch j of a step holds the
 step's samples j, j + P, j + 2P, ... (`deal`); rank r computes micro-batches r, r + N, ..., r + (K-1)N
-one after the other (so with K = 1, rank r takes samples r, r + N, ... of the step). The gradient is
+one after the other: with K = 1, rank r takes samples r, r + N, ... of the step, and in one process
+--batch-size B --accumulate K reads exactly what --batch-size BK reads. The gradient is
 sum_j (n_j / n) dL_j/dW over the step's micro-batches (n_j of the step's n samples in micro-batch j):
 the average over micro-batches, and in the epoch's last, smaller step one weight per sample, empty
 micro-batches (n < P) adding nothing (`train_step.accumulated_step`). Each rank packs its share into
@@ -44,10 +45,10 @@ whole job (distributed.py); `--resume latest` continues it, with the same N and 
 
 The learning rate follows a cosine from --lr to --lr-min over the whole run, advanced after every
 optimizer step (T_max = epochs x steps per epoch: smoother than per-epoch steps, and the last step
-ends at --lr-min). Validation, every --val-every epochs and after the last, predicts each whole validation
-scan with the sliding-window predictor that infer and evaluate use (mri2ct.predict; the window is the
-patch, or the whole volume), in eval mode (BatchNorm with running statistics), and reports the MSE
-(network scale) and the MAE in HU inside the mask, averaged over patients.
+ends at --lr-min). Validation, every --val-every epochs and after the last, predicts each whole
+validation scan with the sliding-window predictor that infer and evaluate use (mri2ct.predict; the
+window is the patch, or the whole volume), in eval mode (BatchNorm with running statistics), and
+reports the MSE (network scale) and the MAE in HU inside the mask, averaged over patients.
 
 The run owns --out: it holds the lock `--out/.lock` from start to end (folder_lock.py), so a second
 trainer on the same folder stops at once with a one-line error, and a run killed with kill -9 leaves
