@@ -2,7 +2,7 @@
 
     python -m benchmarks.mpi_scaling --threads 2                    # 1 rank x 2 threads
     mpiexec -n 2 python -m benchmarks.mpi_scaling --threads 1       # 2 ranks x 1 thread
-    python -m benchmarks.mpi_scaling --model                        # the model for 8-64 ranks
+    python -m benchmarks.mpi_scaling --model [--step 0.59]          # the model for 8-64 ranks
 
 Each rank runs the training step of `python -m mri2ct.train` (mri2ct.train_step.accumulated_step,
 default U-Net 16-32-64-128, one 64^3 sample per rank, AdamW, clipping) with the gradient sum of
@@ -99,19 +99,20 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--model", action="store_true",
-                        help="print the scaling model from the results of earlier runs")
+                        help="print the results of earlier runs and the scaling model")
+    parser.add_argument("--step", type=float, metavar="SECONDS",
+                        help="step time of the model (default: the shortest measured one-rank step)")
     args = parser.parse_args()
     if args.model:
-        results = sorted(name for name in os.listdir(RESULTS) if name.startswith("mpi_scaling_"))
-        for name in results:
+        results = []
+        for name in sorted(name for name in os.listdir(RESULTS) if name.startswith("mpi_scaling_")):
             with open(os.path.join(RESULTS, name)) as file:
-                result = json.load(file)
-            print(f"{name}: step {result['step']:.3f} s, gradient sum {result['sum'] * 1e3:.1f} ms "
-                  f"({result['sum'] / result['step']:.1%} of the step), allreduce alone "
-                  f"{result['allreduce'] * 1e3:.1f} ms")
-        with open(os.path.join(RESULTS, results[0])) as file:
-            first = json.load(file)
-        print_model(first["megabytes"], first["step"])
+                results.append(json.load(file))
+            print(f"{name}: step {results[-1]['step']:.3f} s, gradient sum {results[-1]['sum'] * 1e3:.1f} ms "
+                  f"({results[-1]['sum'] / results[-1]['step']:.1%} of the step), allreduce alone "
+                  f"{results[-1]['allreduce'] * 1e3:.1f} ms")
+        step = args.step or min(result["step"] for result in results if result["ranks"] == 1)
+        print_model(results[0]["megabytes"], step)
         return
 
     import nn3d
