@@ -162,7 +162,9 @@ def test_a_killed_rank_ends_the_job_and_resume_continues(cohort, tmp_path):
         while not os.path.exists(os.path.join(out, "latest.npz")) and time.monotonic() < deadline:
             assert process.poll() is None, process.stderr.read()
             time.sleep(0.01)
-        os.kill(rank_pid(out, 1), signal.SIGKILL)
+        victim = rank_pid(out, 1)
+        assert victim, "rank 1 of the run is not among the processes"
+        os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         status = process.wait(timeout=DEAD_RANK_LIMIT)
     finally:
