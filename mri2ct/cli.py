@@ -47,21 +47,29 @@ def run(main, argv=None):
     previous = signal.signal(signal.SIGINT, exit_on_sigint) if in_main_thread else None
     try:
         return main(argv)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(INTERRUPTED) from None
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(USAGE_ERROR) from None
-    except RunError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(RUN_ERROR) from None
-    except MemoryError:
-        print("error: out of memory (try a smaller input or fewer --threads)", file=sys.stderr)
-        raise SystemExit(RUN_ERROR) from None
+    except (KeyboardInterrupt, ValueError, OSError, RunError, MemoryError) as error:
+        raise SystemExit(report(error)) from None
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
+
+
+def report(error):
+    """Print the one line of an error the user can cause (the table of the module docstring) and
+    return its exit status; None for anything else (a bug), printing nothing."""
+    if isinstance(error, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+    if isinstance(error, (ValueError, OSError)):
+        print(f"error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    if isinstance(error, RunError):
+        print(f"error: {error}", file=sys.stderr)
+        return RUN_ERROR
+    if isinstance(error, MemoryError):
+        print("error: out of memory (try a smaller input or fewer --threads)", file=sys.stderr)
+        return RUN_ERROR
+    return None
 
 
 def add_threads_argument(parser, note=""):

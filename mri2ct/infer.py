@@ -1,6 +1,8 @@
-"""Synthesise a CT from a T1 MRI of any size, spacing and orientation:
+"""Synthesise a CT from a T1 MRI of any size, spacing and orientation, or from every MRI of a folder:
 
     python -m mri2ct.infer --checkpoint PATH --input MR.nii.gz --output SCT.nii.gz
+    python -m mri2ct.infer --checkpoint PATH --input-dir MRS --output-dir SCTS
+    mpiexec -n N python -m mri2ct.infer --checkpoint PATH --input-dir MRS --output-dir SCTS
 
     1. read the NIfTI once and check it: 3-D, finite, not constant, a real grid, within the size
        limits (nifti.py: header checks before any voxel is read; predict.py: voxel sizes and the
@@ -13,14 +15,22 @@
 
 Every bad input stops with a one-line error and writes nothing; `--output` may not be the input
 file itself (compared by device and inode, so links to it count too).
+
+A folder (--input-dir): every .nii and .nii.gz file directly in it, in name order, each predicted as
+above into --output-dir under the same name. A bad scan gets its one-line error (naming it) and is
+skipped; the others are still predicted, and the exit status is 2 if any was skipped. A file already
+in --output-dir is kept, not predicted again (so a rerun after a crash finishes the rest; delete it
+to predict it again). Under `mpiexec -n N` (distributed.py) rank r predicts scans r, r + N, ...;
+rank 0 prints the summary.
 """
 import argparse
 import os
+import sys
 
 import numpy as np
 
 import nn3d
-from mri2ct import cli
+from mri2ct import cli, distributed
 from mri2ct.checkpoint import model_from_checkpoint, training_frame
 from mri2ct.nifti import load_image, save_volume
 from mri2ct.orientation import from_ras, to_ras
@@ -50,14 +60,85 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mri2ct.infer",
                                      description="Synthesise a CT (HU) from a T1 MRI with a trained UNet3D.")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of mri2ct.train (e.g. best.npz)")
-    parser.add_argument("--input", required=True, help="T1 MRI, NIfTI (.nii or .nii.gz), any size/spacing")
-    parser.add_argument("--output", required=True, help="synthetic CT to write (.nii or .nii.gz), in HU")
-    cli.add_threads_argument(parser)
-    return parser.parse_args(argv)
+    parser.add_argument("--input", help="T1 MRI, NIfTI (.nii or .nii.gz), any size/spacing")
+    parser.add_argument("--output", help="synthetic CT to write (.nii or .nii.gz), in HU")
+    parser.add_argument("--input-dir", metavar="DIR", help="predict every .nii/.nii.gz file of DIR instead")
+    parser.add_argument("--output-dir", metavar="DIR", help="where --input-dir's CTs go, under the same names")
+    cli.add_threads_argument(parser, "per rank under mpiexec")
+    args = parser.parse_args(argv)
+    one, folder = (args.input, args.output), (args.input_dir, args.output_dir)
+    if not (all(one) and not any(folder) or all(folder) and not any(one)):
+        parser.error("give --input and --output, or --input-dir and --output-dir")
+    return args
+
+
+def predict_scan(model, window, train_spacing, mr, image, input_path, output_path):
+    """Steps 2-4 of the module docstring for the scan (mr, image) read from input_path (read_mr);
+    returns the line that reports it."""
+    mr_ras, orientation, spacing = to_ras(mr, image.affine, f"input MR {input_path}")
+    ct_ras = synthesize_ct(model, mr_ras, spacing, window, train_spacing)
+    save_volume(output_path, from_ras(ct_ras, orientation).astype(np.float32), image.affine, image.header)
+    return f"wrote {output_path}: {mr.shape} voxels, HU {ct_ras.min():.0f} to {ct_ras.max():.0f}"
+
+
+def scan_names(folder):
+    """Names of the .nii and .nii.gz files directly in `folder`, sorted; ValueError if there are none."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--input-dir {folder}: no such folder")
+    names = sorted(name for name in os.listdir(folder)
+                   if name.endswith((".nii", ".nii.gz")) and os.path.isfile(os.path.join(folder, name)))
+    if not names:
+        raise ValueError(f"--input-dir {folder}: no .nii or .nii.gz files in it")
+    return names
+
+
+def predict_folder(args, world):
+    """Every scan of --input-dir into --output-dir, rank r taking scans r, r + N, ...; returns the
+    names that failed (on every rank)."""
+    names = scan_names(args.input_dir)
+    if same_file(args.input_dir, args.output_dir):
+        raise ValueError(f"--output-dir {args.output_dir} is the input folder; choose another folder")
+    model, state = model_from_checkpoint(args.checkpoint)
+    window, train_spacing = training_frame(state, args.checkpoint)
+    os.makedirs(args.output_dir, exist_ok=True)
+    written, kept, failed = [], [], []
+    for index in world.share(len(names)):
+        name = names[index]
+        output_path = os.path.join(args.output_dir, name)
+        if os.path.exists(output_path):
+            print(f"kept {output_path}: it exists (delete it to predict it again)", flush=True)
+            kept.append(name)
+            continue
+        input_path = os.path.join(args.input_dir, name)
+        try:
+            mr, image = read_mr(input_path)
+            print(predict_scan(model, window, train_spacing, mr, image, input_path, output_path), flush=True)
+            written.append(name)
+        except (ValueError, OSError, cli.RunError, MemoryError) as error:
+            message = str(error) if input_path in str(error) else f"{input_path}: {error}"
+            print(f"error: {message} (skipped)", file=sys.stderr, flush=True)
+            failed.append(name)
+    results = world.collect((written, kept, failed), limit=None)
+    written, kept, failed = (sorted(sum((result[part] for result in results), [])) for part in range(3))
+    if world.is_root:
+        ranks = f" on {world.size} ranks" if world.size > 1 else ""
+        print(f"{len(written)} of {len(names)} scans predicted into {args.output_dir}{ranks}, {len(kept)} kept, "
+              f"{len(failed)} skipped" + (f": {', '.join(failed)}" if failed else ""))
+    return failed
 
 
 def main(argv=None):
     args = parse_args(argv)
+    world = distributed.world()
+    if args.input_dir:
+        with world.stop_all_on_error():
+            nn3d.set_num_threads(args.threads or world.default_threads())
+            failed = predict_folder(args, world)
+        if failed:
+            raise SystemExit(cli.USAGE_ERROR)      # the errors are printed; every rank exits alike
+        return
+    if world.size > 1:
+        raise ValueError("--input is one scan, for one process; under mpiexec give --input-dir and --output-dir")
     if not args.output.endswith((".nii", ".nii.gz")):
         raise ValueError(f"--output {args.output}: give a .nii or .nii.gz file name")
     if same_file(args.input, args.output):
@@ -66,10 +147,7 @@ def main(argv=None):
     mr, image = read_mr(args.input)
     model, state = model_from_checkpoint(args.checkpoint)
     window, train_spacing = training_frame(state, args.checkpoint)
-    mr_ras, orientation, spacing = to_ras(mr, image.affine, f"input MR {args.input}")
-    ct_ras = synthesize_ct(model, mr_ras, spacing, window, train_spacing)
-    save_volume(args.output, from_ras(ct_ras, orientation).astype(np.float32), image.affine, image.header)
-    print(f"wrote {args.output}: {mr.shape} voxels, HU {ct_ras.min():.0f} to {ct_ras.max():.0f}")
+    print(predict_scan(model, window, train_spacing, mr, image, args.input, args.output))
 
 
 if __name__ == "__main__":

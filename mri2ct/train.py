@@ -13,22 +13,42 @@ a manifest, a 70/15/15 split is drawn from --seed, or read from --split FILE; ei
 to --out/split.json and kept in every checkpoint (mri2ct.evaluate reads it from there).
 
 One epoch = every training patient once, in an order and with flips drawn from (seed, epoch), cut
-into steps of --batch-size samples; with --patch N each sample is an N^3 patch centred on a mask
-voxel drawn from (seed, epoch, step, sample) (`PatientSet.batch_plan`), else the whole volume. Every
-random choice is a pure function of those numbers, so a resumed run reads exactly what the
-uninterrupted run would have read, and a data-parallel run can give sample r, r + N, ... of each step
-to rank r of N. Each step is the textbook one, `train_step.train_step`:
+into steps of B x P samples (B = --batch-size, P = micro-batches per step, below; the last step may
+be smaller); with --patch N each sample is an N^3 patch centred on a mask voxel drawn from
+(seed, epoch, step, sample) (`PatientSet.batch_plan`), else the whole volume. Every random choice is
+a pure function of those numbers, so a resumed run reads exactly what the uninterrupted run would
+have read. With P = 1, each step is the textbook one, `train_step.train_step`:
 
     model.zero_grad(); y = model.forward(x); loss = criterion.forward(y, target)
     model.backward(criterion.backward()); clip_grad_norm_(model.parameters(), clip)
     optimizer.step(); scheduler.step()
 
+Micro-batches: P = N x K, N processes (ranks) started by `mpiexec -n N` or `srun` (distributed.py;
+N = 1 for a plain `python -m mri2ct.train`) and K = --accumulate. Micro-batch j of a step holds the
+step's samples j, j + P, j + 2P, ... (`deal`); rank r computes micro-batches r, r + N, ..., r + (K-1)N
+one after the other: with K = 1, rank r takes samples r, r + N, ... of the step, and in one process
+--batch-size B --accumulate K reads exactly what --batch-size BK reads. The gradient is
+sum_j (n_j / n) dL_j/dW over the step's micro-batches (n_j of the step's n samples in micro-batch j):
+the average over micro-batches, and in the epoch's last, smaller step one weight per sample, empty
+micro-batches (n < P) adding nothing (`train_step.accumulated_step`). Each rank packs its share into
+one flat float32 buffer, one allreduce sums it, and clipping and AdamW then run identically on every
+rank. So N ranks x K give the parameters of one process with --accumulate N x K, to float32 rounding
+of the different summation order (tests/test_mpi.py). BatchNorm normalises each micro-batch with its
+own statistics (as DDP without SyncBN); its running statistics get one momentum update per step with
+the average of the micro-batches' statistics, summed in the same allreduce, so they are the same on
+every rank after every step. Parameters and optimizer state are broadcast from rank 0 at the start;
+after each epoch the ranks compare a checksum of the parameters and statistics and stop with an
+error if they differ. Validation gives patient i to rank i mod N and sums. Rank 0 alone holds the
+lock, writes --out and prints; the others print nothing but errors. --threads is per rank (default:
+the machine's cores shared among its ranks). An error on any rank, or a rank that dies, ends the
+whole job (distributed.py); `--resume latest` continues it, with the same N and K.
+
 The learning rate follows a cosine from --lr to --lr-min over the whole run, advanced after every
-step (T_max = epochs x steps per epoch: smoother than per-epoch steps, and the last step ends at
---lr-min). Validation, every --val-every epochs and after the last, predicts each whole validation
-scan with the sliding-window predictor that infer and evaluate use (mri2ct.predict; the window is the
-patch, or the whole volume), in eval mode (BatchNorm with running statistics), and reports the MSE
-(network scale) and the MAE in HU inside the mask, averaged over patients.
+optimizer step (T_max = epochs x steps per epoch: smoother than per-epoch steps, and the last step
+ends at --lr-min). Validation, every --val-every epochs and after the last, predicts each whole
+validation scan with the sliding-window predictor that infer and evaluate use (mri2ct.predict; the
+window is the patch, or the whole volume), in eval mode (BatchNorm with running statistics), and
+reports the MSE (network scale) and the MAE in HU inside the mask, averaged over patients.
 
 The run owns --out: it holds the lock `--out/.lock` from start to end (folder_lock.py), so a second
 trainer on the same folder stops at once with a one-line error, and a run killed with kill -9 leaves
@@ -53,6 +73,7 @@ at the first unfinished epoch and gives the history the uninterrupted run would 
 bit with the same --threads; Numba's kernels are deterministic for a fixed thread count).
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -62,7 +83,7 @@ import numpy as np
 from tqdm import tqdm
 
 import nn3d
-from mri2ct import cli
+from mri2ct import cli, distributed
 from mri2ct.atomic import remove_stray_temporaries, write_text
 from mri2ct.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from mri2ct.data import PatientSet, choose_split, generate_cohort, hu_to_net, native_spacing, open_data_folder
@@ -70,14 +91,15 @@ from mri2ct.data.preprocess import default_cache_dir
 from mri2ct.folder_lock import lock_folder
 from mri2ct.model import DEFAULT_FEATURES, UNet3D
 from mri2ct.predict import predict_sliding_window, prediction_to_hu
-from mri2ct.train_step import train_step
+from mri2ct.train_step import accumulated_step
 from mri2ct.visualize import plot_training_curves
 
 DEFAULT_DATA = os.path.join("data", "cohort")
 DEFAULT_OUT = os.path.join("checkpoints", "run")
 # Config entries that decide the run's trajectory: a resumed run must use the same values.
 RESUME_MUST_MATCH = ("features", "epochs", "lr", "lr_min", "weight_decay", "clip", "seed", "patch",
-                     "batch_size", "spacing", "split")
+                     "batch_size", "accumulate", "ranks", "spacing", "split")
+CONFIG_DEFAULTS = {"accumulate": 1, "ranks": 1}   # entries added later: their value in older checkpoints
 UNET_MULTIPLE = 8   # the U-Net halves the grid three times: every input side must divide by 8
 
 
@@ -103,7 +125,10 @@ def parse_args(argv=None):
     parser.add_argument("--patch", type=int, metavar="N",
                         help="train on random N^3 patches centred inside the mask (N a multiple of 8); "
                              "default: whole volumes")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="B", help="samples per step")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="B", help="samples per micro-batch")
+    parser.add_argument("--accumulate", type=int, default=1, metavar="K",
+                        help="micro-batches whose gradients are averaged before each optimizer step "
+                             "(per rank under mpiexec -n N: N x K in all)")
     parser.add_argument("--epochs", type=int, default=100, metavar="N", help="length of the run")
     parser.add_argument("--val-every", type=int, default=1, metavar="N",
                         help="validate every N epochs (and after the last)")
@@ -124,7 +149,7 @@ def parse_args(argv=None):
                         help="continue a run, with the run's own flags: 'latest' is --out/latest.npz "
                              "(a fresh start if it does not exist yet), or give a checkpoint file")
     args = parser.parse_args(argv)
-    for name in ("epochs", "lr", "clip", "batch_size", "val_every"):
+    for name in ("epochs", "lr", "clip", "batch_size", "accumulate", "val_every"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 <= args.lr_min <= args.lr:
@@ -139,35 +164,50 @@ def parse_args(argv=None):
 
 
 # ---- one epoch ----------------------------------------------------------------------------------
-def train_one_epoch(model, criterion, optimizer, scheduler, dataset, epoch, args, label):
-    """One pass over the training set following the epoch's seeded plan; returns the mean loss."""
+def deal(samples, parts):
+    """The step's samples dealt into `parts` micro-batches: micro-batch j = samples j, j + parts, ...
+    (empty when the step has fewer samples than parts)."""
+    return [samples[j::parts] for j in range(parts)]
+
+
+def train_one_epoch(model, criterion, optimizer, scheduler, dataset, epoch, args, world, label):
+    """One pass over the training set following the epoch's seeded plan, this rank computing its
+    micro-batches of each step (module docstring); returns the mean step loss over all ranks."""
     model.train()
-    steps = dataset.batch_plan(epoch, args.batch_size, args.patch)
-    losses = []
-    with tqdm(total=len(steps), desc=label, unit="step", leave=False, disable=None) as progress:
-        for samples in steps:
-            x, target = dataset.batch(samples, args.patch)          # (B, 1, D, H, W) each
-            loss = train_step(model, criterion, optimizer, scheduler, x, target, args.clip)
-            losses.append(loss)
-            progress.set_postfix(loss=f"{loss:.5f}")
+    parts = world.size * args.accumulate                            # P micro-batches per step
+    steps = dataset.batch_plan(epoch, args.batch_size * parts, args.patch)
+    step_losses = np.zeros(len(steps))                              # this rank's share of each step's loss
+    reduce = world.sum_arrays if world.size > 1 else None
+    with tqdm(total=len(steps), desc=label, unit="step", leave=False,
+              disable=None if world.is_root else True) as progress:
+        for index, samples in enumerate(steps):
+            dealt = deal(samples, parts)
+            mine = [part for part in dealt[world.rank::world.size] if part]
+            micro_batches = ((*dataset.batch(part, args.patch), len(part) / len(samples))   # (B, 1, D, H, W) x 2
+                             for part in mine)
+            step_losses[index] = accumulated_step(model, criterion, optimizer, scheduler, micro_batches, args.clip,
+                                                  micro_batch_count=sum(1 for part in dealt if part), reduce=reduce)
+            share = sum(len(part) for part in mine) / len(samples)    # rank 0's is never 0
+            progress.set_postfix(loss=f"{step_losses[index] / max(share, 1e-9):.5f}")   # of this rank's samples
             progress.update()
-    return float(np.mean(losses))
+    return float(np.mean(world.sum(step_losses)))
 
 
-def validate(model, dataset, window):
+def validate(model, dataset, window, world):
     """(mean MSE on the network scale, mean MAE in HU inside the mask) over the whole validation
-    scans, each predicted by sliding windows (mri2ct.predict), in eval mode."""
+    scans, each predicted by sliding windows (mri2ct.predict), in eval mode; rank r of N predicts
+    patients r, r + N, ..."""
     model.eval()
-    losses, maes = [], []
-    for index in range(len(dataset)):
+    totals = np.zeros(2)                                            # sum of MSE, sum of MAE
+    for index in world.share(len(dataset)):
         patient = dataset.patient(index)
         prediction = predict_sliding_window(model, np.asarray(patient.mr), window)   # (D, H, W)
         error = prediction.astype(np.float64) - hu_to_net(patient.ct_hu)
-        losses.append(float(np.mean(error**2)))
         error_hu = np.abs(prediction_to_hu(prediction) - patient.ct_hu)            # (D, H, W)
-        maes.append(float(error_hu[patient.mask].mean()))
+        totals += (np.mean(error**2), error_hu[patient.mask].mean())
     model.train()
-    return float(np.mean(losses)), float(np.mean(maes))
+    loss, mae = world.sum(totals) / len(dataset)
+    return float(loss), float(mae)
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -205,11 +245,12 @@ def training_window(dataset, patch):
     return shape[0] if len(set(shape)) == 1 else list(shape)
 
 
-def run_config(args, train_set, split):
+def run_config(args, train_set, split, ranks):
     """Everything that defines the run, stored in every checkpoint (JSON-able)."""
     return {"data": os.path.abspath(args.data), "features": list(args.features), "epochs": args.epochs,
             "lr": args.lr, "lr_min": args.lr_min, "weight_decay": args.weight_decay, "clip": args.clip,
-            "seed": args.seed, "batch_size": args.batch_size, "patch": args.patch,
+            "seed": args.seed, "batch_size": args.batch_size, "accumulate": args.accumulate, "ranks": ranks,
+            "patch": args.patch,
             "loss": "mse of hu / 1000", "shape": training_window(train_set, args.patch),
             "spacing": train_set.spacing, "split": split}
 
@@ -229,8 +270,9 @@ def restore(path, state, config, model, optimizer, scheduler):
     """Load a checkpoint's model, optimizer and schedule; CheckpointError if it is another run."""
     load_model_state(model, state, path)
     for key in RESUME_MUST_MATCH:
-        if state["config"].get(key) != config[key]:
-            raise CheckpointError(f"{path}: checkpoint was trained with {key} = {state['config'].get(key)}, "
+        trained = state["config"].get(key, CONFIG_DEFAULTS.get(key))
+        if trained != config[key]:
+            raise CheckpointError(f"{path}: checkpoint was trained with {key} = {trained}, "
                                   f"this run has {config[key]}; resume with the run's own settings")
     try:
         optimizer.load_state_dict(state["optimizer"])
@@ -260,25 +302,18 @@ def write_history(out_dir, history):
 
 def main(argv=None):
     args = parse_args(argv)
-    threads = nn3d.set_num_threads(args.threads)
-    with lock_folder(args.out):
-        remove_stray_temporaries(args.out)
-        run_training(args, threads)
+    world = distributed.world()
+    with world.stop_all_on_error():
+        threads = nn3d.set_num_threads(args.threads or world.default_threads())
+        with lock_folder(args.out) if world.is_root else contextlib.nullcontext():
+            if world.is_root:
+                remove_stray_temporaries(args.out)
+            run_training(args, threads, world)
 
 
-def run_training(args, threads):
-    """The run described in the module docstring; the caller holds the lock of args.out."""
-    train_set, val_set, split = open_data(args)
-    config = run_config(args, train_set, split)
-    window = tuple(np.broadcast_to(np.asarray(config["shape"]), (3,)).tolist())
-    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
-
-    nn3d.manual_seed(args.seed)
-    model = UNet3D(features=args.features)
-    criterion = nn3d.MSELoss()
-    optimizer = nn3d.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = nn3d.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch, eta_min=args.lr_min)
-
+def start_history(args, config, model, optimizer, scheduler):
+    """Rank 0: load --resume's checkpoint into the model, optimizer and schedule and return its
+    history, or [] for a fresh start (refused if --out holds a run); writes split.json."""
     history = []
     path = resume_checkpoint(args.resume, args.out) if args.resume else None
     if path:
@@ -290,36 +325,77 @@ def run_training(args, threads):
     elif os.path.exists(os.path.join(args.out, "latest.npz")):
         raise ValueError(f"{args.out} already holds a run (latest.npz): continue it with --resume latest, "
                          f"or choose another --out")
-    write_text(os.path.join(args.out, "split.json"), json.dumps(split, indent=1) + "\n")
+    write_text(os.path.join(args.out, "split.json"), json.dumps(config["split"], indent=1) + "\n")
+    return history
 
-    print(f"UNet3D, features {' '.join(map(str, args.features))}: {model.num_parameters():,} parameters; "
-          f"{len(train_set)} train / {len(val_set)} val patients at {train_set.spacing} mm; "
-          f"{'patches ' + str(args.patch) + '^3' if args.patch else 'whole volumes'}, batch {args.batch_size}; "
-          f"{args.epochs} epochs x {steps_per_epoch} steps; {threads} threads; writing to {args.out}")
+
+def share_start(world, model, optimizer, scheduler, history):
+    """Rank 0's parameters, statistics, optimizer state, schedule and history on every rank."""
+    start = world.broadcast({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "history": history} if world.is_root else None)
+    if not world.is_root:
+        model.load_state_dict(start["model"])
+        optimizer.load_state_dict(start["optimizer"])
+        scheduler.load_state_dict(start["scheduler"])
+    return start["history"]
+
+
+def run_training(args, threads, world):
+    """The run described in the module docstring; rank 0 holds the lock of args.out."""
+    config = None
+    if world.is_root:             # first and alone: it may generate the cohort, and it fills the cache
+        train_set, val_set, split = open_data(args)
+        config = run_config(args, train_set, split, world.size)
+    config = world.broadcast(config)
+    if not world.is_root:
+        train_set, val_set, _ = open_data(args)
+    window = tuple(np.broadcast_to(np.asarray(config["shape"]), (3,)).tolist())
+    parts = world.size * args.accumulate
+    steps_per_epoch = math.ceil(len(train_set) / (args.batch_size * parts))
+
+    nn3d.manual_seed(args.seed)
+    model = UNet3D(features=args.features)
+    criterion = nn3d.MSELoss()
+    optimizer = nn3d.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = nn3d.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch, eta_min=args.lr_min)
+    history = start_history(args, config, model, optimizer, scheduler) if world.is_root else None
+    history = share_start(world, model, optimizer, scheduler, history)
+
+    if world.is_root:
+        micro = (f" x {parts} micro-batches ({world.size} ranks x accumulate {args.accumulate})" if parts > 1
+                 else "")
+        print(f"UNet3D, features {' '.join(map(str, args.features))}: {model.num_parameters():,} parameters; "
+              f"{len(train_set)} train / {len(val_set)} val patients at {train_set.spacing} mm; "
+              f"{'patches ' + str(args.patch) + '^3' if args.patch else 'whole volumes'}, batch "
+              f"{args.batch_size}{micro}; {args.epochs} epochs x {steps_per_epoch} steps; {threads} threads"
+              f"{' per rank' if world.size > 1 else ''}; writing to {args.out}")
     best_val_loss = min((record["val_loss"] for record in history if record["val_loss"] is not None),
                         default=math.inf)
     for epoch in range(len(history) + 1, args.epochs + 1):
         start = time.perf_counter()
         lr = optimizer.lr
-        train_loss = train_one_epoch(model, criterion, optimizer, scheduler, train_set, epoch, args,
+        train_loss = train_one_epoch(model, criterion, optimizer, scheduler, train_set, epoch, args, world,
                                      label=f"epoch {epoch}/{args.epochs}")
+        world.check_identical([value for value in model.state_dict().values()], f"after epoch {epoch}")
         val_loss = val_mae_hu = None
         if epoch % args.val_every == 0 or epoch == args.epochs:
-            val_loss, val_mae_hu = validate(model, val_set, window)
+            val_loss, val_mae_hu = validate(model, val_set, window, world)
         seconds = time.perf_counter() - start
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                         "val_mae_hu": val_mae_hu, "lr": lr, "seconds": seconds})
         is_best = val_loss is not None and val_loss < best_val_loss
         best_val_loss = min(best_val_loss, val_loss if val_loss is not None else math.inf)
-        state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "val_loss": val_loss, "history": history,
-                 "config": config, "rng": {"seed": args.seed, "next_epoch": epoch + 1}}
-        write_epoch_outputs(args.out, state, history, is_best, args.checkpoint_every, args.epochs)
-        validation = (f"val loss {val_loss:.5f}  val MAE {val_mae_hu:6.1f} HU" if val_loss is not None
-                      else "(no validation)")
-        print(f"epoch {epoch:3d}/{args.epochs}  train loss {train_loss:.5f}  {validation}  lr {lr:.2e}  "
-              f"{seconds:5.1f} s" + ("  *best" if is_best else ""), flush=True)
-    if len(history) >= args.epochs:
+        if world.is_root:
+            state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "val_loss": val_loss, "history": history,
+                     "config": config, "rng": {"seed": args.seed, "next_epoch": epoch + 1}}
+            write_epoch_outputs(args.out, state, history, is_best, args.checkpoint_every, args.epochs)
+            validation = (f"val loss {val_loss:.5f}  val MAE {val_mae_hu:6.1f} HU" if val_loss is not None
+                          else "(no validation)")
+            print(f"epoch {epoch:3d}/{args.epochs}  train loss {train_loss:.5f}  {validation}  lr {lr:.2e}  "
+                  f"{seconds:5.1f} s" + ("  *best" if is_best else ""), flush=True)
+        world.barrier()                                   # the others wait for the checkpoint
+    if world.is_root and len(history) >= args.epochs:
         print(f"done: {args.out}/final.npz, best validation loss {best_val_loss:.5f}")
 
 

@@ -154,6 +154,58 @@ def test_infer_refuses_bad_input(case, checkpoint, tmp_path, capsys):
     assert os.listdir(output.parent) == []                             # nothing written, not even partly
 
 
+def test_infer_a_folder_skips_and_reports_bad_scans(patient, checkpoint, tmp_path, capsys):
+    """--input-dir: every NIfTI file of the folder (other files ignored); each bad one is one line
+    naming it and is skipped, the good ones are written as --input writes them; exit status 2 if any
+    was skipped. A rerun keeps what is there."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    bad = bad_inputs(scans)
+    del bad["missing"]
+    for name in ("a.nii.gz", "b.nii"):
+        nib.save(nib.load(os.path.join(patient, "mr.nii.gz")), scans / name)
+    (scans / "notes.txt").write_text("not a scan")
+    out = tmp_path / "sct"
+    argv = ["--checkpoint", checkpoint, "--input-dir", str(scans), "--output-dir", str(out), "--threads", "1"]
+    code, stdout, err = run_cli(infer, argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == len(bad)
+    for (path, message), line in zip(sorted(bad.values()), sorted(lines)):
+        assert line.startswith(f"error: input MR {path}") and message in line and line.endswith("(skipped)")
+    assert stdout.strip().splitlines()[-1] == "2 of 6 scans predicted into {}, 0 kept, 4 skipped: {}".format(
+        out, ", ".join(sorted(os.path.basename(path) for path, _ in bad.values())))
+    assert sorted(os.listdir(out)) == ["a.nii.gz", "b.nii"]
+    code, _, err = infer_cli(checkpoint, scans / "a.nii.gz", tmp_path / "single.nii.gz", capsys)
+    np.testing.assert_array_equal(nib.load(out / "a.nii.gz").get_fdata(), nib.load(tmp_path / "single.nii.gz").get_fdata())
+
+    before = {name: os.path.getmtime(out / name) for name in os.listdir(out)}
+    code, stdout, _ = run_cli(infer, argv, capsys)
+    assert code == 2 and "0 of 6 scans predicted" in stdout and "2 kept" in stdout
+    assert {name: os.path.getmtime(out / name) for name in os.listdir(out)} == before
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--input-dir", "{scans}", "--output-dir", "{scans}"], "is the input folder"),
+    (["--input-dir", "{empty}", "--output-dir", "{out}"], "no .nii or .nii.gz files in it"),
+    (["--input-dir", "{missing}", "--output-dir", "{out}"], "no such folder")])
+def test_infer_a_folder_refuses_bad_folders(flags, message, patient, checkpoint, tmp_path, capsys):
+    folders = {name: tmp_path / name for name in ("scans", "empty", "missing", "out")}
+    folders["scans"].mkdir()
+    folders["empty"].mkdir()
+    nib.save(nib.load(os.path.join(patient, "mr.nii.gz")), folders["scans"] / "a.nii.gz")
+    argv = ["--checkpoint", checkpoint] + [flag.format(**folders) for flag in flags]
+    assert message in one_line_error(*run_cli(infer, argv, capsys)[::2])
+    assert sorted(os.listdir(tmp_path)) == ["empty", "scans"]             # nothing written
+
+
+def test_infer_needs_one_pair_of_flags(checkpoint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        infer.parse_args(["--checkpoint", checkpoint, "--input", "a.nii", "--output-dir", "out"])
+    assert exit_info.value.code == 2
+    assert "give --input and --output, or --input-dir and --output-dir" in capsys.readouterr().err
+
+
 def test_infer_refuses_a_corrupt_checkpoint(patient, tmp_path, capsys):
     broken = tmp_path / "broken.npz"
     broken.write_bytes(b"PK\x03\x04 truncated")
