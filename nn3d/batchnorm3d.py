@@ -50,6 +50,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import arena
 from .checks import check_forward_ran, check_grad_output, check_volume
 from .grad_mode import is_grad_enabled
 from .kernels.batchnorm3d import batchnorm_affine, batchnorm_backward_input
@@ -118,7 +119,7 @@ class BatchNorm3d(Module):
         inv_std = 1.0 / np.sqrt(var + self.eps)                      # (C,) float64
         scale = self.weight.data * inv_std                           # (C,) gamma inv_std
         shift = self.bias.data - mean * scale                        # (C,) beta - mu scale
-        y_flat = np.empty_like(x_flat)                               # (P, C)
+        y_flat = arena.empty_like(x_flat)                             # (P, C)
         batchnorm_affine(x_flat, scale.astype(dtype), shift.astype(dtype), y_flat)   # (F)
         self._cache = (BatchNormCache(x_flat, mean, inv_std, self.training, x.shape)
                        if is_grad_enabled() else None)
@@ -145,7 +146,7 @@ class BatchNorm3d(Module):
         else:
             mean_dy = np.zeros_like(sum_dy)                          # (B3-eval): no path through mu
             x_hat_coefficient = np.zeros_like(sum_dy)                # nor through sigma2
-        grad_input = np.empty_like(x_flat)                           # (P, C)
+        grad_input = arena.empty_like(x_flat)                         # (P, C)
         batchnorm_backward_input(x_flat, grad_output_flat, mean.astype(dtype), scale.astype(dtype),
                                  mean_dy.astype(dtype), x_hat_coefficient.astype(dtype), grad_input)  # (B3)
         self.weight.grad += grad_weight.astype(dtype)

@@ -50,6 +50,7 @@ import numpy as np
 from numba import prange
 
 from .jit import blocked_kernel, tile_helper
+from .. import arena
 from .padding import embed_strided, pad_channels_last
 from ..shapes import window_output_size
 
@@ -241,10 +242,10 @@ def conv3d_forward(x_pad, weight, bias, stride, block_w=BLOCK_W):
         bias_padded[:cout] = bias
     bias_padded = bias_padded.reshape(-1, BLOCK_C)                          # (Cout_padded/16, 16)
     out = window_output_size(x_pad.shape[1:4], weight.shape[2:], stride)
-    y = np.empty((x_pad.shape[0], *out, cout_padded), dtype=x_pad.dtype)  # (N, Do, Ho, Wo, Cout_padded)
+    y = arena.empty((x_pad.shape[0], *out, cout_padded), x_pad.dtype)     # (N, Do, Ho, Wo, Cout_padded)
     conv3d_forward_kernel(x_pad, w_packed, bias_padded, *(np.int64(s) for s in stride),
                           np.int64(block_w), y)
-    return y if y.shape[4] == cout else np.ascontiguousarray(y[..., :cout])
+    return y if y.shape[4] == cout else arena.copy(y[..., :cout])
 
 
 # ---- grad-input: lines (2) and (3) ---------------------------------------------------------------
@@ -398,8 +399,8 @@ def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride, block_j=BLOCK_J)
     n_blocks = -(-rows_per_chunk // max(1, 262144 // row_values))
     rows_per_block = -(-rows_per_chunk // n_blocks)
     partial = np.zeros((n_chunks, kernel_d, kernel_h, kernel_w * cin, cout_padded), x_pad.dtype)
-    g_tiles = np.ascontiguousarray(grad_output.reshape(n_batch, out_d, out_h, out_w, -1, BLOCK_C)
-                                   .transpose(0, 1, 2, 4, 3, 5))          # (N, Do, Ho, Cout_p/16, Wo, 16)
+    g_tiles = arena.copy(grad_output.reshape(n_batch, out_d, out_h, out_w, -1, BLOCK_C)
+                         .transpose(0, 1, 2, 4, 3, 5))                    # (N, Do, Ho, Cout_p/16, Wo, 16)
     conv3d_grad_weight_kernel(x_pad, g_tiles, *(np.int64(s) for s in stride),
                               np.int64(rows_per_chunk), np.int64(rows_per_block), np.int64(block_j),
                               partial)

@@ -18,6 +18,7 @@ import numpy as np
 from numba import prange
 
 from .jit import parallel_kernel
+from .. import arena
 
 
 def _placement(size, stride, offset, length):
@@ -33,7 +34,7 @@ def embed_strided(x_cl, stride, offset, length):
     """Place channels-last `x_cl` (N, D, H, W, C) into zeros of shape (N, *length, C), entry o of each
     spatial axis going to o*stride + offset. stride, offset, length: 3-tuples of ints."""
     n, *size, channels = x_cl.shape
-    out = np.zeros((n, *length, channels), dtype=x_cl.dtype)     # (N, Lz, Ly, Lx, C)
+    out = arena.zeros((n, *length, channels), x_cl.dtype)        # (N, Lz, Ly, Lx, C)
     source, target = [slice(None)], [slice(None)]
     for axis in range(3):
         first, count, start = _placement(size[axis], stride[axis], offset[axis], length[axis])
@@ -71,6 +72,6 @@ def pad_channels_last(x_cl, padding):
     if padding == (0, 0, 0):
         return np.ascontiguousarray(x_cl)
     length = tuple(size + 2 * pad for size, pad in zip(x_cl.shape[1:4], padding))
-    out = np.empty((x_cl.shape[0], *length, x_cl.shape[4]), dtype=x_cl.dtype)   # (N, Ld, Lh, Lw, C)
+    out = arena.empty((x_cl.shape[0], *length, x_cl.shape[4]), x_cl.dtype)      # (N, Ld, Lh, Lw, C)
     pad_kernel(np.ascontiguousarray(x_cl), *(np.int64(p) for p in padding), out)
     return out
