@@ -9,6 +9,9 @@ after warm-up (median of interleaved repeats). PyTorch runs each pass in NCDHW a
 channels_last_3d; the faster counts. Compute-bound passes report GFLOP/s and the fraction of
 NumPy's sgemm rate measured in the same run; memory-bound ones report GB/s (bytes of the inputs
 read once plus the outputs written once) against a NumPy copy measured in the same run.
+For every pass it also reports how many independent work items its parallel loop has (the `prange`
+iterations: enough to keep 32 cores busy is the aim) and its speed-up from 1 to 2 threads (both
+timed in the same interleaved rounds).
 
 Writes benchmarks/results/kernels_<size>.json and .png.
 """
@@ -56,7 +59,7 @@ def conv_passes(kind, spec, rng):
     import torch
 
     import nn3d
-    from nn3d.kernels.conv3d import conv3d_grad_input, conv3d_grad_weight
+    from nn3d.kernels.conv3d import BLOCK_C, conv3d_grad_input, conv3d_grad_weight, grad_weight_chunks
     from nn3d.kernels.padding import pad_channels_last
     from nn3d.layout import to_channels_last
 
@@ -87,10 +90,13 @@ def conv_passes(kind, spec, rng):
         forward=lambda: layer.forward(x),
         grad_input=lambda: conv3d_grad_input(g_cl, layer.weight.data, (size,) * 3, stride, padding),
         grad_weight=lambda: conv3d_grad_weight(x_pad, g_cl, (k,) * 3, stride))
+    rows = size * size                  # forward and grad-input: one work item per output row (n, d, h)
+    items = dict(forward=rows, grad_input=rows,
+                 grad_weight=grad_weight_chunks(rows, cout) * -(-cout // BLOCK_C))
     for name in ("forward", "grad_input", "grad_weight"):
         # the U-Net never computes the data's gradient (UNet3D(input_grad=False)): shown, marked
         label = "grad_input*" if name == "grad_input" and cin == 1 else name
-        passes[label] = (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None)
+        passes[label] = (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None, items[name])
     return passes
 
 
@@ -99,6 +105,7 @@ def up_passes(spec, rng):
     import torch
 
     import nn3d
+    from nn3d.kernels.conv3d import WORK_ITEMS
     from nn3d.kernels.conv_transpose3d import (conv_transpose3d_blocks_grad_input,
                                                conv_transpose3d_blocks_grad_weight)
     from nn3d.layout import to_channels_last
@@ -126,7 +133,9 @@ def up_passes(spec, rng):
         forward=lambda: layer.forward(x),
         grad_input=lambda: conv_transpose3d_blocks_grad_input(g_cl, layer.weight.data, x_cl.shape[:4]),
         grad_weight=lambda: conv_transpose3d_blocks_grad_weight(x_cl, g_cl, (2, 2, 2), cout))
-    return {name: (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None)
+    items = dict(forward=size * size, grad_input=size * size,            # one per input row (n, d, h)
+                 grad_weight=min(size ** 3, WORK_ITEMS))                  # chunks of voxels
+    return {name: (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None, items[name])
             for name in ("forward", "grad_input", "grad_weight")}
 
 
@@ -146,6 +155,7 @@ def memory_passes(kind, spec, rng):
         g = random_cl(rng, 1, channels, size)
         layers_backward = lambda: bn.backward(relu.backward(g))
         bytes_forward, bytes_backward = 2 * volume_bytes, 3 * volume_bytes   # x->y; (g, x)->grad
+        items_forward = items_backward = size ** 3                           # one per voxel
         torch_module = torch.nn.Sequential(torch.nn.BatchNorm3d(channels), torch.nn.ReLU())
     elif kind == "pool":
         pool = nn3d.MaxPool3d(2)
@@ -154,6 +164,7 @@ def memory_passes(kind, spec, rng):
         g = random_cl(rng, 1, channels, size // 2)
         layers_backward = lambda: pool.backward(g)
         bytes_forward, bytes_backward = 1.125 * volume_bytes, 1.125 * volume_bytes
+        items_forward = items_backward = size // 2                           # one per output plane
         torch_module = torch.nn.MaxPool3d(2)
     else:
         cat = nn3d.Concat()
@@ -163,6 +174,7 @@ def memory_passes(kind, spec, rng):
         g = random_cl(rng, 1, 2 * channels, size)
         layers_backward = lambda: cat.backward(g)
         bytes_forward = bytes_backward = 4 * volume_bytes
+        items_forward = items_backward = 1                                   # NumPy copies, one thread
         torch_module = lambda a, b: torch.cat([a, b], dim=1)
 
     formats = {}
@@ -182,9 +194,23 @@ def memory_passes(kind, spec, rng):
         forward()
         formats[fmt] = dict(forward=forward, backward=backward)
     return {"forward": (layers_forward, formats["ncdhw"]["forward"], formats["cl"]["forward"],
-                        None, bytes_forward),
+                        None, bytes_forward, items_forward),
             "backward": (layers_backward, formats["ncdhw"]["backward"], formats["cl"]["backward"],
-                         None, bytes_backward)}
+                         None, bytes_backward, items_backward)}
+
+
+def on_one_thread(function, threads):
+    """`function` run with nn3d on 1 thread (then back to `threads`): the 1 -> n thread speed-up."""
+    import nn3d
+
+    def run_on_one_thread():
+        nn3d.set_num_threads(1)
+        try:
+            function()
+        finally:
+            nn3d.set_num_threads(threads)
+
+    return run_on_one_thread
 
 
 def run(size, threads, repeats):
@@ -194,7 +220,7 @@ def run(size, threads, repeats):
     copy = copy_gbps()
     print(f"reference rates: sgemm {sgemm:.0f} GFLOP/s ({threads} threads), copy {copy:.1f} GB/s")
     header = (f"{'layer':<18}{'pass':<12}{'ours ms':>9}{'torch ms':>10}{'speed-up':>10}"
-              f"{'ours rate':>13}{'torch rate':>13}{'of roof':>9}")
+              f"{'ours rate':>13}{'torch rate':>13}{'of roof':>9}{'items':>7}{'1->' + str(threads):>7}")
     print(header)
     print("-" * len(header))
     rows = []
@@ -205,12 +231,15 @@ def run(size, threads, repeats):
             passes = up_passes(spec, rng)
         else:
             passes = memory_passes(kind, spec, rng)
-        for pass_name, (ours, torch_ncdhw, torch_cl, flops, nbytes) in passes.items():
-            seconds = interleaved_medians([ours, torch_ncdhw, torch_cl], repeats=repeats, warmup=2)
+        for pass_name, (ours, torch_ncdhw, torch_cl, flops, nbytes, items) in passes.items():
+            seconds = interleaved_medians([ours, torch_ncdhw, torch_cl, on_one_thread(ours, threads)],
+                                          repeats=repeats, warmup=2)
             torch_best = min(seconds[1], seconds[2])
             row = dict(layer=name, kind=kind, **spec, pass_=pass_name, ours_ms=seconds[0] * 1e3,
                        torch_ncdhw_ms=seconds[1] * 1e3, torch_cl_ms=seconds[2] * 1e3,
-                       torch_ms=torch_best * 1e3, speedup=torch_best / seconds[0])
+                       torch_ms=torch_best * 1e3, speedup=torch_best / seconds[0],
+                       work_items=items, ours_1thread_ms=seconds[3] * 1e3,
+                       thread_speedup=seconds[3] / seconds[0])
             if flops is not None:
                 row.update(unit="GFLOP/s", ours_rate=flops / seconds[0] / 1e9,
                            torch_rate=flops / torch_best / 1e9)
@@ -222,7 +251,8 @@ def run(size, threads, repeats):
             rows.append(row)
             print(f"{name:<18}{pass_name:<12}{row['ours_ms']:>9.2f}{row['torch_ms']:>10.2f}"
                   f"{row['speedup']:>9.2f}x{row['ours_rate']:>8.1f} {row['unit']:<4}"
-                  f"{row['torch_rate']:>8.1f} {row['unit']:<4}{row['fraction_of_roof']:>8.0%}", flush=True)
+                  f"{row['torch_rate']:>8.1f} {row['unit']:<4}{row['fraction_of_roof']:>8.0%}"
+                  f"{items:>7}{row['thread_speedup']:>6.2f}x", flush=True)
     print("* not run in a training step: UNet3D skips the input's gradient (enc1.conv1.requires_input_grad)")
     return dict(machine=machine_info(threads), size=size, sgemm_gflops=sgemm, copy_gbps=copy,
                 rows=[{("pass" if k == "pass_" else k): v for k, v in row.items()} for row in rows])

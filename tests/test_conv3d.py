@@ -1,5 +1,6 @@
 """Conv3d against PyTorch, the fast kernels against their NumPy references, and every gradient
 against central finite differences in float64."""
+import numba
 import numpy as np
 import pytest
 import torch
@@ -146,3 +147,23 @@ def test_state_dict_round_trip_with_torch():
     for key, value in layer.state_dict().items():
         np.testing.assert_array_equal(back.state_dict()[key], value)
     assert list(Conv3d(3, 4, 1, bias=False).state_dict()) == ["weight"]
+
+
+def test_grad_weight_has_32_work_items_and_same_bits_on_any_thread_count():
+    """Grad-weight is split into (row chunk, 16 output channels) items fixed by the shapes: at least 32
+    of them (so 32 cores can share the pass), and the chunks are added in a fixed order, so 1 and 2
+    threads give the same bits."""
+    assert kernels.grad_weight_chunks(16 * 16, 16) * 1 >= 32                 # a 16-channel layer
+    assert kernels.grad_weight_chunks(8 * 8, 128) * 8 >= 32                  # the 8^3 bottleneck
+    rng = np.random.default_rng(5)
+    x_pad = rng.standard_normal((1, 10, 10, 10, 16)).astype(np.float32)
+    grad_output = rng.standard_normal((1, 8, 8, 8, 32)).astype(np.float32)
+    threads = nn3d.get_num_threads()
+    try:
+        nn3d.set_num_threads(1)
+        one = kernels.conv3d_grad_weight(x_pad, grad_output, (3, 3, 3), (1, 1, 1))
+        nn3d.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))   # conftest's count
+        two = kernels.conv3d_grad_weight(x_pad, grad_output, (3, 3, 3), (1, 1, 1))
+    finally:
+        nn3d.set_num_threads(threads)
+    np.testing.assert_array_equal(one, two)

@@ -29,6 +29,7 @@ different input voxels do not overlap, so (1) is ONE matrix product per voxel,
 import numpy as np
 from numba import prange
 
+from .conv3d import WORK_ITEMS
 from .jit import parallel_kernel
 from .. import arena
 from ..threads import single_threaded_blas
@@ -144,7 +145,7 @@ def conv_transpose3d_blocks_grad_weight(x, grad_output, kernel_size, cout):
     cin = x.shape[4]
     blocks_flat = gather_blocks(grad_output, kernel_size, x.shape[:4]).reshape(-1, np.prod(kernel_size) * cout)
     x_flat = x.reshape(-1, cin)                                         # (P, Cin)
-    n_chunks = min(x_flat.shape[0], 8)
+    n_chunks = min(x_flat.shape[0], WORK_ITEMS)       # fixed by the shape: deterministic
     rows_per_chunk = -(-x_flat.shape[0] // n_chunks)
     partial = np.empty((n_chunks, cin, blocks_flat.shape[1]), x.dtype)
     with single_threaded_blas():
