@@ -133,6 +133,7 @@ class BatchNorm3d(Module):
         x_flat, mean, inv_std, training, input_shape = self._cache
         dtype = x_flat.dtype
         check_grad_output(grad_output, input_shape, dtype, "BatchNorm3d")
+        self._cache = None                                           # consumed: x is freed after this pass
         grad_output_flat = to_channels_last(grad_output).reshape(x_flat.shape)     # (P, C)
         count = x_flat.shape[0]                                      # M
         sum_dy, sum_dy_xmu = channel_sums(grad_output_flat, x_flat, mean)   # (C,) float64 each

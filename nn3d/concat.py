@@ -64,6 +64,7 @@ class Concat(Module):
         check_forward_ran(self._cache, "Concat")
         offsets, output_shape, dtype = self._cache
         check_grad_output(grad_output, output_shape, dtype, "Concat")
+        self._cache = None                                                    # consumed
         grad_output_cl = grad_output.transpose(0, 2, 3, 4, 1)                 # (N, D, H, W, sum C_j) view
         return tuple(from_channels_last(arena.copy(grad_output_cl[..., start:stop]))  # (N, C_j, D, H, W)
                      for start, stop in zip(offsets[:-1], offsets[1:]))

@@ -55,7 +55,8 @@ What backward keeps. (4) reads x_pad, but the cache holds x itself (channels-las
 previous layer's output, which that layer keeps for its own backward anyway) and backward pads it
 again: one parallel copy (~1% of a step) instead of a second, padded copy of every conv input alive
 from forward to backward. x must not be modified in place between forward and backward. Under
-`nn3d.no_grad()` nothing is kept.
+`nn3d.no_grad()` nothing is kept. Backward drops the cache once (4) is done, before (3) allocates
+dL/dx: in the U-Net the decoder's concatenated input is freed just before its gradient is made.
 
 Reference: conv3d_forward_reference, conv3d_grad_input_reference and conv3d_grad_weight_reference in
 nn3d/kernels/reference.py compute (1), (2) and (4) in plain NumPy; read them before the fast kernels.
@@ -121,11 +122,12 @@ class Conv3d(Module):
         check_forward_ran(self._cache, "Conv3d")
         x_cl, input_shape, output_shape = self._cache
         check_grad_output(grad_output, output_shape, x_cl.dtype, "Conv3d")
+        self._cache = None                                                # consumed: x goes after (4)
         grad_output_cl = to_channels_last(grad_output)                    # (N, Do, Ho, Wo, Cout)
         x_pad = pad_channels_last(x_cl, self.padding)                     # (N, D+2pd, H+2ph, W+2pw, Cin)
         self.weight.grad += conv3d_grad_weight(x_pad, grad_output_cl, self.kernel_size,
                                                self.stride)               # (4) (Cout, Cin, kD, kH, kW)
-        del x_pad                                                         # freed before (3) allocates
+        del x_pad, x_cl                                                   # freed before (3) allocates
         if self.bias is not None:
             grad_bias = channel_sums(grad_output_cl.reshape(-1, self.out_channels))   # (5) (Cout,) float64
             self.bias.grad += grad_bias.astype(self.bias.grad.dtype)

@@ -82,6 +82,7 @@ class MaxPool3d(Module):
         argmax, input_shape, dtype = self._cache
         n_batch, channels, d, h, w = input_shape
         check_grad_output(grad_output, from_channels_last(argmax).shape, dtype, "MaxPool3d")
+        self._cache = None                                           # consumed
         grad_output_cl = to_channels_last(grad_output)               # (N, Do, Ho, Wo, C)
         grad_input = arena.zeros((n_batch, d, h, w, channels), dtype) # (N, D, H, W, C)
         maxpool3d_backward(grad_output_cl, argmax, *self.kernel_size, *self.stride, grad_input)   # (B)

@@ -43,6 +43,7 @@ class ReLU(Module):
         check_forward_ran(self._cache, "ReLU")
         y_cl = self._cache                                           # (N, D, H, W, C)
         check_grad_output(grad_output, from_channels_last(y_cl).shape, y_cl.dtype, "ReLU")
+        self._cache = None                                           # consumed
         grad_output_cl = to_channels_last(grad_output)               # (N, D, H, W, C)
         grad_input = arena.empty_like(y_cl)                           # (N, D, H, W, C)
         relu_backward(y_cl.reshape(-1), grad_output_cl.reshape(-1), grad_input.reshape(-1))   # (B)

@@ -109,6 +109,9 @@ def test_gradients_accumulate_until_zero_grad():
     layer.forward(x)
     layer.backward(grad_output)
     once = layer.weight.grad.copy(), layer.bias.grad.copy()
+    with pytest.raises(ValueError, match="backward called before"):   # backward consumed the cache
+        layer.backward(grad_output)
+    layer.forward(x)
     layer.backward(grad_output)
     np.testing.assert_allclose(layer.weight.grad, 2 * once[0], rtol=1e-6)
     np.testing.assert_allclose(layer.bias.grad, 2 * once[1], rtol=1e-6)

@@ -48,6 +48,9 @@ def test_gradients_accumulate_until_zero_grad():
     layer.forward(x)
     layer.backward(grad_output)
     once = layer.weight.grad.copy()
+    with pytest.raises(ValueError, match="backward called before"):   # backward consumed the cache
+        layer.backward(grad_output)
+    layer.forward(x)
     layer.backward(grad_output)
     np.testing.assert_allclose(layer.weight.grad, 2 * once, rtol=1e-6)
     layer.zero_grad()
@@ -96,6 +99,7 @@ def test_input_gradient_can_be_skipped():
     weight_grad = layer.weight.grad.copy()
     layer.zero_grad()
     layer.requires_input_grad = False
+    layer.forward(x)
     assert full is not None and layer.backward(grad_output) is None
     np.testing.assert_array_equal(layer.weight.grad, weight_grad)         # parameter gradients unchanged
 
