@@ -31,6 +31,7 @@ import threading
 import numpy as np
 
 MIN_BYTES = 1 << 20     # smaller arrays: np.empty (malloc's heap recycles them cheaply)
+FIT = 1.0
 GROWTH = 1.5            # held bytes <= GROWTH x the most bytes in use at once
 
 
@@ -68,7 +69,7 @@ class Arena:
                 size = entry[0].nbytes
                 if not self._is_free(entry):
                     in_use += size
-                elif match is None and size == nbytes:
+                elif nbytes <= size <= FIT * nbytes and (match is None or size < match[0].nbytes):
                     match = entry
             if match is None:
                 self._peak_in_use = max(self._peak_in_use, in_use + nbytes)
@@ -76,7 +77,7 @@ class Arena:
                 match = [np.empty(nbytes, np.uint8), 0]
                 self._buffers.append(match)
             match[1] = self._requests
-            return match[0].view(dtype).reshape(shape)
+            return match[0][:nbytes].view(dtype).reshape(shape)
 
     def _make_room(self, nbytes):
         """Drop free buffers, least recently used first, until `nbytes` more fit under the cap."""

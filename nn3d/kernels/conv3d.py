@@ -52,6 +52,7 @@ from numba import prange
 from .jit import blocked_kernel, tile_helper
 from .. import arena
 from .padding import embed_strided, pad_channels_last
+from .pointwise import pointwise_forward, pointwise_grad_weight
 from ..shapes import window_output_size
 
 BLOCK_C = 16   # output channels per register tile: one AVX-512 (two AVX2) registers of float32
@@ -230,11 +231,23 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
                     y_tiles[n, od, oh, ow0, cb, c] = acc0[c]
 
 
+def is_pointwise(kernel_size, stride, cout):
+    """A 1x1x1, stride-1 convolution with fewer than 16 output channels (the U-Net's head): the
+    kernels of pointwise.py, which do not pad Cout to 16."""
+    return tuple(kernel_size) == (1, 1, 1) and tuple(stride) == (1, 1, 1) and cout < BLOCK_C
+
+
 def conv3d_forward(x_pad, weight, bias, stride, block_w=BLOCK_W):
     """Line (1) for a padded channels-last input: (N, Dp, Hp, Wp, Cin) -> (N, Do, Ho, Wo, Cout).
     weight (Cout, Cin, kD, kH, kW); bias (Cout,) or None; stride 3-tuple; block_w: the register
     tile width (this CPU's BLOCK_W; tests pass 4 and 8 to check both paths on any machine)."""
     cout = weight.shape[0]
+    if is_pointwise(weight.shape[2:], stride, cout):
+        y = arena.empty((*x_pad.shape[:4], cout), x_pad.dtype)                 # (N, D, H, W, Cout)
+        bias = np.zeros(cout, x_pad.dtype) if bias is None else bias.astype(x_pad.dtype)
+        pointwise_forward(np.ascontiguousarray(x_pad).reshape(-1, x_pad.shape[4]),
+                          np.ascontiguousarray(weight.reshape(cout, -1)), bias, y.reshape(-1, cout))
+        return y
     w_packed = pack_weight(weight)
     cout_padded = w_packed.shape[2] * BLOCK_C
     bias_padded = np.zeros(cout_padded, dtype=x_pad.dtype)
@@ -249,23 +262,29 @@ def conv3d_forward(x_pad, weight, bias, stride, block_w=BLOCK_W):
 
 
 # ---- grad-input: lines (2) and (3) ---------------------------------------------------------------
-def conv3d_grad_input(grad_output, weight, input_size, stride, padding, block_w=BLOCK_W):
-    """Line (3), the gather: dL/dx (N, D, H, W, Cin) from grad_output (N, Do, Ho, Wo, Cout).
-
-    The output gradient is spread out by the stride (zeros in between) and padded by k-1-p on the
-    left, into a buffer of length D + k - 1 per axis; its stride-1 convolution with the flipped,
-    in/out-swapped kernel (`flipped_transposed`) is grad_input. For stride 1 the buffer is plain
-    zero padding and the work equals the forward pass's; for stride s, s^3 - 1 of every s^3 values
-    read are zeros (the general path, not the U-Net's).
-    """
-    kernel_size = weight.shape[2:]
+def spread_grad_output(grad_output, kernel_size, input_size, stride, padding):
+    """S of line (3): grad_output (N, Do, Ho, Wo, Cout) spread out by the stride (zeros in between)
+    and padded by k-1-p on the left, into a buffer of length D + k - 1 per axis,
+    (N, D+kD-1, H+kH-1, W+kW-1, Cout). For stride 1 it is plain zero padding; for stride s, s^3 - 1
+    of every s^3 values are zeros (the general path, not the U-Net's)."""
     offset = tuple(k - 1 - p for k, p in zip(kernel_size, padding))
     length = tuple(size + k - 1 for size, k in zip(input_size, kernel_size))
     if stride == (1, 1, 1) and min(offset) >= 0:                             # plain zero padding
-        grad_output_spread = pad_channels_last(grad_output, offset)          # (N, D+kD-1, ..., Cout)
-    else:
-        grad_output_spread = embed_strided(grad_output, stride, offset, length)
+        return pad_channels_last(grad_output, offset)
+    return embed_strided(grad_output, stride, offset, length)
+
+
+def conv3d_grad_input_of_spread(grad_output_spread, weight, block_w=BLOCK_W):
+    """Line (3) from S (`spread_grad_output`): its stride-1 convolution with the flipped,
+    in/out-swapped kernel (`flipped_transposed`), (N, D, H, W, Cin). The work equals the forward
+    pass's. Called once per input band by a Conv3d with several inputs (one S, several weights)."""
     return conv3d_forward(grad_output_spread, flipped_transposed(weight), None, (1, 1, 1), block_w)
+
+
+def conv3d_grad_input(grad_output, weight, input_size, stride, padding, block_w=BLOCK_W):
+    """Line (3), the gather: dL/dx (N, D, H, W, Cin) from grad_output (N, Do, Ho, Wo, Cout)."""
+    grad_output_spread = spread_grad_output(grad_output, weight.shape[2:], input_size, stride, padding)
+    return conv3d_grad_input_of_spread(grad_output_spread, weight, block_w)
 
 
 # ---- grad-weight: line (4) ----------------------------------------------------------------------
@@ -399,6 +418,9 @@ def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride, block_j=BLOCK_J)
     n_batch, out_d, out_h, out_w, cout = grad_output.shape
     cin = x_pad.shape[4]
     kernel_d, kernel_h, kernel_w = kernel_size
+    if is_pointwise(kernel_size, stride, cout):
+        return pointwise_grad_weight(np.ascontiguousarray(x_pad).reshape(-1, cin),
+                                     grad_output.reshape(-1, cout)).reshape(cout, cin, 1, 1, 1)
     cout_padded = -(-cout // BLOCK_C) * BLOCK_C
     if cout_padded != cout:                      # channels padded with zeros to whole blocks of 16
         padded = arena.zeros((*grad_output.shape[:4], cout_padded), grad_output.dtype)
