@@ -164,7 +164,7 @@ def memory_passes(kind, spec, rng):
         g = random_cl(rng, 1, channels, size // 2)
         layers_backward = lambda: pool.backward(g)
         bytes_forward, bytes_backward = 1.125 * volume_bytes, 1.125 * volume_bytes
-        items_forward = items_backward = size // 2                           # one per output plane
+        items_forward, items_backward = (size // 2) ** 2, size ** 2           # output rows; input rows
         torch_module = torch.nn.MaxPool3d(2)
     else:
         cat = nn3d.Concat()

@@ -33,7 +33,7 @@ import numpy as np
 from . import arena
 from .checks import check_forward_ran, check_grad_output, check_volume, pool_arguments
 from .grad_mode import is_grad_enabled
-from .kernels.maxpool3d import maxpool3d_backward, maxpool3d_forward
+from .kernels.maxpool3d import maxpool3d_backward, maxpool3d_backward_tiled, maxpool3d_forward
 from .layout import from_channels_last, to_channels_last
 from .module import Module
 from .shapes import window_output_size
@@ -84,6 +84,10 @@ class MaxPool3d(Module):
         check_grad_output(grad_output, from_channels_last(argmax).shape, dtype, "MaxPool3d")
         self._cache = None                                           # consumed
         grad_output_cl = to_channels_last(grad_output)               # (N, Do, Ho, Wo, C)
-        grad_input = arena.zeros((n_batch, d, h, w, channels), dtype) # (N, D, H, W, C)
-        maxpool3d_backward(grad_output_cl, argmax, *self.kernel_size, *self.stride, grad_input)   # (B)
+        if self.stride == self.kernel_size:                          # windows tile x: one write each
+            grad_input = arena.empty((n_batch, d, h, w, channels), dtype)                     # (N, D, H, W, C)
+            maxpool3d_backward_tiled(grad_output_cl, argmax, *self.kernel_size, grad_input)   # (B)
+        else:                                                        # overlapping: add into zeros
+            grad_input = arena.zeros((n_batch, d, h, w, channels), dtype)                     # (N, D, H, W, C)
+            maxpool3d_backward(grad_output_cl, argmax, *self.kernel_size, *self.stride, grad_input)   # (B)
         return from_channels_last(grad_input)                        # (N, C, D, H, W) view
