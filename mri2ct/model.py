@@ -31,13 +31,14 @@ pass of the network (a 1-channel grad-input at full resolution) and makes `backw
 """
 import numpy as np
 
-from nn3d import BatchNorm3d, Conv3d, ConvTranspose3d, MaxPool3d, Module, ReLU
+from nn3d import BatchNorm3d, Conv3d, ConvTranspose3d, MaxPool3d, Module
 
 DEFAULT_FEATURES = (16, 32, 64, 128)
 
 
 class ConvBlock(Module):
-    """(Conv3d 3^3, padding 1 -> BatchNorm3d -> ReLU) twice. Keeps the spatial size.
+    """(Conv3d 3^3, padding 1 -> BatchNorm3d -> ReLU) twice. Keeps the spatial size. Each ReLU is fused
+    into the BatchNorm before it (BatchNorm3d(relu=True), nn3d/batchnorm3d.py): one pass over memory.
 
     (N, in_channels, D, H, W) -> (N, out_channels, D, H, W); given several inputs, their concatenation
     along the channels (in_channels in all), and backward returns one gradient per input.
@@ -46,20 +47,18 @@ class ConvBlock(Module):
     def __init__(self, in_channels, out_channels):
         super().__init__()
         self.conv1 = Conv3d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.bn1 = BatchNorm3d(out_channels)
-        self.relu1 = ReLU()
+        self.bn1 = BatchNorm3d(out_channels, relu=True)
         self.conv2 = Conv3d(out_channels, out_channels, kernel_size=3, padding=1)
-        self.bn2 = BatchNorm3d(out_channels)
-        self.relu2 = ReLU()
+        self.bn2 = BatchNorm3d(out_channels, relu=True)
 
     def forward(self, *inputs):
-        x = self.relu1.forward(self.bn1.forward(self.conv1.forward(*inputs)))
-        return self.relu2.forward(self.bn2.forward(self.conv2.forward(x)))
+        x = self.bn1.forward(self.conv1.forward(*inputs))               # relu(bn(conv(inputs)))
+        return self.bn2.forward(self.conv2.forward(x))
 
     def backward(self, grad_output):
         # A chain: the chain rule applies the layers' backward passes in reverse order.
-        grad = self.conv2.backward(self.bn2.backward(self.relu2.backward(grad_output)))
-        return self.conv1.backward(self.bn1.backward(self.relu1.backward(grad)))
+        grad = self.conv2.backward(self.bn2.backward(grad_output))
+        return self.conv1.backward(self.bn1.backward(grad))
 
 
 class UNet3D(Module):
