@@ -18,10 +18,15 @@ its size: no system call, no page fault, no zeroing.
 The contract for users is therefore the plain NumPy one: an array nn3d returned stays valid, and
 distinct, for as long as you hold it. Nothing is reused while referenced.
 
-Memory. Buffers are matched by exact size, so the arena holds, per size, the most buffers of that
-size ever alive at once. It never holds more than GROWTH times the most bytes ever in use at once:
-a request that would exceed that first drops the free buffers used longest ago (after a change of
-input size, the old sizes go). `release()` drops every free buffer now.
+Memory. A request takes the smallest free buffer of at least its size and at most FIT times it, so
+buffers of neighbouring sizes (an activation, its zero-padded copy, a concatenation) serve each other.
+The arena never holds more than GROWTH times the most bytes ever in use at once: a request that
+would exceed that first drops the free buffers used longest ago (after a change of input size, the
+old sizes go). `release()` drops every free buffer now. Measured on the U-Net, training step
+(2 steps after warm-up, peak resident memory of the process): the arena holds 1.04x (128^3) to 1.05x
+(96^3) the bytes in use at the step's peak, with no new buffer after the second step. Matching exact
+sizes only with GROWTH = 1.0 held less (0.93x at 128^3) but allocated ~30 buffers per step again
+(1 s of system time per 128^3 step: the cost the arena exists to remove).
 Arrays below MIN_BYTES come from NumPy directly: malloc keeps those in its heap and recycles them
 without system calls anyway.
 """
@@ -31,7 +36,7 @@ import threading
 import numpy as np
 
 MIN_BYTES = 1 << 20     # smaller arrays: np.empty (malloc's heap recycles them cheaply)
-FIT = 1.0
+FIT = 2.5               # a request may take a free buffer up to 2.5x its size (the smallest that fits)
 GROWTH = 1.5            # held bytes <= GROWTH x the most bytes in use at once
 
 
