@@ -4,11 +4,13 @@
 
 For each layer shape of UNet3D (16-32-64-128) at the given input size, batch 1: the 3x3x3
 convolutions' forward, grad-input and grad-weight passes, the head, the transposed convolutions,
-BatchNorm, ReLU, MaxPool and concatenation, each timed for nn3d and for PyTorch in the same process
+BatchNorm+ReLU and MaxPool, each timed for nn3d and for PyTorch in the same process
 after warm-up (median of interleaved repeats). PyTorch runs each pass in NCDHW and in
 channels_last_3d; the faster counts. Compute-bound passes report GFLOP/s and the fraction of
 NumPy's sgemm rate measured in the same run; memory-bound ones report GB/s (bytes of the inputs
 read once plus the outputs written once) against a NumPy copy measured in the same run.
+There is no concatenation row: the decoders' first convolutions read (up, skip) as two inputs
+(their forward includes the concatenation; PyTorch's row is timed on the concatenated tensor).
 For every pass it also reports how many independent work items its parallel loop has (the `prange`
 iterations: enough to keep 32 cores busy is the aim) and its speed-up from 1 to 2 threads (both
 timed in the same interleaved rounds).
@@ -36,15 +38,14 @@ def unet_layer_shapes(size, features=FEATURES):
              ("bottleneck.conv1", f3, f4, s4), ("bottleneck.conv2", f4, f4, s4),
              ("dec3.conv1", 2 * f3, f3, s3), ("dec2.conv1", 2 * f2, f2, s2),
              ("dec1.conv1", 2 * f1, f1, s1)]
-    layers = [(name, "conv3", dict(cin=cin, cout=cout, size=s)) for name, cin, cout, s in convs]
-    layers.append(("head", "conv1", dict(cin=f1, cout=1, size=s1)))
+    layers = [(name, "conv3", dict(cin=cin, cout=cout, size=s, inputs=2 if name.startswith("dec") else 1))
+              for name, cin, cout, s in convs]
+    layers.append(("head", "conv1", dict(cin=f1, cout=1, size=s1, inputs=1)))
     layers += [(f"up{i}", "up", dict(cin=cin, cout=cout, size=s)) for i, cin, cout, s in
                ((3, f4, f3, s4), (2, f3, f2, s3), (1, f2, f1, s2))]
     layers += [(f"bn+relu {c}ch", "bnrelu", dict(channels=c, size=s)) for c, s in
                ((f1, s1), (f2, s2), (f3, s3), (f4, s4))]
     layers += [(f"pool{i}", "pool", dict(channels=c, size=s)) for i, c, s in
-               ((1, f1, s1), (2, f2, s2), (3, f3, s3))]
-    layers += [(f"cat{i}", "cat", dict(channels=c, size=s)) for i, c, s in
                ((1, f1, s1), (2, f2, s2), (3, f3, s3))]
     return layers
 
@@ -67,9 +68,10 @@ def conv_passes(kind, spec, rng):
     k, pad = (3, 1) if kind == "conv3" else (1, 0)
     layer = nn3d.Conv3d(cin, cout, k, padding=pad)
     x = random_cl(rng, 1, cin, size)
-    y = layer.forward(x)
+    parts = np.split(x, spec["inputs"], axis=1)                 # a decoder's (up, skip): concatenated in forward
+    y = layer.forward(*parts)
     g_cl = to_channels_last(random_cl(rng, 1, cout, size))
-    x_pad = pad_channels_last(layer._cache.x_cl, (pad,) * 3)    # Conv3d caches x unpadded
+    x_pad = pad_channels_last(to_channels_last(x), (pad,) * 3)
     stride, padding = (1, 1, 1), (pad,) * 3
     flops = 2.0 * size ** 3 * cin * cout * k ** 3
     w = torch.from_numpy(layer.weight.data)
@@ -87,7 +89,7 @@ def conv_passes(kind, spec, rng):
             grad_weight=lambda xt=xt, gt=gt, wt=wt: torch.ops.aten.convolution_backward(
                 gt, xt, wt, [cout], [1] * 3, [pad] * 3, [1] * 3, False, [0] * 3, 1, [False, True, True]))
     ours = dict(
-        forward=lambda: layer.forward(x),
+        forward=lambda: layer.forward(*parts),
         grad_input=lambda: conv3d_grad_input(g_cl, layer.weight.data, (size,) * 3, stride, padding),
         grad_weight=lambda: conv3d_grad_weight(x_pad, g_cl, (k,) * 3, stride))
     rows = size * size                  # forward and grad-input: one work item per output row (n, d, h)
@@ -140,7 +142,8 @@ def up_passes(spec, rng):
 
 
 def memory_passes(kind, spec, rng):
-    """BatchNorm+ReLU, MaxPool and concat: forward and backward, memory-bound."""
+    """BatchNorm+ReLU (fused) and MaxPool: forward and backward, memory-bound. Backward consumes the
+    layer's cache, so each timed backward first puts back what one forward kept."""
     import torch
 
     import nn3d
@@ -149,40 +152,32 @@ def memory_passes(kind, spec, rng):
     volume_bytes = 4.0 * channels * size ** 3
     x = random_cl(rng, 1, channels, size)
     if kind == "bnrelu":
-        bn, relu = nn3d.BatchNorm3d(channels), nn3d.ReLU()
-        layers_forward = lambda: relu.forward(bn.forward(x))
-        layers_forward()
+        layer = nn3d.BatchNorm3d(channels, relu=True)
+        layers_forward = lambda: layer.forward(x)
         g = random_cl(rng, 1, channels, size)
-        layers_backward = lambda: bn.backward(relu.backward(g))
         bytes_forward, bytes_backward = 2 * volume_bytes, 3 * volume_bytes   # x->y; (g, x)->grad
         items_forward = items_backward = size ** 3                           # one per voxel
         torch_module = torch.nn.Sequential(torch.nn.BatchNorm3d(channels), torch.nn.ReLU())
     elif kind == "pool":
-        pool = nn3d.MaxPool3d(2)
-        layers_forward = lambda: pool.forward(x)
-        layers_forward()
+        layer = nn3d.MaxPool3d(2)
+        layers_forward = lambda: layer.forward(x)
         g = random_cl(rng, 1, channels, size // 2)
-        layers_backward = lambda: pool.backward(g)
         bytes_forward, bytes_backward = 1.125 * volume_bytes, 1.125 * volume_bytes
         items_forward, items_backward = (size // 2) ** 2, size ** 2           # output rows; input rows
         torch_module = torch.nn.MaxPool3d(2)
-    else:
-        cat = nn3d.Concat()
-        x2 = random_cl(rng, 1, channels, size)
-        layers_forward = lambda: cat.forward(x, x2)
-        layers_forward()
-        g = random_cl(rng, 1, 2 * channels, size)
-        layers_backward = lambda: cat.backward(g)
-        bytes_forward = bytes_backward = 4 * volume_bytes
-        items_forward = items_backward = 1                                   # NumPy copies, one thread
-        torch_module = lambda a, b: torch.cat([a, b], dim=1)
+    layers_forward()
+    cache = layer._cache
+
+    def layers_backward():
+        layer._cache = cache
+        layer.backward(g)
 
     formats = {}
     for fmt, memory in (("ncdhw", torch.contiguous_format), ("cl", torch.channels_last_3d)):
         xt = torch.from_numpy(np.ascontiguousarray(x)).contiguous(memory_format=memory)
         xt.requires_grad_(True)
         gt = torch.from_numpy(np.ascontiguousarray(g)).contiguous(memory_format=memory)
-        inputs = (xt, xt.detach().clone().requires_grad_(True)) if kind == "cat" else (xt,)
+        inputs = (xt,)
         state = {}
 
         def forward(inputs=inputs, state=state):
