@@ -52,7 +52,7 @@ from numba import prange
 from .jit import blocked_kernel, tile_helper
 from .. import arena
 from .padding import embed_strided, pad_channels_last
-from .pointwise import pointwise_forward, pointwise_grad_weight
+from .pointwise import pointwise_forward, pointwise_grad_input, pointwise_grad_weight
 from ..shapes import window_output_size
 
 BLOCK_C = 16   # output channels per register tile: one AVX-512 (two AVX2) registers of float32
@@ -277,7 +277,15 @@ def spread_grad_output(grad_output, kernel_size, input_size, stride, padding):
 def conv3d_grad_input_of_spread(grad_output_spread, weight, block_w=BLOCK_W):
     """Line (3) from S (`spread_grad_output`): its stride-1 convolution with the flipped,
     in/out-swapped kernel (`flipped_transposed`), (N, D, H, W, Cin). The work equals the forward
-    pass's. Called once per input band by a Conv3d with several inputs (one S, several weights)."""
+    pass's. Called once per input band by a Conv3d with several inputs (one S, several weights).
+    A 1x1x1 weight with Cout < 16 (the head) takes the pointwise kernel: S is then grad_output itself
+    and (3) is S @ w, one product per voxel."""
+    cout, cin = weight.shape[:2]
+    if is_pointwise(weight.shape[2:], (1, 1, 1), cout):
+        grad_input = arena.empty((*grad_output_spread.shape[:4], cin), grad_output_spread.dtype)
+        weight_matrix = np.ascontiguousarray(weight.reshape(cout, cin))                     # (Cout, Cin)
+        pointwise_grad_input(grad_output_spread.reshape(-1, cout), weight_matrix, grad_input.reshape(-1, cin))
+        return grad_input
     return conv3d_forward(grad_output_spread, flipped_transposed(weight), None, (1, 1, 1), block_w)
 
 
