@@ -211,9 +211,10 @@ def main(argv=None):
         return 0
 
     set_threads(args.threads)
-    print(f"sgemm reference: {sgemm_gflops(args.threads):.0f} GFLOP/s on {args.threads} threads", flush=True)
+    sgemm = sgemm_gflops(args.threads)
+    print(f"sgemm reference: {sgemm:.0f} GFLOP/s on {args.threads} threads", flush=True)
     rows = [measure(size, args.threads, args.repeats) for size in args.sizes]
-    payload = {"machine": machine_info(args.threads), "rows": rows}
+    payload = {"machine": machine_info(args.threads), "sgemm_gflops": sgemm, "rows": rows}
     write_json(args.out, payload)
     png = os.path.splitext(args.out)[0] + ".png"
     plot(rows, png)
