@@ -4,11 +4,16 @@
 
 For each layer shape of UNet3D (16-32-64-128) at the given input size, batch 1: the 3x3x3
 convolutions' forward, grad-input and grad-weight passes, the head, the transposed convolutions,
-BatchNorm, ReLU, MaxPool and concatenation, each timed for nn3d and for PyTorch in the same process
+BatchNorm+ReLU and MaxPool, each timed for nn3d and for PyTorch in the same process
 after warm-up (median of interleaved repeats). PyTorch runs each pass in NCDHW and in
 channels_last_3d; the faster counts. Compute-bound passes report GFLOP/s and the fraction of
 NumPy's sgemm rate measured in the same run; memory-bound ones report GB/s (bytes of the inputs
 read once plus the outputs written once) against a NumPy copy measured in the same run.
+There is no concatenation row: the decoders' first convolutions read (up, skip) as two inputs
+(their forward includes the concatenation; PyTorch's row is timed on the concatenated tensor).
+For every pass it also reports how many independent work items its parallel loop has (the `prange`
+iterations: enough to keep 32 cores busy is the aim) and its speed-up from 1 to 2 threads (both
+timed in the same interleaved rounds).
 
 Writes benchmarks/results/kernels_<size>.json and .png.
 """
@@ -33,15 +38,14 @@ def unet_layer_shapes(size, features=FEATURES):
              ("bottleneck.conv1", f3, f4, s4), ("bottleneck.conv2", f4, f4, s4),
              ("dec3.conv1", 2 * f3, f3, s3), ("dec2.conv1", 2 * f2, f2, s2),
              ("dec1.conv1", 2 * f1, f1, s1)]
-    layers = [(name, "conv3", dict(cin=cin, cout=cout, size=s)) for name, cin, cout, s in convs]
-    layers.append(("head", "conv1", dict(cin=f1, cout=1, size=s1)))
+    layers = [(name, "conv3", dict(cin=cin, cout=cout, size=s, inputs=2 if name.startswith("dec") else 1))
+              for name, cin, cout, s in convs]
+    layers.append(("head", "conv1", dict(cin=f1, cout=1, size=s1, inputs=1)))
     layers += [(f"up{i}", "up", dict(cin=cin, cout=cout, size=s)) for i, cin, cout, s in
                ((3, f4, f3, s4), (2, f3, f2, s3), (1, f2, f1, s2))]
     layers += [(f"bn+relu {c}ch", "bnrelu", dict(channels=c, size=s)) for c, s in
                ((f1, s1), (f2, s2), (f3, s3), (f4, s4))]
     layers += [(f"pool{i}", "pool", dict(channels=c, size=s)) for i, c, s in
-               ((1, f1, s1), (2, f2, s2), (3, f3, s3))]
-    layers += [(f"cat{i}", "cat", dict(channels=c, size=s)) for i, c, s in
                ((1, f1, s1), (2, f2, s2), (3, f3, s3))]
     return layers
 
@@ -56,7 +60,7 @@ def conv_passes(kind, spec, rng):
     import torch
 
     import nn3d
-    from nn3d.kernels.conv3d import conv3d_grad_input, conv3d_grad_weight
+    from nn3d.kernels.conv3d import BLOCK_C, conv3d_grad_input, conv3d_grad_weight, grad_weight_chunks
     from nn3d.kernels.padding import pad_channels_last
     from nn3d.layout import to_channels_last
 
@@ -64,9 +68,10 @@ def conv_passes(kind, spec, rng):
     k, pad = (3, 1) if kind == "conv3" else (1, 0)
     layer = nn3d.Conv3d(cin, cout, k, padding=pad)
     x = random_cl(rng, 1, cin, size)
-    y = layer.forward(x)
+    parts = np.split(x, spec["inputs"], axis=1)                 # a decoder's (up, skip): concatenated in forward
+    y = layer.forward(*parts)
     g_cl = to_channels_last(random_cl(rng, 1, cout, size))
-    x_pad = pad_channels_last(layer._cache.x_cl, (pad,) * 3)    # Conv3d caches x unpadded
+    x_pad = pad_channels_last(to_channels_last(x), (pad,) * 3)
     stride, padding = (1, 1, 1), (pad,) * 3
     flops = 2.0 * size ** 3 * cin * cout * k ** 3
     w = torch.from_numpy(layer.weight.data)
@@ -84,13 +89,16 @@ def conv_passes(kind, spec, rng):
             grad_weight=lambda xt=xt, gt=gt, wt=wt: torch.ops.aten.convolution_backward(
                 gt, xt, wt, [cout], [1] * 3, [pad] * 3, [1] * 3, False, [0] * 3, 1, [False, True, True]))
     ours = dict(
-        forward=lambda: layer.forward(x),
+        forward=lambda: layer.forward(*parts),
         grad_input=lambda: conv3d_grad_input(g_cl, layer.weight.data, (size,) * 3, stride, padding),
         grad_weight=lambda: conv3d_grad_weight(x_pad, g_cl, (k,) * 3, stride))
+    rows = size * size                  # forward and grad-input: one work item per output row (n, d, h)
+    items = dict(forward=rows, grad_input=rows,
+                 grad_weight=grad_weight_chunks(rows, cout) * -(-cout // BLOCK_C))
     for name in ("forward", "grad_input", "grad_weight"):
         # the U-Net never computes the data's gradient (UNet3D(input_grad=False)): shown, marked
         label = "grad_input*" if name == "grad_input" and cin == 1 else name
-        passes[label] = (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None)
+        passes[label] = (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None, items[name])
     return passes
 
 
@@ -99,6 +107,7 @@ def up_passes(spec, rng):
     import torch
 
     import nn3d
+    from nn3d.kernels.conv3d import WORK_ITEMS
     from nn3d.kernels.conv_transpose3d import (conv_transpose3d_blocks_grad_input,
                                                conv_transpose3d_blocks_grad_weight)
     from nn3d.layout import to_channels_last
@@ -126,12 +135,15 @@ def up_passes(spec, rng):
         forward=lambda: layer.forward(x),
         grad_input=lambda: conv_transpose3d_blocks_grad_input(g_cl, layer.weight.data, x_cl.shape[:4]),
         grad_weight=lambda: conv_transpose3d_blocks_grad_weight(x_cl, g_cl, (2, 2, 2), cout))
-    return {name: (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None)
+    items = dict(forward=size * size, grad_input=size * size,            # one per input row (n, d, h)
+                 grad_weight=min(size ** 3, WORK_ITEMS))                  # chunks of voxels
+    return {name: (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None, items[name])
             for name in ("forward", "grad_input", "grad_weight")}
 
 
 def memory_passes(kind, spec, rng):
-    """BatchNorm+ReLU, MaxPool and concat: forward and backward, memory-bound."""
+    """BatchNorm+ReLU (fused) and MaxPool: forward and backward, memory-bound. Backward consumes the
+    layer's cache, so each timed backward first puts back what one forward kept."""
     import torch
 
     import nn3d
@@ -140,37 +152,32 @@ def memory_passes(kind, spec, rng):
     volume_bytes = 4.0 * channels * size ** 3
     x = random_cl(rng, 1, channels, size)
     if kind == "bnrelu":
-        bn, relu = nn3d.BatchNorm3d(channels), nn3d.ReLU()
-        layers_forward = lambda: relu.forward(bn.forward(x))
-        layers_forward()
+        layer = nn3d.BatchNorm3d(channels, relu=True)
+        layers_forward = lambda: layer.forward(x)
         g = random_cl(rng, 1, channels, size)
-        layers_backward = lambda: bn.backward(relu.backward(g))
         bytes_forward, bytes_backward = 2 * volume_bytes, 3 * volume_bytes   # x->y; (g, x)->grad
+        items_forward = items_backward = size ** 3                           # one per voxel
         torch_module = torch.nn.Sequential(torch.nn.BatchNorm3d(channels), torch.nn.ReLU())
     elif kind == "pool":
-        pool = nn3d.MaxPool3d(2)
-        layers_forward = lambda: pool.forward(x)
-        layers_forward()
+        layer = nn3d.MaxPool3d(2)
+        layers_forward = lambda: layer.forward(x)
         g = random_cl(rng, 1, channels, size // 2)
-        layers_backward = lambda: pool.backward(g)
         bytes_forward, bytes_backward = 1.125 * volume_bytes, 1.125 * volume_bytes
+        items_forward, items_backward = (size // 2) ** 2, size ** 2           # output rows; input rows
         torch_module = torch.nn.MaxPool3d(2)
-    else:
-        cat = nn3d.Concat()
-        x2 = random_cl(rng, 1, channels, size)
-        layers_forward = lambda: cat.forward(x, x2)
-        layers_forward()
-        g = random_cl(rng, 1, 2 * channels, size)
-        layers_backward = lambda: cat.backward(g)
-        bytes_forward = bytes_backward = 4 * volume_bytes
-        torch_module = lambda a, b: torch.cat([a, b], dim=1)
+    layers_forward()
+    cache = layer._cache
+
+    def layers_backward():
+        layer._cache = cache
+        layer.backward(g)
 
     formats = {}
     for fmt, memory in (("ncdhw", torch.contiguous_format), ("cl", torch.channels_last_3d)):
         xt = torch.from_numpy(np.ascontiguousarray(x)).contiguous(memory_format=memory)
         xt.requires_grad_(True)
         gt = torch.from_numpy(np.ascontiguousarray(g)).contiguous(memory_format=memory)
-        inputs = (xt, xt.detach().clone().requires_grad_(True)) if kind == "cat" else (xt,)
+        inputs = (xt,)
         state = {}
 
         def forward(inputs=inputs, state=state):
@@ -182,9 +189,23 @@ def memory_passes(kind, spec, rng):
         forward()
         formats[fmt] = dict(forward=forward, backward=backward)
     return {"forward": (layers_forward, formats["ncdhw"]["forward"], formats["cl"]["forward"],
-                        None, bytes_forward),
+                        None, bytes_forward, items_forward),
             "backward": (layers_backward, formats["ncdhw"]["backward"], formats["cl"]["backward"],
-                         None, bytes_backward)}
+                         None, bytes_backward, items_backward)}
+
+
+def on_one_thread(function, threads):
+    """`function` run with nn3d on 1 thread (then back to `threads`): the 1 -> n thread speed-up."""
+    import nn3d
+
+    def run_on_one_thread():
+        nn3d.set_num_threads(1)
+        try:
+            function()
+        finally:
+            nn3d.set_num_threads(threads)
+
+    return run_on_one_thread
 
 
 def run(size, threads, repeats):
@@ -194,7 +215,7 @@ def run(size, threads, repeats):
     copy = copy_gbps()
     print(f"reference rates: sgemm {sgemm:.0f} GFLOP/s ({threads} threads), copy {copy:.1f} GB/s")
     header = (f"{'layer':<18}{'pass':<12}{'ours ms':>9}{'torch ms':>10}{'speed-up':>10}"
-              f"{'ours rate':>13}{'torch rate':>13}{'of roof':>9}")
+              f"{'ours rate':>13}{'torch rate':>13}{'of roof':>9}{'items':>7}{'1->' + str(threads):>7}")
     print(header)
     print("-" * len(header))
     rows = []
@@ -205,12 +226,15 @@ def run(size, threads, repeats):
             passes = up_passes(spec, rng)
         else:
             passes = memory_passes(kind, spec, rng)
-        for pass_name, (ours, torch_ncdhw, torch_cl, flops, nbytes) in passes.items():
-            seconds = interleaved_medians([ours, torch_ncdhw, torch_cl], repeats=repeats, warmup=2)
+        for pass_name, (ours, torch_ncdhw, torch_cl, flops, nbytes, items) in passes.items():
+            seconds = interleaved_medians([ours, torch_ncdhw, torch_cl, on_one_thread(ours, threads)],
+                                          repeats=repeats, warmup=2)
             torch_best = min(seconds[1], seconds[2])
             row = dict(layer=name, kind=kind, **spec, pass_=pass_name, ours_ms=seconds[0] * 1e3,
                        torch_ncdhw_ms=seconds[1] * 1e3, torch_cl_ms=seconds[2] * 1e3,
-                       torch_ms=torch_best * 1e3, speedup=torch_best / seconds[0])
+                       torch_ms=torch_best * 1e3, speedup=torch_best / seconds[0],
+                       work_items=items, ours_1thread_ms=seconds[3] * 1e3,
+                       thread_speedup=seconds[3] / seconds[0])
             if flops is not None:
                 row.update(unit="GFLOP/s", ours_rate=flops / seconds[0] / 1e9,
                            torch_rate=flops / torch_best / 1e9)
@@ -222,7 +246,8 @@ def run(size, threads, repeats):
             rows.append(row)
             print(f"{name:<18}{pass_name:<12}{row['ours_ms']:>9.2f}{row['torch_ms']:>10.2f}"
                   f"{row['speedup']:>9.2f}x{row['ours_rate']:>8.1f} {row['unit']:<4}"
-                  f"{row['torch_rate']:>8.1f} {row['unit']:<4}{row['fraction_of_roof']:>8.0%}", flush=True)
+                  f"{row['torch_rate']:>8.1f} {row['unit']:<4}{row['fraction_of_roof']:>8.0%}"
+                  f"{items:>7}{row['thread_speedup']:>6.2f}x", flush=True)
     print("* not run in a training step: UNet3D skips the input's gradient (enc1.conv1.requires_input_grad)")
     return dict(machine=machine_info(threads), size=size, sgemm_gflops=sgemm, copy_gbps=copy,
                 rows=[{("pass" if k == "pass_" else k): v for k, v in row.items()} for row in rows])

@@ -10,6 +10,10 @@ channels_last_3d; the faster of the two is the reference. Times are medians of i
 one process. Peak resident memory is measured separately, one fresh process per (framework, size,
 pass), so one framework's allocations do not hide the other's.
 
+Plain-script conditions by default: nn3d is imported and run with no setup call (no
+`nn3d.set_num_threads`, which only changes Numba's thread count anyway), exactly as the README's loop in
+a fresh script; `--threads N` below the core count calls it for both libraries.
+
 Writes benchmarks/results/step.json and step.png.
 """
 import argparse
@@ -108,7 +112,8 @@ def worker(framework, size, mode, threads):
     if framework == "ours":
         import nn3d
 
-        nn3d.set_num_threads(threads)
+        if threads != nn3d.get_num_threads():
+            nn3d.set_num_threads(threads)
         _, run = ours_runner(size, mode)
     else:
         import torch
@@ -194,7 +199,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128],
                         help="cubic input sizes (multiples of 8)")
-    parser.add_argument("--threads", type=int, default=2, help="threads for nn3d and PyTorch")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="threads for nn3d and PyTorch (default: all cores, nn3d with no setup call)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median reported)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "step.json"), help="JSON output path")
     parser.add_argument("--worker", choices=("ours", "torch", "torch_cl"), help=argparse.SUPPRESS)
@@ -205,9 +211,10 @@ def main(argv=None):
         return 0
 
     set_threads(args.threads)
-    print(f"sgemm reference: {sgemm_gflops(args.threads):.0f} GFLOP/s on {args.threads} threads", flush=True)
+    sgemm = sgemm_gflops(args.threads)
+    print(f"sgemm reference: {sgemm:.0f} GFLOP/s on {args.threads} threads", flush=True)
     rows = [measure(size, args.threads, args.repeats) for size in args.sizes]
-    payload = {"machine": machine_info(args.threads), "rows": rows}
+    payload = {"machine": machine_info(args.threads), "sgemm_gflops": sgemm, "rows": rows}
     write_json(args.out, payload)
     png = os.path.splitext(args.out)[0] + ".png"
     plot(rows, png)

@@ -14,6 +14,9 @@ Architecture (features f = (f1, f2, f3, f4) = (16, 32, 64, 128) by default; size
 
 where block = (Conv3d 3^3 pad 1 -> BatchNorm3d -> ReLU) twice, up = ConvTranspose3d(k=2, s=2) halving
 the channels, head = Conv3d 1^3. Three 2x poolings mean every spatial size must be a multiple of 8.
+concat is torch.cat(dim=1): a decoder block's first convolution takes its two inputs and reads them
+as one (`Conv3d.forward(up, skip)`, nn3d/conv3d.py), so the concatenation is never formed in memory
+and that convolution's backward returns the two gradients already split.
 
 There is no autograd, so `UNet3D.backward` walks this graph in reverse by hand. The only place where
 the graph is not a chain is the skip connections; see the comment in `backward`.
@@ -28,34 +31,34 @@ pass of the network (a 1-channel grad-input at full resolution) and makes `backw
 """
 import numpy as np
 
-from nn3d import BatchNorm3d, Concat, Conv3d, ConvTranspose3d, MaxPool3d, Module, ReLU
+from nn3d import BatchNorm3d, Conv3d, ConvTranspose3d, MaxPool3d, Module
 
 DEFAULT_FEATURES = (16, 32, 64, 128)
 
 
 class ConvBlock(Module):
-    """(Conv3d 3^3, padding 1 -> BatchNorm3d -> ReLU) twice. Keeps the spatial size.
+    """(Conv3d 3^3, padding 1 -> BatchNorm3d -> ReLU) twice. Keeps the spatial size. Each ReLU is fused
+    into the BatchNorm before it (BatchNorm3d(relu=True), nn3d/batchnorm3d.py): one pass over memory.
 
-    (N, in_channels, D, H, W) -> (N, out_channels, D, H, W)
+    (N, in_channels, D, H, W) -> (N, out_channels, D, H, W); given several inputs, their concatenation
+    along the channels (in_channels in all), and backward returns one gradient per input.
     """
 
     def __init__(self, in_channels, out_channels):
         super().__init__()
         self.conv1 = Conv3d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.bn1 = BatchNorm3d(out_channels)
-        self.relu1 = ReLU()
+        self.bn1 = BatchNorm3d(out_channels, relu=True)
         self.conv2 = Conv3d(out_channels, out_channels, kernel_size=3, padding=1)
-        self.bn2 = BatchNorm3d(out_channels)
-        self.relu2 = ReLU()
+        self.bn2 = BatchNorm3d(out_channels, relu=True)
 
-    def forward(self, x):
-        x = self.relu1.forward(self.bn1.forward(self.conv1.forward(x)))
-        return self.relu2.forward(self.bn2.forward(self.conv2.forward(x)))
+    def forward(self, *inputs):
+        x = self.bn1.forward(self.conv1.forward(*inputs))               # relu(bn(conv(inputs)))
+        return self.bn2.forward(self.conv2.forward(x))
 
     def backward(self, grad_output):
         # A chain: the chain rule applies the layers' backward passes in reverse order.
-        grad = self.conv2.backward(self.bn2.backward(self.relu2.backward(grad_output)))
-        return self.conv1.backward(self.bn1.backward(self.relu1.backward(grad)))
+        grad = self.conv2.backward(self.bn2.backward(grad_output))
+        return self.conv1.backward(self.bn1.backward(grad))
 
 
 class UNet3D(Module):
@@ -85,15 +88,12 @@ class UNet3D(Module):
         self.pool3 = MaxPool3d(2)
         self.bottleneck = ConvBlock(f3, f4)
 
-        # Each decoder level: upsample (halving the channels) -> concat with the skip -> block.
+        # Each decoder level: upsample (halving the channels) -> block of the concat with the skip.
         self.up3 = ConvTranspose3d(f4, f3, kernel_size=2, stride=2)
-        self.cat3 = Concat()
         self.dec3 = ConvBlock(2 * f3, f3)
         self.up2 = ConvTranspose3d(f3, f2, kernel_size=2, stride=2)
-        self.cat2 = Concat()
         self.dec2 = ConvBlock(2 * f2, f2)
         self.up1 = ConvTranspose3d(f2, f1, kernel_size=2, stride=2)
-        self.cat1 = Concat()
         self.dec1 = ConvBlock(2 * f1, f1)
 
         self.head = Conv3d(f1, out_channels, kernel_size=1)
@@ -117,21 +117,19 @@ class UNet3D(Module):
         enc3 = self.enc3.forward(self.pool2.forward(enc2))                # (N, f3, D/4, H/4, W/4)
         bottom = self.bottleneck.forward(self.pool3.forward(enc3))        # (N, f4, D/8, H/8, W/8)
 
-        dec3 = self.dec3.forward(self.cat3.forward(self.up3.forward(bottom), enc3))  # (N, f3, D/4, ...)
-        dec2 = self.dec2.forward(self.cat2.forward(self.up2.forward(dec3), enc2))    # (N, f2, D/2, ...)
-        dec1 = self.dec1.forward(self.cat1.forward(self.up1.forward(dec2), enc1))    # (N, f1, D, ...)
+        dec3 = self.dec3.forward(self.up3.forward(bottom), enc3)          # (N, f3, D/4, ...) of the concat
+        dec2 = self.dec2.forward(self.up2.forward(dec3), enc2)            # (N, f2, D/2, ...)
+        dec1 = self.dec1.forward(self.up1.forward(dec2), enc1)            # (N, f1, D, ...)
         return self.head.forward(dec1)                                    # (N, out, D, H, W)
 
     def backward(self, grad_output):
         # Decoder, in reverse. Forward: dec = block(concat(up(below), skip)). The concatenation's
         # backward splits the gradient by channels: the first part belongs to up(below), the rest to
-        # the skip. The skip part is held until the backward pass reaches that encoder level.
-        grad = self.dec1.backward(self.head.backward(grad_output))       # (N, 2 f1, D, H, W)
-        grad_up1, grad_skip1 = self.cat1.backward(grad)                  # (N, f1, ...) each
-        grad = self.dec2.backward(self.up1.backward(grad_up1))           # (N, 2 f2, D/2, ...)
-        grad_up2, grad_skip2 = self.cat2.backward(grad)                  # (N, f2, ...) each
-        grad = self.dec3.backward(self.up2.backward(grad_up2))           # (N, 2 f3, D/4, ...)
-        grad_up3, grad_skip3 = self.cat3.backward(grad)                  # (N, f3, ...) each
+        # the skip (the block's first convolution returns the two parts). The skip part is held
+        # until the backward pass reaches that encoder level.
+        grad_up1, grad_skip1 = self.dec1.backward(self.head.backward(grad_output))   # (N, f1, D, ...) each
+        grad_up2, grad_skip2 = self.dec2.backward(self.up1.backward(grad_up1))       # (N, f2, D/2, ...) each
+        grad_up3, grad_skip3 = self.dec3.backward(self.up2.backward(grad_up2))       # (N, f3, D/4, ...) each
         grad_bottom = self.up3.backward(grad_up3)                        # (N, f4, D/8, ...)
 
         # Encoder, in reverse. An encoder block's output is used twice in forward:

@@ -3,7 +3,6 @@
 Every layer writes its forward and its backward pass by hand, with the derivation beside the code.
 Shapes, parameter names and state_dict keys follow PyTorch, so weights move between the two.
 """
-from . import memory  # noqa: F401  (first: large buffers stay in the heap, see nn3d/memory.py)
 from .conv3d import Conv3d
 from .conv_transpose3d import ConvTranspose3d
 from .grad_mode import is_grad_enabled, no_grad

@@ -39,6 +39,14 @@ Input gradient, eval mode: mu and sigma2 are constants, so only the direct path 
     dL/dx_qc = gamma_c inv_std_c dy_qc                                             (B3-eval)
 the same kernel with the two mean terms set to zero.
 
+Fused ReLU, BatchNorm3d(C, relu=True): the layer's output is r = max(0, y), as BatchNorm3d followed
+by ReLU (the U-Net's blocks), in one pass over memory each way instead of two:
+    r_pc = max(0, y_pc)                                                            (R)   (N, C, D, H, W)
+    dL/dy_pc = dL/dr_pc [r_pc > 0]        (ReLU's backward, nn3d/relu.py: r > 0 exactly when y > 0)
+and (B1)-(B3) with dy = dL/dy. The mask needs r, which the next layer keeps anyway, and x, which
+BatchNorm keeps: the cache grows by a reference, not an array. The masked sums are channel_sums(...,
+mask=r); the kernels take the flag and apply it per element.
+
 Reference: batchnorm_affine_reference, batchnorm_backward_input_reference and channel_sums_reference
 in nn3d/kernels/reference.py compute (F), (B3) and the sums (S1), (S2), (B1), (B2) in plain NumPy.
 
@@ -50,6 +58,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import arena
 from .checks import check_forward_ran, check_grad_output, check_volume
 from .grad_mode import is_grad_enabled
 from .kernels.batchnorm3d import batchnorm_affine, batchnorm_backward_input
@@ -61,6 +70,7 @@ from .module import Module, Parameter
 class BatchNormCache(NamedTuple):
     """What forward keeps for backward (x_hat is recomputed from these)."""
     x_flat: np.ndarray        # (P, C) the input, channels-last, flat
+    output_flat: np.ndarray   # (P, C) the output r with relu (its gradient mask), else None
     mean: np.ndarray          # (C,) float64 mu (batch statistics, or running_mean in eval)
     inv_std: np.ndarray       # (C,) float64 1 / sqrt(sigma2 + eps)
     training: bool            # which input gradient: (B3) or (B3-eval)
@@ -68,13 +78,14 @@ class BatchNormCache(NamedTuple):
 
 
 class BatchNorm3d(Module):
-    """BatchNorm3d(num_features, eps=1e-5, momentum=0.1), as torch.nn.BatchNorm3d with affine=True.
+    """BatchNorm3d(num_features, eps=1e-5, momentum=0.1, relu=False), as torch.nn.BatchNorm3d with
+    affine=True; relu=True: followed by a ReLU, fused ((R) above; torch: BatchNorm3d then ReLU).
 
     Parameters: weight (gamma, ones), bias (beta, zeros), both (C,). Buffers: running_mean (zeros),
-    running_var (ones), num_batches_tracked (int64, 0-d).
+    running_var (ones), num_batches_tracked (int64, 0-d). The same state_dict with or without relu.
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, relu=False):
         super().__init__()
         if not isinstance(num_features, (int, np.integer)) or num_features < 1:
             raise ValueError(f"BatchNorm3d: num_features must be a positive integer, got {num_features!r}")
@@ -85,6 +96,7 @@ class BatchNorm3d(Module):
         self.num_features = int(num_features)
         self.eps = float(eps)
         self.momentum = float(momentum)
+        self.relu = bool(relu)
         self.weight = Parameter(np.ones(num_features, np.float32))        # gamma (C,)
         self.bias = Parameter(np.zeros(num_features, np.float32))         # beta  (C,)
         self.register_buffer("running_mean", np.zeros(num_features, np.float32))   # (C,)
@@ -93,7 +105,7 @@ class BatchNorm3d(Module):
         self._cache = None
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}" + (", relu=True" if self.relu else "")
 
     def forward(self, x):
         dtype = self.weight.data.dtype
@@ -118,23 +130,25 @@ class BatchNorm3d(Module):
         inv_std = 1.0 / np.sqrt(var + self.eps)                      # (C,) float64
         scale = self.weight.data * inv_std                           # (C,) gamma inv_std
         shift = self.bias.data - mean * scale                        # (C,) beta - mu scale
-        y_flat = np.empty_like(x_flat)                               # (P, C)
-        batchnorm_affine(x_flat, scale.astype(dtype), shift.astype(dtype), y_flat)   # (F)
-        self._cache = (BatchNormCache(x_flat, mean, inv_std, self.training, x.shape)
-                       if is_grad_enabled() else None)
+        y_flat = arena.empty_like(x_flat)                             # (P, C)
+        batchnorm_affine(x_flat, scale.astype(dtype), shift.astype(dtype), self.relu, y_flat)   # (F), (R)
+        self._cache = (BatchNormCache(x_flat, y_flat if self.relu else None, mean, inv_std, self.training,
+                                      x.shape) if is_grad_enabled() else None)
         return from_channels_last(y_flat.reshape(x_cl.shape))       # (N, C, D, H, W) view
 
-    # forward:  y_pc = gamma_c (x_pc - mu_c) inv_std_c + beta_c
-    # backward: dbeta = sum_p dy (B1); dgamma = sum_p dy x_hat (B2);
+    # forward:  y_pc = gamma_c (x_pc - mu_c) inv_std_c + beta_c; with relu r_pc = max(0, y_pc)
+    # backward: with relu dy = dr [r > 0] (R); dbeta = sum_p dy (B1); dgamma = sum_p dy x_hat (B2);
     #           dx = gamma inv_std (dy - mean_p dy - x_hat mean_p(dy x_hat)) (B3), or gamma inv_std dy in eval.
     def backward(self, grad_output):
         check_forward_ran(self._cache, "BatchNorm3d")
-        x_flat, mean, inv_std, training, input_shape = self._cache
+        x_flat, output_flat, mean, inv_std, training, input_shape = self._cache
         dtype = x_flat.dtype
         check_grad_output(grad_output, input_shape, dtype, "BatchNorm3d")
+        self._cache = None                                           # consumed: x is freed after this pass
         grad_output_flat = to_channels_last(grad_output).reshape(x_flat.shape)     # (P, C)
         count = x_flat.shape[0]                                      # M
-        sum_dy, sum_dy_xmu = channel_sums(grad_output_flat, x_flat, mean)   # (C,) float64 each
+        sum_dy, sum_dy_xmu = channel_sums(grad_output_flat, x_flat, mean, output_flat)   # (C,) float64 each
+                                                                     # (with relu: dy [r > 0], (R))
         grad_bias = sum_dy                                           # (B1) (C,)
         grad_weight = sum_dy_xmu * inv_std                           # (B2) (C,) sum_p dy x_hat
         scale = self.weight.data * inv_std                           # (C,) gamma inv_std
@@ -145,9 +159,11 @@ class BatchNorm3d(Module):
         else:
             mean_dy = np.zeros_like(sum_dy)                          # (B3-eval): no path through mu
             x_hat_coefficient = np.zeros_like(sum_dy)                # nor through sigma2
-        grad_input = np.empty_like(x_flat)                           # (P, C)
-        batchnorm_backward_input(x_flat, grad_output_flat, mean.astype(dtype), scale.astype(dtype),
-                                 mean_dy.astype(dtype), x_hat_coefficient.astype(dtype), grad_input)  # (B3)
+        grad_input = arena.empty_like(x_flat)                         # (P, C)
+        mask = output_flat if self.relu else grad_output_flat       # (P, C) read only with relu
+        batchnorm_backward_input(x_flat, grad_output_flat, mask, self.relu, mean.astype(dtype),
+                                 scale.astype(dtype), mean_dy.astype(dtype), x_hat_coefficient.astype(dtype),
+                                 grad_input)                         # (R), (B3)
         self.weight.grad += grad_weight.astype(dtype)
         self.bias.grad += grad_bias.astype(dtype)
         n_batch, channels, d, h, w = input_shape

@@ -52,7 +52,8 @@ def check_forward_ran(cache, layer):
     """Backward needs what forward saved; calling it first is a usage error."""
     if cache is None:
         raise ValueError(f"{layer}.backward called before {layer}.forward: run forward on a batch "
-                         f"first (outside nn3d.no_grad(), under which forward keeps nothing for backward)")
+                         f"first (outside nn3d.no_grad(), under which forward keeps nothing for backward; "
+                         f"each backward consumes what one forward kept)")
 
 
 def conv_arguments(layer, in_channels, out_channels, kernel_size, stride, padding):

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import arena
 from .checks import check_forward_ran, check_grad_output, check_volume
 from .grad_mode import is_grad_enabled
 from .layout import from_channels_last
@@ -50,7 +51,7 @@ class Concat(Module):
                                  f"{first.shape} outside the channel axis")
         channels = [x.shape[1] for x in inputs]
         offsets = np.concatenate([[0], np.cumsum(channels)])                  # o_j, (J + 1,)
-        y_cl = np.empty((n, d, h, w, int(offsets[-1])), first.dtype)           # (N, D, H, W, sum C_j)
+        y_cl = arena.empty((n, d, h, w, int(offsets[-1])), first.dtype)         # (N, D, H, W, sum C_j)
         for x, start, stop in zip(inputs, offsets[:-1], offsets[1:]):
             y_cl[..., start:stop] = x.transpose(0, 2, 3, 4, 1)                # (F) (N, D, H, W, C_j)
         output_shape = from_channels_last(y_cl).shape
@@ -63,6 +64,7 @@ class Concat(Module):
         check_forward_ran(self._cache, "Concat")
         offsets, output_shape, dtype = self._cache
         check_grad_output(grad_output, output_shape, dtype, "Concat")
+        self._cache = None                                                    # consumed
         grad_output_cl = grad_output.transpose(0, 2, 3, 4, 1)                 # (N, D, H, W, sum C_j) view
-        return tuple(from_channels_last(np.ascontiguousarray(grad_output_cl[..., start:stop]))  # (N, C_j, D, H, W)
+        return tuple(from_channels_last(arena.copy(grad_output_cl[..., start:stop]))  # (N, C_j, D, H, W)
                      for start, stop in zip(offsets[:-1], offsets[1:]))

@@ -55,7 +55,15 @@ What backward keeps. (4) reads x_pad, but the cache holds x itself (channels-las
 previous layer's output, which that layer keeps for its own backward anyway) and backward pads it
 again: one parallel copy (~1% of a step) instead of a second, padded copy of every conv input alive
 from forward to backward. x must not be modified in place between forward and backward. Under
-`nn3d.no_grad()` nothing is kept.
+`nn3d.no_grad()` nothing is kept. Backward drops the cache once (4) is done, before (3) allocates
+dL/dx: in the U-Net the decoder's up-sampled input is freed just before its gradient is made.
+
+Several inputs (the U-Net's skip connections). forward(x_0, x_1) convolves cat(x_0, x_1) along the
+channels. The forward pass pads its input into a zero-haloed buffer anyway; with several inputs it
+writes them side by side into that one buffer, so the concatenation costs nothing extra and is never
+kept (the cache holds the inputs, which the layers before keep anyway). Input j owns the channels
+[o_j, o_j + C_j) of x_pad and of w, and (3) computed for w[:, o_j:o_j + C_j] alone is dL/dx_j: the
+gradient comes out already split, one contiguous array per input.
 
 Reference: conv3d_forward_reference, conv3d_grad_input_reference and conv3d_grad_weight_reference in
 nn3d/kernels/reference.py compute (1), (2) and (4) in plain NumPy; read them before the fast kernels.
@@ -72,21 +80,26 @@ from .checks import check_forward_ran, check_grad_output, check_volume, conv_arg
 from .grad_mode import is_grad_enabled
 from .init import conv_weight_and_bias
 from .kernels.channel_sum import channel_sums
-from .kernels.conv3d import conv3d_forward, conv3d_grad_input, conv3d_grad_weight
-from .kernels.padding import pad_channels_last
+from .kernels.conv3d import (conv3d_forward, conv3d_grad_input_of_spread, conv3d_grad_weight,
+                             spread_grad_output)
+from .kernels.padding import pad_and_concatenate
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
 
 
 class Conv3dCache(NamedTuple):
     """What forward keeps for backward (see "What backward keeps" above)."""
-    x_cl: np.ndarray          # (N, D, H, W, Cin) the input, channels-last, unpadded
+    inputs_cl: tuple          # the inputs, channels-last, unpadded: (N, D, H, W, C_j) each, sum C_j = Cin
     input_shape: tuple        # (N, Cin, D, H, W)
     output_shape: tuple       # (N, Cout, Do, Ho, Wo): what grad_output must be
 
 
 class Conv3d(Module):
-    """y = conv3d(x, weight) + bias, as torch.nn.Conv3d (zero padding, no dilation, no groups)."""
+    """y = conv3d(x, weight) + bias, as torch.nn.Conv3d (zero padding, no dilation, no groups).
+
+    forward(x) takes one input; forward(x_0, x_1, ...) convolves their concatenation along the
+    channels, torch.cat([x_0, x_1, ...], dim=1), without forming it (see "Several inputs" above),
+    and backward then returns one gradient per input, in a tuple."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         super().__init__()
@@ -99,18 +112,39 @@ class Conv3d(Module):
         self.requires_input_grad = True      # False: backward skips dL/dx (2)-(3) and returns None
         self._cache = None
 
-    def forward(self, x):
-        check_volume(x, "Conv3d", channels=self.in_channels, dtype=self.weight.data.dtype)
-        padded = [size + 2 * pad for size, pad in zip(x.shape[2:], self.padding)]
+    def check_inputs(self, inputs):
+        """One clear error for inputs this layer cannot take; returns the (N, Cin, D, H, W) shape of
+        their concatenation."""
+        if len(inputs) < 1:
+            raise ValueError("Conv3d: forward needs at least one input array")
+        for index, x in enumerate(inputs):
+            name = "input" if len(inputs) == 1 else f"input {index}"
+            check_volume(x, "Conv3d", channels=self.in_channels if len(inputs) == 1 else None,
+                         dtype=self.weight.data.dtype, name=name)
+        first = inputs[0]
+        for index, x in enumerate(inputs[1:], start=1):
+            if (x.shape[0],) + x.shape[2:] != (first.shape[0],) + first.shape[2:]:
+                raise ValueError(f"Conv3d: input {index} has shape {x.shape}, which differs from input 0's "
+                                 f"{first.shape} outside the channel axis")
+        channels = sum(x.shape[1] for x in inputs)
+        if channels != self.in_channels:
+            raise ValueError(f"Conv3d: the inputs have {channels} channels together, expected "
+                             f"{self.in_channels}")
+        padded = [size + 2 * pad for size, pad in zip(first.shape[2:], self.padding)]
         if any(p < k for p, k in zip(padded, self.kernel_size)):
-            raise ValueError(f"Conv3d: input spatial size {x.shape[2:]} with padding {self.padding} "
+            raise ValueError(f"Conv3d: input spatial size {first.shape[2:]} with padding {self.padding} "
                              f"is smaller than the kernel {self.kernel_size}")
-        x_cl = to_channels_last(x)                                        # (N, D, H, W, Cin)
-        x_pad = pad_channels_last(x_cl, self.padding)                     # (N, D+2pd, H+2ph, W+2pw, Cin)
+        return (first.shape[0], channels, *first.shape[2:])
+
+    def forward(self, *inputs):
+        input_shape = self.check_inputs(inputs)
+        inputs_cl = tuple(to_channels_last(x) for x in inputs)            # (N, D, H, W, C_j) each
+        x_pad = pad_and_concatenate(inputs_cl, self.padding)              # (N, D+2pd, H+2ph, W+2pw, Cin)
         bias = None if self.bias is None else self.bias.data
         y_cl = conv3d_forward(x_pad, self.weight.data, bias, self.stride)  # (1) (N, Do, Ho, Wo, Cout)
         y = from_channels_last(y_cl)                                      # (N, Cout, Do, Ho, Wo) view
-        self._cache = Conv3dCache(x_cl, x.shape, y.shape) if is_grad_enabled() else None   # no x_pad: see above
+        self._cache = (Conv3dCache(inputs_cl, input_shape, y.shape)       # no x_pad: see above
+                       if is_grad_enabled() else None)
         return y
 
     # forward (1): y[n,co,od,oh,ow] = b[co] + sum_{ci,kz,ky,kx} w[co,ci,kz,ky,kx] x_pad[n,ci,od*sd+kz,oh*sh+ky,ow*sw+kx]
@@ -119,21 +153,27 @@ class Conv3d(Module):
     #          (5) dL/db[co] = sum_{n,od,oh,ow} G[n,co,od,oh,ow]   (float64 sum)
     def backward(self, grad_output):
         check_forward_ran(self._cache, "Conv3d")
-        x_cl, input_shape, output_shape = self._cache
-        check_grad_output(grad_output, output_shape, x_cl.dtype, "Conv3d")
+        inputs_cl, input_shape, output_shape = self._cache
+        check_grad_output(grad_output, output_shape, inputs_cl[0].dtype, "Conv3d")
+        self._cache = None                                                # consumed: x goes after (4)
         grad_output_cl = to_channels_last(grad_output)                    # (N, Do, Ho, Wo, Cout)
-        x_pad = pad_channels_last(x_cl, self.padding)                     # (N, D+2pd, H+2ph, W+2pw, Cin)
+        x_pad = pad_and_concatenate(inputs_cl, self.padding)              # (N, D+2pd, H+2ph, W+2pw, Cin)
         self.weight.grad += conv3d_grad_weight(x_pad, grad_output_cl, self.kernel_size,
                                                self.stride)               # (4) (Cout, Cin, kD, kH, kW)
-        del x_pad                                                         # freed before (3) allocates
+        bands = np.cumsum([0] + [x_cl.shape[4] for x_cl in inputs_cl])    # channel offsets o_j of the inputs
+        del x_pad, inputs_cl                                              # freed before (3) allocates
         if self.bias is not None:
             grad_bias = channel_sums(grad_output_cl.reshape(-1, self.out_channels))   # (5) (Cout,) float64
             self.bias.grad += grad_bias.astype(self.bias.grad.dtype)
         if not self.requires_input_grad:
             return None
-        grad_input_cl = conv3d_grad_input(grad_output_cl, self.weight.data, input_shape[2:],
-                                          self.stride, self.padding)      # (3) (N, D, H, W, Cin)
-        return from_channels_last(grad_input_cl)                          # (N, Cin, D, H, W) view
+        grad_output_spread = spread_grad_output(grad_output_cl, self.kernel_size, input_shape[2:],
+                                                self.stride, self.padding)   # S of (3) (N, D+kD-1, ..., Cout)
+        del grad_output, grad_output_cl                                   # freed before (3) allocates
+        grads = tuple(from_channels_last(                                 # (N, C_j, D, H, W) views
+            conv3d_grad_input_of_spread(grad_output_spread, self.weight.data[:, start:stop]))   # (3), input j
+            for start, stop in zip(bands[:-1], bands[1:]))
+        return grads[0] if len(grads) == 1 else grads
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

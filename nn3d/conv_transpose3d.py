@@ -117,6 +117,7 @@ class ConvTranspose3d(Module):
         x_cl, out_size = self._cache
         check_grad_output(grad_output, (x_cl.shape[0], self.out_channels, *out_size), x_cl.dtype,
                           "ConvTranspose3d")
+        self._cache = None                                                # consumed
         grad_output_cl = to_channels_last(grad_output)                    # (N, Do, Ho, Wo, Cout)
         if self._blocks():
             grad_input_cl = conv_transpose3d_blocks_grad_input(grad_output_cl, self.weight.data,

@@ -5,6 +5,8 @@ BatchNorm's normalised input, pooling's argmax...). For a training step that is 
 backpropagation; for validation and inference it only holds every activation of the network alive
 at once. Inside `no_grad()` layers keep nothing (and drop what an earlier forward kept), so each
 activation is freed as soon as the next layer has read it. Outputs are identical.
+Backward consumes the cache (as PyTorch frees a graph's saved tensors): each activation is freed as
+soon as the backward pass is past it, and a second backward needs a new forward.
 
 A backward after a forward run under `no_grad()` raises the "backward called before forward" error,
 since no forward left its cache. The flag is module-level (one per process, like the thread count),

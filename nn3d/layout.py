@@ -26,7 +26,7 @@ Index names, the one convention of every layer, kernel and reference in nn3d:
     a voxel of a flat (P, C) view, P = N*D*H*W            p
 A `_cl` suffix marks a channels-last (N, D, H, W, C) array (x_cl, grad_output_cl).
 """
-import numpy as np
+from . import arena
 
 
 def to_channels_last(x):
@@ -34,7 +34,8 @@ def to_channels_last(x):
 
     Free (a view) when `x` is already channels-last in memory; otherwise one copy.
     """
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 4, 1))
+    x_cl = x.transpose(0, 2, 3, 4, 1)
+    return x_cl if x_cl.flags.c_contiguous else arena.copy(x_cl)
 
 
 def from_channels_last(x_cl):

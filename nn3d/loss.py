@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import arena
 from .checks import check_forward_ran
 from .grad_mode import is_grad_enabled
 from .kernels.channel_sum import channel_sums
@@ -54,7 +55,7 @@ class MSELoss:
             pred_mem, target_mem = to_channels_last(pred), to_channels_last(target)   # (N, D, H, W, C)
         else:
             pred_mem, target_mem = np.ascontiguousarray(pred), np.ascontiguousarray(target)
-        error_mem = pred_mem - target_mem                            # e = pred - target, same memory order
+        error_mem = np.subtract(pred_mem, target_mem, out=arena.empty_like(pred_mem))   # e = pred - target, same memory order
         error_column = error_mem.reshape(-1, 1)                      # (n, 1): one channel
         loss = float(channel_sums(error_column, error_column)[1][0]) / pred.size   # (F) sum e^2 / n
         if not np.isfinite(loss):
@@ -68,5 +69,6 @@ class MSELoss:
     def backward(self):
         check_forward_ran(self._cache, "MSELoss")
         error_mem, ndim = self._cache
-        grad_mem = error_mem * error_mem.dtype.type(2.0 / error_mem.size)   # (B), same memory order
+        grad_mem = np.multiply(error_mem, error_mem.dtype.type(2.0 / error_mem.size),
+                               out=arena.empty_like(error_mem))      # (B), same memory order
         return from_channels_last(grad_mem) if ndim == 5 else grad_mem

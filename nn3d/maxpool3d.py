@@ -30,9 +30,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import arena
 from .checks import check_forward_ran, check_grad_output, check_volume, pool_arguments
 from .grad_mode import is_grad_enabled
-from .kernels.maxpool3d import maxpool3d_backward, maxpool3d_forward
+from .kernels.maxpool3d import maxpool3d_backward, maxpool3d_backward_tiled, maxpool3d_forward
 from .layout import from_channels_last, to_channels_last
 from .module import Module
 from .shapes import window_output_size
@@ -68,8 +69,8 @@ class MaxPool3d(Module):
                              f"{self.kernel_size}")
         out_d, out_h, out_w = window_output_size(x.shape[2:], self.kernel_size, self.stride)
         x_cl = to_channels_last(x)                                   # (N, D, H, W, C)
-        y_cl = np.empty((n_batch, out_d, out_h, out_w, channels), x.dtype)       # (N, Do, Ho, Wo, C)
-        argmax = np.empty((n_batch, out_d, out_h, out_w, channels), np.uint8)   # (N, Do, Ho, Wo, C)
+        y_cl = arena.empty((n_batch, out_d, out_h, out_w, channels), x.dtype)     # (N, Do, Ho, Wo, C)
+        argmax = arena.empty((n_batch, out_d, out_h, out_w, channels), np.uint8) # (N, Do, Ho, Wo, C)
         maxpool3d_forward(x_cl, *self.kernel_size, *self.stride, y_cl, argmax)   # (F), (A)
         self._cache = MaxPoolCache(argmax, x.shape, x.dtype) if is_grad_enabled() else None
         return from_channels_last(y_cl)                              # (N, C, Do, Ho, Wo) view
@@ -81,7 +82,12 @@ class MaxPool3d(Module):
         argmax, input_shape, dtype = self._cache
         n_batch, channels, d, h, w = input_shape
         check_grad_output(grad_output, from_channels_last(argmax).shape, dtype, "MaxPool3d")
+        self._cache = None                                           # consumed
         grad_output_cl = to_channels_last(grad_output)               # (N, Do, Ho, Wo, C)
-        grad_input = np.zeros((n_batch, d, h, w, channels), dtype)   # (N, D, H, W, C)
-        maxpool3d_backward(grad_output_cl, argmax, *self.kernel_size, *self.stride, grad_input)   # (B)
+        if self.stride == self.kernel_size:                          # windows tile x: one write each
+            grad_input = arena.empty((n_batch, d, h, w, channels), dtype)                     # (N, D, H, W, C)
+            maxpool3d_backward_tiled(grad_output_cl, argmax, *self.kernel_size, grad_input)   # (B)
+        else:                                                        # overlapping: add into zeros
+            grad_input = arena.zeros((n_batch, d, h, w, channels), dtype)                     # (N, D, H, W, C)
+            maxpool3d_backward(grad_output_cl, argmax, *self.kernel_size, *self.stride, grad_input)   # (B)
         return from_channels_last(grad_input)                        # (N, C, D, H, W) view

@@ -14,6 +14,7 @@ references: relu_forward_reference, relu_backward_reference in nn3d/kernels/refe
 """
 import numpy as np
 
+from . import arena
 from .checks import check_forward_ran, check_grad_output, check_volume
 from .grad_mode import is_grad_enabled
 from .kernels.relu import relu_backward, relu_forward
@@ -31,7 +32,7 @@ class ReLU(Module):
     def forward(self, x):
         check_volume(x, "ReLU")
         x_cl = to_channels_last(x)                                   # (N, D, H, W, C)
-        y_cl = np.empty_like(x_cl)                                   # (N, D, H, W, C)
+        y_cl = arena.empty_like(x_cl)                                 # (N, D, H, W, C)
         relu_forward(x_cl.reshape(-1), y_cl.reshape(-1))             # (F)
         self._cache = y_cl if is_grad_enabled() else None
         return from_channels_last(y_cl)                              # (N, C, D, H, W) view
@@ -42,7 +43,8 @@ class ReLU(Module):
         check_forward_ran(self._cache, "ReLU")
         y_cl = self._cache                                           # (N, D, H, W, C)
         check_grad_output(grad_output, from_channels_last(y_cl).shape, y_cl.dtype, "ReLU")
+        self._cache = None                                           # consumed
         grad_output_cl = to_channels_last(grad_output)               # (N, D, H, W, C)
-        grad_input = np.empty_like(y_cl)                             # (N, D, H, W, C)
+        grad_input = arena.empty_like(y_cl)                           # (N, D, H, W, C)
         relu_backward(y_cl.reshape(-1), grad_output_cl.reshape(-1), grad_input.reshape(-1))   # (B)
         return from_channels_last(grad_input)                        # (N, C, D, H, W) view

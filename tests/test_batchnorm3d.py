@@ -68,10 +68,11 @@ def test_running_statistics_and_eval_mode_match_torch():
     assert int(ours.num_batches_tracked) == 3, "eval mode must not update the running statistics"
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("training", [True, False])
-def test_finite_differences_float64(training):
+def test_finite_differences_float64(training, relu):
     rng = np.random.default_rng(3)
-    layer = BatchNorm3d(3).to(np.float64)
+    layer = BatchNorm3d(3, relu=relu).to(np.float64)
     layer.weight.data[...] = rng.uniform(0.5, 1.5, 3)
     layer.bias.data[...] = rng.standard_normal(3)
     layer.running_mean[...] = rng.standard_normal(3)
@@ -82,7 +83,8 @@ def test_finite_differences_float64(training):
         assert max_relative_error(analytic, numeric) < 1e-7, name
 
 
-def test_kernels_match_references():
+@pytest.mark.parametrize("relu", [False, True])
+def test_kernels_match_references(relu):
     rng = np.random.default_rng(4)
     for dtype in (np.float32, np.float64):
         x = (1 + rng.standard_normal((5000, 3))).astype(dtype)
@@ -90,15 +92,38 @@ def test_kernels_match_references():
         mean = rng.standard_normal(3)
         scale, shift, mean_dy, x_hat_coefficient = (rng.standard_normal(3).astype(dtype) for _ in range(4))
         y, y_ref = np.empty_like(x), np.empty_like(x)
-        kernels.batchnorm_affine(x, scale, shift, y)
-        reference.batchnorm_affine_reference(x, scale, shift, y_ref)
+        kernels.batchnorm_affine(x, scale, shift, relu, y)
+        reference.batchnorm_affine_reference(x, scale, shift, relu, y_ref)
         np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+        assert (y == 0).any() == relu                                  # the ReLU did (not) act
         grad_input, grad_input_ref = np.empty_like(x), np.empty_like(x)
-        kernels.batchnorm_backward_input(x, grad_output, mean.astype(dtype), scale, mean_dy, x_hat_coefficient,
-                                         grad_input)
-        reference.batchnorm_backward_input_reference(x, grad_output, mean.astype(dtype), scale, mean_dy,
-                                                     x_hat_coefficient, grad_input_ref)
+        kernels.batchnorm_backward_input(x, grad_output, y, relu, mean.astype(dtype), scale, mean_dy,
+                                         x_hat_coefficient, grad_input)
+        reference.batchnorm_backward_input_reference(x, grad_output, y, relu, mean.astype(dtype), scale,
+                                                     mean_dy, x_hat_coefficient, grad_input_ref)
         np.testing.assert_allclose(grad_input, grad_input_ref, rtol=1e-5, atol=1e-5)
+
+
+class BatchNormReLU(torch.nn.BatchNorm3d):
+    """torch's BatchNorm3d then ReLU, with BatchNorm3d's parameters and keys (the fused layer's twin)."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_relu_matches_torch(training):
+    """BatchNorm3d(relu=True) = torch BatchNorm3d -> ReLU: output, dL/dx, dgamma, dbeta, running stats."""
+    rng = np.random.default_rng(6)
+    ours = BatchNorm3d(16, relu=True)
+    ours.weight.data[...] = rng.uniform(0.5, 1.5, 16)
+    ours.bias.data[...] = rng.standard_normal(16)
+    theirs = load_into_torch(BatchNormReLU(16), ours)
+    ours.train(training)
+    theirs.train(training)
+    x = random_input((2, 16, 5, 6, 7), rng, channels_last=True)
+    assert_matches_torch(ours, theirs, [x], GRAD_TOLERANCE, output=OUTPUT_TOLERANCE)
+    assert max_relative_error(ours.running_mean, theirs.running_mean.numpy()) < 1e-6
 
 
 def test_gradients_accumulate_until_zero_grad():
@@ -109,6 +134,9 @@ def test_gradients_accumulate_until_zero_grad():
     layer.forward(x)
     layer.backward(grad_output)
     once = layer.weight.grad.copy(), layer.bias.grad.copy()
+    with pytest.raises(ValueError, match="backward called before"):   # backward consumed the cache
+        layer.backward(grad_output)
+    layer.forward(x)
     layer.backward(grad_output)
     np.testing.assert_allclose(layer.weight.grad, 2 * once[0], rtol=1e-6)
     np.testing.assert_allclose(layer.bias.grad, 2 * once[1], rtol=1e-6)

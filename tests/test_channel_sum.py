@@ -26,6 +26,11 @@ def test_matches_reference(dtype, rows, channels):
         np.testing.assert_allclose(ours, theirs, rtol=1e-11)
     for ours, theirs in zip(channel_sums(a, a), reference.channel_sums_reference(a, a)):   # sum a, sum a^2
         np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+    mask = np.maximum(rng.standard_normal((rows, channels)), 0).astype(dtype)      # a ReLU output
+    masked = channel_sums(a, b, shift, mask)
+    for ours, theirs in zip(masked, reference.channel_sums_reference(a, b, shift, mask)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-11)
+    assert not np.allclose(masked[0], channel_sums(a)) or rows < 2                  # the mask acted
 
 
 def test_sums_in_float64():

@@ -1,5 +1,6 @@
 """Conv3d against PyTorch, the fast kernels against their NumPy references, and every gradient
 against central finite differences in float64."""
+import numba
 import numpy as np
 import pytest
 import torch
@@ -47,6 +48,9 @@ def test_gradients_accumulate_until_zero_grad():
     layer.forward(x)
     layer.backward(grad_output)
     once = layer.weight.grad.copy()
+    with pytest.raises(ValueError, match="backward called before"):   # backward consumed the cache
+        layer.backward(grad_output)
+    layer.forward(x)
     layer.backward(grad_output)
     np.testing.assert_allclose(layer.weight.grad, 2 * once, rtol=1e-6)
     layer.zero_grad()
@@ -57,6 +61,7 @@ def test_gradients_accumulate_until_zero_grad():
 @pytest.mark.parametrize("cin, cout, size, kernel, stride, padding", [
     (3, 17, (5, 6, 11), (3, 3, 3), (1, 1, 1), (1, 1, 1)),    # W tail (11 = 2*4 + 3), Cout tail
     (5, 16, (7, 6, 9), (3, 2, 3), (2, 2, 1), (1, 0, 2)),     # strided, non-cubic kernel, j tail
+    (16, 1, (5, 6, 7), (1, 1, 1), (1, 1, 1), (0, 0, 0)),     # the head: pointwise kernels (Cout < 16)
 ])
 @pytest.mark.parametrize("block", [4, 8])        # both register-tile widths (AVX2, AVX-512), any CPU
 def test_kernels_match_references(cin, cout, size, kernel, stride, padding, block):
@@ -95,6 +100,7 @@ def test_input_gradient_can_be_skipped():
     weight_grad = layer.weight.grad.copy()
     layer.zero_grad()
     layer.requires_input_grad = False
+    layer.forward(x)
     assert full is not None and layer.backward(grad_output) is None
     np.testing.assert_array_equal(layer.weight.grad, weight_grad)         # parameter gradients unchanged
 
@@ -146,3 +152,23 @@ def test_state_dict_round_trip_with_torch():
     for key, value in layer.state_dict().items():
         np.testing.assert_array_equal(back.state_dict()[key], value)
     assert list(Conv3d(3, 4, 1, bias=False).state_dict()) == ["weight"]
+
+
+def test_grad_weight_has_32_work_items_and_same_bits_on_any_thread_count():
+    """Grad-weight is split into (row chunk, 16 output channels) items fixed by the shapes: at least 32
+    of them (so 32 cores can share the pass), and the chunks are added in a fixed order, so 1 and 2
+    threads give the same bits."""
+    assert kernels.grad_weight_chunks(16 * 16, 16) * 1 >= 32                 # a 16-channel layer
+    assert kernels.grad_weight_chunks(8 * 8, 128) * 8 >= 32                  # the 8^3 bottleneck
+    rng = np.random.default_rng(5)
+    x_pad = rng.standard_normal((1, 10, 10, 10, 16)).astype(np.float32)
+    grad_output = rng.standard_normal((1, 8, 8, 8, 32)).astype(np.float32)
+    threads = nn3d.get_num_threads()
+    try:
+        nn3d.set_num_threads(1)
+        one = kernels.conv3d_grad_weight(x_pad, grad_output, (3, 3, 3), (1, 1, 1))
+        nn3d.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))   # conftest's count
+        two = kernels.conv3d_grad_weight(x_pad, grad_output, (3, 3, 3), (1, 1, 1))
+    finally:
+        nn3d.set_num_threads(threads)
+    np.testing.assert_array_equal(one, two)

@@ -76,6 +76,10 @@ def test_kernels_match_references():
             kernels.maxpool3d_backward(grad_output, argmax, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w, grad_input)
             reference.maxpool3d_backward_reference(grad_output, argmax, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w, grad_input_ref)
             np.testing.assert_allclose(grad_input, grad_input_ref, rtol=1e-6, atol=1e-6)
+            if (stride_d, stride_h, stride_w) == (kernel_d, kernel_h, kernel_w):   # windows tile x
+                grad_input = np.full_like(x, np.nan)                       # every element must be written
+                kernels.maxpool3d_backward_tiled(grad_output, argmax, kernel_d, kernel_h, kernel_w, grad_input)
+                np.testing.assert_array_equal(grad_input, grad_input_ref)
 
 
 def test_bad_input():

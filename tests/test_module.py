@@ -56,7 +56,7 @@ def test_load_state_dict_errors_name_the_key():
 
 
 def test_zero_grad_and_gradient_accumulation():
-    """Two backward passes after one forward add up (2x); zero_grad resets every gradient."""
+    """Two forward + backward passes on one batch add up (2x); zero_grad resets every gradient."""
     rng = np.random.default_rng(0)
     model = network()
     x = rng.standard_normal((2, 2, 4, 3, 5)).astype(np.float32)
@@ -64,6 +64,7 @@ def test_zero_grad_and_gradient_accumulation():
     model.forward(x)
     model.backward(grad_output)
     once = {name: p.grad.copy() for name, p in model.named_parameters()}
+    model.forward(x)
     model.backward(grad_output)
     for name, p in model.named_parameters():
         np.testing.assert_allclose(p.grad, 2 * once[name], rtol=1e-5, atol=1e-7, err_msg=name)

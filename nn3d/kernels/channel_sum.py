@@ -2,11 +2,13 @@
 
     channel_sums(a)           -> sum_p a[p, c]                                       (C,) float64
     channel_sums(a, b, shift) -> (sum_p a[p, c], sum_p a[p, c] (b[p, c] - shift[c]))  each (C,) float64
+    channel_sums(a, b, shift, mask): the same sums over the p with mask[p, c] > 0 only
 
 a, b: (P, C) C-contiguous, one dtype (an (N, D, H, W, C) activation seen as P = N*D*H*W rows).
 Every sum over voxels in nn3d goes through here:
     BatchNorm statistics (S1), (S2)     channel_sums(x, x, 0)        -> sum x, sum x^2
     BatchNorm backward (B1), (B2)       channel_sums(dy, x, mean)    -> sum dy, sum dy (x - mean)
+      with its ReLU fused (R)           channel_sums(dy, x, mean, y) -> the same with dy [y > 0]
     Conv bias gradient (5)              channel_sums(dy)             -> sum dy
     MSELoss (F)                         channel_sums(e, e, 0) with e = pred - target, one channel
 
@@ -36,9 +38,10 @@ ROWS_PER_CHUNK = 4096
 
 
 @parallel_kernel
-def _channel_sums_kernel(a, b, shift, with_product, partial_a, partial_ab):
+def _channel_sums_kernel(a, b, shift, with_product, mask, masked, partial_a, partial_ab):
     """partial_a[t, c] = sum of a[p, c] over chunk t's rows; partial_ab[t, c] likewise for
-    a[p, c] (b[p, c] - shift[c]) when with_product (else partial_ab is left alone). float64."""
+    a[p, c] (b[p, c] - shift[c]) when with_product (else partial_ab is left alone). float64.
+    When masked, a[p, c] counts only where mask[p, c] > 0 (a ReLU's output: its gradient mask)."""
     rows, channels = a.shape
     for t in prange(partial_a.shape[0]):
         start = t * ROWS_PER_CHUNK
@@ -46,7 +49,7 @@ def _channel_sums_kernel(a, b, shift, with_product, partial_a, partial_ab):
         if with_product:
             for p in range(start, stop):
                 for c in range(channels):
-                    value = np.float64(a[p, c])
+                    value = np.float64(a[p, c]) if not masked or mask[p, c] > 0 else 0.0
                     partial_a[t, c] += value
                     partial_ab[t, c] += value * (np.float64(b[p, c]) - shift[c])
         else:
@@ -55,16 +58,19 @@ def _channel_sums_kernel(a, b, shift, with_product, partial_a, partial_ab):
                     partial_a[t, c] += a[p, c]
 
 
-def channel_sums(a, b=None, shift=None):
-    """sum_p a[p, c], and with b also sum_p a[p, c] (b[p, c] - shift[c]) (shift: (C,), default 0).
-    a, b: (P, C) C-contiguous arrays of one dtype. Returns (C,) float64 arrays."""
+def channel_sums(a, b=None, shift=None, mask=None):
+    """sum_p a[p, c], and with b also sum_p a[p, c] (b[p, c] - shift[c]) (shift: (C,), default 0);
+    with b and mask, both over the p where mask[p, c] > 0 only.
+    a, b, mask: (P, C) C-contiguous arrays of one dtype. Returns (C,) float64 arrays."""
     chunks = (a.shape[0] + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
     channels = a.shape[1]
     partial_a = np.zeros((chunks, channels), np.float64)                   # (chunks, C)
     with_product = b is not None
     partial_ab = np.zeros((chunks if with_product else 0, channels), np.float64)   # (chunks, C)
     shift = np.zeros(channels, np.float64) if shift is None else np.asarray(shift, np.float64)
-    _channel_sums_kernel(a, a if b is None else b, shift, with_product, partial_a, partial_ab)
+    masked = mask is not None
+    _channel_sums_kernel(a, a if b is None else b, shift, with_product, mask if masked else a, masked,
+                         partial_a, partial_ab)
     if not with_product:
         return partial_a.sum(axis=0)                                        # fixed order
     return partial_a.sum(axis=0), partial_ab.sum(axis=0)

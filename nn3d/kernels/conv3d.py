@@ -50,7 +50,9 @@ import numpy as np
 from numba import prange
 
 from .jit import blocked_kernel, tile_helper
+from .. import arena
 from .padding import embed_strided, pad_channels_last
+from .pointwise import pointwise_forward, pointwise_grad_input, pointwise_grad_weight
 from ..shapes import window_output_size
 
 BLOCK_C = 16   # output channels per register tile: one AVX-512 (two AVX2) registers of float32
@@ -229,11 +231,23 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
                     y_tiles[n, od, oh, ow0, cb, c] = acc0[c]
 
 
+def is_pointwise(kernel_size, stride, cout):
+    """A 1x1x1, stride-1 convolution with fewer than 16 output channels (the U-Net's head): the
+    kernels of pointwise.py, which do not pad Cout to 16."""
+    return tuple(kernel_size) == (1, 1, 1) and tuple(stride) == (1, 1, 1) and cout < BLOCK_C
+
+
 def conv3d_forward(x_pad, weight, bias, stride, block_w=BLOCK_W):
     """Line (1) for a padded channels-last input: (N, Dp, Hp, Wp, Cin) -> (N, Do, Ho, Wo, Cout).
     weight (Cout, Cin, kD, kH, kW); bias (Cout,) or None; stride 3-tuple; block_w: the register
     tile width (this CPU's BLOCK_W; tests pass 4 and 8 to check both paths on any machine)."""
     cout = weight.shape[0]
+    if is_pointwise(weight.shape[2:], stride, cout):
+        y = arena.empty((*x_pad.shape[:4], cout), x_pad.dtype)                 # (N, D, H, W, Cout)
+        bias = np.zeros(cout, x_pad.dtype) if bias is None else bias.astype(x_pad.dtype)
+        pointwise_forward(np.ascontiguousarray(x_pad).reshape(-1, x_pad.shape[4]),
+                          np.ascontiguousarray(weight.reshape(cout, -1)), bias, y.reshape(-1, cout))
+        return y
     w_packed = pack_weight(weight)
     cout_padded = w_packed.shape[2] * BLOCK_C
     bias_padded = np.zeros(cout_padded, dtype=x_pad.dtype)
@@ -241,43 +255,59 @@ def conv3d_forward(x_pad, weight, bias, stride, block_w=BLOCK_W):
         bias_padded[:cout] = bias
     bias_padded = bias_padded.reshape(-1, BLOCK_C)                          # (Cout_padded/16, 16)
     out = window_output_size(x_pad.shape[1:4], weight.shape[2:], stride)
-    y = np.empty((x_pad.shape[0], *out, cout_padded), dtype=x_pad.dtype)  # (N, Do, Ho, Wo, Cout_padded)
+    y = arena.empty((x_pad.shape[0], *out, cout_padded), x_pad.dtype)     # (N, Do, Ho, Wo, Cout_padded)
     conv3d_forward_kernel(x_pad, w_packed, bias_padded, *(np.int64(s) for s in stride),
                           np.int64(block_w), y)
-    return y if y.shape[4] == cout else np.ascontiguousarray(y[..., :cout])
+    return y if y.shape[4] == cout else arena.copy(y[..., :cout])
 
 
 # ---- grad-input: lines (2) and (3) ---------------------------------------------------------------
-def conv3d_grad_input(grad_output, weight, input_size, stride, padding, block_w=BLOCK_W):
-    """Line (3), the gather: dL/dx (N, D, H, W, Cin) from grad_output (N, Do, Ho, Wo, Cout).
-
-    The output gradient is spread out by the stride (zeros in between) and padded by k-1-p on the
-    left, into a buffer of length D + k - 1 per axis; its stride-1 convolution with the flipped,
-    in/out-swapped kernel (`flipped_transposed`) is grad_input. For stride 1 the buffer is plain
-    zero padding and the work equals the forward pass's; for stride s, s^3 - 1 of every s^3 values
-    read are zeros (the general path, not the U-Net's).
-    """
-    kernel_size = weight.shape[2:]
+def spread_grad_output(grad_output, kernel_size, input_size, stride, padding):
+    """S of line (3): grad_output (N, Do, Ho, Wo, Cout) spread out by the stride (zeros in between)
+    and padded by k-1-p on the left, into a buffer of length D + k - 1 per axis,
+    (N, D+kD-1, H+kH-1, W+kW-1, Cout). For stride 1 it is plain zero padding; for stride s, s^3 - 1
+    of every s^3 values are zeros (the general path, not the U-Net's)."""
     offset = tuple(k - 1 - p for k, p in zip(kernel_size, padding))
     length = tuple(size + k - 1 for size, k in zip(input_size, kernel_size))
     if stride == (1, 1, 1) and min(offset) >= 0:                             # plain zero padding
-        grad_output_spread = pad_channels_last(grad_output, offset)          # (N, D+kD-1, ..., Cout)
-    else:
-        grad_output_spread = embed_strided(grad_output, stride, offset, length)
+        return pad_channels_last(grad_output, offset)
+    return embed_strided(grad_output, stride, offset, length)
+
+
+def conv3d_grad_input_of_spread(grad_output_spread, weight, block_w=BLOCK_W):
+    """Line (3) from S (`spread_grad_output`): its stride-1 convolution with the flipped,
+    in/out-swapped kernel (`flipped_transposed`), (N, D, H, W, Cin). The work equals the forward
+    pass's. Called once per input band by a Conv3d with several inputs (one S, several weights).
+    A 1x1x1 weight with Cout < 16 (the head) takes the pointwise kernel: S is then grad_output itself
+    and (3) is S @ w, one product per voxel."""
+    cout, cin = weight.shape[:2]
+    if is_pointwise(weight.shape[2:], (1, 1, 1), cout):
+        grad_input = arena.empty((*grad_output_spread.shape[:4], cin), grad_output_spread.dtype)
+        weight_matrix = np.ascontiguousarray(weight.reshape(cout, cin))                     # (Cout, Cin)
+        pointwise_grad_input(grad_output_spread.reshape(-1, cout), weight_matrix, grad_input.reshape(-1, cin))
+        return grad_input
     return conv3d_forward(grad_output_spread, flipped_transposed(weight), None, (1, 1, 1), block_w)
+
+
+def conv3d_grad_input(grad_output, weight, input_size, stride, padding, block_w=BLOCK_W):
+    """Line (3), the gather: dL/dx (N, D, H, W, Cin) from grad_output (N, Do, Ho, Wo, Cout)."""
+    grad_output_spread = spread_grad_output(grad_output, weight.shape[2:], input_size, stride, padding)
+    return conv3d_grad_input_of_spread(grad_output_spread, weight, block_w)
 
 
 # ---- grad-weight: line (4) ----------------------------------------------------------------------
 @blocked_kernel
-def conv3d_grad_weight_kernel(x_pad, g_tiles, stride_d, stride_h, stride_w,
+def conv3d_grad_weight_kernel(x_pad, grad_output, stride_d, stride_h, stride_w,
                               rows_per_chunk, rows_per_block, block_j, partial):
     """Line (4), as per-chunk partial sums: partial[chunk, kz, ky, j, co] sums over the output rows
     (n, od, oh) of chunk `chunk` (rows_per_chunk consecutive rows); the caller adds the chunks up in
     order (deterministic, independent of the thread count).
 
-    x_pad (N, Dp, Hp, Wp, Cin); g_tiles (N, Do, Ho, Cout_padded/16, Wo, 16): grad_output with its
-    channels padded to a multiple of 16 and split in blocks of 16 (so one block of a row is
-    contiguous); partial (n_chunks, kD, kH, kW*Cin, Cout_padded), zeros on entry; block_j = BLOCK_J.
+    x_pad (N, Dp, Hp, Wp, Cin); grad_output (N, Do, Ho, Wo, Cout_padded), its channels padded to a
+    multiple of 16; partial (n_chunks, kD, kH, kW*Cin, Cout_padded), zeros on entry; block_j = BLOCK_J.
+    Work items: one prange iteration per (chunk, block cb of 16 output channels); it owns
+    partial[chunk, :, :, :, 16cb:16cb+16], so n_chunks * Cout_padded/16 items run independently
+    (`grad_weight_chunks` makes that at least WORK_ITEMS).
     Differs from conv3d_grad_weight_reference in loop order only: a tile of positions j x 16 output
     channels of grad_weight stays in registers while the kernel runs over the voxels of
     rows_per_block rows (data that stays in cache): 8 positions (acc0..acc7) when block_j == 8,
@@ -285,24 +315,28 @@ def conv3d_grad_weight_kernel(x_pad, g_tiles, stride_d, stride_h, stride_w,
     every index is an unsigned offset into flat arrays (row offsets computed once per block), so
     there are no negative-index checks, divisions or views there; LANE[q] is q as an unsigned number.
     """
-    n_batch, out_d, out_h, n_cblocks, out_w, _ = g_tiles.shape
-    n_chunks, kernel_d, kernel_h, run, cout_padded = partial.shape
+    n_batch, out_d, out_h, out_w, cout_padded = grad_output.shape
+    n_chunks, kernel_d, kernel_h, run, _ = partial.shape
+    n_cblocks = cout_padded // BLOCK_C
     cin = x_pad.shape[4]
     x_flat = x_pad.reshape(x_pad.size)
-    g_matrix = g_tiles.reshape(g_tiles.size // BLOCK_C, BLOCK_C)     # rows (n, od, oh, cb, ow)
+    g_matrix = grad_output.reshape(grad_output.size // BLOCK_C, BLOCK_C)   # rows (n, od, oh, ow, cb)
     x_row_length = x_pad.shape[3] * cin
     x_plane_length = x_pad.shape[2] * x_row_length
     step = np.uint64(stride_w * cin)
+    g_step = np.uint64(n_cblocks)               # g_matrix rows between neighbouring voxels
     width = np.uint64(out_w)
     n_rows = n_batch * out_d * out_h
     end8 = run // 8 * 8 if block_j == 8 else 0          # positions [0, end8) in tiles of 8
     end4 = end8 + (run - end8) // 4 * 4                 # [end8, end4) in tiles of 4, then singles
     zero_tile = np.zeros((1, BLOCK_C), dtype=partial.dtype)
-    for chunk in prange(n_chunks):
+    for item in prange(n_chunks * n_cblocks):
+        chunk = item // n_cblocks
+        cb = item % n_cblocks
         first_row = np.int64(chunk) * rows_per_chunk
         last_row = min(first_row + rows_per_chunk, n_rows)
         x_offsets = np.empty(rows_per_block, dtype=np.uint64)   # x_flat offset of x_pad[n, od*sd, oh*sh, 0, 0]
-        g_offsets = np.empty(rows_per_block, dtype=np.uint64)   # g_matrix row of g_tiles[n, od, oh, 0, 0]
+        g_offsets = np.empty(rows_per_block, dtype=np.uint64)   # g_matrix row of grad_output[n, od, oh, 0, 16cb]
         for block_start in range(first_row, last_row, rows_per_block):
             block_rows = min(rows_per_block, last_row - block_start)
             for r in range(block_rows):
@@ -312,67 +346,78 @@ def conv3d_grad_weight_kernel(x_pad, g_tiles, stride_d, stride_h, stride_w,
                 oh = row % out_h
                 x_offsets[r] = ((n * x_pad.shape[1] + od * stride_d) * x_pad.shape[2]
                                 + oh * stride_h) * x_row_length
-                g_offsets[r] = row * n_cblocks * out_w
+                g_offsets[r] = row * out_w * n_cblocks + cb
             for kz in range(kernel_d):
                 for ky in range(kernel_h):
-                    for cb in range(n_cblocks):
-                        for j0 in range(0, end8, 8):
-                            shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
-                            acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(zero_tile, 0)
-                            for r in range(np.uint64(block_rows)):
-                                x_offset = x_offsets[r] + shift
-                                g_offset = g_offsets[r] + np.uint64(cb * out_w)
-                                for ow in range(width):
-                                    g = load16(g_matrix, g_offset + ow)
-                                    at = x_offset + ow * step
-                                    acc0 = fma16(acc0, x_flat[at], g)
-                                    acc1 = fma16(acc1, x_flat[at + LANE[1]], g)
-                                    acc2 = fma16(acc2, x_flat[at + LANE[2]], g)
-                                    acc3 = fma16(acc3, x_flat[at + LANE[3]], g)
-                                    acc4 = fma16(acc4, x_flat[at + LANE[4]], g)
-                                    acc5 = fma16(acc5, x_flat[at + LANE[5]], g)
-                                    acc6 = fma16(acc6, x_flat[at + LANE[6]], g)
-                                    acc7 = fma16(acc7, x_flat[at + LANE[7]], g)
-                            for c in range(BLOCK_C):
-                                co = cb * BLOCK_C + c
-                                partial[chunk, kz, ky, j0, co] += acc0[c]
-                                partial[chunk, kz, ky, j0 + 1, co] += acc1[c]
-                                partial[chunk, kz, ky, j0 + 2, co] += acc2[c]
-                                partial[chunk, kz, ky, j0 + 3, co] += acc3[c]
-                                partial[chunk, kz, ky, j0 + 4, co] += acc4[c]
-                                partial[chunk, kz, ky, j0 + 5, co] += acc5[c]
-                                partial[chunk, kz, ky, j0 + 6, co] += acc6[c]
-                                partial[chunk, kz, ky, j0 + 7, co] += acc7[c]
-                        for j0 in range(end8, end4, 4):
-                            shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
-                            acc0 = acc1 = acc2 = acc3 = load16(zero_tile, 0)
-                            for r in range(np.uint64(block_rows)):
-                                x_offset = x_offsets[r] + shift
-                                g_offset = g_offsets[r] + np.uint64(cb * out_w)
-                                for ow in range(width):
-                                    g = load16(g_matrix, g_offset + ow)
-                                    at = x_offset + ow * step
-                                    acc0 = fma16(acc0, x_flat[at], g)
-                                    acc1 = fma16(acc1, x_flat[at + LANE[1]], g)
-                                    acc2 = fma16(acc2, x_flat[at + LANE[2]], g)
-                                    acc3 = fma16(acc3, x_flat[at + LANE[3]], g)
-                            for c in range(BLOCK_C):
-                                co = cb * BLOCK_C + c
-                                partial[chunk, kz, ky, j0, co] += acc0[c]
-                                partial[chunk, kz, ky, j0 + 1, co] += acc1[c]
-                                partial[chunk, kz, ky, j0 + 2, co] += acc2[c]
-                                partial[chunk, kz, ky, j0 + 3, co] += acc3[c]
-                        for j0 in range(end4, run):
-                            shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
-                            acc0 = load16(zero_tile, 0)
-                            for r in range(np.uint64(block_rows)):
-                                x_offset = x_offsets[r] + shift
-                                g_offset = g_offsets[r] + np.uint64(cb * out_w)
-                                for ow in range(width):
-                                    acc0 = fma16(acc0, x_flat[x_offset + ow * step],
-                                                 load16(g_matrix, g_offset + ow))
-                            for c in range(BLOCK_C):
-                                partial[chunk, kz, ky, j0, cb * BLOCK_C + c] += acc0[c]
+                    for j0 in range(0, end8, 8):
+                        shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
+                        acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(zero_tile, 0)
+                        for r in range(np.uint64(block_rows)):
+                            x_offset = x_offsets[r] + shift
+                            g_offset = g_offsets[r]
+                            for ow in range(width):
+                                g = load16(g_matrix, g_offset + ow * g_step)
+                                at = x_offset + ow * step
+                                acc0 = fma16(acc0, x_flat[at], g)
+                                acc1 = fma16(acc1, x_flat[at + LANE[1]], g)
+                                acc2 = fma16(acc2, x_flat[at + LANE[2]], g)
+                                acc3 = fma16(acc3, x_flat[at + LANE[3]], g)
+                                acc4 = fma16(acc4, x_flat[at + LANE[4]], g)
+                                acc5 = fma16(acc5, x_flat[at + LANE[5]], g)
+                                acc6 = fma16(acc6, x_flat[at + LANE[6]], g)
+                                acc7 = fma16(acc7, x_flat[at + LANE[7]], g)
+                        for c in range(BLOCK_C):
+                            co = cb * BLOCK_C + c
+                            partial[chunk, kz, ky, j0, co] += acc0[c]
+                            partial[chunk, kz, ky, j0 + 1, co] += acc1[c]
+                            partial[chunk, kz, ky, j0 + 2, co] += acc2[c]
+                            partial[chunk, kz, ky, j0 + 3, co] += acc3[c]
+                            partial[chunk, kz, ky, j0 + 4, co] += acc4[c]
+                            partial[chunk, kz, ky, j0 + 5, co] += acc5[c]
+                            partial[chunk, kz, ky, j0 + 6, co] += acc6[c]
+                            partial[chunk, kz, ky, j0 + 7, co] += acc7[c]
+                    for j0 in range(end8, end4, 4):
+                        shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
+                        acc0 = acc1 = acc2 = acc3 = load16(zero_tile, 0)
+                        for r in range(np.uint64(block_rows)):
+                            x_offset = x_offsets[r] + shift
+                            g_offset = g_offsets[r]
+                            for ow in range(width):
+                                g = load16(g_matrix, g_offset + ow * g_step)
+                                at = x_offset + ow * step
+                                acc0 = fma16(acc0, x_flat[at], g)
+                                acc1 = fma16(acc1, x_flat[at + LANE[1]], g)
+                                acc2 = fma16(acc2, x_flat[at + LANE[2]], g)
+                                acc3 = fma16(acc3, x_flat[at + LANE[3]], g)
+                        for c in range(BLOCK_C):
+                            co = cb * BLOCK_C + c
+                            partial[chunk, kz, ky, j0, co] += acc0[c]
+                            partial[chunk, kz, ky, j0 + 1, co] += acc1[c]
+                            partial[chunk, kz, ky, j0 + 2, co] += acc2[c]
+                            partial[chunk, kz, ky, j0 + 3, co] += acc3[c]
+                    for j0 in range(end4, run):
+                        shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
+                        acc0 = load16(zero_tile, 0)
+                        for r in range(np.uint64(block_rows)):
+                            x_offset = x_offsets[r] + shift
+                            g_offset = g_offsets[r]
+                            for ow in range(width):
+                                acc0 = fma16(acc0, x_flat[x_offset + ow * step],
+                                             load16(g_matrix, g_offset + ow * g_step))
+                        for c in range(BLOCK_C):
+                            partial[chunk, kz, ky, j0, cb * BLOCK_C + c] += acc0[c]
+
+
+WORK_ITEMS = 32   # parallel work items every grad-weight call has at least (when it has that many rows)
+
+
+def grad_weight_chunks(n_rows, cout):
+    """How many chunks of output rows grad-weight splits into: at least WORK_ITEMS (chunk, block of 16
+    output channels) items, so that 32 cores have work on every layer of the U-Net, but no more (each
+    chunk's partial grad_weight is zeroed and added up: 1.7 MiB for 128->128). It depends on the
+    shapes only, never on the thread count, so the sums are the same on any machine."""
+    n_cblocks = -(-cout // BLOCK_C)
+    return max(1, min(n_rows, -(-WORK_ITEMS // n_cblocks)))
 
 
 def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride, block_j=BLOCK_J):
@@ -381,15 +426,16 @@ def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride, block_j=BLOCK_J)
     n_batch, out_d, out_h, out_w, cout = grad_output.shape
     cin = x_pad.shape[4]
     kernel_d, kernel_h, kernel_w = kernel_size
+    if is_pointwise(kernel_size, stride, cout):
+        return pointwise_grad_weight(np.ascontiguousarray(x_pad).reshape(-1, cin),
+                                     grad_output.reshape(-1, cout)).reshape(cout, cin, 1, 1, 1)
     cout_padded = -(-cout // BLOCK_C) * BLOCK_C
-    if cout_padded != cout:
-        grad_output = np.concatenate(
-            [grad_output, np.zeros((*grad_output.shape[:4], cout_padded - cout), grad_output.dtype)],
-            axis=4)
+    if cout_padded != cout:                      # channels padded with zeros to whole blocks of 16
+        padded = arena.zeros((*grad_output.shape[:4], cout_padded), grad_output.dtype)
+        padded[..., :cout] = grad_output
+        grad_output = padded                                               # (N, Do, Ho, Wo, Cout_padded)
     n_rows = n_batch * out_d * out_h
-    # a fixed number of chunks (not the thread count), so the sums are the same on any machine;
-    # few, because each chunk's partial grad_weight must be zeroed and added (1.7 MiB for 128->128)
-    n_chunks = min(n_rows, 2)
+    n_chunks = grad_weight_chunks(n_rows, cout)
     rows_per_chunk = -(-n_rows // n_chunks)
     # blocks of rows whose input (~ kD rows of Wp*Cin each per output row; the kH rows overlap
     # with the next output row's) and output-gradient rows stay in L2 (256K values, 1 MiB float32),
@@ -398,9 +444,7 @@ def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride, block_j=BLOCK_J)
     n_blocks = -(-rows_per_chunk // max(1, 262144 // row_values))
     rows_per_block = -(-rows_per_chunk // n_blocks)
     partial = np.zeros((n_chunks, kernel_d, kernel_h, kernel_w * cin, cout_padded), x_pad.dtype)
-    g_tiles = np.ascontiguousarray(grad_output.reshape(n_batch, out_d, out_h, out_w, -1, BLOCK_C)
-                                   .transpose(0, 1, 2, 4, 3, 5))          # (N, Do, Ho, Cout_p/16, Wo, 16)
-    conv3d_grad_weight_kernel(x_pad, g_tiles, *(np.int64(s) for s in stride),
+    conv3d_grad_weight_kernel(x_pad, np.ascontiguousarray(grad_output), *(np.int64(s) for s in stride),
                               np.int64(rows_per_chunk), np.int64(rows_per_block), np.int64(block_j),
                               partial)
     w_packed = partial[0].copy()

@@ -29,7 +29,10 @@ different input voxels do not overlap, so (1) is ONE matrix product per voxel,
 import numpy as np
 from numba import prange
 
+from .conv3d import WORK_ITEMS
 from .jit import parallel_kernel
+from .. import arena
+from ..threads import single_threaded_blas
 
 
 def weight_matrix(weight):
@@ -45,7 +48,7 @@ def conv_transpose3d_blocks_forward_kernel(x, w_matrix, bias, y):
     x (N, D, H, W, Cin), w_matrix (Cin, kD*kH*kW*Cout), bias (Cout,).
     Each prange iteration owns one input row x[n, id, ih] and so the output slab y[n, id*kD:(id+1)*kD,
     ih*kH:(ih+1)*kH]: products = x_row @ w_matrix, (W, Cin) @ (Cin, kD*kH*kW*Cout), then a scatter.
-    (np.dot calls a single-threaded BLAS inside the prange, see nn3d/threads.py.)"""
+    (np.dot calls a BLAS inside the prange: callers hold single_threaded_blas, see nn3d/threads.py.)"""
     n_batch, in_d, in_h, in_w, cin = x.shape
     cout = y.shape[4]
     kernel_d, kernel_h, kernel_w = y.shape[1] // in_d, y.shape[2] // in_h, y.shape[3] // in_w
@@ -110,7 +113,7 @@ def gather_blocks(grad_output, kernel_size, input_shape):
     n_batch, d, h, w = input_shape
     kernel_d, kernel_h, kernel_w = kernel_size
     cout = grad_output.shape[4]
-    blocks = np.empty((n_batch, d, h, w, kernel_d, kernel_h, kernel_w, cout), grad_output.dtype)
+    blocks = arena.empty((n_batch, d, h, w, kernel_d, kernel_h, kernel_w, cout), grad_output.dtype)
     gather_blocks_kernel(grad_output, np.int64(kernel_d), np.int64(kernel_h), np.int64(kernel_w), blocks)
     return blocks.reshape(n_batch, d, h, w, -1)
 
@@ -119,18 +122,20 @@ def conv_transpose3d_blocks_forward(x, weight, bias):
     """Line (1), kernel == stride, padding 0: x (N, D, H, W, Cin) -> y (N, D*kD, H*kH, W*kW, Cout)."""
     n_batch, d, h, w, _ = x.shape
     cout, (kernel_d, kernel_h, kernel_w) = weight.shape[1], weight.shape[2:]
-    y = np.empty((n_batch, d * kernel_d, h * kernel_h, w * kernel_w, cout), x.dtype)
+    y = arena.empty((n_batch, d * kernel_d, h * kernel_h, w * kernel_w, cout), x.dtype)
     bias = np.zeros(cout, x.dtype) if bias is None else bias.astype(x.dtype, copy=False)
-    conv_transpose3d_blocks_forward_kernel(x, weight_matrix(weight), bias, y)
+    with single_threaded_blas():                  # np.dot inside prange: one thread pool at a time
+        conv_transpose3d_blocks_forward_kernel(x, weight_matrix(weight), bias, y)
     return y
 
 
 def conv_transpose3d_blocks_grad_input(grad_output, weight, input_shape):
     """Line (3), kernel == stride, padding 0: grad_output (N, D*kD, ..., Cout) -> (N, D, H, W, Cin)."""
     blocks = gather_blocks(grad_output, weight.shape[2:], input_shape)
-    grad_input = np.empty((*input_shape, weight.shape[0]), grad_output.dtype)
-    conv_transpose3d_blocks_grad_input_kernel(blocks, np.ascontiguousarray(weight_matrix(weight).T),
-                                              grad_input)
+    grad_input = arena.empty((*input_shape, weight.shape[0]), grad_output.dtype)
+    with single_threaded_blas():
+        conv_transpose3d_blocks_grad_input_kernel(blocks, np.ascontiguousarray(weight_matrix(weight).T),
+                                                  grad_input)
     return grad_input
 
 
@@ -140,10 +145,11 @@ def conv_transpose3d_blocks_grad_weight(x, grad_output, kernel_size, cout):
     cin = x.shape[4]
     blocks_flat = gather_blocks(grad_output, kernel_size, x.shape[:4]).reshape(-1, np.prod(kernel_size) * cout)
     x_flat = x.reshape(-1, cin)                                         # (P, Cin)
-    n_chunks = min(x_flat.shape[0], 8)
+    n_chunks = min(x_flat.shape[0], WORK_ITEMS)       # fixed by the shape: deterministic
     rows_per_chunk = -(-x_flat.shape[0] // n_chunks)
     partial = np.empty((n_chunks, cin, blocks_flat.shape[1]), x.dtype)
-    conv_transpose3d_blocks_grad_weight_kernel(x_flat, blocks_flat, np.int64(rows_per_chunk), partial)
+    with single_threaded_blas():
+        conv_transpose3d_blocks_grad_weight_kernel(x_flat, blocks_flat, np.int64(rows_per_chunk), partial)
     w_matrix_grad = partial[0].copy()
     for chunk in range(1, n_chunks):          # fixed order: the result does not depend on threads
         w_matrix_grad += partial[chunk]

@@ -8,7 +8,7 @@ debugger, and `NUMBA_BOUNDSCHECK=1` checks every index.
 - `parallel_kernel`:  `prange` loops split across Numba's threads; each iteration owns its slice
                       of the output (no two iterations write the same element).
 - `blocked_kernel`:   a `parallel_kernel` compiled with LLVM's loop vectoriser off and its SLP
-                      (straight-line) vectoriser on. Register-blocked convolution kernels keep a
+                      (straight-line) vectoriser on, for every signature. Register-blocked convolution kernels keep a
                       few output voxels x many output channels in local variables; the loop
                       vectoriser mangles that pattern, the SLP vectoriser turns it into AVX2 FMAs
                       (about 3x faster, see docs/performance.md). SLP is off by default in
@@ -22,10 +22,10 @@ The one exception is FMA contraction in `blocked_kernel` and `tile_helper`: a*b 
 multiply-add (one rounding instead of two; no reordering, NaN and inf behave as before).
 """
 import contextlib
-import functools
 
 import numba
 from numba.core import config
+from numba.core.compiler_lock import global_compiler_lock
 
 JIT_OPTIONS = dict(cache=True, fastmath=False)
 
@@ -58,16 +58,19 @@ def tile_helper(function):
 
 
 def blocked_kernel(function):
-    """A parallel kernel, with FMA contraction, whose compilation (at its first call per signature)
-    uses `slp_vectoriser`."""
+    """A parallel kernel, with FMA contraction, every compilation of which (one per signature:
+    float32, float64 for gradient checks, in whatever order they come) runs inside `slp_vectoriser`.
+
+    Numba compiles a new signature through `dispatcher.compile`, at the first call with new argument
+    types (or when loading it from the cache); wrapping that one method reaches every signature,
+    and a call to an already compiled signature costs nothing extra. The settings are switched while
+    holding Numba's compiler lock, so no other thread compiles with them."""
     dispatcher = numba.njit(parallel=True, **FMA_OPTIONS)(function)
+    compile_signature = dispatcher.compile
 
-    @functools.wraps(function)
-    def call(*args):
-        if len(dispatcher.signatures) == 0 or config.DISABLE_JIT:
-            with slp_vectoriser():
-                return dispatcher(*args)
-        return dispatcher(*args)
+    def compile_with_slp(signature):
+        with global_compiler_lock, slp_vectoriser():
+            return compile_signature(signature)
 
-    call.dispatcher = dispatcher
-    return call
+    dispatcher.compile = compile_with_slp
+    return dispatcher

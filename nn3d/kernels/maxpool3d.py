@@ -4,6 +4,8 @@
                                                                      (F) and (A) of the derivation
     maxpool3d_backward(grad_output, argmax, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w,
                        grad_input)                                                       (B)
+    maxpool3d_backward_tiled(grad_output, argmax, kernel_d, kernel_h, kernel_w, grad_input)
+                                                   (B) when stride == kernel (the U-Net's pooling)
 
 argmax[n, od, oh, ow, c] is the window position a = (kz * kernel_h + ky) * kernel_w + kx of the maximum
 (uint8: windows of at most 256 voxels). Ties go to the FIRST maximum in the scan order kz, ky, kx
@@ -23,31 +25,31 @@ from .jit import parallel_kernel
 def maxpool3d_forward(x, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w, y, argmax):
     """x: (N, D, H, W, C); y: (N, Do, Ho, Wo, C) same dtype; argmax: (N, Do, Ho, Wo, C) uint8.
 
-    Each prange iteration owns one (n, od) slab of y and argmax. The channel loop is innermost, so
-    the comparisons run over contiguous memory.
+    Each prange iteration owns one output row y[n, od, oh] (and argmax's). The channel loop is
+    innermost, so the comparisons run over contiguous memory.
     """
     n_batch, out_d, out_h, out_w, channels = y.shape
-    for job in prange(n_batch * out_d):
-        n = job // out_d
-        od = job % out_d
-        for oh in range(out_h):
-            for ow in range(out_w):
-                d0 = od * stride_d
-                h0 = oh * stride_h
-                w0 = ow * stride_w
-                for c in range(channels):                       # window position a = 0 starts the scan
-                    y[n, od, oh, ow, c] = x[n, d0, h0, w0, c]
-                    argmax[n, od, oh, ow, c] = 0
-                a = 0
-                for kz in range(kernel_d):
-                    for ky in range(kernel_h):
-                        for kx in range(kernel_w):
-                            for c in range(channels):
-                                value = x[n, d0 + kz, h0 + ky, w0 + kx, c]
-                                if value > y[n, od, oh, ow, c] or value != value:   # strict: first max wins
-                                    y[n, od, oh, ow, c] = value
-                                    argmax[n, od, oh, ow, c] = a
-                            a += 1
+    for job in prange(n_batch * out_d * out_h):
+        n = job // (out_d * out_h)
+        od = job // out_h % out_d
+        oh = job % out_h
+        for ow in range(out_w):
+            d0 = od * stride_d
+            h0 = oh * stride_h
+            w0 = ow * stride_w
+            for c in range(channels):                       # window position a = 0 starts the scan
+                y[n, od, oh, ow, c] = x[n, d0, h0, w0, c]
+                argmax[n, od, oh, ow, c] = 0
+            a = 0
+            for kz in range(kernel_d):
+                for ky in range(kernel_h):
+                    for kx in range(kernel_w):
+                        for c in range(channels):
+                            value = x[n, d0 + kz, h0 + ky, w0 + kx, c]
+                            if value > y[n, od, oh, ow, c] or value != value:   # strict: first max wins
+                                y[n, od, oh, ow, c] = value
+                                argmax[n, od, oh, ow, c] = a
+                        a += 1
 
 
 @parallel_kernel
@@ -76,3 +78,34 @@ def maxpool3d_backward(grad_output, argmax, kernel_d, kernel_h, kernel_w, stride
                         kx = a % kernel_w
                         grad_input[n, od * stride_d + kz, oh * stride_h + ky, ow * stride_w + kx, c] += (
                             grad_output[n, od, oh, ow, c])
+
+
+@parallel_kernel
+def maxpool3d_backward_tiled(grad_output, argmax, kernel_d, kernel_h, kernel_w, grad_input):
+    """(B) when the windows tile the input (stride == kernel): each input voxel lies in at most one
+    window, so (B)'s sum has at most one term and every element of grad_input (N, D, H, W, C) is
+    written exactly once, the window's gradient at its argmax and 0 elsewhere (voxels past the last
+    whole window, which floor division drops, get 0 too). No zero-filled buffer, no scatter.
+    Each prange iteration owns one input row grad_input[n, id, ih]."""
+    n_batch, in_d, in_h, in_w, channels = grad_input.shape
+    out_d, out_h, out_w = grad_output.shape[1], grad_output.shape[2], grad_output.shape[3]
+    for row in prange(n_batch * in_d * in_h):
+        n = row // (in_d * in_h)
+        id = row // in_h % in_d
+        ih = row % in_h
+        od, kz = id // kernel_d, id % kernel_d
+        oh, ky = ih // kernel_h, ih % kernel_h
+        if od < out_d and oh < out_h:
+            for ow in range(out_w):
+                for kx in range(kernel_w):
+                    a = (kz * kernel_h + ky) * kernel_w + kx          # window position of this voxel
+                    for c in range(channels):
+                        routed = argmax[n, od, oh, ow, c] == a
+                        grad_input[n, id, ih, ow * kernel_w + kx, c] = grad_output[n, od, oh, ow, c] if routed else 0
+            for iw in range(out_w * kernel_w, in_w):
+                for c in range(channels):
+                    grad_input[n, id, ih, iw, c] = 0
+        else:
+            for iw in range(in_w):
+                for c in range(channels):
+                    grad_input[n, id, ih, iw, c] = 0

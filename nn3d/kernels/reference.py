@@ -10,7 +10,7 @@ input's dtype.
     Conv3d           (1) forward, (2) grad-input (the scatter form), (4) grad-weight
     ConvTranspose3d  (1) forward, (3) grad-input, (4) grad-weight, any kernel / stride / padding,
                      written as the Conv3d references they equal (identity (A) of its layer file)
-    BatchNorm3d      (F) the affine map, (B3) the input gradient
+    BatchNorm3d      (F) the affine map, (B3) the input gradient, each with the fused ReLU (R) or not
     MaxPool3d        (F), (A) forward with argmax, (B) backward
     ReLU             (F) forward, (B) backward
     channel_sums     every float64 sum over voxels (BatchNorm (S1), (S2), (B1), (B2); conv bias
@@ -109,15 +109,23 @@ def conv_transpose3d_grad_weight_reference(x, grad_output, kernel_size, stride, 
 
 
 # ---- BatchNorm3d (nn3d/batchnorm3d.py; fast kernels in batchnorm3d.py) ----------------------------
-def batchnorm_affine_reference(x, scale, shift, y):
-    """(F): y[p, c] = x[p, c] * scale[c] + shift[c]."""
+def batchnorm_affine_reference(x, scale, shift, relu, y):
+    """(F): y[p, c] = x[p, c] * scale[c] + shift[c]; with relu, (R): y = max(0, that)."""
     y[...] = x * scale + shift
+    if relu:
+        relu_forward_reference(y, y)
 
 
-def batchnorm_backward_input_reference(x, grad_output, mean, scale, mean_dy, x_hat_coefficient, grad_input):
+def batchnorm_backward_input_reference(x, grad_output, output, relu, mean, scale, mean_dy, x_hat_coefficient,
+                                       grad_input):
     """(B3): grad_input[p, c] = scale[c] (dy[p, c] - mean_dy[c] - (x[p, c] - mean[c]) x_hat_coefficient[c]),
-    dy = grad_output."""
-    grad_input[...] = scale * (grad_output - mean_dy - (x - mean) * x_hat_coefficient)
+    dy = grad_output, or with relu (R) dy = grad_output [output > 0] (ReLU's backward first)."""
+    dy = np.empty_like(grad_output)
+    if relu:
+        relu_backward_reference(output, grad_output, dy)
+    else:
+        dy[...] = grad_output
+    grad_input[...] = scale * (dy - mean_dy - (x - mean) * x_hat_coefficient)
 
 
 # ---- MaxPool3d (nn3d/maxpool3d.py; fast kernels in maxpool3d.py) ----------------------------------
@@ -158,9 +166,12 @@ def relu_backward_reference(y, grad_output, grad_input):
 
 
 # ---- float64 sums over voxels (fast kernel in channel_sum.py) -------------------------------------
-def channel_sums_reference(a, b=None, shift=None):
-    """sum_p a[p, c], and with b also sum_p a[p, c] (b[p, c] - shift[c]), in float64. a, b: (P, C)."""
+def channel_sums_reference(a, b=None, shift=None, mask=None):
+    """sum_p a[p, c], and with b also sum_p a[p, c] (b[p, c] - shift[c]), in float64, over the p with
+    mask[p, c] > 0 when a mask is given. a, b, mask: (P, C)."""
     a = a.astype(np.float64)                                       # (P, C)
+    if mask is not None:
+        a = np.where(mask > 0, a, 0.0)
     if b is None:
         return a.sum(axis=0)
     shift = 0.0 if shift is None else shift

@@ -1,0 +1,67 @@
+"""1x1x1 convolutions with fewer than 16 output channels (the U-Net's head: 16 -> 1), on flat
+channels-last arrays: x (P, Cin), P = N*D*H*W voxels, weight as a (Cout, Cin) matrix.
+
+With a 1x1x1 kernel, stride 1 and no padding, the lines of nn3d/conv3d.py become per-voxel products:
+
+    (1) y[p, co] = b[co] + sum_ci x[p, ci] * w[co, ci]                      # (P, Cout)
+    (3) grad_x[p, ci] = sum_co grad_output[p, co] * w[co, ci]               # (P, Cin)
+    (4) grad_w[co, ci] = sum_p grad_output[p, co] * x[p, ci]                # (Cout, Cin)
+
+The register-blocked kernels of conv3d.py compute 16 output channels at a time; for Cout = 1 they
+would do 16 times the work and pad the output gradient to 16 channels (a full 16-channel volume).
+These kernels loop over the Cout channels that exist. All three are memory-bound (about one read of
+x per pass). (4) sums 2^18 products at 64^3: it is summed per chunk of ROWS_PER_CHUNK voxels in
+float64, and the chunks are added in a fixed order (the same bits on any thread count), as in
+channel_sum.py. References: the conv3d references with a 1x1x1 kernel (nn3d/kernels/reference.py).
+"""
+import numpy as np
+from numba import prange
+
+from .channel_sum import ROWS_PER_CHUNK
+from .jit import parallel_kernel
+
+
+@parallel_kernel
+def pointwise_forward(x, weight, bias, y):
+    """(1): x (P, Cin), weight (Cout, Cin), bias (Cout,), y (P, Cout). Each iteration owns y[p]."""
+    cout, cin = weight.shape
+    for p in prange(x.shape[0]):
+        for co in range(cout):
+            total = bias[co]
+            for ci in range(cin):
+                total += x[p, ci] * weight[co, ci]
+            y[p, co] = total
+
+
+@parallel_kernel
+def pointwise_grad_input(grad_output, weight, grad_input):
+    """(3): grad_output (P, Cout), weight (Cout, Cin), grad_input (P, Cin). Each iteration owns a row."""
+    cout, cin = weight.shape
+    for p in prange(grad_output.shape[0]):
+        for ci in range(cin):
+            total = grad_output[p, 0] * weight[0, ci]
+            for co in range(1, cout):
+                total += grad_output[p, co] * weight[co, ci]
+            grad_input[p, ci] = total
+
+
+@parallel_kernel
+def pointwise_grad_weight_kernel(x, grad_output, partial):
+    """(4) per chunk: partial[t, co, ci] = sum over chunk t's voxels of grad_output[p, co] x[p, ci],
+    float64. Each iteration owns one chunk's partial[t]."""
+    n_voxels, cin = x.shape
+    cout = grad_output.shape[1]
+    for t in prange(partial.shape[0]):
+        for p in range(t * ROWS_PER_CHUNK, min((t + 1) * ROWS_PER_CHUNK, n_voxels)):
+            for co in range(cout):
+                g = np.float64(grad_output[p, co])
+                for ci in range(cin):
+                    partial[t, co, ci] += g * x[p, ci]
+
+
+def pointwise_grad_weight(x, grad_output):
+    """(4): (Cout, Cin) in x's dtype from x (P, Cin) and grad_output (P, Cout)."""
+    chunks = -(-x.shape[0] // ROWS_PER_CHUNK)
+    partial = np.zeros((chunks, grad_output.shape[1], x.shape[1]), np.float64)   # (chunks, Cout, Cin)
+    pointwise_grad_weight_kernel(x, grad_output, partial)
+    return partial.sum(axis=0).astype(x.dtype)                                   # fixed order
