@@ -67,15 +67,15 @@ def inlined_tile_helper(function):
 
 def blocked_kernel(function):
     """A parallel kernel, with FMA contraction, whose compilation (at its first call per signature)
-    uses `slp_vectoriser`."""
+    uses `slp_vectoriser`. Every call runs inside it (two attribute writes): a call with new
+    argument types compiles a new signature, e.g. float32 after a float64 gradcheck, and compiled
+    without SLP (then cached that way) a register-blocked kernel runs several times slower."""
     dispatcher = numba.njit(parallel=True, **FMA_OPTIONS)(function)
 
     @functools.wraps(function)
     def call(*args):
-        if len(dispatcher.signatures) == 0 or config.DISABLE_JIT:
-            with slp_vectoriser():
-                return dispatcher(*args)
-        return dispatcher(*args)
+        with slp_vectoriser():
+            return dispatcher(*args)
 
     call.dispatcher = dispatcher
     return call
