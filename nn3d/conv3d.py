@@ -60,6 +60,11 @@ from forward to backward. x must not be modified in place between forward and ba
 Reference: conv3d_forward_reference, conv3d_grad_input_reference and conv3d_grad_weight_reference in
 nn3d/kernels/reference.py compute (1), (2) and (4) in plain NumPy; read them before the fast kernels.
 
+Algorithm: 3x3x3, stride-1, padding-1 convolutions of 16 or more channels compute (1) and (3) by
+Winograd's F(2^3, 3^3) (nn3d/kernels/winograd.py: 64 multiplications per 2x2x2 output tile and
+channel pair instead of 216); `conv_algorithm` (nn3d/kernels/conv_algorithm.py) decides, and
+NN3D_CONV=direct|winograd forces one. (4) and (5) always run direct.
+
 Memory: activations are channels-last (nn3d/layout.py); the kernels (nn3d/kernels/conv3d.py) work on
 (N, D, H, W, C) arrays, cite the line numbers above and use the same formulas with the channel index
 moved last.
@@ -73,7 +78,9 @@ from .grad_mode import is_grad_enabled
 from .init import conv_weight_and_bias
 from .kernels.channel_sum import channel_sums
 from .kernels.conv3d import conv3d_forward, conv3d_grad_input, conv3d_grad_weight
+from .kernels.conv_algorithm import conv_algorithm
 from .kernels.padding import pad_channels_last
+from .kernels.winograd import winograd_forward, winograd_grad_input
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
 
@@ -106,9 +113,12 @@ class Conv3d(Module):
             raise ValueError(f"Conv3d: input spatial size {x.shape[2:]} with padding {self.padding} "
                              f"is smaller than the kernel {self.kernel_size}")
         x_cl = to_channels_last(x)                                        # (N, D, H, W, Cin)
-        x_pad = pad_channels_last(x_cl, self.padding)                     # (N, D+2pd, H+2ph, W+2pw, Cin)
         bias = None if self.bias is None else self.bias.data
-        y_cl = conv3d_forward(x_pad, self.weight.data, bias, self.stride)  # (1) (N, Do, Ho, Wo, Cout)
+        if self._algorithm() == "winograd":
+            y_cl = winograd_forward(x_cl, self.weight.data, bias)         # (1) (N, D, H, W, Cout)
+        else:
+            x_pad = pad_channels_last(x_cl, self.padding)                 # (N, D+2pd, H+2ph, W+2pw, Cin)
+            y_cl = conv3d_forward(x_pad, self.weight.data, bias, self.stride)   # (1) (N, Do, Ho, Wo, Cout)
         y = from_channels_last(y_cl)                                      # (N, Cout, Do, Ho, Wo) view
         self._cache = Conv3dCache(x_cl, x.shape, y.shape) if is_grad_enabled() else None   # no x_pad: see above
         return y
@@ -131,9 +141,17 @@ class Conv3d(Module):
             self.bias.grad += grad_bias.astype(self.bias.grad.dtype)
         if not self.requires_input_grad:
             return None
-        grad_input_cl = conv3d_grad_input(grad_output_cl, self.weight.data, input_shape[2:],
-                                          self.stride, self.padding)      # (3) (N, D, H, W, Cin)
+        if self._algorithm() == "winograd":
+            grad_input_cl = winograd_grad_input(grad_output_cl, self.weight.data)   # (3) (N, D, H, W, Cin)
+        else:
+            grad_input_cl = conv3d_grad_input(grad_output_cl, self.weight.data, input_shape[2:],
+                                              self.stride, self.padding)  # (3) (N, D, H, W, Cin)
         return from_channels_last(grad_input_cl)                          # (N, Cin, D, H, W) view
+
+    def _algorithm(self):
+        """'direct' or 'winograd' for (1) and (3): nn3d/kernels/conv_algorithm.py."""
+        return conv_algorithm(self.kernel_size, self.stride, self.padding, self.in_channels,
+                              self.out_channels)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

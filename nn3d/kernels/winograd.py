@@ -86,9 +86,12 @@ A_T = np.array([[1, 1, 1, 0], [0, 1, -1, 1]], dtype=np.float64)                 
 
 
 def filter_transform(weight):
-    """U[a, b, c, ci, co] = sum_{i,j,k} G[a, i] G[b, j] G[c, k] weight[co, ci, i, j, k], in float64.
-    weight (Cout, Cin, 3, 3, 3) -> U (4, 4, 4, Cin, Cout)."""
-    return np.einsum("ai,bj,ck,oxijk->abcxo", G, G, G, weight.astype(np.float64), optimize=True)
+    """U[co, ci, a, b, c] = sum_{i,j,k} G[a, i] G[b, j] G[c, k] weight[co, ci, i, j, k], in float64:
+    G applied along kz, then ky, then kx (each a (..., 3) @ (3, 4) product).
+    weight (Cout, Cin, 3, 3, 3) -> U (Cout, Cin, 4, 4, 4)."""
+    u = np.tensordot(weight.astype(np.float64), G, axes=(2, 1))           # (Cout, Cin, ky, kx, a)
+    u = np.tensordot(u, G, axes=(2, 1))                                   # (Cout, Cin, kx, a, b)
+    return np.tensordot(u, G, axes=(2, 1))                                # (Cout, Cin, a, b, c)
 
 
 def winograd_forward_reference(x, weight, bias):
@@ -109,7 +112,7 @@ def winograd_forward_reference(x, weight, bias):
                 d[:, :, :, :, i, j, k] = x_pad[:, i:i + 2 * tiles_d:2, j:j + 2 * tiles_h:2,
                                                k:k + 2 * tiles_w:2]
     v = np.einsum("ai,bj,ck,ntuvijkx->ntuvabcx", B_T, B_T, B_T, d, optimize=True)   # (..., 4, 4, 4, Cin)
-    m = np.einsum("ntuvabcx,abcxo->ntuvabco", v, filter_transform(weight), optimize=True)
+    m = np.einsum("ntuvabcx,oxabc->ntuvabco", v, filter_transform(weight), optimize=True)
     y_tiles = np.einsum("pa,qb,rc,ntuvabco->ntpuqvro", A_T, A_T, A_T, m, optimize=True)
     y = y_tiles.reshape(n_batch, 2 * tiles_d, 2 * tiles_h, 2 * tiles_w, cout)[:, :size[0], :size[1], :size[2]]
     return y + (0 if bias is None else bias)
@@ -122,12 +125,12 @@ TILE_VALUES = 64       # 4 x 4 x 4 transformed positions xi = (a*4 + b)*4 + c
 
 def pack_transformed_filter(weight, dtype):
     """weight (Cout, Cin, 3, 3, 3) -> u_packed (64, Cout_padded/16, Cin, 16):
-    u_packed[xi, cb, ci, c] = U[a, b, c', ci, 16*cb + c], zeros for the padding channels."""
+    u_packed[xi, cb, ci, c] = U[16*cb + c, ci, xi], zeros for the padding channels."""
     cout, cin = weight.shape[:2]
     cout_padded = -(-cout // BLOCK_C) * BLOCK_C
-    u = np.zeros((TILE_VALUES, cin, cout_padded))
-    u[:, :, :cout] = filter_transform(weight).reshape(TILE_VALUES, cin, cout)
-    return np.ascontiguousarray(u.reshape(TILE_VALUES, cin, -1, BLOCK_C).transpose(0, 2, 1, 3)).astype(dtype)
+    u = np.zeros((cout_padded, cin, TILE_VALUES), dtype=dtype)
+    u[:cout] = filter_transform(weight).reshape(cout, cin, TILE_VALUES)
+    return np.ascontiguousarray(u.reshape(-1, BLOCK_C, cin, TILE_VALUES).transpose(3, 0, 2, 1))
 
 
 @inlined_tile_helper
