@@ -7,8 +7,12 @@ convolutions' forward, grad-input and grad-weight passes, the head, the transpos
 BatchNorm, ReLU, MaxPool and concatenation, each timed for nn3d and for PyTorch in the same process
 after warm-up (median of interleaved repeats). PyTorch runs each pass in NCDHW and in
 channels_last_3d; the faster counts. Compute-bound passes report GFLOP/s and the fraction of
-NumPy's sgemm rate measured in the same run; memory-bound ones report GB/s (bytes of the inputs
-read once plus the outputs written once) against a NumPy copy measured in the same run.
+NumPy's sgemm rate measured in the same run; the 3x3x3 layers' forward and grad_input rows run the
+direct kernels, the "wino fwd" and "wino grad_in" rows the same passes by Winograd F(2^3, 3^3)
+(nn3d/kernels/winograd.py), whose rate is "effective": direct-convolution FLOPs / time. Winograd does
+3.4x fewer multiplications, so its effective rate may exceed the sgemm rate (of roof > 100%).
+Memory-bound passes report GB/s (bytes of the inputs read once plus the outputs written once)
+against a NumPy copy measured in the same run.
 
 Writes benchmarks/results/kernels_<size>.json and .png.
 """
@@ -56,8 +60,9 @@ def conv_passes(kind, spec, rng):
     import torch
 
     import nn3d
-    from nn3d.kernels.conv3d import conv3d_grad_input, conv3d_grad_weight
+    from nn3d.kernels.conv3d import conv3d_forward, conv3d_grad_input, conv3d_grad_weight
     from nn3d.kernels.padding import pad_channels_last
+    from nn3d.kernels.winograd import winograd_forward, winograd_grad_input
     from nn3d.layout import to_channels_last
 
     cin, cout, size = spec["cin"], spec["cout"], spec["size"]
@@ -84,13 +89,20 @@ def conv_passes(kind, spec, rng):
             grad_weight=lambda xt=xt, gt=gt, wt=wt: torch.ops.aten.convolution_backward(
                 gt, xt, wt, [cout], [1] * 3, [pad] * 3, [1] * 3, False, [0] * 3, 1, [False, True, True]))
     ours = dict(
-        forward=lambda: layer.forward(x),
+        forward=lambda: conv3d_forward(pad_channels_last(layer._cache.x_cl, padding), layer.weight.data,
+                                       layer.bias.data, stride),
         grad_input=lambda: conv3d_grad_input(g_cl, layer.weight.data, (size,) * 3, stride, padding),
         grad_weight=lambda: conv3d_grad_weight(x_pad, g_cl, (k,) * 3, stride))
     for name in ("forward", "grad_input", "grad_weight"):
         # the U-Net never computes the data's gradient (UNet3D(input_grad=False)): shown, marked
         label = "grad_input*" if name == "grad_input" and cin == 1 else name
         passes[label] = (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None)
+    if kind == "conv3":       # the same two passes by Winograd F(2^3, 3^3); rates are effective
+        passes["wino fwd"] = (lambda: winograd_forward(layer._cache.x_cl, layer.weight.data, layer.bias.data),
+                              formats["ncdhw"]["forward"], formats["cl"]["forward"], flops, None)
+        passes["wino grad_in" + ("*" if cin == 1 else "")] = (
+            lambda: winograd_grad_input(g_cl, layer.weight.data), formats["ncdhw"]["grad_input"],
+            formats["cl"]["grad_input"], flops, None)
     return passes
 
 
@@ -224,6 +236,7 @@ def run(size, threads, repeats):
                   f"{row['speedup']:>9.2f}x{row['ours_rate']:>8.1f} {row['unit']:<4}"
                   f"{row['torch_rate']:>8.1f} {row['unit']:<4}{row['fraction_of_roof']:>8.0%}", flush=True)
     print("* not run in a training step: UNet3D skips the input's gradient (enc1.conv1.requires_input_grad)")
+    print("wino rows: effective GFLOP/s (direct-convolution FLOPs / time), may exceed the sgemm rate")
     return dict(machine=machine_info(threads), size=size, sgemm_gflops=sgemm, copy_gbps=copy,
                 rows=[{("pass" if k == "pass_" else k): v for k, v in row.items()} for row in rows])
 

@@ -434,10 +434,12 @@ def winograd_forward_kernel(x, u_packed, bias, tiles_per_block, block_rows, n_wo
 
 
 def tiles_per_block_for(cin, cout_padded):
-    """Tiles per block: V and M of a block, 64 * tiles * (Cin + Cout) values, in about 512 KiB of
-    float32 (half this machine's 1 MiB L2 per core, leaving room for U), in whole register tiles."""
+    """Tiles per block: V and M of a block, 64 * tiles * (Cin + Cout) values, in about 128 KiB of
+    float32, in whole register tiles (8..64). Measured at the U-Net's shapes on 2 threads: smaller
+    blocks were faster down to 8 tiles (buffers that stay in L1/L2 while the three phases pass over
+    them; many blocks to share between threads at 8^3), larger ones up to 2x slower."""
     cin_padded = -(-cin // BLOCK_C) * BLOCK_C
-    return int(min(64, max(8, 2048 // (cin_padded + cout_padded) // 8 * 8)))
+    return int(min(64, max(8, 512 // (cin_padded + cout_padded) // 8 * 8)))
 
 
 def winograd_forward(x, weight, bias, block_rows=BLOCK_W, tiles_per_block=None):
