@@ -71,3 +71,12 @@ def test_float32_kernel_is_close_to_the_direct_kernel():
     assert fast.dtype == np.float32
     assert max_relative_error(fast, exact) < 2e-6
     assert max_relative_error(fast, exact) < 10 * max(max_relative_error(direct, exact), 1e-7)
+
+
+def test_packed_filter_transform_matches_the_reference():
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((17, 3, 3, 3, 3))                          # Cout tail: 17 = 16 + 1
+    u_packed = winograd.pack_transformed_filter(weight, np.float64)         # (64, 2, Cin, 16)
+    u = winograd.filter_transform(weight).reshape(17, 3, 64)                # (Cout, Cin, 64)
+    np.testing.assert_allclose(u_packed.transpose(1, 3, 2, 0).reshape(32, 3, 64)[:17], u, rtol=0, atol=1e-13)
+    assert not u_packed[:, 1, :, 1:].any()                                  # padding channels stay zero

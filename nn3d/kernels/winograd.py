@@ -208,19 +208,26 @@ def input_tile_along_z(source, at, plane, row_length, voxel_step, s1):
 
 
 @inlined_tile_helper
-def stage_edge_tile(x, n, iz0, iy0, ix0, c0, staged):
+def stage_edge_tile(x, x_flat, n, iz0, iy0, ix0, c0, staged):
     """staged[i, j, k, q] = x[n, iz0 + i, iy0 + j, ix0 + k, c0 + q], zero where that voxel is padding
     or channel c0 + q does not exist: (4, 4, 4, 16) flat. For the tiles at the volume's faces and
-    the last, partial block of channels; every other tile is read from x directly."""
+    the last, partial block of channels; every other tile is read from x directly. A full block of
+    16 channels moves as one vector (x_flat: x flattened)."""
     size_d, size_h, size_w, cin = x.shape[1:]
+    width = min(BLOCK_C, cin - c0)
     staged[:] = 0
     for i in range(4):
         for j in range(4):
             for k in range(4):
                 iz, iy, ix = iz0 + i, iy0 + j, ix0 + k
                 if 0 <= iz < size_d and 0 <= iy < size_h and 0 <= ix < size_w:
-                    for q in range(min(BLOCK_C, cin - c0)):
-                        staged[((i * 4 + j) * 4 + k) * BLOCK_C + q] = x[n, iz, iy, ix, c0 + q]
+                    to = ((i * 4 + j) * 4 + k) * BLOCK_C
+                    at = (((n * size_d + iz) * size_h + iy) * size_w + ix) * cin + c0
+                    if width == BLOCK_C:
+                        store16_at(staged, np.uint64(to), load16_at(x_flat, np.uint64(at)))
+                    else:
+                        for q in range(width):
+                            staged[to + q] = x_flat[at + q]
 
 
 @inlined_tile_helper
@@ -269,7 +276,7 @@ def transform_input_block(x, first, count, rows, v, s1, s2, staged):
                 at = (((n * size_d + iz0) * size_h + iy0) * size_w + ix0) * cin + c0
                 input_tile_along_z(x_flat, np.uint64(at), plane, row_length, voxel_step, s1)
             else:
-                stage_edge_tile(x, n, iz0, iy0, ix0, c0, staged)
+                stage_edge_tile(x, x_flat, n, iz0, iy0, ix0, c0, staged)
                 input_tile_along_z(staged, U[0], np.uint64(16 * BLOCK_C), np.uint64(4 * BLOCK_C), U[BLOCK_C - 1] + U[1], s1)
             input_tile_along_y(s1, s2)
             input_tile_along_x(s2, v, np.uint64(t * cin_padded + c0), xi_step)
