@@ -3,9 +3,11 @@
 
 Winograd applies to 3x3x3 kernels with stride 1 and padding 1 (the U-Net's convolutions); every other
 shape runs direct. Among those, the rule: Winograd when both channel counts are at least 16. Below
-that the products are too thin to pay for the transforms: the U-Net's 1 -> 16 input layer ran 2-4x
-slower by Winograd, the 16..128-channel layers at 64^3 faster (benchmarks/kernels.py, "wino" rows). The rule depends on the shape only, so the choice, and the result, is the same
-on every run and for every thread count. Grad-input (a convolution Cout -> Cin) obeys the same rule.
+that the products are too thin to pay for the transforms (the U-Net's 1 -> 16 input layer ran
+several times slower by Winograd); from 16 channels on, Winograd ran as fast (16 -> 16 at 64^3) to
+2-3x faster (32..128 channels) than the direct kernels (benchmarks/kernels.py, the "wino" rows).
+The rule depends on the shape only, so the choice, and the result, is the same on every run and for
+every thread count. Grad-input (a convolution Cout -> Cin) obeys the same rule.
 
 NN3D_CONV=direct or NN3D_CONV=winograd, read at every call, forces one algorithm wherever Winograd
 applies (tests run every layer test both ways; benchmarks compare them).

@@ -67,9 +67,10 @@ peak, so the only way to be much faster is to do less arithmetic.
    +-1 or 1/2; larger tiles (F(4, 3): points +-2, +-1/2) lose far more.
 
 Layout of the fast kernel (`winograd_forward_kernel`): channels-last x (N, D, H, W, Cin) without a
-halo (the tile gather tests the bounds, so no padded copy is made), output tiles of 2x2x2 voxels
+halo (tiles inside the volume are read from x directly, tiles at its faces are first copied with
+their zeros into a small buffer, so no padded copy of x is made), output tiles of 2x2x2 voxels
 numbered t = ((n * tiles_d + td) * tiles_h + th) * tiles_w + tw. Work comes in blocks of
-`tiles_per_block` consecutive tiles; one prange iteration owns a block and its output voxels
+`tiles_per_block` consecutive tiles; one worker thread owns a block and its output voxels
 (deterministic, no reductions between threads) and keeps V (64, rows, Cin) and M (64, Cout/16, rows,
 16) of that block in buffers sized for L2: the transformed tiles, 8x the size of the output, never
 travel through main memory. Per block: input transform, 64 register-blocked matrix products (rows of
@@ -277,7 +278,8 @@ def transform_input_block(x, first, count, rows, v, s1, s2, staged):
                 input_tile_along_z(x_flat, np.uint64(at), plane, row_length, voxel_step, s1)
             else:
                 stage_edge_tile(x, x_flat, n, iz0, iy0, ix0, c0, staged)
-                input_tile_along_z(staged, U[0], np.uint64(16 * BLOCK_C), np.uint64(4 * BLOCK_C), U[BLOCK_C - 1] + U[1], s1)
+                input_tile_along_z(staged, U[0], np.uint64(16 * BLOCK_C), np.uint64(4 * BLOCK_C),
+                                   np.uint64(BLOCK_C), s1)
             input_tile_along_y(s1, s2)
             input_tile_along_x(s2, v, np.uint64(t * cin_padded + c0), xi_step)
 
