@@ -7,13 +7,17 @@ convolutions' forward, grad-input and grad-weight passes, the head, the transpos
 BatchNorm+ReLU and MaxPool, each timed for nn3d and for PyTorch in the same process
 after warm-up (median of interleaved repeats). PyTorch runs each pass in NCDHW and in
 channels_last_3d; the faster counts. Compute-bound passes report GFLOP/s and the fraction of
-NumPy's sgemm rate measured in the same run; memory-bound ones report GB/s (bytes of the inputs
-read once plus the outputs written once) against a NumPy copy measured in the same run.
+NumPy's sgemm rate measured in the same run; the 3x3x3 layers' forward and grad_input rows run the
+direct kernels, the "wino fwd" and "wino grad_in" rows the same passes by Winograd F(2^3, 3^3)
+(nn3d/kernels/winograd.py), whose rate is "effective": direct-convolution FLOPs / time. Winograd does
+3.4x fewer multiplications, so its effective rate may exceed the sgemm rate (of roof > 100%).
+Memory-bound passes report GB/s (bytes of the inputs read once plus the outputs written once)
+against a NumPy copy measured in the same run.
 There is no concatenation row: the decoders' first convolutions read (up, skip) as two inputs
 (their forward includes the concatenation; PyTorch's row is timed on the concatenated tensor).
 For every pass it also reports how many independent work items its parallel loop has (the `prange`
-iterations: enough to keep 32 cores busy is the aim) and its speed-up from 1 to 2 threads (both
-timed in the same interleaved rounds).
+iterations, for Winograd its blocks of tiles: enough to keep 32 cores busy is the aim) and its
+speed-up from 1 to 2 threads (both timed in the same interleaved rounds).
 
 Writes benchmarks/results/kernels_<size>.json and .png.
 """
@@ -60,8 +64,10 @@ def conv_passes(kind, spec, rng):
     import torch
 
     import nn3d
-    from nn3d.kernels.conv3d import BLOCK_C, conv3d_grad_input, conv3d_grad_weight, grad_weight_chunks
-    from nn3d.kernels.padding import pad_channels_last
+    from nn3d.kernels.conv3d import (BLOCK_C, conv3d_forward, conv3d_grad_input, conv3d_grad_weight,
+                                     grad_weight_chunks)
+    from nn3d.kernels.padding import pad_and_concatenate, pad_channels_last
+    from nn3d.kernels.winograd import tiles_per_block_for, winograd_forward, winograd_grad_input
     from nn3d.layout import to_channels_last
 
     cin, cout, size = spec["cin"], spec["cout"], spec["size"]
@@ -70,6 +76,7 @@ def conv_passes(kind, spec, rng):
     x = random_cl(rng, 1, cin, size)
     parts = np.split(x, spec["inputs"], axis=1)                 # a decoder's (up, skip): concatenated in forward
     y = layer.forward(*parts)
+    parts_cl = tuple(to_channels_last(part) for part in parts)
     g_cl = to_channels_last(random_cl(rng, 1, cout, size))
     x_pad = pad_channels_last(to_channels_last(x), (pad,) * 3)
     stride, padding = (1, 1, 1), (pad,) * 3
@@ -89,7 +96,8 @@ def conv_passes(kind, spec, rng):
             grad_weight=lambda xt=xt, gt=gt, wt=wt: torch.ops.aten.convolution_backward(
                 gt, xt, wt, [cout], [1] * 3, [pad] * 3, [1] * 3, False, [0] * 3, 1, [False, True, True]))
     ours = dict(
-        forward=lambda: layer.forward(*parts),
+        forward=lambda: conv3d_forward(pad_and_concatenate(parts_cl, padding), layer.weight.data,
+                                       layer.bias.data, stride),
         grad_input=lambda: conv3d_grad_input(g_cl, layer.weight.data, (size,) * 3, stride, padding),
         grad_weight=lambda: conv3d_grad_weight(x_pad, g_cl, (k,) * 3, stride))
     rows = size * size                  # forward and grad-input: one work item per output row (n, d, h)
@@ -99,6 +107,17 @@ def conv_passes(kind, spec, rng):
         # the U-Net never computes the data's gradient (UNet3D(input_grad=False)): shown, marked
         label = "grad_input*" if name == "grad_input" and cin == 1 else name
         passes[label] = (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None, items[name])
+    if kind == "conv3":       # the same two passes by Winograd F(2^3, 3^3); rates are effective
+        def concatenated():   # Winograd reads its input unpadded: several inputs are concatenated
+            return parts_cl[0] if len(parts_cl) == 1 else np.concatenate(parts_cl, axis=4)
+        tiles = ((size + 1) // 2) ** 3                              # 2x2x2 output tiles
+        blocks = lambda c_in, c_out: -(-tiles // tiles_per_block_for(c_in, -(-c_out // BLOCK_C) * BLOCK_C))
+        passes["wino fwd"] = (lambda: winograd_forward(concatenated(), layer.weight.data, layer.bias.data),
+                              formats["ncdhw"]["forward"], formats["cl"]["forward"], flops, None,
+                              blocks(cin, cout))
+        passes["wino grad_in" + ("*" if cin == 1 else "")] = (
+            lambda: winograd_grad_input(g_cl, layer.weight.data), formats["ncdhw"]["grad_input"],
+            formats["cl"]["grad_input"], flops, None, blocks(cout, cin))
     return passes
 
 
@@ -249,6 +268,7 @@ def run(size, threads, repeats):
                   f"{row['torch_rate']:>8.1f} {row['unit']:<4}{row['fraction_of_roof']:>8.0%}"
                   f"{items:>7}{row['thread_speedup']:>6.2f}x", flush=True)
     print("* not run in a training step: UNet3D skips the input's gradient (enc1.conv1.requires_input_grad)")
+    print("wino rows: effective GFLOP/s (direct-convolution FLOPs / time), may exceed the sgemm rate")
     return dict(machine=machine_info(threads), size=size, sgemm_gflops=sgemm, copy_gbps=copy,
                 rows=[{("pass" if k == "pass_" else k): v for k, v in row.items()} for row in rows])
 

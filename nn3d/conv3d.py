@@ -68,6 +68,13 @@ gradient comes out already split, one contiguous array per input.
 Reference: conv3d_forward_reference, conv3d_grad_input_reference and conv3d_grad_weight_reference in
 nn3d/kernels/reference.py compute (1), (2) and (4) in plain NumPy; read them before the fast kernels.
 
+Algorithm: 3x3x3, stride-1, padding-1 convolutions of 16 or more channels compute (1) and (3) by
+Winograd's F(2^3, 3^3) (nn3d/kernels/winograd.py: 64 multiplications per 2x2x2 output tile and
+channel pair instead of 216); `conv_algorithm` (nn3d/kernels/conv_algorithm.py) decides, and
+NN3D_CONV=direct|winograd forces one. (4) and (5) always run direct. Winograd reads its input
+unpadded, so with several inputs its forward concatenates them into one buffer (the size of the
+direct path's x_pad, freed after the pass); its (3) runs once per input on that input's band of w.
+
 Memory: activations are channels-last (nn3d/layout.py); the kernels (nn3d/kernels/conv3d.py) work on
 (N, D, H, W, C) arrays, cite the line numbers above and use the same formulas with the channel index
 moved last.
@@ -82,7 +89,9 @@ from .init import conv_weight_and_bias
 from .kernels.channel_sum import channel_sums
 from .kernels.conv3d import (conv3d_forward, conv3d_grad_input_of_spread, conv3d_grad_weight,
                              spread_grad_output)
+from .kernels.conv_algorithm import conv_algorithm
 from .kernels.padding import pad_and_concatenate
+from .kernels.winograd import winograd_forward, winograd_grad_input
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
 
@@ -139,9 +148,15 @@ class Conv3d(Module):
     def forward(self, *inputs):
         input_shape = self.check_inputs(inputs)
         inputs_cl = tuple(to_channels_last(x) for x in inputs)            # (N, D, H, W, C_j) each
-        x_pad = pad_and_concatenate(inputs_cl, self.padding)              # (N, D+2pd, H+2ph, W+2pw, Cin)
         bias = None if self.bias is None else self.bias.data
-        y_cl = conv3d_forward(x_pad, self.weight.data, bias, self.stride)  # (1) (N, Do, Ho, Wo, Cout)
+        if self._algorithm() == "winograd":                               # reads x unpadded
+            x_cl = inputs_cl[0] if len(inputs_cl) == 1 else np.concatenate(inputs_cl, axis=4)
+            y_cl = winograd_forward(x_cl, self.weight.data, bias)         # (1) (N, D, H, W, Cout)
+            del x_cl
+        else:
+            x_pad = pad_and_concatenate(inputs_cl, self.padding)          # (N, D+2pd, H+2ph, W+2pw, Cin)
+            y_cl = conv3d_forward(x_pad, self.weight.data, bias, self.stride)   # (1) (N, Do, Ho, Wo, Cout)
+            del x_pad
         y = from_channels_last(y_cl)                                      # (N, Cout, Do, Ho, Wo) view
         self._cache = (Conv3dCache(inputs_cl, input_shape, y.shape)       # no x_pad: see above
                        if is_grad_enabled() else None)
@@ -167,13 +182,24 @@ class Conv3d(Module):
             self.bias.grad += grad_bias.astype(self.bias.grad.dtype)
         if not self.requires_input_grad:
             return None
-        grad_output_spread = spread_grad_output(grad_output_cl, self.kernel_size, input_shape[2:],
-                                                self.stride, self.padding)   # S of (3) (N, D+kD-1, ..., Cout)
-        del grad_output, grad_output_cl                                   # freed before (3) allocates
-        grads = tuple(from_channels_last(                                 # (N, C_j, D, H, W) views
-            conv3d_grad_input_of_spread(grad_output_spread, self.weight.data[:, start:stop]))   # (3), input j
-            for start, stop in zip(bands[:-1], bands[1:]))
+        bands = list(zip(bands[:-1], bands[1:]))                          # input j: channels [start, stop)
+        if self._algorithm() == "winograd":
+            grads = tuple(from_channels_last(                             # (N, C_j, D, H, W) views
+                winograd_grad_input(grad_output_cl, np.ascontiguousarray(self.weight.data[:, start:stop])))
+                for start, stop in bands)                                 # (3), input j
+        else:
+            grad_output_spread = spread_grad_output(grad_output_cl, self.kernel_size, input_shape[2:],
+                                                    self.stride, self.padding)   # S of (3) (N, D+kD-1, ..., Cout)
+            del grad_output, grad_output_cl                               # freed before (3) allocates
+            grads = tuple(from_channels_last(                             # (N, C_j, D, H, W) views
+                conv3d_grad_input_of_spread(grad_output_spread, self.weight.data[:, start:stop]))   # (3), input j
+                for start, stop in bands)
         return grads[0] if len(grads) == 1 else grads
+
+    def _algorithm(self):
+        """'direct' or 'winograd' for (1) and (3): nn3d/kernels/conv_algorithm.py."""
+        return conv_algorithm(self.kernel_size, self.stride, self.padding, self.in_channels,
+                              self.out_channels)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -20,6 +20,8 @@ two near-equal values in a pooling window), where the difference quotient is mea
 gradients in float64; use float32 only against PyTorch (--torch), which rounds like we do.
 
     python -m nn3d.gradcheck batchnorm3d --torch      # docs/backprop.md, section 9, shows the output
+    NN3D_CONV=winograd python -m nn3d.gradcheck conv3d   # Conv3d by Winograd F(2^3, 3^3) (default: direct
+                                                         # for these 2 -> 3 channels, conv_algorithm.py)
 """
 import numpy as np
 
@@ -238,7 +240,8 @@ def main(argv=None):
         rows = check_mse(layer, inputs[0], inputs[1], eps)
     else:
         rows = check_layer(layer, inputs, eps, args.seed)
-    ok = print_table(f"{args.layer} {shape} {dtype}: backward vs central differences", rows, tolerance)
+    name = f"conv3d ({layer._algorithm()})" if args.layer == "conv3d" else args.layer   # NN3D_CONV picks
+    ok = print_table(f"{name} {shape} {dtype}: backward vs central differences", rows, tolerance)
 
     if args.torch:
         try:

@@ -24,6 +24,14 @@ if "MRI2CT_CACHE" not in os.environ:
     os.environ["MRI2CT_CACHE"] = tempfile.mkdtemp(prefix="mri2ct-test-cache-")
     atexit.register(shutil.rmtree, os.environ["MRI2CT_CACHE"], True)
 
+@pytest.fixture(params=["direct", "winograd"])
+def conv_algorithm(request, monkeypatch):
+    """Run the test once per Conv3d algorithm (NN3D_CONV, nn3d/kernels/conv_algorithm.py): forced,
+    so every 3x3x3 stride-1 padding-1 convolution takes that path, whatever its channel count."""
+    monkeypatch.setenv("NN3D_CONV", request.param)
+    return request.param
+
+
 @pytest.fixture
 def dead_pid():
     """The id of a process that has ended (for temporaries left by a killed writer)."""

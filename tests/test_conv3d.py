@@ -30,7 +30,7 @@ SHAPES = [
 
 
 @pytest.mark.parametrize("batch, cin, cout, size, kernel, stride, padding, channels_last", SHAPES)
-def test_conv3d_matches_torch(batch, cin, cout, size, kernel, stride, padding, channels_last):
+def test_conv3d_matches_torch(batch, cin, cout, size, kernel, stride, padding, channels_last, conv_algorithm):
     x = np.random.default_rng(0).standard_normal((batch, cin, *size)).astype(np.float32)
     if channels_last:
         x = from_channels_last(np.ascontiguousarray(x.transpose(0, 2, 3, 4, 1)))
@@ -106,8 +106,8 @@ def test_input_gradient_can_be_skipped():
 
 
 # ---- finite differences in float64 --------------------------------------------------------------
-@pytest.mark.parametrize("kernel, stride, padding", [(3, 2, 1), ((2, 3, 1), 1, 0)])
-def test_conv3d_finite_differences(kernel, stride, padding):
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 2, 1), ((2, 3, 1), 1, 0), (3, 1, 1)])
+def test_conv3d_finite_differences(kernel, stride, padding, conv_algorithm):
     rng = np.random.default_rng(3)
     layer = Conv3d(2, 3, kernel, stride=stride, padding=padding).to(np.float64)
     x = rng.standard_normal((1, 2, 4, 5, 3))

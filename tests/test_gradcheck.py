@@ -17,6 +17,12 @@ def test_every_layer_passes_against_finite_differences_and_torch(layer, capsys):
     assert "nn3d vs PyTorch" in output
 
 
+def test_conv3d_checks_either_algorithm(conv_algorithm, capsys):
+    assert gradcheck.main(["conv3d", "--torch"]) == 0
+    output = capsys.readouterr().out
+    assert f"conv3d ({conv_algorithm})" in output and "all gradients pass" in output
+
+
 def test_custom_shape_and_float32(capsys):
     assert gradcheck.main(["conv3d", "--shape", "1", "1", "3", "4", "5", "--dtype", "float32",
                            "--torch"]) == 0

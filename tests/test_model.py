@@ -52,7 +52,7 @@ def test_state_dict_keys_follow_the_original_design():
     assert set(keys) == set(TorchUNet3D(features=FEATURES).state_dict().keys())
 
 
-def test_forward_and_backward_match_pytorch():
+def test_forward_and_backward_match_pytorch(conv_algorithm):
     model, twin = make_pair(input_grad=True)                              # dL/dx compared too
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 1, 16, 8, 24)).astype(np.float32)           # non-cubic, batch 2
@@ -82,7 +82,7 @@ def test_forward_and_backward_match_pytorch():
             < OUTPUT_TOLERANCE
 
 
-def test_training_steps_match_pytorch():
+def test_training_steps_match_pytorch(conv_algorithm):
     """Three full training steps (MSE, clipping, AdamW, cosine): the losses agree step by step."""
     model, twin = make_pair(seed=2)
     rng = np.random.default_rng(3)

@@ -57,6 +57,14 @@ def tile_helper(function):
     return numba.njit(**FMA_OPTIONS)(function)
 
 
+def inlined_tile_helper(function):
+    """A `tile_helper` that Numba inlines into its caller's code (inline="always") before LLVM sees
+    it. For per-tile helpers that take arrays: a helper LLVM leaves as a call updates the reference
+    counts of its array arguments (two atomic operations per array per call) and hides its
+    arithmetic from the caller's vectoriser."""
+    return numba.njit(inline="always", **FMA_OPTIONS)(function)
+
+
 def blocked_kernel(function):
     """A parallel kernel, with FMA contraction, every compilation of which (one per signature:
     float32, float64 for gradient checks, in whatever order they come) runs inside `slp_vectoriser`.

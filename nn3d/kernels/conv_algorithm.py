@@ -1,0 +1,35 @@
+"""Which algorithm computes a Conv3d's forward and grad-input passes: the direct kernels
+(nn3d/kernels/conv3d.py) or Winograd's F(2^3, 3^3) (nn3d/kernels/winograd.py).
+
+Winograd applies to 3x3x3 kernels with stride 1 and padding 1 (the U-Net's convolutions); every other
+shape runs direct. Among those, the rule: Winograd when both channel counts are at least 16. Below
+that the products are too thin to pay for the transforms (the U-Net's 1 -> 16 input layer ran
+several times slower by Winograd); from 16 channels on, Winograd ran as fast (16 -> 16 at 64^3) to
+2-3x faster (32..128 channels) than the direct kernels (benchmarks/kernels.py, the "wino" rows).
+The rule depends on the shape only, so the choice, and the result, is the same on every run and for
+every thread count. Grad-input (a convolution Cout -> Cin) obeys the same rule.
+
+NN3D_CONV=direct or NN3D_CONV=winograd, read at every call, forces one algorithm wherever Winograd
+applies (tests run every layer test both ways; benchmarks compare them).
+"""
+import os
+
+ALGORITHMS = ("direct", "winograd")
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def winograd_applies(kernel_size, stride, padding):
+    """F(2^3, 3^3) computes exactly the 3x3x3, stride-1, padding-1 convolution."""
+    return kernel_size == (3, 3, 3) and stride == (1, 1, 1) and padding == (1, 1, 1)
+
+
+def conv_algorithm(kernel_size, stride, padding, in_channels, out_channels):
+    """'direct' or 'winograd' for a Conv3d with these hyper-parameters (see the rule above)."""
+    forced = os.environ.get("NN3D_CONV", "")
+    if forced and forced not in ALGORITHMS:
+        raise ValueError(f"NN3D_CONV must be one of {', '.join(ALGORITHMS)}, got {forced!r}")
+    if not winograd_applies(kernel_size, stride, padding):
+        return "direct"
+    if forced:
+        return forced
+    return "winograd" if min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS else "direct"

@@ -1,0 +1,481 @@
+"""Winograd's minimal filtering F(2^3, 3^3): a 3x3x3, stride-1, padding-1 convolution with 3.4x fewer
+multiplications than the direct sum (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+Networks", 2016). The direct kernels (nn3d/kernels/conv3d.py) already run near this machine's FMA
+peak, so the only way to be much faster is to do less arithmetic.
+
+1. F(2, 3) in one dimension: two outputs of a 3-tap filter from 4 inputs, with 4 multiplications.
+   The correlation we need (nn3d/conv3d.py (1), one axis, one channel pair):
+
+       y0 = d0 g0 + d1 g1 + d2 g2          y1 = d1 g0 + d2 g1 + d3 g2          (6 multiplications)
+
+   Start from the *linear convolution* of h = (h0, h1) with g = (g0, g1, g2): the coefficients of the
+   product polynomial s(x) = h(x) g(x), s_k = sum_{i+j=k} h_i g_j (degree 3, 4 coefficients). A
+   polynomial of degree 3 is fixed by 4 values; take them at the points 0, 1, -1 and "infinity" (the
+   leading coefficient), each value costing one multiplication:
+
+       m0 = h(0) g(0)   = h0 g0                      m1 = h(1) g(1)   = (h0 + h1)(g0 + g1 + g2)
+       m2 = h(-1) g(-1) = (h0 - h1)(g0 - g1 + g2)    m3 = h(inf) g(inf) = h1 g2
+
+   Interpolation recovers s: s0 = m0, s3 = m3, s(1) = s0+s1+s2+s3 = m1, s(-1) = s0-s1+s2-s3 = m2, so
+   s1 = (m1 - m2)/2 - m3 and s2 = (m1 + m2)/2 - m0. Move the halves into the filter side and write it
+   as matrices: s = C [(A h) * (G g)] with * element-wise,
+
+       A = [[1, 0], [1, 1], [1, -1], [0, 1]]        (h evaluated at 0, 1, -1, inf)
+       G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]    (g at the same points, halved)
+       C = [[1, 0, 0, 0], [0, 1, -1, -1], [-1, 1, 1, 0], [0, 0, 0, 1]]   (interpolation)
+
+   The correlation is the transpose of this convolution: for any d,
+   sum_k d_k s_k = sum_{i,j} d_{i+j} h_i g_j = sum_i h_i y_i, so y_i is the coefficient of h_i in
+   d . s = (C^T d) . ((A h) * (G g)) = sum_xi (C^T d)_xi (A h)_xi (G g)_xi, i.e.
+
+       y = A^T [(G g) * (B^T d)]     with  B^T = C^T = [[1, 0, -1, 0],    A^T = [[1, 1, 1, 0],
+                                                        [0, 1,  1, 0],           [0, 1, -1, 1]]
+                                                        [0, -1, 1, 0],
+                                                        [0, -1, 0, 1]]
+   (Lavin & Gray print the last row of B^T and the last column of A^T with the opposite sign: the
+   same algorithm, the point at infinity scaled by -1.) The test checks it against the direct sum.
+
+2. Three dimensions. The 3-D correlation of a 4x4x4 input tile d with a 3x3x3 filter g (2x2x2
+   outputs) is the 1-D one along each axis in turn: y[p, q, r] = sum_{i,j,k} d[p+i, q+j, r+k] g[i, j, k]
+   is, for fixed (j, k), a 1-D correlation along z, and the 1-D identity holds for every (j, k) and
+   every (q, r); applying it along z, then y, then x turns each matrix into its tensor product:
+
+       U[a, b, c]   = sum_{i,j,k} G[a, i] G[b, j] G[c, k] g[i, j, k]              (4, 4, 4)  filter transform
+       V[a, b, c]   = sum_{i,j,k} B^T[a, i] B^T[b, j] B^T[c, k] d[i, j, k]        (4, 4, 4)  input transform
+       M[a, b, c]   = U[a, b, c] * V[a, b, c]                                     64 multiplications
+       y[p, q, r]   = sum_{a,b,c} A^T[p, a] A^T[q, b] A^T[r, c] M[a, b, c]        (2, 2, 2)  output transform
+
+   With channels, the 64 products become 64 independent matrix products, one per transformed
+   position xi = (a, b, c): M[xi][t, co] = sum_ci V[xi][t, ci] U[xi][ci, co] over all tiles t.
+
+3. The count. Per 2x2x2 output tile and (ci, co) pair: 4^3 = 64 multiplications against
+   2^3 * 3^3 = 216 direct, 3.375x fewer. The transforms are additions only (entries 0, +-1, and the
+   1/2 of G, exact in binary), and they are shared: V once per (tile, ci) for all Cout, the output
+   transform once per (tile, co) for all Cin, U once per call. B^T along one axis is 4 additions per
+   4 values, so V costs 3 * 16 * 4 = 192 additions per tile and ci against 64 * Cout multiply-adds
+   in the products; the fast kernel does them 16 channels at a time in vector registers.
+
+4. Where the float32 error comes from. Each V entry sums up to 2^3 = 8 inputs with signs, each U
+   entry up to 27 weights (scaled by 1/8), each y entry up to 3^3 = 27 products M. The products are
+   of larger magnitude than the outputs they make, and A^T subtracts them (m1 - m2 - ...), so their
+   rounding errors (relative to |M|, not to |y|) survive the cancellation. Against that, the long sum
+   is shorter: each product M[xi] sums over Cin only, where the direct kernel runs one float32 chain
+   over all Cin * 27 terms. Measured (python -m benchmarks.winograd_accuracy, U-Net layers at 64^3,
+   max error relative to the output's scale vs float64): Winograd 2e-7 .. 7e-7, the direct kernels
+   7e-7 .. 2.6e-6, so here Winograd is the more accurate of the two (tests/test_winograd.py bounds
+   it). F(2, 3) is the most accurate Winograd variant: its points 0, +-1 keep every coefficient 0,
+   +-1 or 1/2; larger tiles (F(4, 3): points +-2, +-1/2) lose far more.
+
+Layout of the fast kernel (`winograd_forward_kernel`): channels-last x (N, D, H, W, Cin) without a
+halo (tiles inside the volume are read from x directly, tiles at its faces are first copied with
+their zeros into a small buffer, so no padded copy of x is made), output tiles of 2x2x2 voxels
+numbered t = ((n * tiles_d + td) * tiles_h + th) * tiles_w + tw. Work comes in blocks of
+`tiles_per_block` consecutive tiles; one worker thread owns a block and its output voxels
+(deterministic, no reductions between threads) and keeps V (64, rows, Cin) and M (64, Cout/16, rows,
+16) of that block in buffers sized for L2: the transformed tiles, 8x the size of the output, never
+travel through main memory. Per block: input transform, 64 register-blocked matrix products (rows of
+tiles x 16 output channels in local variables, like the direct kernel's voxels), output transform
+with the bias, written to y.
+"""
+import numba
+import numpy as np
+from numba import prange
+
+from .conv3d import BLOCK_C, BLOCK_W, flipped_transposed, fma16, load16
+from .jit import blocked_kernel, inlined_tile_helper, tile_helper
+
+B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], dtype=np.float64)   # (4, 4)
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)        # (4, 3)
+A_T = np.array([[1, 1, 1, 0], [0, 1, -1, 1]], dtype=np.float64)                                  # (2, 4)
+
+
+def filter_transform(weight):
+    """U[co, ci, a, b, c] = sum_{i,j,k} G[a, i] G[b, j] G[c, k] weight[co, ci, i, j, k], in float64:
+    G applied along kz, then ky, then kx (each a (..., 3) @ (3, 4) product).
+    weight (Cout, Cin, 3, 3, 3) -> U (Cout, Cin, 4, 4, 4)."""
+    u = np.tensordot(weight.astype(np.float64), G, axes=(2, 1))           # (Cout, Cin, ky, kx, a)
+    u = np.tensordot(u, G, axes=(2, 1))                                   # (Cout, Cin, kx, a, b)
+    return np.tensordot(u, G, axes=(2, 1))                                # (Cout, Cin, a, b, c)
+
+
+def winograd_forward_reference(x, weight, bias):
+    """F(2^3, 3^3) plainly, in float64: x (N, D, H, W, Cin) channels-last, unpadded; weight
+    (Cout, Cin, 3, 3, 3); bias (Cout,) or None -> y (N, D, H, W, Cout), the stride-1, padding-1
+    convolution (1) of nn3d/conv3d.py. Odd sizes: the last tile is partial (zeros beyond the halo,
+    outputs beyond the volume dropped)."""
+    n_batch, *size, cin = x.shape
+    cout = weight.shape[0]
+    tiles = [(s + 1) // 2 for s in size]                                    # tiles_d, tiles_h, tiles_w
+    x_pad = np.zeros((n_batch, *(2 * t + 2 for t in tiles), cin))          # halo 1, rounded up to even
+    x_pad[:, 1:size[0] + 1, 1:size[1] + 1, 1:size[2] + 1] = x
+    tiles_d, tiles_h, tiles_w = tiles
+    d = np.empty((n_batch, tiles_d, tiles_h, tiles_w, 4, 4, 4, cin))      # input tiles, overlapping by 2
+    for i in range(4):
+        for j in range(4):
+            for k in range(4):
+                d[:, :, :, :, i, j, k] = x_pad[:, i:i + 2 * tiles_d:2, j:j + 2 * tiles_h:2,
+                                               k:k + 2 * tiles_w:2]
+    v = np.einsum("ai,bj,ck,ntuvijkx->ntuvabcx", B_T, B_T, B_T, d, optimize=True)   # (..., 4, 4, 4, Cin)
+    m = np.einsum("ntuvabcx,oxabc->ntuvabco", v, filter_transform(weight), optimize=True)
+    y_tiles = np.einsum("pa,qb,rc,ntuvabco->ntpuqvro", A_T, A_T, A_T, m, optimize=True)
+    y = y_tiles.reshape(n_batch, 2 * tiles_d, 2 * tiles_h, 2 * tiles_w, cout)[:, :size[0], :size[1], :size[2]]
+    return y + (0 if bias is None else bias)
+
+
+# ---- the fast kernel ----------------------------------------------------------------------------
+U = tuple(np.uint64(q) for q in range(BLOCK_C))   # unsigned constants 0..15
+TILE_VALUES = 64       # 4 x 4 x 4 transformed positions xi = (a*4 + b)*4 + c
+
+
+def pack_transformed_filter(weight, dtype):
+    """weight (Cout, Cin, 3, 3, 3) -> u_packed (64, Cout_padded/16, Cin, 16):
+    u_packed[xi, cb, ci, c] = U[16*cb + c, ci, xi], zeros for the padding channels."""
+    cout, cin = weight.shape[:2]
+    cout_padded = -(-cout // BLOCK_C) * BLOCK_C
+    u = np.zeros((cout_padded, cin, TILE_VALUES), dtype=dtype)
+    u[:cout] = filter_transform(weight).reshape(cout, cin, TILE_VALUES)
+    return np.ascontiguousarray(u.reshape(-1, BLOCK_C, cin, TILE_VALUES).transpose(3, 0, 2, 1))
+
+
+@inlined_tile_helper
+def load16_at(flat, at):
+    """flat[at:at + 16] as a 16-tuple; `at` unsigned and every offset an unsigned constant (at + 1
+    with a plain int literal would be signed, with negative-index checks that stop vectorisation)."""
+    return (flat[at], flat[at + U[1]], flat[at + U[2]], flat[at + U[3]], flat[at + U[4]], flat[at + U[5]],
+            flat[at + U[6]], flat[at + U[7]], flat[at + U[8]], flat[at + U[9]], flat[at + U[10]],
+            flat[at + U[11]], flat[at + U[12]], flat[at + U[13]], flat[at + U[14]], flat[at + U[15]])
+
+
+@inlined_tile_helper
+def store16_at(flat, at, v):
+    """flat[at:at + 16] = the 16-tuple v (one vector store; `at` unsigned, offsets unsigned constants)."""
+    flat[at], flat[at + U[1]], flat[at + U[2]], flat[at + U[3]] = v[0], v[1], v[2], v[3]
+    flat[at + U[4]], flat[at + U[5]], flat[at + U[6]], flat[at + U[7]] = v[4], v[5], v[6], v[7]
+    flat[at + U[8]], flat[at + U[9]], flat[at + U[10]], flat[at + U[11]] = v[8], v[9], v[10], v[11]
+    flat[at + U[12]], flat[at + U[13]], flat[at + U[14]], flat[at + U[15]] = v[12], v[13], v[14], v[15]
+
+
+@inlined_tile_helper
+def add16(u, v):
+    return (u[0] + v[0], u[1] + v[1], u[2] + v[2], u[3] + v[3], u[4] + v[4], u[5] + v[5], u[6] + v[6],
+            u[7] + v[7], u[8] + v[8], u[9] + v[9], u[10] + v[10], u[11] + v[11], u[12] + v[12],
+            u[13] + v[13], u[14] + v[14], u[15] + v[15])
+
+
+@inlined_tile_helper
+def sub16(u, v):
+    return (u[0] - v[0], u[1] - v[1], u[2] - v[2], u[3] - v[3], u[4] - v[4], u[5] - v[5], u[6] - v[6],
+            u[7] - v[7], u[8] - v[8], u[9] - v[9], u[10] - v[10], u[11] - v[11], u[12] - v[12],
+            u[13] - v[13], u[14] - v[14], u[15] - v[15])
+
+
+@inlined_tile_helper
+def input_transform_1d(d0, d1, d2, d3, out, at, step):
+    """out[at + a*step : ... + 16] = (B^T (d0, d1, d2, d3))[a] for a = 0..3, on 16-channel vectors."""
+    store16_at(out, at, sub16(d0, d2))
+    store16_at(out, at + step, add16(d1, d2))
+    store16_at(out, at + U[2] * step, sub16(d2, d1))
+    store16_at(out, at + U[3] * step, sub16(d3, d1))
+
+
+@inlined_tile_helper
+def output_transform_1d(m0, m1, m2, m3, out, at, step):
+    """out[at + p*step : ... + 16] = (A^T (m0, m1, m2, m3))[p] for p = 0, 1, on 16-channel vectors."""
+    store16_at(out, at, add16(add16(m0, m1), m2))
+    store16_at(out, at + step, add16(sub16(m1, m2), m3))
+
+
+@inlined_tile_helper
+def tile_position(tile, tiles_d, tiles_h, tiles_w):
+    """Tile number t = ((n * tiles_d + td) * tiles_h + th) * tiles_w + tw -> (n, td, th, tw)."""
+    return (tile // (tiles_w * tiles_h * tiles_d), tile // (tiles_w * tiles_h) % tiles_d,
+            tile // tiles_w % tiles_h, tile % tiles_w)
+
+
+# The transforms of one tile and 16 channels, one axis per function. Everything called per tile is
+# an `inlined_tile_helper`: left as calls, these helpers ran ~10x slower (reference-count atomics on
+# their array arguments, and arithmetic the vectoriser never saw).
+@inlined_tile_helper
+def input_tile_along_z(source, at, plane, row_length, voxel_step, s1):
+    """s1[a, j, k] = sum_i B^T[a, i] d[i, j, k] for one 4x4x4 input tile d and 16 channels, where
+    d[i, j, k] starts at source[at + i*plane + j*row_length + k*voxel_step] (all unsigned)."""
+    for j in range(4):
+        for k in range(4):
+            voxel = at + U[j] * row_length + U[k] * voxel_step
+            to = np.uint64((j * 4 + k) * BLOCK_C)
+            input_transform_1d(load16_at(source, voxel), load16_at(source, voxel + plane),
+                               load16_at(source, voxel + U[2] * plane), load16_at(source, voxel + U[3] * plane),
+                               s1, to, np.uint64(16 * BLOCK_C))
+
+
+@inlined_tile_helper
+def stage_edge_tile(x, x_flat, n, iz0, iy0, ix0, c0, staged):
+    """staged[i, j, k, q] = x[n, iz0 + i, iy0 + j, ix0 + k, c0 + q], zero where that voxel is padding
+    or channel c0 + q does not exist: (4, 4, 4, 16) flat. For the tiles at the volume's faces and
+    the last, partial block of channels; every other tile is read from x directly. A full block of
+    16 channels moves as one vector (x_flat: x flattened)."""
+    size_d, size_h, size_w, cin = x.shape[1:]
+    width = min(BLOCK_C, cin - c0)
+    staged[:] = 0
+    for i in range(4):
+        for j in range(4):
+            for k in range(4):
+                iz, iy, ix = iz0 + i, iy0 + j, ix0 + k
+                if 0 <= iz < size_d and 0 <= iy < size_h and 0 <= ix < size_w:
+                    to = ((i * 4 + j) * 4 + k) * BLOCK_C
+                    at = (((n * size_d + iz) * size_h + iy) * size_w + ix) * cin + c0
+                    if width == BLOCK_C:
+                        store16_at(staged, np.uint64(to), load16_at(x_flat, np.uint64(at)))
+                    else:
+                        for q in range(width):
+                            staged[to + q] = x_flat[at + q]
+
+
+@inlined_tile_helper
+def input_tile_along_y(s1, s2):
+    """s2[a, b, k] = sum_j B^T[b, j] s1[a, j, k]."""
+    for a in range(4):
+        for k in range(4):
+            at = np.uint64((a * 16 + k) * BLOCK_C)
+            input_transform_1d(load16_at(s1, at), load16_at(s1, at + np.uint64(4 * BLOCK_C)),
+                               load16_at(s1, at + np.uint64(8 * BLOCK_C)), load16_at(s1, at + np.uint64(12 * BLOCK_C)),
+                               s2, at, np.uint64(4 * BLOCK_C))
+
+
+@inlined_tile_helper
+def input_tile_along_x(s2, v, to, xi_step):
+    """V[xi = (a*4 + b)*4 + c] = sum_k B^T[c, k] s2[a, b, k], stored at v[to + xi * xi_step]."""
+    for ab in range(16):
+        at = np.uint64(ab * 4 * BLOCK_C)
+        input_transform_1d(load16_at(s2, at), load16_at(s2, at + np.uint64(BLOCK_C)),
+                           load16_at(s2, at + np.uint64(2 * BLOCK_C)), load16_at(s2, at + np.uint64(3 * BLOCK_C)),
+                           v, to + np.uint64(ab * 4) * xi_step, xi_step)
+
+
+@tile_helper
+def transform_input_block(x, first, count, rows, v, s1, s2, staged):
+    """V[xi, t, :] = (B^T d B along each axis) of the input tiles first + t, t < count; V's other rows
+    are zeros. x (N, D, H, W, Cin) unpadded; v (64, rows, Cin_padded) flat; s1, s2 (64 * 16,)
+    scratch; staged (4 * 4 * 4 * 16,): a tile at a face, with its zeros. 16 channels at a time."""
+    n_batch, size_d, size_h, size_w, cin = x.shape
+    tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
+    cin_padded = (cin + BLOCK_C - 1) // BLOCK_C * BLOCK_C
+    x_flat = x.reshape(x.size)
+    voxel_step = np.uint64(cin)
+    row_length = np.uint64(size_w * cin)
+    plane = np.uint64(size_h) * row_length                 # from x[n, z] to x[n, z + 1]
+    xi_step = np.uint64(rows * cin_padded)                 # from V[xi] to V[xi + 1]
+    for xi in range(TILE_VALUES):
+        v[(xi * rows + count) * cin_padded:(xi + 1) * rows * cin_padded] = 0
+    for t in range(count):
+        n, td, th, tw = tile_position(first + t, tiles_d, tiles_h, tiles_w)
+        iz0, iy0, ix0 = 2 * td - 1, 2 * th - 1, 2 * tw - 1      # the tile's first input voxel
+        interior = (iz0 >= 0 and iy0 >= 0 and ix0 >= 0 and iz0 + 3 < size_d and iy0 + 3 < size_h
+                    and ix0 + 3 < size_w)
+        for c0 in range(0, cin, BLOCK_C):
+            if interior and c0 + BLOCK_C <= cin:
+                at = (((n * size_d + iz0) * size_h + iy0) * size_w + ix0) * cin + c0
+                input_tile_along_z(x_flat, np.uint64(at), plane, row_length, voxel_step, s1)
+            else:
+                stage_edge_tile(x, x_flat, n, iz0, iy0, ix0, c0, staged)
+                input_tile_along_z(staged, U[0], np.uint64(16 * BLOCK_C), np.uint64(4 * BLOCK_C),
+                                   np.uint64(BLOCK_C), s1)
+            input_tile_along_y(s1, s2)
+            input_tile_along_x(s2, v, np.uint64(t * cin_padded + c0), xi_step)
+
+
+@tile_helper
+def multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros):
+    """M[xi, cb, t, :] = sum_ci V[xi, t, ci] U[xi, cb, ci, :] for the 64 positions xi: (rows x Cin) @
+    (Cin x 16) per output-channel block cb, a register tile of 8 tiles (block_rows == 8; else 4)
+    x 16 output channels at a time. v (64, rows, Cin_padded) and m (64, Cout_padded/16, rows, 16)
+    flat; u_matrix rows (xi, cb, ci) of 16."""
+    cin_padded = (cin + BLOCK_C - 1) // BLOCK_C * BLOCK_C
+    step = np.uint64(cin_padded)                           # from one V row (tile) to the next
+    cin_u = np.uint64(cin)
+    end8 = rows if block_rows == 8 else 0
+    for xi in range(TILE_VALUES):
+        for cb in range(n_cblocks):
+            u_0 = np.uint64((xi * n_cblocks + cb) * cin)
+            m_0 = (xi * n_cblocks + cb) * rows
+            for t0 in range(0, end8, 8):
+                v_0 = np.uint64((xi * rows + t0) * cin_padded)
+                v_1 = v_0 + step
+                v_2 = v_1 + step
+                v_3 = v_2 + step
+                v_4 = v_3 + step
+                v_5 = v_4 + step
+                v_6 = v_5 + step
+                v_7 = v_6 + step
+                acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(zeros, 0)
+                for ci in range(cin_u):
+                    w = load16(u_matrix, u_0 + ci)
+                    acc0 = fma16(acc0, v[v_0 + ci], w)
+                    acc1 = fma16(acc1, v[v_1 + ci], w)
+                    acc2 = fma16(acc2, v[v_2 + ci], w)
+                    acc3 = fma16(acc3, v[v_3 + ci], w)
+                    acc4 = fma16(acc4, v[v_4 + ci], w)
+                    acc5 = fma16(acc5, v[v_5 + ci], w)
+                    acc6 = fma16(acc6, v[v_6 + ci], w)
+                    acc7 = fma16(acc7, v[v_7 + ci], w)
+                to = np.uint64((m_0 + t0) * BLOCK_C)
+                store16_at(m, to, acc0)
+                store16_at(m, to + np.uint64(BLOCK_C), acc1)
+                store16_at(m, to + np.uint64(2 * BLOCK_C), acc2)
+                store16_at(m, to + np.uint64(3 * BLOCK_C), acc3)
+                store16_at(m, to + np.uint64(4 * BLOCK_C), acc4)
+                store16_at(m, to + np.uint64(5 * BLOCK_C), acc5)
+                store16_at(m, to + np.uint64(6 * BLOCK_C), acc6)
+                store16_at(m, to + np.uint64(7 * BLOCK_C), acc7)
+            for t0 in range(end8, rows, 4):
+                v_0 = np.uint64((xi * rows + t0) * cin_padded)
+                v_1 = v_0 + step
+                v_2 = v_1 + step
+                v_3 = v_2 + step
+                acc0 = acc1 = acc2 = acc3 = load16(zeros, 0)
+                for ci in range(cin_u):
+                    w = load16(u_matrix, u_0 + ci)
+                    acc0 = fma16(acc0, v[v_0 + ci], w)
+                    acc1 = fma16(acc1, v[v_1 + ci], w)
+                    acc2 = fma16(acc2, v[v_2 + ci], w)
+                    acc3 = fma16(acc3, v[v_3 + ci], w)
+                to = np.uint64((m_0 + t0) * BLOCK_C)
+                store16_at(m, to, acc0)
+                store16_at(m, to + np.uint64(BLOCK_C), acc1)
+                store16_at(m, to + np.uint64(2 * BLOCK_C), acc2)
+                store16_at(m, to + np.uint64(3 * BLOCK_C), acc3)
+
+
+@inlined_tile_helper
+def output_tile_along_z(m, at, xi_step, s1):
+    """s1[p, b, c] = sum_a A^T[p, a] M[(a*4 + b)*4 + c], M[xi] at m[at + xi * xi_step]."""
+    a_step = np.uint64(16) * xi_step                       # from M[a, b, c] to M[a + 1, b, c]
+    for bc in range(16):
+        row = at + np.uint64(bc) * xi_step
+        output_transform_1d(load16_at(m, row), load16_at(m, row + a_step),
+                            load16_at(m, row + U[2] * a_step), load16_at(m, row + U[3] * a_step),
+                            s1, np.uint64(bc * BLOCK_C), np.uint64(16 * BLOCK_C))
+
+
+@inlined_tile_helper
+def output_tile_along_y(s1, s2):
+    """s2[p, q, c] = sum_b A^T[q, b] s1[p, b, c]."""
+    for p in range(2):
+        for c in range(4):
+            at = np.uint64((p * 16 + c) * BLOCK_C)
+            output_transform_1d(load16_at(s1, at), load16_at(s1, at + np.uint64(4 * BLOCK_C)),
+                                load16_at(s1, at + np.uint64(8 * BLOCK_C)), load16_at(s1, at + np.uint64(12 * BLOCK_C)),
+                                s2, np.uint64((p * 8 + c) * BLOCK_C), np.uint64(4 * BLOCK_C))
+
+
+@inlined_tile_helper
+def output_tile_along_x(s2, bias, bias_at, y_flat, at, row_length, plane, voxel_step, pq_inside, r1_inside):
+    """y[p, q, r] = sum_c A^T[r, c] s2[p, q, c] + bias, for the voxels that exist: y[p, q, 0] at
+    y_flat[at + p * plane + q * row_length] if pq_inside[p*2 + q], y[p, q, 1] one voxel_step on if
+    also r1_inside."""
+    b16 = load16_at(bias, bias_at)
+    for pq in range(4):
+        if pq_inside[pq]:
+            s_at = np.uint64(pq * 4 * BLOCK_C)
+            m0, m1 = load16_at(s2, s_at), load16_at(s2, s_at + np.uint64(BLOCK_C))
+            m2, m3 = load16_at(s2, s_at + np.uint64(2 * BLOCK_C)), load16_at(s2, s_at + np.uint64(3 * BLOCK_C))
+            to = at + np.uint64(pq // 2) * plane + np.uint64(pq % 2) * row_length
+            store16_at(y_flat, to, add16(add16(add16(m0, m1), m2), b16))            # A^T row 0, + bias
+            if r1_inside:
+                store16_at(y_flat, to + voxel_step, add16(add16(sub16(m1, m2), m3), b16))   # A^T row 1
+
+
+@tile_helper
+def transform_output_block(m, bias, first, count, rows, s1, s2, y):
+    """y voxels of the tiles first + t, t < count: (A^T M A along each axis) + bias, 16 output channels
+    at a time, into the voxels of y that exist (a tile past an odd edge is partial).
+    m (64, Cout_padded/16, rows, 16) flat; bias (Cout_padded,); y (N, D, H, W, Cout_padded)."""
+    n_batch, size_d, size_h, size_w, cout_padded = y.shape
+    tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
+    n_cblocks = cout_padded // BLOCK_C
+    y_flat = y.reshape(y.size)
+    xi_step = np.uint64(n_cblocks * rows * BLOCK_C)        # from M[xi] to M[xi + 1]
+    row_length = np.uint64(size_w * cout_padded)
+    plane = np.uint64(size_h) * row_length
+    for t in range(count):
+        n, td, th, tw = tile_position(first + t, tiles_d, tiles_h, tiles_w)
+        z1, y1 = 2 * td + 1 < size_d, 2 * th + 1 < size_h
+        pq_inside = (True, y1, z1, z1 and y1)
+        corner = (((n * size_d + 2 * td) * size_h + 2 * th) * size_w + 2 * tw) * cout_padded
+        for cb in range(n_cblocks):
+            output_tile_along_z(m, np.uint64((cb * rows + t) * BLOCK_C), xi_step, s1)
+            output_tile_along_y(s1, s2)
+            output_tile_along_x(s2, bias, np.uint64(cb * BLOCK_C), y_flat, np.uint64(corner + cb * BLOCK_C),
+                                row_length, plane, np.uint64(cout_padded), pq_inside, 2 * tw + 1 < size_w)
+
+
+@blocked_kernel
+def winograd_forward_kernel(x, u_packed, bias, tiles_per_block, block_rows, n_workers, y):
+    """y = conv(x, weight) + bias for 3x3x3, stride 1, padding 1, by F(2^3, 3^3) (sections 2-3 above).
+
+    x (N, D, H, W, Cin) unpadded; u_packed (64, Cout_padded/16, Cin, 16) from
+    `pack_transformed_filter`; bias (Cout_padded,); y (N, D, H, W, Cout_padded); block_rows = BLOCK_W
+    (8 or 4 tiles per register tile). A block is `tiles_per_block` consecutive tiles; one worker owns
+    a block's tiles and their output voxels, and computes what winograd_forward_reference computes,
+    in the input's dtype, reordered: `transform_input_block`, `multiply_block`, `transform_output_block`
+    through the block's own V and M (sized for L2). The prange runs over n_workers (the thread
+    count) workers, each with its own buffers, taking blocks worker, worker + n_workers, ...: the
+    buffers are allocated once per call, not once per block (fresh pages for every block cost more
+    than the arithmetic). Which worker computes a tile does not change its value: deterministic.
+    """
+    n_batch, size_d, size_h, size_w, cin = x.shape
+    n_cblocks = u_packed.shape[1]
+    n_tiles = n_batch * ((size_d + 1) // 2) * ((size_h + 1) // 2) * ((size_w + 1) // 2)
+    n_blocks = (n_tiles + tiles_per_block - 1) // tiles_per_block
+    rows = (tiles_per_block + 7) // 8 * 8                  # V and M rows: whole register tiles
+    cin_padded = (cin + BLOCK_C - 1) // BLOCK_C * BLOCK_C
+    u_matrix = u_packed.reshape(u_packed.size // BLOCK_C, BLOCK_C)       # rows (xi, cb, ci)
+    for worker in prange(n_workers):
+        v = np.empty(TILE_VALUES * rows * cin_padded, dtype=y.dtype)            # V (64, rows, Cin_padded)
+        m = np.empty(TILE_VALUES * n_cblocks * rows * BLOCK_C, dtype=y.dtype)  # M (64, Cout_p/16, rows, 16)
+        s1 = np.empty(TILE_VALUES * BLOCK_C, dtype=y.dtype)                    # scratch: one axis done
+        s2 = np.empty(TILE_VALUES * BLOCK_C, dtype=y.dtype)                    # two axes done
+        zeros = np.zeros((1, BLOCK_C), dtype=y.dtype)                         # a zero register tile
+        staged = np.empty(TILE_VALUES * BLOCK_C, dtype=y.dtype)                # a tile at a face
+        for block in range(worker, n_blocks, n_workers):
+            first = np.int64(block) * tiles_per_block
+            count = min(tiles_per_block, n_tiles - first)
+            transform_input_block(x, first, count, rows, v, s1, s2, staged)
+            multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros)
+            transform_output_block(m, bias, first, count, rows, s1, s2, y)
+
+
+def tiles_per_block_for(cin, cout_padded):
+    """Tiles per block: V and M of a block, 64 * tiles * (Cin + Cout) values, in about 128 KiB of
+    float32, in whole register tiles (8..64). Measured at the U-Net's shapes on 2 threads: smaller
+    blocks were faster down to 8 tiles (buffers that stay in L1/L2 while the three phases pass over
+    them; many blocks to share between threads at 8^3), larger ones up to 2x slower."""
+    cin_padded = -(-cin // BLOCK_C) * BLOCK_C
+    return int(min(64, max(8, 512 // (cin_padded + cout_padded) // 8 * 8)))
+
+
+def winograd_forward(x, weight, bias, block_rows=BLOCK_W, tiles_per_block=None):
+    """Line (1) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1, by F(2^3, 3^3):
+    x (N, D, H, W, Cin) channels-last and unpadded -> y (N, D, H, W, Cout). weight
+    (Cout, Cin, 3, 3, 3); bias (Cout,) or None; block_rows: the register tile (this CPU's BLOCK_W;
+    the tests pass 4 and 8); tiles_per_block: None for `tiles_per_block_for`."""
+    x = np.ascontiguousarray(x)
+    cout = weight.shape[0]
+    u_packed = pack_transformed_filter(weight, x.dtype)                 # (64, Cout_p/16, Cin, 16)
+    cout_padded = u_packed.shape[1] * BLOCK_C
+    bias_padded = np.zeros(cout_padded, dtype=x.dtype)
+    if bias is not None:
+        bias_padded[:cout] = bias
+    if tiles_per_block is None:
+        tiles_per_block = tiles_per_block_for(x.shape[4], cout_padded)
+    y = np.empty((*x.shape[:4], cout_padded), dtype=x.dtype)           # (N, D, H, W, Cout_padded)
+    winograd_forward_kernel(x, u_packed, bias_padded, np.int64(tiles_per_block), np.int64(block_rows),
+                            np.int64(numba.get_num_threads()), y)
+    return y if cout_padded == cout else np.ascontiguousarray(y[..., :cout])
+
+
+def winograd_grad_input(grad_output, weight, block_rows=BLOCK_W):
+    """Line (3) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1: the output gradient
+    (N, D, H, W, Cout), padded by k - 1 - p = 1, convolved with the flipped, in/out-swapped kernel:
+    the same F(2^3, 3^3) forward. -> dL/dx (N, D, H, W, Cin)."""
+    return winograd_forward(grad_output, flipped_transposed(weight), None, block_rows)

@@ -1,0 +1,82 @@
+"""Winograd F(2^3, 3^3) (nn3d/kernels/winograd.py): the matrices against the direct 1-D sum, the plain
+reference against the direct-convolution reference, and the fast kernel against both."""
+import numpy as np
+import pytest
+
+from nn3d.kernels import reference, winograd
+from nn3d.kernels.padding import pad_channels_last
+
+
+def test_one_dimensional_f23_is_the_correlation():
+    rng = np.random.default_rng(0)
+    d, g = rng.standard_normal(4), rng.standard_normal(3)
+    y = winograd.A_T @ ((winograd.G @ g) * (winograd.B_T @ d))                # 4 multiplications
+    np.testing.assert_allclose(y, [d[0:3] @ g, d[1:4] @ g], rtol=0, atol=1e-14)
+
+
+# (batch, Cin, Cout, (D, H, W)): odd and even sizes (partial last tiles), non-cubic, C = 1, Cin != Cout
+REFERENCE_SHAPES = [(2, 3, 5, (5, 6, 7)), (1, 1, 1, (3, 4, 1)), (1, 4, 2, (2, 9, 4))]
+
+
+@pytest.mark.parametrize("batch, cin, cout, size", REFERENCE_SHAPES)
+def test_reference_equals_direct_convolution(batch, cin, cout, size):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((batch, *size, cin))                            # (N, D, H, W, Cin)
+    weight = rng.standard_normal((cout, cin, 3, 3, 3))
+    bias = rng.standard_normal(cout)
+    direct = reference.conv3d_forward_reference(pad_channels_last(x, (1, 1, 1)), weight, bias, (1, 1, 1))
+    # float64 rounding only: the sums have ~100 terms of size ~1
+    np.testing.assert_allclose(winograd.winograd_forward_reference(x, weight, bias), direct,
+                               rtol=0, atol=1e-12)
+
+
+# ---- the fast kernel: against the reference in float64, against the direct kernel in float32 --
+# (batch, Cin, Cout, (D, H, W)): odd sizes (partial last tiles, faces on every side), non-cubic,
+# C = 1, Cin != Cout, channel counts that are not multiples of 16 (tail blocks) and one that spans
+# two 16-blocks each way; tiles_per_block 8 with a short last block (tiles not a multiple of 8)
+KERNEL_SHAPES = [(2, 3, 5, (5, 6, 7)), (1, 1, 1, (3, 4, 1)), (1, 17, 33, (4, 3, 6)), (3, 16, 16, (2, 2, 2))]
+
+
+@pytest.mark.parametrize("batch, cin, cout, size", KERNEL_SHAPES)
+@pytest.mark.parametrize("block_rows", [4, 8])     # both register tiles (AVX2, AVX-512), on any CPU
+def test_kernel_matches_reference(batch, cin, cout, size, block_rows):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((batch, *size, cin))                            # (N, D, H, W, Cin)
+    weight = rng.standard_normal((cout, cin, 3, 3, 3))
+    bias = rng.standard_normal(cout)
+    expected = winograd.winograd_forward_reference(x, weight, bias)
+    for tiles_per_block in (None, 8):
+        y = winograd.winograd_forward(x, weight, bias, block_rows, tiles_per_block)
+        np.testing.assert_allclose(y, expected, rtol=0, atol=1e-11)        # float64: rounding only
+    grad_output = rng.standard_normal(expected.shape)                      # (N, D, H, W, Cout)
+    np.testing.assert_allclose(
+        winograd.winograd_grad_input(grad_output, weight, block_rows),
+        reference.conv3d_grad_input_reference(grad_output, weight, size, (1, 1, 1), (1, 1, 1)),
+        rtol=0, atol=1e-11)
+
+
+def test_float32_kernel_is_close_to_the_direct_kernel():
+    """float32 on a U-Net-like layer: Winograd's error relative to the output's scale is ~3e-7 (below
+    the direct kernel's; benchmarks/winograd_accuracy.py measures every U-Net layer). 2e-6 is ~30
+    float32 epsilons and 10x the direct kernel's allows for machines that round differently; an
+    indexing error would be of order 1."""
+    from nn3d.kernels.conv3d import conv3d_forward
+    from nn3d.gradcheck import max_relative_error
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 9, 8, 7, 32)).astype(np.float32)
+    weight = (rng.standard_normal((16, 32, 3, 3, 3)) / np.sqrt(32 * 27)).astype(np.float32)
+    exact = winograd.winograd_forward_reference(x.astype(np.float64), weight.astype(np.float64), None)
+    direct = conv3d_forward(pad_channels_last(x, (1, 1, 1)), weight, None, (1, 1, 1))
+    fast = winograd.winograd_forward(x, weight, None)
+    assert fast.dtype == np.float32
+    assert max_relative_error(fast, exact) < 2e-6
+    assert max_relative_error(fast, exact) < 10 * max(max_relative_error(direct, exact), 1e-7)
+
+
+def test_packed_filter_transform_matches_the_reference():
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((17, 3, 3, 3, 3))                          # Cout tail: 17 = 16 + 1
+    u_packed = winograd.pack_transformed_filter(weight, np.float64)         # (64, 2, Cin, 16)
+    u = winograd.filter_transform(weight).reshape(17, 3, 64)                # (Cout, Cin, 64)
+    np.testing.assert_allclose(u_packed.transpose(1, 3, 2, 0).reshape(32, 3, 64)[:17], u, rtol=0, atol=1e-13)
+    assert not u_packed[:, 1, :, 1:].any()                                  # padding channels stay zero
