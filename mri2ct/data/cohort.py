@@ -172,7 +172,8 @@ def generate_cohort(out_dir, patients=60, seed=0, shape=64, spacing=3.0, supersa
         tasks = [(building, layout, i, seed, shape, spacing, supersample) for i in range(patients)]
         progress = dict(total=patients, desc="patients", unit="patient")
         if workers == 1:
-            results = [_write_patient(task) for task in tqdm(tasks, **progress)]
+            with threadpool_limits(1):                  # one BLAS thread, as in the workers: same files
+                results = [_write_patient(task) for task in tqdm(tasks, **progress)]
         else:
             with Pool(workers, initializer=_limit_threads) as pool:
                 results = list(tqdm(pool.imap(_write_patient, tasks), **progress))
