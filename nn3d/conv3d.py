@@ -149,7 +149,7 @@ class Conv3d(Module):
         input_shape = self.check_inputs(inputs)
         inputs_cl = tuple(to_channels_last(x) for x in inputs)            # (N, D, H, W, C_j) each
         bias = None if self.bias is None else self.bias.data
-        if self._algorithm() == "winograd":                               # reads x unpadded
+        if self._algorithm(input_shape) == "winograd":                    # reads x unpadded
             x_cl = inputs_cl[0] if len(inputs_cl) == 1 else np.concatenate(inputs_cl, axis=4)
             y_cl = winograd_forward(x_cl, self.weight.data, bias)         # (1) (N, D, H, W, Cout)
             del x_cl
@@ -183,7 +183,7 @@ class Conv3d(Module):
         if not self.requires_input_grad:
             return None
         bands = list(zip(bands[:-1], bands[1:]))                          # input j: channels [start, stop)
-        if self._algorithm() == "winograd":
+        if self._algorithm(input_shape) == "winograd":
             grads = tuple(from_channels_last(                             # (N, C_j, D, H, W) views
                 winograd_grad_input(grad_output_cl, np.ascontiguousarray(self.weight.data[:, start:stop])))
                 for start, stop in bands)                                 # (3), input j
@@ -196,10 +196,11 @@ class Conv3d(Module):
                 for start, stop in bands)
         return grads[0] if len(grads) == 1 else grads
 
-    def _algorithm(self):
-        """'direct' or 'winograd' for (1) and (3): nn3d/kernels/conv_algorithm.py."""
+    def _algorithm(self, input_shape):
+        """'direct' or 'winograd' for (1) and (3) on an input of input_shape (N, Cin, D, H, W):
+        nn3d/kernels/conv_algorithm.py."""
         return conv_algorithm(self.kernel_size, self.stride, self.padding, self.in_channels,
-                              self.out_channels)
+                              self.out_channels, input_shape)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

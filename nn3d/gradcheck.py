@@ -240,7 +240,7 @@ def main(argv=None):
         rows = check_mse(layer, inputs[0], inputs[1], eps)
     else:
         rows = check_layer(layer, inputs, eps, args.seed)
-    name = f"conv3d ({layer._algorithm()})" if args.layer == "conv3d" else args.layer   # NN3D_CONV picks
+    name = f"conv3d ({layer._algorithm(inputs[0].shape)})" if args.layer == "conv3d" else args.layer  # NN3D_CONV
     ok = print_table(f"{name} {shape} {dtype}: backward vs central differences", rows, tolerance)
 
     if args.torch:

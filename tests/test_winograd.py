@@ -80,3 +80,22 @@ def test_packed_filter_transform_matches_the_reference():
     u = winograd.filter_transform(weight).reshape(17, 3, 64)                # (Cout, Cin, 64)
     np.testing.assert_allclose(u_packed.transpose(1, 3, 2, 0).reshape(32, 3, 64)[:17], u, rtol=0, atol=1e-13)
     assert not u_packed[:, 1, :, 1:].any()                                  # padding channels stay zero
+
+
+def test_rule_sends_thin_small_and_other_shapes_direct(monkeypatch):
+    """conv_algorithm.py's rule: Winograd for 3x3x3 / stride 1 / padding 1 with >= 16 channels both
+    ways and >= 512 output tiles; NN3D_CONV forces either path where Winograd applies, never elsewhere."""
+    from nn3d.kernels.conv_algorithm import conv_algorithm
+    monkeypatch.delenv("NN3D_CONV", raising=False)
+    k3, s1, p1 = (3, 3, 3), (1, 1, 1), (1, 1, 1)
+    assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64)) == "winograd"
+    assert conv_algorithm(k3, s1, p1, 64, 128, (1, 64, 16, 16, 16)) == "winograd"     # 512 tiles
+    assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8)) == "direct"       # 64 tiles
+    assert conv_algorithm(k3, s1, p1, 128, 128, (8, 128, 8, 8, 8)) == "winograd"     # batch 8: 512
+    assert conv_algorithm(k3, s1, p1, 1, 16, (1, 1, 64, 64, 64)) == "direct"         # thin
+    assert conv_algorithm(k3, (2, 2, 2), p1, 16, 16, (1, 16, 64, 64, 64)) == "direct"
+    monkeypatch.setenv("NN3D_CONV", "winograd")
+    assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8)) == "winograd"
+    assert conv_algorithm((1, 1, 1), s1, (0, 0, 0), 16, 16, (1, 16, 8, 8, 8)) == "direct"
+    monkeypatch.setenv("NN3D_CONV", "direct")
+    assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64)) == "direct"

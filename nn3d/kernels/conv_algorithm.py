@@ -6,6 +6,9 @@ shape runs direct. Among those, the rule: Winograd when both channel counts are 
 that the products are too thin to pay for the transforms (the U-Net's 1 -> 16 input layer ran
 several times slower by Winograd); from 16 channels on, Winograd ran as fast (16 -> 16 at 64^3) to
 2-3x faster (32..128 channels) than the direct kernels (benchmarks/kernels.py, the "wino" rows).
+And Winograd needs at least 512 output tiles of 2x2x2 voxels (a 16^3 volume): at the U-Net's 8^3
+bottleneck (64 tiles, 8 blocks of tiles to share between the threads, where nn3d aims at 32 parallel
+work items) it ran 1.5-2x slower than direct on 2 threads; at 16^3 (512 tiles) 2x faster.
 The rule depends on the shape only, so the choice, and the result, is the same on every run and for
 every thread count. Grad-input (a convolution Cout -> Cin) obeys the same rule.
 
@@ -16,6 +19,7 @@ import os
 
 ALGORITHMS = ("direct", "winograd")
 WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_TILES = 512
 
 
 def winograd_applies(kernel_size, stride, padding):
@@ -23,8 +27,9 @@ def winograd_applies(kernel_size, stride, padding):
     return kernel_size == (3, 3, 3) and stride == (1, 1, 1) and padding == (1, 1, 1)
 
 
-def conv_algorithm(kernel_size, stride, padding, in_channels, out_channels):
-    """'direct' or 'winograd' for a Conv3d with these hyper-parameters (see the rule above)."""
+def conv_algorithm(kernel_size, stride, padding, in_channels, out_channels, input_shape):
+    """'direct' or 'winograd' for a Conv3d with these hyper-parameters and an input of
+    input_shape (N, Cin, D, H, W) (see the rule above)."""
     forced = os.environ.get("NN3D_CONV", "")
     if forced and forced not in ALGORITHMS:
         raise ValueError(f"NN3D_CONV must be one of {', '.join(ALGORITHMS)}, got {forced!r}")
@@ -32,4 +37,8 @@ def conv_algorithm(kernel_size, stride, padding, in_channels, out_channels):
         return "direct"
     if forced:
         return forced
-    return "winograd" if min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS else "direct"
+    n_batch, _, size_d, size_h, size_w = input_shape
+    tiles = n_batch * ((size_d + 1) // 2) * ((size_h + 1) // 2) * ((size_w + 1) // 2)
+    if min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS and tiles >= WINOGRAD_MIN_TILES:
+        return "winograd"
+    return "direct"
