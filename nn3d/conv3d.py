@@ -150,7 +150,8 @@ class Conv3d(Module):
         inputs_cl = tuple(to_channels_last(x) for x in inputs)            # (N, D, H, W, C_j) each
         bias = None if self.bias is None else self.bias.data
         if self._algorithm(input_shape) == "winograd":                    # reads x unpadded
-            x_cl = inputs_cl[0] if len(inputs_cl) == 1 else np.concatenate(inputs_cl, axis=4)
+            x_cl = (inputs_cl[0] if len(inputs_cl) == 1                  # (N, D, H, W, Cin)
+                    else pad_and_concatenate(inputs_cl, (0, 0, 0)))       # side by side, no padding
             y_cl = winograd_forward(x_cl, self.weight.data, bias)         # (1) (N, D, H, W, Cout)
             del x_cl
         else:

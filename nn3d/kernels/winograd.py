@@ -81,6 +81,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from .. import arena
 from ..threads import single_threaded_blas
 from .conv3d import BLOCK_C, BLOCK_W, flipped_transposed, fma16, load16
 from .jit import blocked_kernel, inlined_tile_helper, tile_helper
@@ -473,10 +474,10 @@ def winograd_forward(x, weight, bias, block_rows=BLOCK_W, tiles_per_block=None):
         bias_padded[:cout] = bias
     if tiles_per_block is None:
         tiles_per_block = tiles_per_block_for(x.shape[4], cout_padded)
-    y = np.empty((*x.shape[:4], cout_padded), dtype=x.dtype)           # (N, D, H, W, Cout_padded)
+    y = arena.empty((*x.shape[:4], cout_padded), x.dtype)              # (N, D, H, W, Cout_padded)
     winograd_forward_kernel(x, u_packed, bias_padded, np.int64(tiles_per_block), np.int64(block_rows),
                             np.int64(numba.get_num_threads()), y)
-    return y if cout_padded == cout else np.ascontiguousarray(y[..., :cout])
+    return y if cout_padded == cout else arena.copy(y[..., :cout])
 
 
 def winograd_grad_input(grad_output, weight, block_rows=BLOCK_W):
