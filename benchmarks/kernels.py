@@ -67,7 +67,8 @@ def conv_passes(kind, spec, rng):
     from nn3d.kernels.conv3d import (BLOCK_C, conv3d_forward, conv3d_grad_input, conv3d_grad_weight,
                                      grad_weight_chunks)
     from nn3d.kernels.padding import pad_and_concatenate, pad_channels_last
-    from nn3d.kernels.winograd import tiles_per_block_for, winograd_forward, winograd_grad_input
+    from nn3d.kernels.winograd import (filter_transform, tiles_per_block_for, winograd_forward,
+                                       winograd_grad_input)
     from nn3d.layout import to_channels_last
 
     cin, cout, size = spec["cin"], spec["cout"], spec["size"]
@@ -108,16 +109,15 @@ def conv_passes(kind, spec, rng):
         label = "grad_input*" if name == "grad_input" and cin == 1 else name
         passes[label] = (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None, items[name])
     if kind == "conv3":       # the same two passes by Winograd F(2^3, 3^3); rates are effective
-        def concatenated():   # Winograd reads its input unpadded: several inputs are concatenated
-            return parts_cl[0] if len(parts_cl) == 1 else np.concatenate(parts_cl, axis=4)
         tiles = ((size + 1) // 2) ** 3                              # 2x2x2 output tiles
         blocks = lambda c_in, c_out: -(-tiles // tiles_per_block_for(c_in, -(-c_out // BLOCK_C) * BLOCK_C))
-        passes["wino fwd"] = (lambda: winograd_forward(concatenated(), layer.weight.data, layer.bias.data),
-                              formats["ncdhw"]["forward"], formats["cl"]["forward"], flops, None,
-                              blocks(cin, cout))
+        weight_transform = filter_transform(layer.weight.data)      # forward's U, kept for grad-input
+        passes["wino fwd"] = (          # as the layer: the filter transform, then the inputs in place
+            lambda: winograd_forward(tuple(parts_cl), filter_transform(layer.weight.data), layer.bias.data),
+            formats["ncdhw"]["forward"], formats["cl"]["forward"], flops, None, blocks(cin, cout))
         passes["wino grad_in" + ("*" if cin == 1 else "")] = (
-            lambda: winograd_grad_input(g_cl, layer.weight.data), formats["ncdhw"]["grad_input"],
-            formats["cl"]["grad_input"], flops, None, blocks(cout, cin))
+            lambda: winograd_grad_input(g_cl, weight_transform, tuple(x.shape[4] for x in parts_cl)),
+            formats["ncdhw"]["grad_input"], formats["cl"]["grad_input"], flops, None, blocks(cout, cin))
     return passes
 
 

@@ -21,7 +21,7 @@ def pass_errors(cin, cout, size, rng):
     from nn3d.gradcheck import max_relative_error
     from nn3d.kernels.conv3d import conv3d_forward, conv3d_grad_input
     from nn3d.kernels.padding import pad_channels_last
-    from nn3d.kernels.winograd import winograd_forward, winograd_grad_input
+    from nn3d.kernels.winograd import filter_transform, winograd_forward, winograd_grad_input
 
     bound = 1 / np.sqrt(cin * 27)
     weight = rng.uniform(-bound, bound, (cout, cin, 3, 3, 3)).astype(np.float32)
@@ -33,9 +33,9 @@ def pass_errors(cin, cout, size, rng):
              "grad_input": conv3d_grad_input(g.astype(np.float64), weight.astype(np.float64),
                                              (size,) * 3, ones, pad)}
     ours = {("forward", "direct"): conv3d_forward(pad_channels_last(x, pad), weight, None, ones),
-            ("forward", "winograd"): winograd_forward(x, weight, None),
+            ("forward", "winograd"): winograd_forward((x,), filter_transform(weight), None),
             ("grad_input", "direct"): conv3d_grad_input(g, weight, (size,) * 3, ones, pad),
-            ("grad_input", "winograd"): winograd_grad_input(g, weight)}
+            ("grad_input", "winograd"): winograd_grad_input(g, filter_transform(weight), (cin,))[0]}
     return {key: max_relative_error(value, truth[key[0]]) for key, value in ours.items()}
 
 

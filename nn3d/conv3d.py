@@ -71,9 +71,10 @@ nn3d/kernels/reference.py compute (1), (2) and (4) in plain NumPy; read them bef
 Algorithm: 3x3x3, stride-1, padding-1 convolutions of 16 or more channels compute (1) and (3) by
 Winograd's F(2^3, 3^3) (nn3d/kernels/winograd.py: 64 multiplications per 2x2x2 output tile and
 channel pair instead of 216); `conv_algorithm` (nn3d/kernels/conv_algorithm.py) decides, and
-NN3D_CONV=direct|winograd forces one. (4) and (5) always run direct. Winograd reads its input
-unpadded, so with several inputs its forward concatenates them into one buffer (the size of the
-direct path's x_pad, freed after the pass); its (3) runs once per input on that input's band of w.
+NN3D_CONV=direct|winograd forces one. (4) and (5) always run direct. Winograd reads its inputs
+unpadded and in place, a decoder's two side by side as if concatenated, and computes (3) for all of
+them in one pass whose output comes out split into the inputs' bands. The filter transform it needs
+(U, from the weights) is computed once, in forward, and kept for backward.
 
 Memory: activations are channels-last (nn3d/layout.py); the kernels (nn3d/kernels/conv3d.py) work on
 (N, D, H, W, C) arrays, cite the line numbers above and use the same formulas with the channel index
@@ -91,7 +92,7 @@ from .kernels.conv3d import (conv3d_forward, conv3d_grad_input_of_spread, conv3d
                              spread_grad_output)
 from .kernels.conv_algorithm import conv_algorithm
 from .kernels.padding import pad_and_concatenate
-from .kernels.winograd import winograd_forward, winograd_grad_input
+from .kernels.winograd import filter_transform, winograd_forward, winograd_grad_input
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
 
@@ -101,6 +102,7 @@ class Conv3dCache(NamedTuple):
     inputs_cl: tuple          # the inputs, channels-last, unpadded: (N, D, H, W, C_j) each, sum C_j = Cin
     input_shape: tuple        # (N, Cin, D, H, W)
     output_shape: tuple       # (N, Cout, Do, Ho, Wo): what grad_output must be
+    weight_transform: object  # Winograd's U (Cout, Cin, 4, 4, 4) float64, or None on the direct path
 
 
 class Conv3d(Module):
@@ -149,17 +151,16 @@ class Conv3d(Module):
         input_shape = self.check_inputs(inputs)
         inputs_cl = tuple(to_channels_last(x) for x in inputs)            # (N, D, H, W, C_j) each
         bias = None if self.bias is None else self.bias.data
-        if self._algorithm(input_shape) == "winograd":                    # reads x unpadded
-            x_cl = (inputs_cl[0] if len(inputs_cl) == 1                  # (N, D, H, W, Cin)
-                    else pad_and_concatenate(inputs_cl, (0, 0, 0)))       # side by side, no padding
-            y_cl = winograd_forward(x_cl, self.weight.data, bias)         # (1) (N, D, H, W, Cout)
-            del x_cl
+        weight_transform = None
+        if self._algorithm(input_shape) == "winograd":                    # reads the inputs in place
+            weight_transform = filter_transform(self.weight.data)         # U (Cout, Cin, 4, 4, 4)
+            y_cl = winograd_forward(inputs_cl, weight_transform, bias)    # (1) (N, D, H, W, Cout)
         else:
             x_pad = pad_and_concatenate(inputs_cl, self.padding)          # (N, D+2pd, H+2ph, W+2pw, Cin)
             y_cl = conv3d_forward(x_pad, self.weight.data, bias, self.stride)   # (1) (N, Do, Ho, Wo, Cout)
             del x_pad
         y = from_channels_last(y_cl)                                      # (N, Cout, Do, Ho, Wo) view
-        self._cache = (Conv3dCache(inputs_cl, input_shape, y.shape)       # no x_pad: see above
+        self._cache = (Conv3dCache(inputs_cl, input_shape, y.shape, weight_transform)   # no x_pad
                        if is_grad_enabled() else None)
         return y
 
@@ -169,7 +170,7 @@ class Conv3d(Module):
     #          (5) dL/db[co] = sum_{n,od,oh,ow} G[n,co,od,oh,ow]   (float64 sum)
     def backward(self, grad_output):
         check_forward_ran(self._cache, "Conv3d")
-        inputs_cl, input_shape, output_shape = self._cache
+        inputs_cl, input_shape, output_shape, weight_transform = self._cache
         check_grad_output(grad_output, output_shape, inputs_cl[0].dtype, "Conv3d")
         self._cache = None                                                # consumed: x goes after (4)
         grad_output_cl = to_channels_last(grad_output)                    # (N, Do, Ho, Wo, Cout)
@@ -184,10 +185,10 @@ class Conv3d(Module):
         if not self.requires_input_grad:
             return None
         bands = list(zip(bands[:-1], bands[1:]))                          # input j: channels [start, stop)
-        if self._algorithm(input_shape) == "winograd":
-            grads = tuple(from_channels_last(                             # (N, C_j, D, H, W) views
-                winograd_grad_input(grad_output_cl, np.ascontiguousarray(self.weight.data[:, start:stop])))
-                for start, stop in bands)                                 # (3), input j
+        if weight_transform is not None:                                  # Winograd: all inputs at once
+            grads = tuple(from_channels_last(grad_cl) for grad_cl in      # (N, C_j, D, H, W) views
+                          winograd_grad_input(grad_output_cl, weight_transform,
+                                              tuple(stop - start for start, stop in bands)))   # (3)
         else:
             grad_output_spread = spread_grad_output(grad_output_cl, self.kernel_size, input_shape[2:],
                                                     self.stride, self.padding)   # S of (3) (N, D+kD-1, ..., Cout)

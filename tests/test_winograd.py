@@ -45,14 +45,51 @@ def test_kernel_matches_reference(batch, cin, cout, size, block_rows):
     weight = rng.standard_normal((cout, cin, 3, 3, 3))
     bias = rng.standard_normal(cout)
     expected = winograd.winograd_forward_reference(x, weight, bias)
+    u = winograd.filter_transform(weight)
     for tiles_per_block in (None, 8):
-        y = winograd.winograd_forward(x, weight, bias, block_rows, tiles_per_block)
+        y = winograd.winograd_forward((x,), u, bias, block_rows, tiles_per_block)
         np.testing.assert_allclose(y, expected, rtol=0, atol=1e-11)        # float64: rounding only
     grad_output = rng.standard_normal(expected.shape)                      # (N, D, H, W, Cout)
+    (grad_input,) = winograd.winograd_grad_input(grad_output, u, (cin,), block_rows)
     np.testing.assert_allclose(
-        winograd.winograd_grad_input(grad_output, weight, block_rows),
-        reference.conv3d_grad_input_reference(grad_output, weight, size, (1, 1, 1), (1, 1, 1)),
+        grad_input, reference.conv3d_grad_input_reference(grad_output, weight, size, (1, 1, 1), (1, 1, 1)),
         rtol=0, atol=1e-11)
+
+
+# (channels of the two inputs, Cout): the decoder's case (first input a multiple of 16: read in
+# place, and the gradient written in place as two arrays) and the fallbacks (a first band of 3 or 17
+# channels: one concatenated copy, one split copy), with a tail block in the second
+TWO_INPUT_CHANNELS = [((16, 16), 16), ((32, 5), 17), ((3, 16), 16), ((17, 2), 4)]
+
+
+@pytest.mark.parametrize("channels, cout", TWO_INPUT_CHANNELS)
+@pytest.mark.parametrize("block_rows", [4, 8])
+def test_two_inputs_are_convolved_as_their_concatenation(channels, cout, block_rows):
+    rng = np.random.default_rng(5)
+    size = (3, 6, 5)                                                        # odd and non-cubic
+    inputs = tuple(rng.standard_normal((2, *size, c)) for c in channels)   # (N, D, H, W, C_j)
+    weight = rng.standard_normal((cout, sum(channels), 3, 3, 3))
+    bias = rng.standard_normal(cout)
+    u = winograd.filter_transform(weight)
+    expected = winograd.winograd_forward_reference(np.concatenate(inputs, axis=4), weight, bias)
+    np.testing.assert_allclose(winograd.winograd_forward(inputs, u, bias, block_rows), expected,
+                               rtol=0, atol=1e-11)                          # float64: rounding only
+    grad_output = rng.standard_normal(expected.shape)
+    grads = winograd.winograd_grad_input(grad_output, u, channels, block_rows)
+    full = reference.conv3d_grad_input_reference(grad_output, weight, size, (1, 1, 1), (1, 1, 1))
+    assert [g.shape for g in grads] == [(*x.shape[:4], c) for x, c in zip(inputs, channels)]
+    assert all(g.flags.c_contiguous for g in grads)
+    np.testing.assert_allclose(np.concatenate(grads, axis=4), full, rtol=0, atol=1e-11)
+
+
+def test_grad_input_transform_comes_from_the_forward_one():
+    """U of the flipped, in/out-swapped weights equals the forward's U with the channels swapped and
+    the points 0 and infinity exchanged along each axis (float64: exact up to rounding)."""
+    from nn3d.kernels.conv3d import flipped_transposed
+    weight = np.random.default_rng(6).standard_normal((5, 3, 3, 3, 3))
+    np.testing.assert_allclose(winograd.flipped_transposed_transform(winograd.filter_transform(weight)),
+                               winograd.filter_transform(np.ascontiguousarray(flipped_transposed(weight))),
+                               rtol=0, atol=1e-14)
 
 
 def test_float32_kernel_is_close_to_the_direct_kernel():
@@ -67,7 +104,7 @@ def test_float32_kernel_is_close_to_the_direct_kernel():
     weight = (rng.standard_normal((16, 32, 3, 3, 3)) / np.sqrt(32 * 27)).astype(np.float32)
     exact = winograd.winograd_forward_reference(x.astype(np.float64), weight.astype(np.float64), None)
     direct = conv3d_forward(pad_channels_last(x, (1, 1, 1)), weight, None, (1, 1, 1))
-    fast = winograd.winograd_forward(x, weight, None)
+    fast = winograd.winograd_forward((x,), winograd.filter_transform(weight), None)
     assert fast.dtype == np.float32
     assert max_relative_error(fast, exact) < 2e-6
     assert max_relative_error(fast, exact) < 10 * max(max_relative_error(direct, exact), 1e-7)
@@ -76,8 +113,9 @@ def test_float32_kernel_is_close_to_the_direct_kernel():
 def test_packed_filter_transform_matches_the_reference():
     rng = np.random.default_rng(4)
     weight = rng.standard_normal((17, 3, 3, 3, 3))                          # Cout tail: 17 = 16 + 1
-    u_packed = winograd.pack_transformed_filter(weight, np.float64)         # (64, 2, Cin, 16)
-    u = winograd.filter_transform(weight).reshape(17, 3, 64)                # (Cout, Cin, 64)
+    u = winograd.filter_transform(weight)                                   # (Cout, Cin, 4, 4, 4)
+    u_packed = winograd.pack_transformed_filter(u, np.float64)              # (64, 2, Cin, 16)
+    u = u.reshape(17, 3, 64)                                                # (Cout, Cin, 64)
     np.testing.assert_allclose(u_packed.transpose(1, 3, 2, 0).reshape(32, 3, 64)[:17], u, rtol=0, atol=1e-13)
     assert not u_packed[:, 1, :, 1:].any()                                  # padding channels stay zero
 

@@ -66,16 +66,23 @@ peak, so the only way to be much faster is to do less arithmetic.
    it). F(2, 3) is the most accurate Winograd variant: its points 0, +-1 keep every coefficient 0,
    +-1 or 1/2; larger tiles (F(4, 3): points +-2, +-1/2) lose far more.
 
-Layout of the fast kernel (`winograd_forward_kernel`): channels-last x (N, D, H, W, Cin) without a
-halo (tiles inside the volume are read from x directly, tiles at its faces are first copied with
-their zeros into a small buffer, so no padded copy of x is made), output tiles of 2x2x2 voxels
-numbered t = ((n * tiles_d + td) * tiles_h + th) * tiles_w + tw. Work comes in blocks of
-`tiles_per_block` consecutive tiles; one worker thread owns a block and its output voxels
-(deterministic, no reductions between threads) and keeps V (64, rows, Cin) and M (64, Cout/16, rows,
-16) of that block in buffers sized for L2: the transformed tiles, 8x the size of the output, never
-travel through main memory. Per block: input transform, 64 register-blocked matrix products (rows of
-tiles x 16 output channels in local variables, like the direct kernel's voxels), output transform
-with the bias, written to y.
+Layout of the fast kernel (`winograd_kernel`): channels-last x (N, D, H, W, Cin) without a halo
+(tiles inside the volume are read from x directly, tiles at its faces are first copied with their
+zeros into a small buffer, so no padded copy of x is made), output tiles of 2x2x2 voxels numbered
+t = ((n * tiles_d + td) * tiles_h + th) * tiles_w + tw. Work comes in blocks of `tiles_per_block`
+consecutive tiles; one worker thread owns a block and its output voxels (deterministic, no
+reductions between threads) and keeps V (64, rows, Cin) and M (64, Cout/16, rows, 16) of that block
+in buffers sized for L2: the transformed tiles, 8x the size of the output, never travel through main
+memory. Per block: input transform, 64 register-blocked matrix products (rows of tiles x 16 output
+channels in local variables, like the direct kernel's voxels), output transform with the bias,
+written to y. The input may be two arrays (a decoder's up-sampled tensor and its skip connection),
+read in place as if concatenated along the channels; the output may be two arrays likewise (the
+gradients of those two inputs).
+
+The filter transform U is computed once per training step: forward computes it from the weights
+(`filter_transform`) and keeps it for backward, where grad-input's kernel, the flipped and
+in/out-swapped weights, has the transform U with its channels swapped and its points 0 and infinity
+exchanged along each axis (`flipped_transposed_transform`).
 """
 import numba
 import numpy as np
@@ -83,8 +90,9 @@ from numba import prange
 
 from .. import arena
 from ..threads import single_threaded_blas
-from .conv3d import BLOCK_C, BLOCK_W, flipped_transposed, fma16, load16
+from .conv3d import BLOCK_C, BLOCK_W, fma16, load16
 from .jit import blocked_kernel, inlined_tile_helper, tile_helper
+from .padding import pad_and_concatenate
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], dtype=np.float64)   # (4, 4)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)        # (4, 3)
@@ -102,6 +110,18 @@ def filter_transform(weight):
     with single_threaded_blas():                      # a small product: no BLAS pool left spinning
         u = weight.reshape(cout * cin, 27).astype(np.float64) @ G_KRON.T   # (Cout*Cin, 64)
     return u.reshape(cout, cin, 4, 4, 4)
+
+
+POINTS_FLIPPED = [3, 1, 2, 0]   # G applied to (g2, g1, g0): the points 0 and infinity trade places
+
+
+def flipped_transposed_transform(u):
+    """The filter transform of grad-input's kernel (nn3d/conv3d.py (3): the weight flipped along
+    every axis, in/out channels swapped), from the forward's U instead of from the weights: G applied
+    to the flipped filter (g2, g1, g0) gives (g2, (g0+g1+g2)/2, (g0-g1+g2)/2, g0), which is
+    ((G g)[3], (G g)[1], (G g)[2], (G g)[0]); so per axis U'[a] = U[POINTS_FLIPPED[a]].
+    U (Cout, Cin, 4, 4, 4) -> U' (Cin, Cout, 4, 4, 4): U is computed once per step, in forward."""
+    return u.transpose(1, 0, 2, 3, 4)[:, :, POINTS_FLIPPED][:, :, :, POINTS_FLIPPED][..., POINTS_FLIPPED]
 
 
 def winograd_forward_reference(x, weight, bias):
@@ -133,14 +153,14 @@ U = tuple(np.uint64(q) for q in range(BLOCK_C))   # unsigned constants 0..15
 TILE_VALUES = 64       # 4 x 4 x 4 transformed positions xi = (a*4 + b)*4 + c
 
 
-def pack_transformed_filter(weight, dtype):
-    """weight (Cout, Cin, 3, 3, 3) -> u_packed (64, Cout_padded/16, Cin, 16):
+def pack_transformed_filter(u, dtype):
+    """U (Cout, Cin, 4, 4, 4) from `filter_transform` -> u_packed (64, Cout_padded/16, Cin, 16):
     u_packed[xi, cb, ci, c] = U[16*cb + c, ci, xi], zeros for the padding channels."""
-    cout, cin = weight.shape[:2]
+    cout, cin = u.shape[:2]
     cout_padded = -(-cout // BLOCK_C) * BLOCK_C
-    u = np.zeros((cout_padded, cin, TILE_VALUES), dtype=dtype)
-    u[:cout] = filter_transform(weight).reshape(cout, cin, TILE_VALUES)
-    return np.ascontiguousarray(u.reshape(-1, BLOCK_C, cin, TILE_VALUES).transpose(3, 0, 2, 1))
+    u_padded = np.zeros((cout_padded, cin, TILE_VALUES), dtype=dtype)
+    u_padded[:cout] = u.reshape(cout, cin, TILE_VALUES)
+    return np.ascontiguousarray(u_padded.reshape(-1, BLOCK_C, cin, TILE_VALUES).transpose(3, 0, 2, 1))
 
 
 @inlined_tile_helper
@@ -259,17 +279,17 @@ def input_tile_along_x(s2, v, to, xi_step):
 
 
 @tile_helper
-def transform_input_block(x, first, count, rows, v, s1, s2, staged):
+def transform_input_block(x0, x1, first, count, rows, v, s1, s2, staged):
     """V[xi, t, :] = (B^T d B along each axis) of the input tiles first + t, t < count; V's other rows
-    are zeros. x (N, D, H, W, Cin) unpadded; v (64, rows, Cin_padded) flat; s1, s2 (64 * 16,)
-    scratch; staged (4 * 4 * 4 * 16,): a tile at a face, with its zeros. 16 channels at a time."""
-    n_batch, size_d, size_h, size_w, cin = x.shape
+    are zeros. The input is x0 and x1 side by side along the channels (N, D, H, W, C0 + C1), read in
+    place: x1 may have no channels; C0 is a multiple of 16 when it has some, so that no block of 16
+    channels spans both. v (64, rows, Cin_padded) flat; s1, s2 (64 * 16,) scratch; staged
+    (4 * 4 * 4 * 16,): a tile at a face, with its zeros. 16 channels at a time."""
+    n_batch, size_d, size_h, size_w, cin0 = x0.shape
+    cin = cin0 + x1.shape[4]
     tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
     cin_padded = (cin + BLOCK_C - 1) // BLOCK_C * BLOCK_C
-    x_flat = x.reshape(x.size)
-    voxel_step = np.uint64(cin)
-    row_length = np.uint64(size_w * cin)
-    plane = np.uint64(size_h) * row_length                 # from x[n, z] to x[n, z + 1]
+    x0_flat, x1_flat = x0.reshape(x0.size), x1.reshape(x1.size)
     xi_step = np.uint64(rows * cin_padded)                 # from V[xi] to V[xi + 1]
     for xi in range(TILE_VALUES):
         v[(xi * rows + count) * cin_padded:(xi + 1) * rows * cin_padded] = 0
@@ -279,11 +299,16 @@ def transform_input_block(x, first, count, rows, v, s1, s2, staged):
         interior = (iz0 >= 0 and iy0 >= 0 and ix0 >= 0 and iz0 + 3 < size_d and iy0 + 3 < size_h
                     and ix0 + 3 < size_w)
         for c0 in range(0, cin, BLOCK_C):
-            if interior and c0 + BLOCK_C <= cin:
-                at = (((n * size_d + iz0) * size_h + iy0) * size_w + ix0) * cin + c0
-                input_tile_along_z(x_flat, np.uint64(at), plane, row_length, voxel_step, s1)
+            source, source_flat, channel = (x0, x0_flat, c0) if c0 < cin0 else (x1, x1_flat, c0 - cin0)
+            source_cin = source.shape[4]
+            if interior and channel + BLOCK_C <= source_cin:
+                voxel_step = np.uint64(source_cin)
+                row_length = np.uint64(size_w) * voxel_step
+                at = (((n * size_d + iz0) * size_h + iy0) * size_w + ix0) * source_cin + channel
+                input_tile_along_z(source_flat, np.uint64(at), np.uint64(size_h) * row_length, row_length,
+                                   voxel_step, s1)
             else:
-                stage_edge_tile(x, x_flat, n, iz0, iy0, ix0, c0, staged)
+                stage_edge_tile(source, source_flat, n, iz0, iy0, ix0, channel, staged)
                 input_tile_along_z(staged, U[0], np.uint64(16 * BLOCK_C), np.uint64(4 * BLOCK_C),
                                    np.uint64(BLOCK_C), s1)
             input_tile_along_y(s1, s2)
@@ -392,35 +417,44 @@ def output_tile_along_x(s2, bias, bias_at, y_flat, at, row_length, plane, voxel_
 
 
 @tile_helper
-def transform_output_block(m, bias, first, count, rows, s1, s2, y):
-    """y voxels of the tiles first + t, t < count: (A^T M A along each axis) + bias, 16 output channels
-    at a time, into the voxels of y that exist (a tile past an odd edge is partial).
-    m (64, Cout_padded/16, rows, 16) flat; bias (Cout_padded,); y (N, D, H, W, Cout_padded)."""
-    n_batch, size_d, size_h, size_w, cout_padded = y.shape
+def transform_output_block(m, bias, first, count, rows, s1, s2, y0, y1):
+    """The output voxels of the tiles first + t, t < count: (A^T M A along each axis) + bias, 16
+    output channels at a time, into the voxels that exist (a tile past an odd edge is partial). The
+    output is y0 and y1 side by side along the channels: output channel block cb goes to y0 if
+    16*cb < C0, else to y1 (C0 a multiple of 16 when y1 has channels; the last output's channels
+    padded to a multiple of 16). m (64, Cout_padded/16, rows, 16) flat; bias (Cout_padded,);
+    y0 (N, D, H, W, C0), y1 (N, D, H, W, C1)."""
+    n_batch, size_d, size_h, size_w, cout0 = y0.shape
     tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
-    n_cblocks = cout_padded // BLOCK_C
-    y_flat = y.reshape(y.size)
+    n_cblocks = (cout0 + y1.shape[4]) // BLOCK_C
+    y0_flat, y1_flat = y0.reshape(y0.size), y1.reshape(y1.size)
     xi_step = np.uint64(n_cblocks * rows * BLOCK_C)        # from M[xi] to M[xi + 1]
-    row_length = np.uint64(size_w * cout_padded)
-    plane = np.uint64(size_h) * row_length
     for t in range(count):
         n, td, th, tw = tile_position(first + t, tiles_d, tiles_h, tiles_w)
-        z1, y1 = 2 * td + 1 < size_d, 2 * th + 1 < size_h
-        pq_inside = (True, y1, z1, z1 and y1)
-        corner = (((n * size_d + 2 * td) * size_h + 2 * th) * size_w + 2 * tw) * cout_padded
+        z1, y1_inside = 2 * td + 1 < size_d, 2 * th + 1 < size_h
+        pq_inside = (True, y1_inside, z1, z1 and y1_inside)
+        corner_voxel = ((n * size_d + 2 * td) * size_h + 2 * th) * size_w + 2 * tw
         for cb in range(n_cblocks):
+            target, target_flat, channel = ((y0, y0_flat, cb * BLOCK_C) if cb * BLOCK_C < cout0
+                                            else (y1, y1_flat, cb * BLOCK_C - cout0))
+            voxel_step = np.uint64(target.shape[4])
+            row_length = np.uint64(size_w) * voxel_step
             output_tile_along_z(m, np.uint64((cb * rows + t) * BLOCK_C), xi_step, s1)
             output_tile_along_y(s1, s2)
-            output_tile_along_x(s2, bias, np.uint64(cb * BLOCK_C), y_flat, np.uint64(corner + cb * BLOCK_C),
-                                row_length, plane, np.uint64(cout_padded), pq_inside, 2 * tw + 1 < size_w)
+            output_tile_along_x(s2, bias, np.uint64(cb * BLOCK_C), target_flat,
+                                np.uint64(corner_voxel * target.shape[4] + channel), row_length,
+                                np.uint64(size_h) * row_length, voxel_step, pq_inside, 2 * tw + 1 < size_w)
 
 
 @blocked_kernel
-def winograd_forward_kernel(x, u_packed, bias, tiles_per_block, block_rows, n_workers, y):
-    """y = conv(x, weight) + bias for 3x3x3, stride 1, padding 1, by F(2^3, 3^3) (sections 2-3 above).
+def winograd_kernel(x0, x1, u_packed, bias, tiles_per_block, block_rows, n_workers, y0, y1):
+    """y = conv(x, weight) + bias for 3x3x3, stride 1, padding 1, by F(2^3, 3^3) (sections 2-3 above),
+    where x is x0 and x1 side by side along the channels and y is y0 and y1 (see
+    `transform_input_block` and `transform_output_block`: the concatenation of a decoder's inputs,
+    or the split of its input gradient, costs nothing).
 
-    x (N, D, H, W, Cin) unpadded; u_packed (64, Cout_padded/16, Cin, 16) from
-    `pack_transformed_filter`; bias (Cout_padded,); y (N, D, H, W, Cout_padded); block_rows = BLOCK_W
+    x0, x1 (N, D, H, W, C) unpadded; u_packed (64, Cout_padded/16, Cin, 16) from
+    `pack_transformed_filter`; bias (Cout_padded,); y0, y1 (N, D, H, W, C); block_rows = BLOCK_W
     (8 or 4 tiles per register tile). A block is `tiles_per_block` consecutive tiles; one worker owns
     a block's tiles and their output voxels, and computes what winograd_forward_reference computes,
     in the input's dtype, reordered: `transform_input_block`, `multiply_block`, `transform_output_block`
@@ -429,7 +463,8 @@ def winograd_forward_kernel(x, u_packed, bias, tiles_per_block, block_rows, n_wo
     buffers are allocated once per call, not once per block (fresh pages for every block cost more
     than the arithmetic). Which worker computes a tile does not change its value: deterministic.
     """
-    n_batch, size_d, size_h, size_w, cin = x.shape
+    n_batch, size_d, size_h, size_w, cin0 = x0.shape
+    cin = cin0 + x1.shape[4]
     n_cblocks = u_packed.shape[1]
     n_tiles = n_batch * ((size_d + 1) // 2) * ((size_h + 1) // 2) * ((size_w + 1) // 2)
     n_blocks = (n_tiles + tiles_per_block - 1) // tiles_per_block
@@ -437,18 +472,18 @@ def winograd_forward_kernel(x, u_packed, bias, tiles_per_block, block_rows, n_wo
     cin_padded = (cin + BLOCK_C - 1) // BLOCK_C * BLOCK_C
     u_matrix = u_packed.reshape(u_packed.size // BLOCK_C, BLOCK_C)       # rows (xi, cb, ci)
     for worker in prange(n_workers):
-        v = np.empty(TILE_VALUES * rows * cin_padded, dtype=y.dtype)            # V (64, rows, Cin_padded)
-        m = np.empty(TILE_VALUES * n_cblocks * rows * BLOCK_C, dtype=y.dtype)  # M (64, Cout_p/16, rows, 16)
-        s1 = np.empty(TILE_VALUES * BLOCK_C, dtype=y.dtype)                    # scratch: one axis done
-        s2 = np.empty(TILE_VALUES * BLOCK_C, dtype=y.dtype)                    # two axes done
-        zeros = np.zeros((1, BLOCK_C), dtype=y.dtype)                         # a zero register tile
-        staged = np.empty(TILE_VALUES * BLOCK_C, dtype=y.dtype)                # a tile at a face
+        v = np.empty(TILE_VALUES * rows * cin_padded, dtype=y0.dtype)            # V (64, rows, Cin_padded)
+        m = np.empty(TILE_VALUES * n_cblocks * rows * BLOCK_C, dtype=y0.dtype)  # M (64, Cout_p/16, rows, 16)
+        s1 = np.empty(TILE_VALUES * BLOCK_C, dtype=y0.dtype)                    # scratch: one axis done
+        s2 = np.empty(TILE_VALUES * BLOCK_C, dtype=y0.dtype)                    # two axes done
+        zeros = np.zeros((1, BLOCK_C), dtype=y0.dtype)                         # a zero register tile
+        staged = np.empty(TILE_VALUES * BLOCK_C, dtype=y0.dtype)                # a tile at a face
         for block in range(worker, n_blocks, n_workers):
             first = np.int64(block) * tiles_per_block
             count = min(tiles_per_block, n_tiles - first)
-            transform_input_block(x, first, count, rows, v, s1, s2, staged)
+            transform_input_block(x0, x1, first, count, rows, v, s1, s2, staged)
             multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros)
-            transform_output_block(m, bias, first, count, rows, s1, s2, y)
+            transform_output_block(m, bias, first, count, rows, s1, s2, y0, y1)
 
 
 def tiles_per_block_for(cin, cout_padded):
@@ -460,28 +495,61 @@ def tiles_per_block_for(cin, cout_padded):
     return int(min(64, max(8, 512 // (cin_padded + cout_padded) // 8 * 8)))
 
 
-def winograd_forward(x, weight, bias, block_rows=BLOCK_W, tiles_per_block=None):
-    """Line (1) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1, by F(2^3, 3^3):
-    x (N, D, H, W, Cin) channels-last and unpadded -> y (N, D, H, W, Cout). weight
-    (Cout, Cin, 3, 3, 3); bias (Cout,) or None; block_rows: the register tile (this CPU's BLOCK_W;
-    the tests pass 4 and 8); tiles_per_block: None for `tiles_per_block_for`."""
-    x = np.ascontiguousarray(x)
-    cout = weight.shape[0]
-    u_packed = pack_transformed_filter(weight, x.dtype)                 # (64, Cout_p/16, Cin, 16)
+def no_channels(like):
+    """An (N, D, H, W, 0) array: the absent second input or output of `winograd_kernel`."""
+    return np.empty((*like.shape[:4], 0), like.dtype)
+
+
+def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, tiles_per_block=None):
+    """The 3x3x3, stride-1, padding-1 convolution of the channel concatenation of `inputs` (a tuple
+    of channels-last arrays (N, D, H, W, C_j), unpadded) by F(2^3, 3^3), with the transformed filter
+    u (Cout, Cin, 4, 4, 4) (`filter_transform`) and bias (Cout,) or None. Returns the output's
+    channels cut into bands of sizes `output_channels` (summing to Cout): a tuple of C-contiguous
+    (N, D, H, W, C) arrays. Two inputs whose first has a multiple of 16 channels are read in place,
+    and two output bands whose first is a multiple of 16 are written in place; anything else goes
+    through one concatenated (or split) copy. block_rows: the register tile (this CPU's BLOCK_W; the
+    tests pass 4 and 8); tiles_per_block: None for `tiles_per_block_for`."""
+    inputs = tuple(np.ascontiguousarray(x) for x in inputs)
+    if len(inputs) > 2 or (len(inputs) == 2 and inputs[0].shape[4] % BLOCK_C):
+        inputs = (pad_and_concatenate(inputs, (0, 0, 0)),)              # channels side by side
+    x0 = inputs[0]
+    x1 = inputs[1] if len(inputs) == 2 else no_channels(x0)
+    cout = u.shape[0]
+    u_packed = pack_transformed_filter(u, x0.dtype)                     # (64, Cout_p/16, Cin, 16)
     cout_padded = u_packed.shape[1] * BLOCK_C
-    bias_padded = np.zeros(cout_padded, dtype=x.dtype)
+    bias_padded = np.zeros(cout_padded, dtype=x0.dtype)
     if bias is not None:
         bias_padded[:cout] = bias
     if tiles_per_block is None:
-        tiles_per_block = tiles_per_block_for(x.shape[4], cout_padded)
-    y = arena.empty((*x.shape[:4], cout_padded), x.dtype)              # (N, D, H, W, Cout_padded)
-    winograd_forward_kernel(x, u_packed, bias_padded, np.int64(tiles_per_block), np.int64(block_rows),
-                            np.int64(numba.get_num_threads()), y)
-    return y if cout_padded == cout else arena.copy(y[..., :cout])
+        tiles_per_block = tiles_per_block_for(x0.shape[4] + x1.shape[4], cout_padded)
+    in_place = len(output_channels) == 2 and output_channels[0] % BLOCK_C == 0
+    first_band = output_channels[0] if in_place else cout
+    y0 = arena.empty((*x0.shape[:4], first_band if in_place else cout_padded), x0.dtype)
+    y1 = arena.empty((*x0.shape[:4], cout_padded - first_band), x0.dtype) if in_place else no_channels(x0)
+    winograd_kernel(x0, x1, u_packed, bias_padded, np.int64(tiles_per_block), np.int64(block_rows),
+                    np.int64(numba.get_num_threads()), y0, y1)
+    if in_place:
+        outputs = (y0, y1)
+    else:
+        bands = np.cumsum((0, *output_channels))
+        outputs = tuple(y0[..., start:stop] for start, stop in zip(bands[:-1], bands[1:]))
+    return tuple(y if y.shape[4] == channels and y.flags.c_contiguous      # else: a band, or padding
+                 else arena.copy(y[..., :channels]) for y, channels in zip(outputs, output_channels))
 
 
-def winograd_grad_input(grad_output, weight, block_rows=BLOCK_W):
+def winograd_forward(inputs, u, bias, block_rows=BLOCK_W, tiles_per_block=None):
+    """Line (1) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1: inputs, a tuple of
+    channels-last unpadded arrays (N, D, H, W, C_j) (one, or a decoder's two, convolved as their
+    channel concatenation) -> y (N, D, H, W, Cout). u = filter_transform(weight); bias (Cout,) or None."""
+    return winograd_convolution(inputs, u, bias, (u.shape[0],), block_rows, tiles_per_block)[0]
+
+
+def winograd_grad_input(grad_output, u, input_channels, block_rows=BLOCK_W):
     """Line (3) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1: the output gradient
-    (N, D, H, W, Cout), padded by k - 1 - p = 1, convolved with the flipped, in/out-swapped kernel:
-    the same F(2^3, 3^3) forward. -> dL/dx (N, D, H, W, Cin)."""
-    return winograd_forward(grad_output, flipped_transposed(weight), None, block_rows)
+    (N, D, H, W, Cout), padded by k - 1 - p = 1, convolved with the flipped, in/out-swapped kernel
+    (whose transform comes from the forward's u = filter_transform(weight), no new transform): the
+    same F(2^3, 3^3) convolution, its output cut into the inputs' bands of `input_channels` channels
+    -> (dL/dx_0, dL/dx_1, ...), (N, D, H, W, C_j) each. One pass for all inputs: the output-gradient
+    transform and the products are shared."""
+    return winograd_convolution((grad_output,), flipped_transposed_transform(u), None, input_channels,
+                                block_rows)
