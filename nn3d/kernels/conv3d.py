@@ -52,6 +52,7 @@ from numba import prange
 from .jit import blocked_kernel, tile_helper
 from .. import arena
 from .padding import embed_strided, pad_channels_last
+from .partial_sums import sum_partials
 from .pointwise import pointwise_forward, pointwise_grad_input, pointwise_grad_weight
 from ..shapes import window_output_size
 
@@ -301,10 +302,11 @@ def conv3d_grad_weight_kernel(x_pad, grad_output, stride_d, stride_h, stride_w,
                               rows_per_chunk, rows_per_block, block_j, partial):
     """Line (4), as per-chunk partial sums: partial[chunk, kz, ky, j, co] sums over the output rows
     (n, od, oh) of chunk `chunk` (rows_per_chunk consecutive rows); the caller adds the chunks up in
-    order (deterministic, independent of the thread count).
+    order (nn3d/kernels/partial_sums.py: deterministic, independent of the thread count).
 
     x_pad (N, Dp, Hp, Wp, Cin); grad_output (N, Do, Ho, Wo, Cout_padded), its channels padded to a
-    multiple of 16; partial (n_chunks, kD, kH, kW*Cin, Cout_padded), zeros on entry; block_j = BLOCK_J.
+    multiple of 16; partial (n_chunks, kD, kH, kW*Cin, Cout_padded), uninitialised: each work item
+    zeroes its own slice first; block_j = BLOCK_J.
     Work items: one prange iteration per (chunk, block cb of 16 output channels); it owns
     partial[chunk, :, :, :, 16cb:16cb+16], so n_chunks * Cout_padded/16 items run independently
     (`grad_weight_chunks` makes that at least WORK_ITEMS).
@@ -335,6 +337,7 @@ def conv3d_grad_weight_kernel(x_pad, grad_output, stride_d, stride_h, stride_w,
         cb = item % n_cblocks
         first_row = np.int64(chunk) * rows_per_chunk
         last_row = min(first_row + rows_per_chunk, n_rows)
+        partial[chunk, :, :, :, cb * BLOCK_C:(cb + 1) * BLOCK_C] = 0
         x_offsets = np.empty(rows_per_block, dtype=np.uint64)   # x_flat offset of x_pad[n, od*sd, oh*sh, 0, 0]
         g_offsets = np.empty(rows_per_block, dtype=np.uint64)   # g_matrix row of grad_output[n, od, oh, 0, 16cb]
         for block_start in range(first_row, last_row, rows_per_block):
@@ -443,11 +446,9 @@ def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride, block_j=BLOCK_J)
     row_values = kernel_d * x_pad.shape[3] * cin + out_w * cout_padded
     n_blocks = -(-rows_per_chunk // max(1, 262144 // row_values))
     rows_per_block = -(-rows_per_chunk // n_blocks)
-    partial = np.zeros((n_chunks, kernel_d, kernel_h, kernel_w * cin, cout_padded), x_pad.dtype)
+    partial = arena.empty((n_chunks, kernel_d, kernel_h, kernel_w * cin, cout_padded), x_pad.dtype)
     conv3d_grad_weight_kernel(x_pad, np.ascontiguousarray(grad_output), *(np.int64(s) for s in stride),
                               np.int64(rows_per_chunk), np.int64(rows_per_block), np.int64(block_j),
                               partial)
-    w_packed = partial[0].copy()
-    for chunk in range(1, n_chunks):          # fixed order: the result does not depend on threads
-        w_packed += partial[chunk]
+    w_packed = sum_partials(partial)            # fixed order: the result does not depend on threads
     return unpack_weight(w_packed, cout, cin)
