@@ -139,8 +139,9 @@ class UNet3D(Module):
         # The loss depends on enc3 through both paths, so by the multivariable chain rule
         #     dL/d enc3 = dL/d enc3 |via pool + dL/d enc3 |via skip,
         # the SUM of the two gradients. (Same for enc2 and enc1.) Forgetting either term is the
-        # classic U-Net backprop bug: the network still trains, just worse.
-        grad = self.pool3.backward(self.bottleneck.backward(grad_bottom)) + grad_skip3  # (N, f3, D/4, ...)
-        grad = self.pool2.backward(self.enc3.backward(grad)) + grad_skip2               # (N, f2, D/2, ...)
-        grad = self.pool1.backward(self.enc2.backward(grad)) + grad_skip1               # (N, f1, D, ...)
-        return self.enc1.backward(grad)                  # (N, in, D, H, W), or None (input_grad=False)
+        # classic U-Net backprop bug: the network still trains, just worse. The sum is taken in place,
+        # into the skip part (an array the decoder's convolution made for us alone): no new array.
+        grad_skip3 += self.pool3.backward(self.bottleneck.backward(grad_bottom))  # (N, f3, D/4, ...) the sum
+        grad_skip2 += self.pool2.backward(self.enc3.backward(grad_skip3))         # (N, f2, D/2, ...)
+        grad_skip1 += self.pool1.backward(self.enc2.backward(grad_skip2))         # (N, f1, D, ...)
+        return self.enc1.backward(grad_skip1)            # (N, in, D, H, W), or None (input_grad=False)

@@ -76,7 +76,10 @@ def pad_and_concatenate(inputs_cl, padding):
     """Zero padding of `padding` = (pd, ph, pw) voxels on both sides of each spatial axis, with the
     inputs' channels side by side: (N, D, H, W, C_j) for each j -> (N, D + 2pd, H + 2ph, W + 2pw, sum C_j),
     C-contiguous. Input j fills channels [C_0 + ... + C_{j-1}, ... + C_j): torch.cat(inputs, dim=1)
-    and the padding in one pass over memory (what a convolution over a concatenation needs)."""
+    and the padding in one pass over memory (what a convolution over a concatenation needs).
+    One input and no padding (a 1x1x1 convolution): the input itself, no copy (read-only use)."""
+    if len(inputs_cl) == 1 and tuple(padding) == (0, 0, 0):
+        return np.ascontiguousarray(inputs_cl[0])
     first = inputs_cl[0]
     length = tuple(size + 2 * pad for size, pad in zip(first.shape[1:4], padding))
     channels = sum(x_cl.shape[4] for x_cl in inputs_cl)
@@ -92,6 +95,4 @@ def pad_channels_last(x_cl, padding):
     """Zero padding of `padding` = (pd, ph, pw) voxels on both sides of each spatial axis.
     (N, D, H, W, C) -> (N, D + 2pd, H + 2ph, W + 2pw, C), C-contiguous; the same result as
     embed_strided(x_cl, (1, 1, 1), padding, length), written by a parallel kernel."""
-    if padding == (0, 0, 0):
-        return np.ascontiguousarray(x_cl)
     return pad_and_concatenate((x_cl,), padding)
