@@ -10,6 +10,7 @@ from .init import manual_seed
 from .module import Module, Parameter, Sequential
 from .threads import get_num_threads, set_num_threads
 from .batchnorm3d import BatchNorm3d
+from .batchnorm_folding import conv_batchnorm_eval
 from .concat import Concat
 from .loss import MSELoss
 from .maxpool3d import MaxPool3d

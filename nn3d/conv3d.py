@@ -151,18 +151,22 @@ class Conv3d(Module):
         input_shape = self.check_inputs(inputs)
         inputs_cl = tuple(to_channels_last(x) for x in inputs)            # (N, D, H, W, C_j) each
         bias = None if self.bias is None else self.bias.data
-        weight_transform = None
-        if self._algorithm(input_shape) == "winograd":                    # reads the inputs in place
-            weight_transform = filter_transform(self.weight.data)         # U (Cout, Cin, 4, 4, 4)
-            y_cl = winograd_forward(inputs_cl, weight_transform, bias)    # (1) (N, D, H, W, Cout)
-        else:
-            x_pad = pad_and_concatenate(inputs_cl, self.padding)          # (N, D+2pd, H+2ph, W+2pw, Cin)
-            y_cl = conv3d_forward(x_pad, self.weight.data, bias, self.stride)   # (1) (N, Do, Ho, Wo, Cout)
-            del x_pad
+        y_cl, weight_transform = self.convolve(inputs_cl, input_shape, self.weight.data, bias)   # (1)
         y = from_channels_last(y_cl)                                      # (N, Cout, Do, Ho, Wo) view
         self._cache = (Conv3dCache(inputs_cl, input_shape, y.shape, weight_transform)   # no x_pad
                        if is_grad_enabled() else None)
         return y
+
+    def convolve(self, inputs_cl, input_shape, weight, bias, relu=False):
+        """Line (1) on channels-last inputs (N, D, H, W, C_j) whose concatenation has input_shape
+        (N, Cin, D, H, W), with `weight` and `bias` (the layer's own, or a folded BatchNorm's:
+        nn3d/batchnorm_folding.py), max(0, y) if relu, by the algorithm `conv_algorithm` picks.
+        -> (y (N, Do, Ho, Wo, Cout) channels-last, Winograd's U (Cout, Cin, 4, 4, 4) or None)."""
+        if self._algorithm(input_shape) == "winograd":                    # reads the inputs in place
+            weight_transform = filter_transform(weight)                   # U (Cout, Cin, 4, 4, 4)
+            return winograd_forward(inputs_cl, weight_transform, bias, relu=relu), weight_transform
+        x_pad = pad_and_concatenate(inputs_cl, self.padding)              # (N, D+2pd, H+2ph, W+2pw, Cin)
+        return conv3d_forward(x_pad, weight, bias, self.stride, relu=relu), None
 
     # forward (1): y[n,co,od,oh,ow] = b[co] + sum_{ci,kz,ky,kx} w[co,ci,kz,ky,kx] x_pad[n,ci,od*sd+kz,oh*sh+ky,ow*sw+kx]
     # gives:   (3) dL/dx = (spread, padded G = S) convolved with the flipped, in/out-swapped w

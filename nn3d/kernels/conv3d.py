@@ -134,14 +134,21 @@ def fma16(acc, value, w):
             acc[15] + value * w[15])
 
 
+@tile_helper
+def rectified(value, relu):
+    """max(0, value) if relu, else value; a NaN stays NaN (as ReLU and nn3d/kernels/batchnorm3d.py)."""
+    return 0 if relu and value <= 0 else value
+
+
 # ---- forward: line (1) --------------------------------------------------------------------------
 @blocked_kernel
-def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, block_w, y):
+def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, block_w, relu, y):
     """Line (1): y = conv(x_pad, weight) + bias, any kernel size and stride.
 
     x_pad (N, Dp, Hp, Wp, Cin), w_packed (kD, kH, Cout_padded/16, kW*Cin, 16) from `pack_weight`,
-    bias (Cout_padded/16, 16), y (N, Do, Ho, Wo, Cout_padded); block_w = BLOCK_W (8 or 4). Each
-    prange iteration owns one output row y[n, od, oh, :, :].
+    bias (Cout_padded/16, 16), y (N, Do, Ho, Wo, Cout_padded); block_w = BLOCK_W (8 or 4); relu:
+    store max(0, y) instead (a BatchNorm folded into the convolution for inference,
+    nn3d/batchnorm_folding.py). Each prange iteration owns one output row y[n, od, oh, :, :].
     Differs from conv3d_forward_reference in loop order only: the (kx, ci) loops are one loop over
     the contiguous run j, and a tile of neighbouring voxels x BLOCK_C = 16 output channels of y stays
     in registers for the whole reduction over (kz, ky, j): 8 voxels (acc0..acc7) when block_w == 8,
@@ -192,14 +199,14 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
                             acc6 = fma16(acc6, x_flat[x_6 + j], w)
                             acc7 = fma16(acc7, x_flat[x_7 + j], w)
                 for c in range(BLOCK_C):
-                    y_tiles[n, od, oh, ow0, cb, c] = acc0[c]
-                    y_tiles[n, od, oh, ow0 + 1, cb, c] = acc1[c]
-                    y_tiles[n, od, oh, ow0 + 2, cb, c] = acc2[c]
-                    y_tiles[n, od, oh, ow0 + 3, cb, c] = acc3[c]
-                    y_tiles[n, od, oh, ow0 + 4, cb, c] = acc4[c]
-                    y_tiles[n, od, oh, ow0 + 5, cb, c] = acc5[c]
-                    y_tiles[n, od, oh, ow0 + 6, cb, c] = acc6[c]
-                    y_tiles[n, od, oh, ow0 + 7, cb, c] = acc7[c]
+                    y_tiles[n, od, oh, ow0, cb, c] = rectified(acc0[c], relu)
+                    y_tiles[n, od, oh, ow0 + 1, cb, c] = rectified(acc1[c], relu)
+                    y_tiles[n, od, oh, ow0 + 2, cb, c] = rectified(acc2[c], relu)
+                    y_tiles[n, od, oh, ow0 + 3, cb, c] = rectified(acc3[c], relu)
+                    y_tiles[n, od, oh, ow0 + 4, cb, c] = rectified(acc4[c], relu)
+                    y_tiles[n, od, oh, ow0 + 5, cb, c] = rectified(acc5[c], relu)
+                    y_tiles[n, od, oh, ow0 + 6, cb, c] = rectified(acc6[c], relu)
+                    y_tiles[n, od, oh, ow0 + 7, cb, c] = rectified(acc7[c], relu)
             for ow0 in range(end8, end4, 4):
                 acc0 = acc1 = acc2 = acc3 = load16(bias, cb)
                 for kz in range(kernel_d):
@@ -216,10 +223,10 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
                             acc2 = fma16(acc2, x_flat[x_2 + j], w)
                             acc3 = fma16(acc3, x_flat[x_3 + j], w)
                 for c in range(BLOCK_C):
-                    y_tiles[n, od, oh, ow0, cb, c] = acc0[c]
-                    y_tiles[n, od, oh, ow0 + 1, cb, c] = acc1[c]
-                    y_tiles[n, od, oh, ow0 + 2, cb, c] = acc2[c]
-                    y_tiles[n, od, oh, ow0 + 3, cb, c] = acc3[c]
+                    y_tiles[n, od, oh, ow0, cb, c] = rectified(acc0[c], relu)
+                    y_tiles[n, od, oh, ow0 + 1, cb, c] = rectified(acc1[c], relu)
+                    y_tiles[n, od, oh, ow0 + 2, cb, c] = rectified(acc2[c], relu)
+                    y_tiles[n, od, oh, ow0 + 3, cb, c] = rectified(acc3[c], relu)
             for ow0 in range(end4, out_w):
                 acc0 = load16(bias, cb)
                 for kz in range(kernel_d):
@@ -229,7 +236,7 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
                         for j in range(run_u):
                             acc0 = fma16(acc0, x_flat[x_0 + j], load16(w_matrix, w_0 + j))
                 for c in range(BLOCK_C):
-                    y_tiles[n, od, oh, ow0, cb, c] = acc0[c]
+                    y_tiles[n, od, oh, ow0, cb, c] = rectified(acc0[c], relu)
 
 
 def is_pointwise(kernel_size, stride, cout):
@@ -238,17 +245,18 @@ def is_pointwise(kernel_size, stride, cout):
     return tuple(kernel_size) == (1, 1, 1) and tuple(stride) == (1, 1, 1) and cout < BLOCK_C
 
 
-def conv3d_forward(x_pad, weight, bias, stride, block_w=BLOCK_W):
+def conv3d_forward(x_pad, weight, bias, stride, block_w=BLOCK_W, relu=False):
     """Line (1) for a padded channels-last input: (N, Dp, Hp, Wp, Cin) -> (N, Do, Ho, Wo, Cout).
     weight (Cout, Cin, kD, kH, kW); bias (Cout,) or None; stride 3-tuple; block_w: the register
-    tile width (this CPU's BLOCK_W; tests pass 4 and 8 to check both paths on any machine)."""
+    tile width (this CPU's BLOCK_W; tests pass 4 and 8 to check both paths on any machine); relu:
+    max(0, y) as the output is stored (a folded BatchNorm's ReLU, nn3d/batchnorm_folding.py)."""
     cout = weight.shape[0]
     if is_pointwise(weight.shape[2:], stride, cout):
         y = arena.empty((*x_pad.shape[:4], cout), x_pad.dtype)                 # (N, D, H, W, Cout)
         bias = np.zeros(cout, x_pad.dtype) if bias is None else bias.astype(x_pad.dtype)
         pointwise_forward(np.ascontiguousarray(x_pad).reshape(-1, x_pad.shape[4]),
                           np.ascontiguousarray(weight.reshape(cout, -1)), bias, y.reshape(-1, cout))
-        return y
+        return np.maximum(y, 0, out=y) if relu else y
     w_packed = pack_weight(weight)
     cout_padded = w_packed.shape[2] * BLOCK_C
     bias_padded = np.zeros(cout_padded, dtype=x_pad.dtype)
@@ -258,7 +266,7 @@ def conv3d_forward(x_pad, weight, bias, stride, block_w=BLOCK_W):
     out = window_output_size(x_pad.shape[1:4], weight.shape[2:], stride)
     y = arena.empty((x_pad.shape[0], *out, cout_padded), x_pad.dtype)     # (N, Do, Ho, Wo, Cout_padded)
     conv3d_forward_kernel(x_pad, w_packed, bias_padded, *(np.int64(s) for s in stride),
-                          np.int64(block_w), y)
+                          np.int64(block_w), relu, y)
     return y if y.shape[4] == cout else arena.copy(y[..., :cout])
 
 

@@ -196,6 +196,17 @@ def sub16(u, v):
 
 
 @inlined_tile_helper
+def relu16(v):
+    """max(0, v) element-wise on a 16-tuple; a NaN stays NaN (as ReLU)."""
+    return (0 if v[0] <= 0 else v[0], 0 if v[1] <= 0 else v[1], 0 if v[2] <= 0 else v[2],
+            0 if v[3] <= 0 else v[3], 0 if v[4] <= 0 else v[4], 0 if v[5] <= 0 else v[5],
+            0 if v[6] <= 0 else v[6], 0 if v[7] <= 0 else v[7], 0 if v[8] <= 0 else v[8],
+            0 if v[9] <= 0 else v[9], 0 if v[10] <= 0 else v[10], 0 if v[11] <= 0 else v[11],
+            0 if v[12] <= 0 else v[12], 0 if v[13] <= 0 else v[13], 0 if v[14] <= 0 else v[14],
+            0 if v[15] <= 0 else v[15])
+
+
+@inlined_tile_helper
 def input_transform_1d(d0, d1, d2, d3, out, at, step):
     """out[at + a*step : ... + 16] = (B^T (d0, d1, d2, d3))[a] for a = 0..3, on 16-channel vectors."""
     store16_at(out, at, sub16(d0, d2))
@@ -400,10 +411,11 @@ def output_tile_along_y(s1, s2):
 
 
 @inlined_tile_helper
-def output_tile_along_x(s2, bias, bias_at, y_flat, at, row_length, plane, voxel_step, pq_inside, r1_inside):
-    """y[p, q, r] = sum_c A^T[r, c] s2[p, q, c] + bias, for the voxels that exist: y[p, q, 0] at
-    y_flat[at + p * plane + q * row_length] if pq_inside[p*2 + q], y[p, q, 1] one voxel_step on if
-    also r1_inside."""
+def output_tile_along_x(s2, bias, bias_at, y_flat, at, row_length, plane, voxel_step, pq_inside, r1_inside,
+                        relu):
+    """y[p, q, r] = sum_c A^T[r, c] s2[p, q, c] + bias (then max(0, .) if relu), for the voxels that
+    exist: y[p, q, 0] at y_flat[at + p * plane + q * row_length] if pq_inside[p*2 + q], y[p, q, 1]
+    one voxel_step on if also r1_inside."""
     b16 = load16_at(bias, bias_at)
     for pq in range(4):
         if pq_inside[pq]:
@@ -411,19 +423,21 @@ def output_tile_along_x(s2, bias, bias_at, y_flat, at, row_length, plane, voxel_
             m0, m1 = load16_at(s2, s_at), load16_at(s2, s_at + np.uint64(BLOCK_C))
             m2, m3 = load16_at(s2, s_at + np.uint64(2 * BLOCK_C)), load16_at(s2, s_at + np.uint64(3 * BLOCK_C))
             to = at + np.uint64(pq // 2) * plane + np.uint64(pq % 2) * row_length
-            store16_at(y_flat, to, add16(add16(add16(m0, m1), m2), b16))            # A^T row 0, + bias
+            y0 = add16(add16(add16(m0, m1), m2), b16)                            # A^T row 0, + bias
+            store16_at(y_flat, to, relu16(y0) if relu else y0)
             if r1_inside:
-                store16_at(y_flat, to + voxel_step, add16(add16(sub16(m1, m2), m3), b16))   # A^T row 1
+                y1 = add16(add16(sub16(m1, m2), m3), b16)                        # A^T row 1
+                store16_at(y_flat, to + voxel_step, relu16(y1) if relu else y1)
 
 
 @tile_helper
-def transform_output_block(m, bias, first, count, rows, s1, s2, y0, y1):
+def transform_output_block(m, bias, relu, first, count, rows, s1, s2, y0, y1):
     """The output voxels of the tiles first + t, t < count: (A^T M A along each axis) + bias, 16
     output channels at a time, into the voxels that exist (a tile past an odd edge is partial). The
-    output is y0 and y1 side by side along the channels: output channel block cb goes to y0 if
-    16*cb < C0, else to y1 (C0 a multiple of 16 when y1 has channels; the last output's channels
-    padded to a multiple of 16). m (64, Cout_padded/16, rows, 16) flat; bias (Cout_padded,);
-    y0 (N, D, H, W, C0), y1 (N, D, H, W, C1)."""
+    output (max(0, .) of it if relu) is y0 and y1 side by side along the channels: output channel
+    block cb goes to y0 if 16*cb < C0, else to y1 (C0 a multiple of 16 when y1 has channels; the
+    last output's channels padded to a multiple of 16). m (64, Cout_padded/16, rows, 16) flat;
+    bias (Cout_padded,); y0 (N, D, H, W, C0), y1 (N, D, H, W, C1)."""
     n_batch, size_d, size_h, size_w, cout0 = y0.shape
     tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
     n_cblocks = (cout0 + y1.shape[4]) // BLOCK_C
@@ -443,12 +457,14 @@ def transform_output_block(m, bias, first, count, rows, s1, s2, y0, y1):
             output_tile_along_y(s1, s2)
             output_tile_along_x(s2, bias, np.uint64(cb * BLOCK_C), target_flat,
                                 np.uint64(corner_voxel * target.shape[4] + channel), row_length,
-                                np.uint64(size_h) * row_length, voxel_step, pq_inside, 2 * tw + 1 < size_w)
+                                np.uint64(size_h) * row_length, voxel_step, pq_inside, 2 * tw + 1 < size_w,
+                                relu)
 
 
 @blocked_kernel
-def winograd_kernel(x0, x1, u_packed, bias, tiles_per_block, block_rows, n_workers, y0, y1):
+def winograd_kernel(x0, x1, u_packed, bias, relu, tiles_per_block, block_rows, n_workers, y0, y1):
     """y = conv(x, weight) + bias for 3x3x3, stride 1, padding 1, by F(2^3, 3^3) (sections 2-3 above),
+    or max(0, y) if relu (a folded BatchNorm's ReLU, nn3d/batchnorm_folding.py),
     where x is x0 and x1 side by side along the channels and y is y0 and y1 (see
     `transform_input_block` and `transform_output_block`: the concatenation of a decoder's inputs,
     or the split of its input gradient, costs nothing).
@@ -483,7 +499,7 @@ def winograd_kernel(x0, x1, u_packed, bias, tiles_per_block, block_rows, n_worke
             count = min(tiles_per_block, n_tiles - first)
             transform_input_block(x0, x1, first, count, rows, v, s1, s2, staged)
             multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros)
-            transform_output_block(m, bias, first, count, rows, s1, s2, y0, y1)
+            transform_output_block(m, bias, relu, first, count, rows, s1, s2, y0, y1)
 
 
 def tiles_per_block_for(cin, cout_padded):
@@ -500,7 +516,8 @@ def no_channels(like):
     return np.empty((*like.shape[:4], 0), like.dtype)
 
 
-def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, tiles_per_block=None):
+def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, tiles_per_block=None,
+                         relu=False):
     """The 3x3x3, stride-1, padding-1 convolution of the channel concatenation of `inputs` (a tuple
     of channels-last arrays (N, D, H, W, C_j), unpadded) by F(2^3, 3^3), with the transformed filter
     u (Cout, Cin, 4, 4, 4) (`filter_transform`) and bias (Cout,) or None. Returns the output's
@@ -508,7 +525,7 @@ def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, t
     (N, D, H, W, C) arrays. Two inputs whose first has a multiple of 16 channels are read in place,
     and two output bands whose first is a multiple of 16 are written in place; anything else goes
     through one concatenated (or split) copy. block_rows: the register tile (this CPU's BLOCK_W; the
-    tests pass 4 and 8); tiles_per_block: None for `tiles_per_block_for`."""
+    tests pass 4 and 8); tiles_per_block: None for `tiles_per_block_for`; relu: max(0, output)."""
     inputs = tuple(np.ascontiguousarray(x) for x in inputs)
     if len(inputs) > 2 or (len(inputs) == 2 and inputs[0].shape[4] % BLOCK_C):
         inputs = (pad_and_concatenate(inputs, (0, 0, 0)),)              # channels side by side
@@ -526,7 +543,7 @@ def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, t
     first_band = output_channels[0] if in_place else cout
     y0 = arena.empty((*x0.shape[:4], first_band if in_place else cout_padded), x0.dtype)
     y1 = arena.empty((*x0.shape[:4], cout_padded - first_band), x0.dtype) if in_place else no_channels(x0)
-    winograd_kernel(x0, x1, u_packed, bias_padded, np.int64(tiles_per_block), np.int64(block_rows),
+    winograd_kernel(x0, x1, u_packed, bias_padded, relu, np.int64(tiles_per_block), np.int64(block_rows),
                     np.int64(numba.get_num_threads()), y0, y1)
     if in_place:
         outputs = (y0, y1)
@@ -537,11 +554,12 @@ def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, t
                  else arena.copy(y[..., :channels]) for y, channels in zip(outputs, output_channels))
 
 
-def winograd_forward(inputs, u, bias, block_rows=BLOCK_W, tiles_per_block=None):
+def winograd_forward(inputs, u, bias, block_rows=BLOCK_W, tiles_per_block=None, relu=False):
     """Line (1) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1: inputs, a tuple of
     channels-last unpadded arrays (N, D, H, W, C_j) (one, or a decoder's two, convolved as their
-    channel concatenation) -> y (N, D, H, W, Cout). u = filter_transform(weight); bias (Cout,) or None."""
-    return winograd_convolution(inputs, u, bias, (u.shape[0],), block_rows, tiles_per_block)[0]
+    channel concatenation) -> y (N, D, H, W, Cout). u = filter_transform(weight); bias (Cout,) or
+    None; relu: max(0, y) as it is stored."""
+    return winograd_convolution(inputs, u, bias, (u.shape[0],), block_rows, tiles_per_block, relu)[0]
 
 
 def winograd_grad_input(grad_output, u, input_channels, block_rows=BLOCK_W):
