@@ -113,10 +113,12 @@ def test_float32_kernel_is_close_to_the_direct_kernel():
 def test_packed_filter_transform_matches_the_reference():
     rng = np.random.default_rng(4)
     weight = rng.standard_normal((17, 3, 3, 3, 3))                          # Cout tail: 17 = 16 + 1
-    u = winograd.filter_transform(weight)                                   # (Cout, Cin, 4, 4, 4)
+    u = winograd.filter_transform(weight)                                   # (4, 4, 4, Cout, Cin)
+    g_g_g = np.einsum("ai,bj,ck->abcijk", winograd.G, winograd.G, winograd.G)
+    np.testing.assert_allclose(u, np.einsum("abcijk,oxijk->abcox", g_g_g, weight), rtol=0, atol=1e-13)
     u_packed = winograd.pack_transformed_filter(u, np.float64)              # (64, 2, Cin, 16)
-    u = u.reshape(17, 3, 64)                                                # (Cout, Cin, 64)
-    np.testing.assert_allclose(u_packed.transpose(1, 3, 2, 0).reshape(32, 3, 64)[:17], u, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(u_packed.transpose(0, 1, 3, 2).reshape(64, 32, 3)[:, :17],
+                               u.reshape(64, 17, 3), rtol=0, atol=0)
     assert not u_packed[:, 1, :, 1:].any()                                  # padding channels stay zero
 
 

@@ -101,27 +101,32 @@ G_KRON = np.kron(np.kron(G, G), G)                                  # (64, 27): 
 
 
 def filter_transform(weight):
-    """U[co, ci, a, b, c] = sum_{i,j,k} G[a, i] G[b, j] G[c, k] weight[co, ci, i, j, k], in float64:
-    G along kz, ky and kx at once, as one (Cout*Cin, 27) @ (27, 64) product with the Kronecker
+    """U[a, b, c, co, ci] = sum_{i,j,k} G[a, i] G[b, j] G[c, k] weight[co, ci, i, j, k], in float64,
+    the transformed positions first as in the kernel (one (Cout, Cin) matrix per position xi):
+    G along kz, ky and kx at once, as one (64, 27) @ (27, Cout*Cin) product with the Kronecker
     product G (x) G (x) G, whose row a*16 + b*4 + c, column i*9 + j*3 + k is G[a,i] G[b,j] G[c,k]
-    (one BLAS call: 0.1-1 ms for the U-Net's layers, where three tensordots took 1-12 ms).
-    weight (Cout, Cin, 3, 3, 3) -> U (Cout, Cin, 4, 4, 4)."""
+    (one BLAS call: 0.03-0.6 ms for the U-Net's layers, where three tensordots took 1-12 ms).
+    weight (Cout, Cin, 3, 3, 3) -> U (4, 4, 4, Cout, Cin)."""
     cout, cin = weight.shape[:2]
     with single_threaded_blas():                      # a small product: no BLAS pool left spinning
-        u = weight.reshape(cout * cin, 27).astype(np.float64) @ G_KRON.T   # (Cout*Cin, 64)
-    return u.reshape(cout, cin, 4, 4, 4)
+        u = G_KRON @ weight.reshape(cout * cin, 27).astype(np.float64).T   # (64, Cout*Cin)
+    return u.reshape(4, 4, 4, cout, cin)
 
 
 POINTS_FLIPPED = [3, 1, 2, 0]   # G applied to (g2, g1, g0): the points 0 and infinity trade places
+POSITIONS_FLIPPED = [(POINTS_FLIPPED[a] * 4 + POINTS_FLIPPED[b]) * 4 + POINTS_FLIPPED[c]   # xi -> xi'
+                     for a in range(4) for b in range(4) for c in range(4)]
 
 
 def flipped_transposed_transform(u):
     """The filter transform of grad-input's kernel (nn3d/conv3d.py (3): the weight flipped along
     every axis, in/out channels swapped), from the forward's U instead of from the weights: G applied
     to the flipped filter (g2, g1, g0) gives (g2, (g0+g1+g2)/2, (g0-g1+g2)/2, g0), which is
-    ((G g)[3], (G g)[1], (G g)[2], (G g)[0]); so per axis U'[a] = U[POINTS_FLIPPED[a]].
-    U (Cout, Cin, 4, 4, 4) -> U' (Cin, Cout, 4, 4, 4): U is computed once per step, in forward."""
-    return u.transpose(1, 0, 2, 3, 4)[:, :, POINTS_FLIPPED][:, :, :, POINTS_FLIPPED][..., POINTS_FLIPPED]
+    ((G g)[3], (G g)[1], (G g)[2], (G g)[0]); so per axis U'[a] = U[POINTS_FLIPPED[a]], and the
+    channel matrices are transposed. U (4, 4, 4, Cout, Cin) -> U' (4, 4, 4, Cin, Cout), a view of
+    one gather of U's 64 matrices: U is computed once per step, in forward."""
+    cout, cin = u.shape[3:]
+    return u.reshape(TILE_VALUES, cout, cin)[POSITIONS_FLIPPED].transpose(0, 2, 1).reshape(4, 4, 4, cin, cout)
 
 
 def winograd_forward_reference(x, weight, bias):
@@ -142,7 +147,7 @@ def winograd_forward_reference(x, weight, bias):
                 d[:, :, :, :, i, j, k] = x_pad[:, i:i + 2 * tiles_d:2, j:j + 2 * tiles_h:2,
                                                k:k + 2 * tiles_w:2]
     v = np.einsum("ai,bj,ck,ntuvijkx->ntuvabcx", B_T, B_T, B_T, d, optimize=True)   # (..., 4, 4, 4, Cin)
-    m = np.einsum("ntuvabcx,oxabc->ntuvabco", v, filter_transform(weight), optimize=True)
+    m = np.einsum("ntuvabcx,abcox->ntuvabco", v, filter_transform(weight), optimize=True)
     y_tiles = np.einsum("pa,qb,rc,ntuvabco->ntpuqvro", A_T, A_T, A_T, m, optimize=True)
     y = y_tiles.reshape(n_batch, 2 * tiles_d, 2 * tiles_h, 2 * tiles_w, cout)[:, :size[0], :size[1], :size[2]]
     return y + (0 if bias is None else bias)
@@ -154,13 +159,15 @@ TILE_VALUES = 64       # 4 x 4 x 4 transformed positions xi = (a*4 + b)*4 + c
 
 
 def pack_transformed_filter(u, dtype):
-    """U (Cout, Cin, 4, 4, 4) from `filter_transform` -> u_packed (64, Cout_padded/16, Cin, 16):
-    u_packed[xi, cb, ci, c] = U[16*cb + c, ci, xi], zeros for the padding channels."""
-    cout, cin = u.shape[:2]
+    """U (4, 4, 4, Cout, Cin) from `filter_transform` (or a view of it) -> u_packed
+    (64, Cout_padded/16, Cin, 16) in dtype: u_packed[xi, cb, ci, c] = U[xi, 16*cb + c, ci], zeros
+    for the padding channels."""
+    cout, cin = u.shape[3:]
+    u = u.reshape(TILE_VALUES, cout, cin)                                     # (64, Cout, Cin)
     cout_padded = -(-cout // BLOCK_C) * BLOCK_C
-    u_padded = np.zeros((cout_padded, cin, TILE_VALUES), dtype=dtype)
-    u_padded[:cout] = u.reshape(cout, cin, TILE_VALUES)
-    return np.ascontiguousarray(u_padded.reshape(-1, BLOCK_C, cin, TILE_VALUES).transpose(3, 0, 2, 1))
+    if cout_padded != cout:
+        u = np.concatenate([u, np.zeros((TILE_VALUES, cout_padded - cout, cin))], axis=1)
+    return np.ascontiguousarray(u.reshape(TILE_VALUES, -1, BLOCK_C, cin).transpose(0, 1, 3, 2), dtype=dtype)
 
 
 @inlined_tile_helper
@@ -520,7 +527,7 @@ def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, t
                          relu=False):
     """The 3x3x3, stride-1, padding-1 convolution of the channel concatenation of `inputs` (a tuple
     of channels-last arrays (N, D, H, W, C_j), unpadded) by F(2^3, 3^3), with the transformed filter
-    u (Cout, Cin, 4, 4, 4) (`filter_transform`) and bias (Cout,) or None. Returns the output's
+    u (4, 4, 4, Cout, Cin) (`filter_transform`) and bias (Cout,) or None. Returns the output's
     channels cut into bands of sizes `output_channels` (summing to Cout): a tuple of C-contiguous
     (N, D, H, W, C) arrays. Two inputs whose first has a multiple of 16 channels are read in place,
     and two output bands whose first is a multiple of 16 are written in place; anything else goes
@@ -531,7 +538,7 @@ def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, t
         inputs = (pad_and_concatenate(inputs, (0, 0, 0)),)              # channels side by side
     x0 = inputs[0]
     x1 = inputs[1] if len(inputs) == 2 else no_channels(x0)
-    cout = u.shape[0]
+    cout = u.shape[3]
     u_packed = pack_transformed_filter(u, x0.dtype)                     # (64, Cout_p/16, Cin, 16)
     cout_padded = u_packed.shape[1] * BLOCK_C
     bias_padded = np.zeros(cout_padded, dtype=x0.dtype)
@@ -559,7 +566,7 @@ def winograd_forward(inputs, u, bias, block_rows=BLOCK_W, tiles_per_block=None, 
     channels-last unpadded arrays (N, D, H, W, C_j) (one, or a decoder's two, convolved as their
     channel concatenation) -> y (N, D, H, W, Cout). u = filter_transform(weight); bias (Cout,) or
     None; relu: max(0, y) as it is stored."""
-    return winograd_convolution(inputs, u, bias, (u.shape[0],), block_rows, tiles_per_block, relu)[0]
+    return winograd_convolution(inputs, u, bias, (u.shape[3],), block_rows, tiles_per_block, relu)[0]
 
 
 def winograd_grad_input(grad_output, u, input_channels, block_rows=BLOCK_W):
