@@ -62,6 +62,7 @@ def test_gradients_accumulate_until_zero_grad():
     (3, 17, (5, 6, 11), (3, 3, 3), (1, 1, 1), (1, 1, 1)),    # W tail (11 = 2*4 + 3), Cout tail
     (5, 16, (7, 6, 9), (3, 2, 3), (2, 2, 1), (1, 0, 2)),     # strided, non-cubic kernel, j tail
     (16, 1, (5, 6, 7), (1, 1, 1), (1, 1, 1), (0, 0, 0)),     # the head: pointwise kernels (Cout < 16)
+    (19, 3, (3, 4, 5), (1, 1, 1), (1, 1, 1), (0, 0, 0)),     # pointwise: a 16-channel block + 3 left over
 ])
 @pytest.mark.parametrize("block", [4, 8])        # both register-tile widths (AVX2, AVX-512), any CPU
 def test_kernels_match_references(cin, cout, size, kernel, stride, padding, block):
