@@ -300,10 +300,11 @@ MIN_CHUNK_TILES = 64       # a chunk's tiles: its arithmetic must outweigh zeroi
 def grad_weight_partition(n_tiles, cin_padded, cout_padded):
     """(tiles_per_block, tiles_per_chunk, n_chunks) for n_tiles tiles, from the shapes only (never the
     thread count: the sums are the same on any machine). Blocks: V and W of a block, 64 * tiles *
-    (Cin + Cout) values, in about 1 MiB of float32 (half of this machine's L2), 16..64 tiles.
+    (Cin + Cout) values, in about 1 MiB of float32 (half of this machine's L2): 16, 32 or 64 tiles, a
+    power of two (which divides the tile counts of power-of-two volumes into equal chunks).
     Chunks: WORK_ITEMS (32) when there are enough tiles, at least MIN_CHUNK_TILES tiles each, and
     no more than PARTIAL_BUDGET values of partial dU (64 * Cin * Cout each) in all; whole blocks."""
-    tiles_per_block = int(min(64, max(16, 4096 // (cin_padded + cout_padded) // 8 * 8)))
+    tiles_per_block = int(min(64, max(16, 2 ** int(np.log2(4096 // (cin_padded + cout_padded))))))
     partial_size = TILE_VALUES * cin_padded * cout_padded
     n_chunks = max(1, min(WORK_ITEMS, n_tiles // MIN_CHUNK_TILES, PARTIAL_BUDGET // partial_size))
     tiles_per_chunk = -(-n_tiles // n_chunks)
