@@ -26,7 +26,10 @@ its header first: B^T, G, A^T, U, V, xi and the tiles are the same here).
 
    The first line is the work: 64 multiply-adds per tile and channel pair, where the direct sum (4)
    does 8 voxels x 27 taps = 216, the same 3.375x as the forward. The second is one (27, 64) @
-   (64, Cin*Cout) product in float64 per call, 3 * 64 / T of the first line's arithmetic.
+   (64, Cin*Cout) product per call, 27/T of the first line's multiplications, in float64. (It runs
+   in the parallel kernel that adds the chunks' partial dU, `sum_chunks_and_transform`: as a BLAS
+   call with its transposes it took 2.9 ms at 128 -> 128 channels, more than the rest of an 8^3
+   layer's grad-weight.)
 
 3. Why the transposed F(2, 3), and no F(3, 2). Grad-weight is itself a correlation, of the input
    with the output gradient: along one axis, dg_i = sum_o d_{o+i} e_o, three taps from a 2-wide
@@ -60,7 +63,8 @@ chunk it goes block by block (`tiles_per_block` tiles): V (64, rows, Cin_padded)
 `accumulate_block_products` adds V[xi]^T W[xi] into the chunk's dU, a register tile of block_rows
 input channels x 16 output channels at a time running over the block's tiles. V and W (8x the
 block's input and output gradient) stay in the worker's buffers: they never travel through main
-memory. `sum_chunks` adds the partials in parallel over dU's elements.
+memory. `sum_chunks_and_transform` then adds the chunks' partials and applies G^T, in float64, in
+parallel over the input channels.
 """
 import numba
 import numpy as np
