@@ -238,6 +238,21 @@ def stage_edge_tile(x, x_flat, n, iz0, iy0, ix0, c0, staged):
 
 
 @inlined_tile_helper
+def tile_source(x, x_flat, n, iz0, iy0, ix0, c0, inside, staged):
+    """Where to read channels c0..c0+15 of the tile whose first voxel is x[n, iz0, iy0, ix0]:
+    (source, at, plane, row_length, voxel_step), the tile's voxel (i, j, k) at source[at + i*plane +
+    j*row_length + k*voxel_step] (all unsigned). x itself when `inside` (every voxel of the tile is
+    in the volume) and 16 channels exist; else `staged`, filled by `stage_edge_tile` with its zeros."""
+    size_d, size_h, size_w, channels = x.shape[1:]
+    if inside and c0 + BLOCK_C <= channels:
+        at = (((n * size_d + iz0) * size_h + iy0) * size_w + ix0) * channels + c0
+        return (x_flat, np.uint64(at), np.uint64(size_h * size_w * channels), np.uint64(size_w * channels),
+                np.uint64(channels))
+    stage_edge_tile(x, x_flat, n, iz0, iy0, ix0, c0, staged)
+    return staged, U[0], np.uint64(16 * BLOCK_C), np.uint64(4 * BLOCK_C), np.uint64(BLOCK_C)
+
+
+@inlined_tile_helper
 def input_tile_along_y(s1, s2):
     """s2[a, b, k] = sum_j B^T[b, j] s1[a, j, k]."""
     for a in range(4):

@@ -73,8 +73,8 @@ from numba import prange
 from .. import arena
 from .conv3d import BLOCK_C, BLOCK_W, WORK_ITEMS, fma16, load16
 from .jit import blocked_kernel, inlined_tile_helper, parallel_kernel, tile_helper
-from .winograd import (A_T, B_T, G, G_KRON, TILE_VALUES, U, add16, load16_at, stage_edge_tile, store16_at,
-                       sub16, tile_position, transform_input_block)
+from .winograd import (A_T, B_T, G, G_KRON, TILE_VALUES, U, add16, load16_at, store16_at, sub16, tile_position,
+                       tile_source, transform_input_block)
 
 
 def winograd_grad_weight_reference(x, grad_output):
@@ -145,29 +145,22 @@ def transform_grad_output_block(grad_output, first, count, rows, w, s1, s2, stag
     """W[xi, cb, t, :] = (A e_t A^T along each axis) of the output-gradient tiles first + t, t < count,
     16 channels at a time. grad_output (N, D, H, W, Cout); w (64, Cout_padded/16, rows, 16) flat;
     s1, s2 scratch; staged (4 * 4 * 4 * 16,). A tile sticking out of an odd-sized volume, and the
-    last block of channels when Cout is not a multiple of 16, go through `stage_edge_tile` (a 4x4x4
-    window with zeros outside the volume, of which the first 2x2x2 voxels are the tile)."""
+    last block of channels when Cout is not a multiple of 16, are read from `staged` (winograd.py's
+    `tile_source`: a 4x4x4 window with zeros outside the volume, whose first 2x2x2 voxels are the
+    tile)."""
     n_batch, size_d, size_h, size_w, cout = grad_output.shape
     tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
     n_cblocks = (cout + BLOCK_C - 1) // BLOCK_C
     g_flat = grad_output.reshape(grad_output.size)
-    voxel_step = np.uint64(cout)
-    row_length = np.uint64(size_w * cout)
-    plane = np.uint64(size_h) * row_length                 # from e[n, z] to e[n, z + 1]
     xi_step = np.uint64(n_cblocks * rows * BLOCK_C)        # from W[xi] to W[xi + 1]
     for t in range(count):
         n, td, th, tw = tile_position(first + t, tiles_d, tiles_h, tiles_w)
         iz0, iy0, ix0 = 2 * td, 2 * th, 2 * tw             # the tile's first voxel
         whole = iz0 + 1 < size_d and iy0 + 1 < size_h and ix0 + 1 < size_w
         for cb in range(n_cblocks):
-            c0 = cb * BLOCK_C
-            if whole and c0 + BLOCK_C <= cout:
-                at = (((n * size_d + iz0) * size_h + iy0) * size_w + ix0) * cout + c0
-                grad_output_tile_along_z(g_flat, np.uint64(at), plane, row_length, voxel_step, s1)
-            else:
-                stage_edge_tile(grad_output, g_flat, n, iz0, iy0, ix0, c0, staged)
-                grad_output_tile_along_z(staged, U[0], np.uint64(16 * BLOCK_C), np.uint64(4 * BLOCK_C),
-                                         np.uint64(BLOCK_C), s1)
+            source, at, plane, row_length, voxel_step = tile_source(grad_output, g_flat, n, iz0, iy0, ix0,
+                                                                    cb * BLOCK_C, whole, staged)
+            grad_output_tile_along_z(source, at, plane, row_length, voxel_step, s1)
             grad_output_tile_along_y(s1, s2)
             grad_output_tile_along_x(s2, w, np.uint64((cb * rows + t) * BLOCK_C), xi_step)
 
@@ -183,7 +176,9 @@ def accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, b
     """dU[xi, ci, 16cb:16cb+16] += sum_{t < count} V[xi, t, ci] W[xi, cb, t, :] for the 64 positions xi:
     (Cin x count) @ (count x 16) per output-channel block cb, a register tile of block_rows = 8
     input channels (else 4) x 16 output channels that runs over the block's tiles (per tile: one
-    load of 16 W values, block_rows broadcasts of V, block_rows FMAs), then is added into dU.
+    load of 16 W values, block_rows broadcasts of V, block_rows FMAs), then is added into dU. Both
+    tiles are spelled out, like winograd.multiply_block's: written as tuples of 16-tuples (one helper
+    for both widths), the accumulators compiled to shuffles and stack spills around every FMA.
     v (64, rows, Cin_padded) flat; w_matrix rows (xi, cb, t) of 16; du (64, Cin_padded,
     Cout_padded) flat."""
     row_u = np.uint64(cin_padded)                          # from V[xi, t] to V[xi, t + 1]
