@@ -166,13 +166,18 @@ def transform_grad_output_block(grad_output, first, count, rows, w, s1, s2, stag
 
 
 @inlined_tile_helper
-def add_into16(flat, at, v):
-    """flat[at:at + 16] += the 16-tuple v (`at` unsigned)."""
-    store16_at(flat, at, add16(load16_at(flat, at), v))
+def add_into16(flat, at, v, fresh):
+    """flat[at:at + 16] += the 16-tuple v (`at` unsigned); = v when `fresh` (its first sum: the
+    partial dU is never zeroed)."""
+    if fresh:
+        store16_at(flat, at, v)
+    else:
+        store16_at(flat, at, add16(load16_at(flat, at), v))
 
 
 @tile_helper
-def accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, block_rows, du, zeros):
+def accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, block_rows, du, fresh,
+                              zeros):
     """dU[xi, ci, 16cb:16cb+16] += sum_{t < count} V[xi, t, ci] W[xi, cb, t, :] for the 64 positions xi:
     (Cin x count) @ (count x 16) per output-channel block cb, a register tile of block_rows = 8
     input channels (else 4) x 16 output channels that runs over the block's tiles (per tile: one
@@ -203,14 +208,14 @@ def accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, b
                     acc6 = fma16(acc6, v[at + U[6]], e)
                     acc7 = fma16(acc7, v[at + U[7]], e)
                 to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
-                add_into16(du, to, acc0)
-                add_into16(du, to + du_row, acc1)
-                add_into16(du, to + U[2] * du_row, acc2)
-                add_into16(du, to + U[3] * du_row, acc3)
-                add_into16(du, to + U[4] * du_row, acc4)
-                add_into16(du, to + U[5] * du_row, acc5)
-                add_into16(du, to + U[6] * du_row, acc6)
-                add_into16(du, to + U[7] * du_row, acc7)
+                add_into16(du, to, acc0, fresh)
+                add_into16(du, to + du_row, acc1, fresh)
+                add_into16(du, to + U[2] * du_row, acc2, fresh)
+                add_into16(du, to + U[3] * du_row, acc3, fresh)
+                add_into16(du, to + U[4] * du_row, acc4, fresh)
+                add_into16(du, to + U[5] * du_row, acc5, fresh)
+                add_into16(du, to + U[6] * du_row, acc6, fresh)
+                add_into16(du, to + U[7] * du_row, acc7, fresh)
             for ci0 in range(end8, cin_padded, 4):
                 v_0 = np.uint64(xi * rows * cin_padded + ci0)
                 acc0 = acc1 = acc2 = acc3 = load16(zeros, 0)
@@ -222,10 +227,10 @@ def accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, b
                     acc2 = fma16(acc2, v[at + U[2]], e)
                     acc3 = fma16(acc3, v[at + U[3]], e)
                 to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
-                add_into16(du, to, acc0)
-                add_into16(du, to + du_row, acc1)
-                add_into16(du, to + U[2] * du_row, acc2)
-                add_into16(du, to + U[3] * du_row, acc3)
+                add_into16(du, to, acc0, fresh)
+                add_into16(du, to + du_row, acc1, fresh)
+                add_into16(du, to + U[2] * du_row, acc2, fresh)
+                add_into16(du, to + U[3] * du_row, acc3, fresh)
 
 
 @blocked_kernel
@@ -255,7 +260,6 @@ def winograd_grad_weight_kernel(x, grad_output, tiles_per_chunk, tiles_per_block
         zeros = np.zeros((1, BLOCK_C), dtype=partial.dtype)                            # a zero register tile
         for chunk in range(worker, n_chunks, n_workers):
             du = partial[chunk]
-            du[:] = 0
             chunk_first = np.int64(chunk) * tiles_per_chunk
             chunk_end = min(chunk_first + tiles_per_chunk, n_tiles)
             for first in range(chunk_first, chunk_end, tiles_per_block):
@@ -263,7 +267,7 @@ def winograd_grad_weight_kernel(x, grad_output, tiles_per_chunk, tiles_per_block
                 transform_input_block(x, first, count, rows, v, s1, s2, staged)
                 transform_grad_output_block(grad_output, first, count, rows, w, s1, s2, staged)
                 accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, block_rows, du,
-                                          zeros)
+                                          first == chunk_first, zeros)
 
 
 @parallel_kernel
