@@ -36,8 +36,8 @@ REFERENCE_SHAPES = [(2, 3, 5, (5, 6, 7)), (1, 1, 1, (3, 4, 1)), (1, 4, 2, (2, 9,
 def test_reference_equals_direct_grad_weight(batch, cin, cout, size):
     x, grad_output = random_pair(np.random.default_rng(0), batch, cin, cout, size)
     # float64 rounding only: each entry sums <= 2 * 5*6*7 = 420 products of size ~1
-    np.testing.assert_allclose(winograd_grad_weight_reference(x, grad_output), direct_reference(x, grad_output),
-                               rtol=0, atol=1e-11)
+    np.testing.assert_allclose(winograd_grad_weight_reference(x, grad_output),
+                               direct_reference(x, grad_output), rtol=0, atol=1e-11)
 
 
 # (batch, Cin, Cout, (D, H, W)): odd sizes (tiles sticking out on every far face), non-cubic, C = 1,

@@ -73,8 +73,8 @@ from numba import prange
 from .. import arena
 from .conv3d import BLOCK_C, BLOCK_W, WORK_ITEMS, fma16, load16
 from .jit import blocked_kernel, inlined_tile_helper, parallel_kernel, tile_helper
-from .winograd import (A_T, B_T, G, G_KRON, TILE_VALUES, U, add16, load16_at, store16_at, sub16, tile_position,
-                       tile_source, transform_input_block)
+from .winograd import (A_T, B_T, G, G_KRON, TILE_VALUES, U, add16, load16_at, store16_at, sub16,
+                       tile_position, tile_source, transform_input_block)
 
 
 def winograd_grad_weight_reference(x, grad_output):
@@ -251,13 +251,13 @@ def winograd_grad_weight_kernel(x, grad_output, tiles_per_chunk, tiles_per_block
     n_cblocks = (grad_output.shape[4] + BLOCK_C - 1) // BLOCK_C
     rows = tiles_per_block + 1     # V, W rows: one spare, so V[xi] and W[xi] are not a power of two apart
     for worker in prange(n_workers):
-        v = np.empty(TILE_VALUES * rows * cin_padded, dtype=partial.dtype)               # V (64, rows, Cin_p)
-        w = np.empty(TILE_VALUES * n_cblocks * rows * BLOCK_C, dtype=partial.dtype)      # W (64, Cout_p/16, rows, 16)
-        w_matrix = w.reshape(TILE_VALUES * n_cblocks * rows, BLOCK_C)                    # rows (xi, cb, t)
-        s1 = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                       # scratch: one axis done
-        s2 = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                       # two axes done
-        staged = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                   # a tile at a face
-        zeros = np.zeros((1, BLOCK_C), dtype=partial.dtype)                            # a zero register tile
+        v = np.empty(TILE_VALUES * rows * cin_padded, dtype=partial.dtype)           # V (64, rows, Cin_p)
+        w = np.empty(TILE_VALUES * n_cblocks * rows * BLOCK_C, dtype=partial.dtype)  # W (64, Cout_p/16, rows, 16)
+        w_matrix = w.reshape(TILE_VALUES * n_cblocks * rows, BLOCK_C)                # rows (xi, cb, t)
+        s1 = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                    # scratch: one axis done
+        s2 = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                    # two axes done
+        staged = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                # a tile at a face
+        zeros = np.zeros((1, BLOCK_C), dtype=partial.dtype)                          # a zero register tile
         for chunk in range(worker, n_chunks, n_workers):
             du = partial[chunk]
             chunk_first = np.int64(chunk) * tiles_per_chunk
@@ -329,7 +329,7 @@ def winograd_grad_weight(x, grad_output, block_rows=BLOCK_W):
     cin_padded, cout_padded = (-(-c // BLOCK_C) * BLOCK_C for c in (cin, cout))
     n_tiles = x.shape[0] * ((x.shape[1] + 1) // 2) * ((x.shape[2] + 1) // 2) * ((x.shape[3] + 1) // 2)
     tiles_per_block, tiles_per_chunk, n_chunks = grad_weight_partition(n_tiles, cin_padded, cout_padded)
-    partial = arena.empty((n_chunks, TILE_VALUES * cin_padded * cout_padded), x.dtype)   # (chunks, 64*Cin_p*Cout_p)
+    partial = arena.empty((n_chunks, TILE_VALUES * cin_padded * cout_padded), x.dtype)   # dU per chunk
     winograd_grad_weight_kernel(x, grad_output, np.int64(tiles_per_chunk), np.int64(tiles_per_block),
                                 np.int64(block_rows), np.int64(numba.get_num_threads()), partial)
     grad_weight = np.empty((cout, cin, 27), x.dtype)                                 # (Cout, Cin, 27)
