@@ -9,15 +9,18 @@ after warm-up (median of interleaved repeats). PyTorch runs each pass in NCDHW a
 channels_last_3d; the faster counts. Compute-bound passes report GFLOP/s and the fraction of
 NumPy's sgemm rate measured in the same run; the 3x3x3 layers' forward and grad_input rows run the
 direct kernels, the "wino fwd" and "wino grad_in" rows the same passes by Winograd F(2^3, 3^3)
-(nn3d/kernels/winograd.py), whose rate is "effective": direct-convolution FLOPs / time. Winograd does
-3.4x fewer multiplications, so its effective rate may exceed the sgemm rate (of roof > 100%).
+(nn3d/kernels/winograd.py), the "wino grad_w" row the grad-weight pass by its transpose
+(nn3d/kernels/winograd_grad_weight.py); their rate is "effective": direct-convolution FLOPs / time.
+Winograd does 3.4x fewer multiplications, so its effective rate may exceed the sgemm rate (of
+roof > 100%).
 Memory-bound passes report GB/s (bytes of the inputs read once plus the outputs written once)
 against a NumPy copy measured in the same run.
 There is no concatenation row: the decoders' first convolutions read (up, skip) as two inputs
 (their forward includes the concatenation; PyTorch's row is timed on the concatenated tensor).
 For every pass it also reports how many independent work items its parallel loop has (the `prange`
-iterations, for Winograd its blocks of tiles: enough to keep 32 cores busy is the aim) and its
-speed-up from 1 to 2 threads (both timed in the same interleaved rounds).
+iterations, for Winograd its blocks of tiles, for its grad-weight its chunks of tiles: enough to
+keep 32 cores busy is the aim) and its speed-up from 1 to 2 threads (both timed in the same
+interleaved rounds).
 
 Writes benchmarks/results/kernels_<size>.json and .png.
 """
@@ -69,6 +72,7 @@ def conv_passes(kind, spec, rng):
     from nn3d.kernels.padding import pad_and_concatenate, pad_channels_last
     from nn3d.kernels.winograd import (filter_transform, tiles_per_block_for, winograd_forward,
                                        winograd_grad_input)
+    from nn3d.kernels.winograd_grad_weight import grad_weight_partition, winograd_grad_weight
     from nn3d.layout import to_channels_last
 
     cin, cout, size = spec["cin"], spec["cout"], spec["size"]
@@ -110,7 +114,8 @@ def conv_passes(kind, spec, rng):
         passes[label] = (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None, items[name])
     if kind == "conv3":       # the same two passes by Winograd F(2^3, 3^3); rates are effective
         tiles = ((size + 1) // 2) ** 3                              # 2x2x2 output tiles
-        blocks = lambda c_in, c_out: -(-tiles // tiles_per_block_for(c_in, -(-c_out // BLOCK_C) * BLOCK_C))
+        padded = lambda c: -(-c // BLOCK_C) * BLOCK_C               # channels in whole blocks of 16
+        blocks = lambda c_in, c_out: -(-tiles // tiles_per_block_for(c_in, padded(c_out)))
         weight_transform = filter_transform(layer.weight.data)      # forward's U, kept for grad-input
         passes["wino fwd"] = (          # as the layer: the filter transform, then the inputs in place
             lambda: winograd_forward(tuple(parts_cl), filter_transform(layer.weight.data), layer.bias.data),
@@ -118,6 +123,10 @@ def conv_passes(kind, spec, rng):
         passes["wino grad_in" + ("*" if cin == 1 else "")] = (
             lambda: winograd_grad_input(g_cl, weight_transform, tuple(x.shape[4] for x in parts_cl)),
             formats["ncdhw"]["grad_input"], formats["cl"]["grad_input"], flops, None, blocks(cout, cin))
+        passes["wino grad_w"] = (       # the inputs in place, as the layer
+            lambda: winograd_grad_weight(tuple(parts_cl), g_cl), formats["ncdhw"]["grad_weight"],
+            formats["cl"]["grad_weight"], flops, None,
+            grad_weight_partition(tiles, padded(cin), padded(cout))[2])      # its chunks of tiles
     return passes
 
 

@@ -1,6 +1,6 @@
 """Float32 error of Winograd F(2^3, 3^3) against float64, next to the direct kernels', at the U-Net's
-3x3x3 layer shapes (forward and grad-input: the passes nn3d/kernels/conv_algorithm.py can send to
-Winograd).
+3x3x3 layer shapes: forward and grad-input (nn3d/kernels/winograd.py) and grad-weight, by the
+transposed algorithm (nn3d/kernels/winograd_grad_weight.py).
 
     python -m benchmarks.winograd_accuracy [--size 64]
 
@@ -19,23 +19,26 @@ from .kernels import unet_layer_shapes
 def pass_errors(cin, cout, size, rng):
     """{(pass, algorithm): max relative error} for one layer shape."""
     from nn3d.gradcheck import max_relative_error
-    from nn3d.kernels.conv3d import conv3d_forward, conv3d_grad_input
+    from nn3d.kernels.conv3d import conv3d_forward, conv3d_grad_input, conv3d_grad_weight
     from nn3d.kernels.padding import pad_channels_last
     from nn3d.kernels.winograd import filter_transform, winograd_forward, winograd_grad_input
+    from nn3d.kernels.winograd_grad_weight import winograd_grad_weight
 
     bound = 1 / np.sqrt(cin * 27)
     weight = rng.uniform(-bound, bound, (cout, cin, 3, 3, 3)).astype(np.float32)
     x = rng.standard_normal((1, size, size, size, cin), dtype=np.float32)           # (N, D, H, W, Cin)
     g = rng.standard_normal((1, size, size, size, cout), dtype=np.float32)          # (N, D, H, W, Cout)
-    ones, pad = (1, 1, 1), (1, 1, 1)
-    truth = {"forward": conv3d_forward(pad_channels_last(x.astype(np.float64), pad),
-                                       weight.astype(np.float64), None, ones),
-             "grad_input": conv3d_grad_input(g.astype(np.float64), weight.astype(np.float64),
-                                             (size,) * 3, ones, pad)}
+    ones, pad, kernel = (1, 1, 1), (1, 1, 1), (3, 3, 3)
+    x64, g64 = x.astype(np.float64), g.astype(np.float64)
+    truth = {"forward": conv3d_forward(pad_channels_last(x64, pad), weight.astype(np.float64), None, ones),
+             "grad_input": conv3d_grad_input(g64, weight.astype(np.float64), (size,) * 3, ones, pad),
+             "grad_weight": conv3d_grad_weight(pad_channels_last(x64, pad), g64, kernel, ones)}
     ours = {("forward", "direct"): conv3d_forward(pad_channels_last(x, pad), weight, None, ones),
             ("forward", "winograd"): winograd_forward((x,), filter_transform(weight), None),
             ("grad_input", "direct"): conv3d_grad_input(g, weight, (size,) * 3, ones, pad),
-            ("grad_input", "winograd"): winograd_grad_input(g, filter_transform(weight), (cin,))[0]}
+            ("grad_input", "winograd"): winograd_grad_input(g, filter_transform(weight), (cin,))[0],
+            ("grad_weight", "direct"): conv3d_grad_weight(pad_channels_last(x, pad), g, kernel, ones),
+            ("grad_weight", "winograd"): winograd_grad_weight((x,), g)}
     return {key: max_relative_error(value, truth[key[0]]) for key, value in ours.items()}
 
 
@@ -50,7 +53,7 @@ def main(argv=None):
         if kind != "conv3":
             continue
         errors = pass_errors(spec["cin"], spec["cout"], spec["size"], rng)
-        for pass_name in ("forward", "grad_input"):
+        for pass_name in ("forward", "grad_input", "grad_weight"):
             direct, winograd = errors[(pass_name, "direct")], errors[(pass_name, "winograd")]
             print(f"{name:<18}{spec['cin']:>5}{spec['cout']:>6}{spec['size']:>6}  {pass_name:<11}"
                   f"{direct:>10.2e}{winograd:>10.2e}{winograd / direct:>7.1f}")

@@ -51,7 +51,7 @@ Input gradient on demand. `requires_input_grad = False` skips (2)-(3) and makes 
 None (like a PyTorch input that does not require grad): the U-Net's first convolution reads the
 data, whose gradient nothing needs, and (3) for a 1-channel input wastes 15 of its 16 register lanes.
 
-What backward keeps. (4) reads x_pad, but the cache holds x itself (channels-last; usually the
+What backward keeps. Direct (4) reads x_pad, but the cache holds x itself (channels-last; usually the
 previous layer's output, which that layer keeps for its own backward anyway) and backward pads it
 again: one parallel copy (~1% of a step) instead of a second, padded copy of every conv input alive
 from forward to backward. x must not be modified in place between forward and backward. Under
@@ -68,13 +68,14 @@ gradient comes out already split, one contiguous array per input.
 Reference: conv3d_forward_reference, conv3d_grad_input_reference and conv3d_grad_weight_reference in
 nn3d/kernels/reference.py compute (1), (2) and (4) in plain NumPy; read them before the fast kernels.
 
-Algorithm: 3x3x3, stride-1, padding-1 convolutions of 16 or more channels compute (1) and (3) by
-Winograd's F(2^3, 3^3) (nn3d/kernels/winograd.py: 64 multiplications per 2x2x2 output tile and
-channel pair instead of 216); `conv_algorithm` (nn3d/kernels/conv_algorithm.py) decides, and
-NN3D_CONV=direct|winograd forces one. (4) and (5) always run direct. Winograd reads its inputs
-unpadded and in place, a decoder's two side by side as if concatenated, and computes (3) for all of
-them in one pass whose output comes out split into the inputs' bands. The filter transform it needs
-(U, from the weights) is computed once, in forward, and kept for backward.
+Algorithm: 3x3x3, stride-1, padding-1 convolutions of 16 or more channels compute (1), (3) and (4)
+by Winograd's F(2^3, 3^3) (nn3d/kernels/winograd.py: 64 multiplications per 2x2x2 output tile and
+channel pair instead of 216; (4) by its transpose, nn3d/kernels/winograd_grad_weight.py);
+`conv_algorithm` (nn3d/kernels/conv_algorithm.py) decides, and NN3D_CONV=direct|winograd forces
+one. (5) is a channel sum either way. Winograd reads its inputs unpadded and in place, a decoder's
+two side by side as if concatenated (so backward makes no x_pad), and computes (3) for all of them
+in one pass whose output comes out split into the inputs' bands. The filter transform it needs (U,
+from the weights) is computed once, in forward, and kept for backward.
 
 Memory: activations are channels-last (nn3d/layout.py); the kernels (nn3d/kernels/conv3d.py) work on
 (N, D, H, W, C) arrays, cite the line numbers above and use the same formulas with the channel index
@@ -93,6 +94,7 @@ from .kernels.conv3d import (conv3d_forward, conv3d_grad_input_of_spread, conv3d
 from .kernels.conv_algorithm import conv_algorithm
 from .kernels.padding import pad_and_concatenate
 from .kernels.winograd import filter_transform, winograd_forward, winograd_grad_input
+from .kernels.winograd_grad_weight import winograd_grad_weight
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
 
@@ -178,11 +180,15 @@ class Conv3d(Module):
         check_grad_output(grad_output, output_shape, inputs_cl[0].dtype, "Conv3d")
         self._cache = None                                                # consumed: x goes after (4)
         grad_output_cl = to_channels_last(grad_output)                    # (N, Do, Ho, Wo, Cout)
-        x_pad = pad_and_concatenate(inputs_cl, self.padding)              # (N, D+2pd, H+2ph, W+2pw, Cin)
-        self.weight.grad += conv3d_grad_weight(x_pad, grad_output_cl, self.kernel_size,
-                                               self.stride)               # (4) (Cout, Cin, kD, kH, kW)
+        if weight_transform is not None:                                  # Winograd: the inputs in place
+            self.weight.grad += winograd_grad_weight(inputs_cl, grad_output_cl)   # (4) (Cout, Cin, 3, 3, 3)
+        else:
+            x_pad = pad_and_concatenate(inputs_cl, self.padding)          # (N, D+2pd, H+2ph, W+2pw, Cin)
+            self.weight.grad += conv3d_grad_weight(x_pad, grad_output_cl, self.kernel_size,
+                                                   self.stride)           # (4) (Cout, Cin, kD, kH, kW)
+            del x_pad
         bands = np.cumsum([0] + [x_cl.shape[4] for x_cl in inputs_cl])    # channel offsets o_j of the inputs
-        del x_pad, inputs_cl                                              # freed before (3) allocates
+        del inputs_cl                                                     # freed before (3) allocates
         if self.bias is not None:
             grad_bias = channel_sums(grad_output_cl.reshape(-1, self.out_channels))   # (5) (Cout,) float64
             self.bias.grad += grad_bias.astype(self.bias.grad.dtype)

@@ -10,7 +10,8 @@ import subprocess
 import sys
 
 KERNEL_TESTS = ["test_conv3d.py", "test_conv_transpose3d.py", "test_batchnorm3d.py", "test_channel_sum.py",
-                "test_maxpool3d.py", "test_relu.py", "test_concat.py", "test_winograd.py"]
+                "test_maxpool3d.py", "test_relu.py", "test_concat.py", "test_winograd.py",
+                "test_winograd_grad_weight.py"]
 
 
 def test_kernel_tests_pass_with_bounds_checking(tmp_path):

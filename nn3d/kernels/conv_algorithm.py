@@ -1,5 +1,6 @@
-"""Which algorithm computes a Conv3d's forward and grad-input passes: the direct kernels
-(nn3d/kernels/conv3d.py) or Winograd's F(2^3, 3^3) (nn3d/kernels/winograd.py).
+"""Which algorithm computes a Conv3d's forward, grad-input and grad-weight passes: the direct kernels
+(nn3d/kernels/conv3d.py) or Winograd's F(2^3, 3^3) (nn3d/kernels/winograd.py,
+nn3d/kernels/winograd_grad_weight.py).
 
 Winograd applies to 3x3x3 kernels with stride 1 and padding 1 (the U-Net's convolutions); every other
 shape runs direct. Among those, the rule: Winograd when both channel counts are at least 16. Below
@@ -10,7 +11,9 @@ And Winograd needs at least 512 output tiles of 2x2x2 voxels (a 16^3 volume): at
 bottleneck (64 tiles, 8 blocks of tiles to share between the threads, where nn3d aims at 32 parallel
 work items) it ran 1.5-2x slower than direct on 2 threads; at 16^3 (512 tiles) 2x faster.
 The rule depends on the shape only, so the choice, and the result, is the same on every run and for
-every thread count. Grad-input (a convolution Cout -> Cin) obeys the same rule.
+every thread count. Grad-input (a convolution Cout -> Cin) and grad-weight obey the same rule: by
+Winograd, grad-weight ran 1.2x (16 -> 16 at 64^3) to 2x (32..128 channels) faster than direct on
+every such layer (benchmarks/kernels.py, the "wino grad_w" rows), and it needs no padded copy of x.
 
 NN3D_CONV=direct or NN3D_CONV=winograd, read at every call, forces one algorithm wherever Winograd
 applies (tests run every layer test both ways; benchmarks compare them).

@@ -276,6 +276,21 @@ def stage_edge_tile(x, x_flat, n, iz0, iy0, ix0, c0, staged):
 
 
 @inlined_tile_helper
+def tile_source(x, x_flat, n, iz0, iy0, ix0, c0, inside, staged):
+    """Where to read channels c0..c0+15 of the tile whose first voxel is x[n, iz0, iy0, ix0]:
+    (source, at, plane, row_length, voxel_step), the tile's voxel (i, j, k) at source[at + i*plane +
+    j*row_length + k*voxel_step] (all unsigned). x itself when `inside` (every voxel of the tile is
+    in the volume) and 16 channels exist; else `staged`, filled by `stage_edge_tile` with its zeros."""
+    size_d, size_h, size_w, channels = x.shape[1:]
+    if inside and c0 + BLOCK_C <= channels:
+        at = (((n * size_d + iz0) * size_h + iy0) * size_w + ix0) * channels + c0
+        return (x_flat, np.uint64(at), np.uint64(size_h * size_w * channels), np.uint64(size_w * channels),
+                np.uint64(channels))
+    stage_edge_tile(x, x_flat, n, iz0, iy0, ix0, c0, staged)
+    return staged, U[0], np.uint64(16 * BLOCK_C), np.uint64(4 * BLOCK_C), np.uint64(BLOCK_C)
+
+
+@inlined_tile_helper
 def input_tile_along_y(s1, s2):
     """s2[a, b, k] = sum_j B^T[b, j] s1[a, j, k]."""
     for a in range(4):
@@ -317,18 +332,10 @@ def transform_input_block(x0, x1, first, count, rows, v, s1, s2, staged):
         interior = (iz0 >= 0 and iy0 >= 0 and ix0 >= 0 and iz0 + 3 < size_d and iy0 + 3 < size_h
                     and ix0 + 3 < size_w)
         for c0 in range(0, cin, BLOCK_C):
-            source, source_flat, channel = (x0, x0_flat, c0) if c0 < cin0 else (x1, x1_flat, c0 - cin0)
-            source_cin = source.shape[4]
-            if interior and channel + BLOCK_C <= source_cin:
-                voxel_step = np.uint64(source_cin)
-                row_length = np.uint64(size_w) * voxel_step
-                at = (((n * size_d + iz0) * size_h + iy0) * size_w + ix0) * source_cin + channel
-                input_tile_along_z(source_flat, np.uint64(at), np.uint64(size_h) * row_length, row_length,
-                                   voxel_step, s1)
-            else:
-                stage_edge_tile(source, source_flat, n, iz0, iy0, ix0, channel, staged)
-                input_tile_along_z(staged, U[0], np.uint64(16 * BLOCK_C), np.uint64(4 * BLOCK_C),
-                                   np.uint64(BLOCK_C), s1)
+            x, x_flat, channel = (x0, x0_flat, c0) if c0 < cin0 else (x1, x1_flat, c0 - cin0)
+            source, at, plane, row_length, voxel_step = tile_source(x, x_flat, n, iz0, iy0, ix0, channel,
+                                                                    interior, staged)
+            input_tile_along_z(source, at, plane, row_length, voxel_step, s1)
             input_tile_along_y(s1, s2)
             input_tile_along_x(s2, v, np.uint64(t * cin_padded + c0), xi_step)
 

@@ -1,0 +1,347 @@
+"""Grad-weight of a 3x3x3, stride-1, padding-1 convolution by Winograd's F(2^3, 3^3): line (4) of
+nn3d/conv3d.py computed as the gradient of the forward algorithm of nn3d/kernels/winograd.py (read
+its header first: B^T, G, A^T, U, V, xi and the tiles are the same here).
+
+1. The gradient of one tile. Per 2x2x2 output tile t the forward computes, along each axis,
+
+       y_t = A^T [ U * V_t ]        U = G g G^T (the filter),   V_t = B^T d_t B (the input tile)
+
+   so y_t[p] = sum_xi A^T[p, xi] U[xi] V_t[xi], with p over the tile's 8 voxels, xi over the 64
+   transformed positions and A^T[p, xi] = A^T[p0, a] A^T[p1, b] A^T[p2, c]. Let e_t = dL/dy_t be the
+   output gradient's tile (2, 2, 2). The weights reach L only through the y_t, and linearly:
+
+       dL/dU[xi] = sum_t sum_p e_t[p] A^T[p, xi] V_t[xi] = sum_t W_t[xi] V_t[xi],
+       W_t[xi]   = sum_p A^T[p, xi] e_t[p]          (4, 4, 4): A e_t A^T along each axis
+
+   One axis of A = (A^T)^T maps the two gradients (e0, e1) to the four values (e0, e0 + e1, e0 - e1,
+   e1): additions only, like B^T. And U[xi] = sum_k G_KRON[xi, k] g[k] over the 27 taps k = (i, j, k)
+   (winograd.filter_transform), so
+
+       dL/dg[i, j, k] = sum_{a,b,c} G[a, i] G[b, j] G[c, k] dL/dU[a, b, c]          G^T along each axis
+
+2. With channels U[xi] is (Cin, Cout), V_t[xi] has Cin values and W_t[xi] Cout:
+
+       dU[xi][ci, co] = sum_t V[xi][t, ci] W[xi][t, co]      64 products (Cin x T) @ (T x Cout)
+       dw[co, ci, i, j, k] = sum_xi G_KRON[xi, (i, j, k)] dU[xi][ci, co]      (Cout, Cin, 3, 3, 3)
+
+   The first line is the work: 64 multiply-adds per tile and channel pair, where the direct sum (4)
+   does 8 voxels x 27 taps = 216, the same 3.375x as the forward. The second is one (27, 64) @
+   (64, Cin*Cout) product per call, 27/T of the first line's multiplications, in float64. (It runs
+   in the parallel kernel that adds the chunks' partial dU, `sum_chunks_and_transform`: as a BLAS
+   call with its transposes it took 2.9 ms at 128 -> 128 channels, more than the rest of an 8^3
+   layer's grad-weight.)
+
+3. Why the transposed F(2, 3), and no F(3, 2). Grad-weight is itself a correlation, of the input
+   with the output gradient: along one axis, dg_i = sum_o d_{o+i} e_o, three taps from a 2-wide
+   tile of e, for which one could derive a minimal algorithm F(3, 2) of its own. It is not needed:
+   the forward computes y = A^T [(G g) * (B^T d)], linear in g, with one multiplication per
+   transformed position; the gradient of a linear map is its transpose, and the transpose of this
+   program (read backwards: A^T becomes A, G becomes G^T, the element-wise product stays) is
+   dg = G^T [(A e) * (B^T d)], with the same 4 multiplications per tile in 1-D, 64 in 3-D. That is
+   an F(3, 2) algorithm (Winograd's transposition principle), read off the forward one, and it
+   reuses the forward's input transform V unchanged. Edges need nothing new: the input's halo is
+   the forward's zeros, and where an odd size leaves the last tile partial, the forward dropped the
+   outputs beyond the volume, so their gradient is zero: e_t is padded with zeros.
+
+4. Where the float32 error comes from. The transforms add at most 8 values each (V, W; exact
+   coefficients 0, +-1); the long sum is the one over tiles, T = N*D*H*W/8 (32768 at 64^3), in three
+   short levels: a register accumulator runs over the tiles of one block (<= 64), the blocks of a
+   chunk add into the chunk's own partial dU, and the chunks' partials are added in float64, in
+   chunk order (no float32 chain runs over all tiles, and the result does not depend on the thread
+   count). G^T then runs in float64. The dU entries are larger than the dw they make (each V and W
+   sums up to 8 values, and G^T subtracts them), so their rounding errors count relative to |dU|,
+   not |dw|; against that, no float32 sum is long. Measured (python -m benchmarks.winograd_accuracy,
+   U-Net layers at 64^3, max error relative to the gradient's scale vs float64): 2.7e-7 .. 4.7e-7,
+   the direct kernel (one float32 chain per chunk of output rows) 2.8e-7 .. 1.3e-6.
+
+Layout of the fast kernel (`winograd_grad_weight_kernel`): x (N, D, H, W, Cin) channels-last without
+a halo and grad_output (N, D, H, W, Cout), tiles numbered as in winograd.py. The tiles are cut into
+chunks of consecutive tiles (their number fixed by the shapes: `grad_weight_partition`); each chunk
+owns a partial dU (64, Cin_padded, Cout_padded), and a worker thread takes whole chunks. Within a
+chunk it goes block by block (`tiles_per_block` tiles): V (64, rows, Cin_padded) by winograd.py's
+`transform_input_block`, W (64, Cout_padded/16, rows, 16) by `transform_grad_output_block`, then
+`accumulate_block_products` adds V[xi]^T W[xi] into the chunk's dU, a register tile of block_rows
+input channels x 16 output channels at a time running over the block's tiles. V and W (8x the
+block's input and output gradient) stay in the worker's buffers: they never travel through main
+memory. `sum_chunks_and_transform` then adds the chunks' partials and applies G^T, in float64, in
+parallel over the input channels.
+"""
+import numba
+import numpy as np
+from numba import prange
+
+from .. import arena
+from .conv3d import BLOCK_C, BLOCK_W, WORK_ITEMS, fma16, load16
+from .jit import blocked_kernel, inlined_tile_helper, parallel_kernel, tile_helper
+from .padding import pad_and_concatenate
+from .winograd import (A_T, B_T, G, G_KRON, TILE_VALUES, U, add16, load16_at, no_channels, store16_at, sub16,
+                       tile_position, tile_source, transform_input_block)
+
+
+def winograd_grad_weight_reference(x, grad_output):
+    """Sections 1-2 plainly, in float64: x (N, D, H, W, Cin) channels-last, unpadded; grad_output
+    (N, D, H, W, Cout) -> dL/dweight (Cout, Cin, 3, 3, 3) of the stride-1, padding-1 convolution."""
+    n_batch, *size, cin = x.shape
+    cout = grad_output.shape[4]
+    tiles_d, tiles_h, tiles_w = tiles = [(s + 1) // 2 for s in size]
+    x_pad = np.zeros((n_batch, *(2 * t + 2 for t in tiles), cin))          # halo 1, rounded up to even
+    x_pad[:, 1:size[0] + 1, 1:size[1] + 1, 1:size[2] + 1] = x
+    d = np.lib.stride_tricks.sliding_window_view(x_pad, (4, 4, 4), axis=(1, 2, 3))[:, ::2, ::2, ::2]
+    # d: (N, tiles_d, tiles_h, tiles_w, Cin, 4, 4, 4), input tiles overlapping by 2
+    e = np.zeros((n_batch, *(2 * t for t in tiles), cout))       # output gradient, zeros past odd edges
+    e[:, :size[0], :size[1], :size[2]] = grad_output
+    e = e.reshape(n_batch, tiles_d, 2, tiles_h, 2, tiles_w, 2, cout)    # (N, td, p, th, q, tw, r, Cout)
+    v = np.einsum("ai,bj,ck,ntuvxijk->ntuvabcx", B_T, B_T, B_T, d, optimize=True)   # (..., 4, 4, 4, Cin)
+    w = np.einsum("pa,qb,rc,ntpuqvro->ntuvabco", A_T, A_T, A_T, e, optimize=True)   # (..., 4, 4, 4, Cout)
+    du = np.einsum("ntuvabcx,ntuvabco->abcxo", v, w, optimize=True)                 # (4, 4, 4, Cin, Cout)
+    return np.einsum("ai,bj,ck,abcxo->oxijk", G, G, G, du, optimize=True)          # (Cout, Cin, 3, 3, 3)
+
+
+# ---- the fast kernel ----------------------------------------------------------------------------
+@inlined_tile_helper
+def grad_output_transform_1d(e0, e1, out, at, step):
+    """out[at + a*step : ... + 16] = (A (e0, e1))[a] = (e0, e0 + e1, e0 - e1, e1)[a] for a = 0..3,
+    on 16-channel vectors (A = (A^T)^T: section 1)."""
+    store16_at(out, at, e0)
+    store16_at(out, at + step, add16(e0, e1))
+    store16_at(out, at + U[2] * step, sub16(e0, e1))
+    store16_at(out, at + U[3] * step, e1)
+
+
+# The transform of one output-gradient tile and 16 channels, one axis per function, inlined like
+# winograd.py's input transform (same reasons: no reference counting per call, arithmetic visible to
+# the vectoriser, unsigned offsets only).
+@inlined_tile_helper
+def grad_output_tile_along_z(source, at, plane, row_length, voxel_step, s1):
+    """s1[a, q, r] = sum_p A[a, p] e[p, q, r] for one 2x2x2 tile e and 16 channels, where e[p, q, r]
+    starts at source[at + p*plane + q*row_length + r*voxel_step] (all unsigned); s1 (4, 2, 2, 16)."""
+    for q in range(2):
+        for r in range(2):
+            voxel = at + U[q] * row_length + U[r] * voxel_step
+            grad_output_transform_1d(load16_at(source, voxel), load16_at(source, voxel + plane),
+                                     s1, np.uint64((q * 2 + r) * BLOCK_C), np.uint64(4 * BLOCK_C))
+
+
+@inlined_tile_helper
+def grad_output_tile_along_y(s1, s2):
+    """s2[a, b, r] = sum_q A[b, q] s1[a, q, r]; s2 (4, 4, 2, 16)."""
+    for a in range(4):
+        for r in range(2):
+            at = np.uint64((a * 4 + r) * BLOCK_C)
+            grad_output_transform_1d(load16_at(s1, at), load16_at(s1, at + np.uint64(2 * BLOCK_C)),
+                                     s2, np.uint64((a * 8 + r) * BLOCK_C), np.uint64(2 * BLOCK_C))
+
+
+@inlined_tile_helper
+def grad_output_tile_along_x(s2, w, to, xi_step):
+    """W[xi = (a*4 + b)*4 + c] = sum_r A[c, r] s2[a, b, r], stored at w[to + xi * xi_step]."""
+    for ab in range(16):
+        at = np.uint64(ab * 2 * BLOCK_C)
+        grad_output_transform_1d(load16_at(s2, at), load16_at(s2, at + np.uint64(BLOCK_C)),
+                                 w, to + np.uint64(ab * 4) * xi_step, xi_step)
+
+
+@tile_helper
+def transform_grad_output_block(grad_output, first, count, rows, w, s1, s2, staged):
+    """W[xi, cb, t, :] = (A e_t A^T along each axis) of the output-gradient tiles first + t, t < count,
+    16 channels at a time. grad_output (N, D, H, W, Cout); w (64, Cout_padded/16, rows, 16) flat;
+    s1, s2 scratch; staged (4 * 4 * 4 * 16,). A tile sticking out of an odd-sized volume, and the
+    last block of channels when Cout is not a multiple of 16, are read from `staged` (winograd.py's
+    `tile_source`: a 4x4x4 window with zeros outside the volume, whose first 2x2x2 voxels are the
+    tile)."""
+    n_batch, size_d, size_h, size_w, cout = grad_output.shape
+    tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
+    n_cblocks = (cout + BLOCK_C - 1) // BLOCK_C
+    g_flat = grad_output.reshape(grad_output.size)
+    xi_step = np.uint64(n_cblocks * rows * BLOCK_C)        # from W[xi] to W[xi + 1]
+    for t in range(count):
+        n, td, th, tw = tile_position(first + t, tiles_d, tiles_h, tiles_w)
+        iz0, iy0, ix0 = 2 * td, 2 * th, 2 * tw             # the tile's first voxel
+        whole = iz0 + 1 < size_d and iy0 + 1 < size_h and ix0 + 1 < size_w
+        for cb in range(n_cblocks):
+            source, at, plane, row_length, voxel_step = tile_source(grad_output, g_flat, n, iz0, iy0, ix0,
+                                                                    cb * BLOCK_C, whole, staged)
+            grad_output_tile_along_z(source, at, plane, row_length, voxel_step, s1)
+            grad_output_tile_along_y(s1, s2)
+            grad_output_tile_along_x(s2, w, np.uint64((cb * rows + t) * BLOCK_C), xi_step)
+
+
+@inlined_tile_helper
+def add_into16(flat, at, v, fresh):
+    """flat[at:at + 16] += the 16-tuple v (`at` unsigned); = v when `fresh` (its first sum: the
+    partial dU is never zeroed)."""
+    if fresh:
+        store16_at(flat, at, v)
+    else:
+        store16_at(flat, at, add16(load16_at(flat, at), v))
+
+
+@tile_helper
+def accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, block_rows, du, fresh,
+                              zeros):
+    """dU[xi, ci, 16cb:16cb+16] += sum_{t < count} V[xi, t, ci] W[xi, cb, t, :] for the 64 positions xi:
+    (Cin x count) @ (count x 16) per output-channel block cb, a register tile of block_rows = 8
+    input channels (else 4) x 16 output channels that runs over the block's tiles (per tile: one
+    load of 16 W values, block_rows broadcasts of V, block_rows FMAs), then is added into dU. Both
+    tiles are spelled out, like winograd.multiply_block's: written as tuples of 16-tuples (one helper
+    for both widths), the accumulators compiled to shuffles and stack spills around every FMA.
+    v (64, rows, Cin_padded) flat; w_matrix rows (xi, cb, t) of 16; du (64, Cin_padded,
+    Cout_padded) flat."""
+    row_u = np.uint64(cin_padded)                          # from V[xi, t] to V[xi, t + 1]
+    du_row = np.uint64(n_cblocks * BLOCK_C)                # from dU[xi, ci] to dU[xi, ci + 1]
+    count_u = np.uint64(count)
+    end8 = cin_padded if block_rows == 8 else 0
+    for xi in range(TILE_VALUES):
+        for cb in range(n_cblocks):
+            w_0 = np.uint64((xi * n_cblocks + cb) * rows)
+            for ci0 in range(0, end8, 8):
+                v_0 = np.uint64(xi * rows * cin_padded + ci0)
+                acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(zeros, 0)
+                for t in range(count_u):
+                    e = load16(w_matrix, w_0 + t)
+                    at = v_0 + t * row_u
+                    acc0 = fma16(acc0, v[at], e)
+                    acc1 = fma16(acc1, v[at + U[1]], e)
+                    acc2 = fma16(acc2, v[at + U[2]], e)
+                    acc3 = fma16(acc3, v[at + U[3]], e)
+                    acc4 = fma16(acc4, v[at + U[4]], e)
+                    acc5 = fma16(acc5, v[at + U[5]], e)
+                    acc6 = fma16(acc6, v[at + U[6]], e)
+                    acc7 = fma16(acc7, v[at + U[7]], e)
+                to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
+                add_into16(du, to, acc0, fresh)
+                add_into16(du, to + du_row, acc1, fresh)
+                add_into16(du, to + U[2] * du_row, acc2, fresh)
+                add_into16(du, to + U[3] * du_row, acc3, fresh)
+                add_into16(du, to + U[4] * du_row, acc4, fresh)
+                add_into16(du, to + U[5] * du_row, acc5, fresh)
+                add_into16(du, to + U[6] * du_row, acc6, fresh)
+                add_into16(du, to + U[7] * du_row, acc7, fresh)
+            for ci0 in range(end8, cin_padded, 4):
+                v_0 = np.uint64(xi * rows * cin_padded + ci0)
+                acc0 = acc1 = acc2 = acc3 = load16(zeros, 0)
+                for t in range(count_u):
+                    e = load16(w_matrix, w_0 + t)
+                    at = v_0 + t * row_u
+                    acc0 = fma16(acc0, v[at], e)
+                    acc1 = fma16(acc1, v[at + U[1]], e)
+                    acc2 = fma16(acc2, v[at + U[2]], e)
+                    acc3 = fma16(acc3, v[at + U[3]], e)
+                to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
+                add_into16(du, to, acc0, fresh)
+                add_into16(du, to + du_row, acc1, fresh)
+                add_into16(du, to + U[2] * du_row, acc2, fresh)
+                add_into16(du, to + U[3] * du_row, acc3, fresh)
+
+
+@blocked_kernel
+def winograd_grad_weight_kernel(x0, x1, grad_output, tiles_per_chunk, tiles_per_block, block_rows, n_workers,
+                                partial):
+    """partial[chunk] = dU (64, Cin_padded, Cout_padded) of the tiles of chunk `chunk` (section 2),
+    flat: tiles [chunk * tiles_per_chunk, (chunk + 1) * tiles_per_chunk).
+
+    x0, x1 (N, D, H, W, C) unpadded: the input x is the two side by side along the channels, read in
+    place (`transform_input_block`; x1 may have no channels); grad_output (N, D, H, W, Cout); partial (n_chunks,
+    64 * Cin_padded * Cout_padded), any values on entry; block_rows = BLOCK_W (8 or 4 input channels
+    per register tile). The prange runs over n_workers (the thread count) workers, each with its own
+    V, W and scratch buffers (allocated once per call), taking chunks worker, worker + n_workers, ...;
+    a chunk is summed block by block in one order whichever worker takes it: deterministic."""
+    n_batch, size_d, size_h, size_w, cin0 = x0.shape
+    cin = cin0 + x1.shape[4]
+    n_tiles = n_batch * ((size_d + 1) // 2) * ((size_h + 1) // 2) * ((size_w + 1) // 2)
+    n_chunks = partial.shape[0]
+    cin_padded = (cin + BLOCK_C - 1) // BLOCK_C * BLOCK_C
+    n_cblocks = (grad_output.shape[4] + BLOCK_C - 1) // BLOCK_C
+    rows = tiles_per_block + 1     # V, W rows: one spare, so V[xi] and W[xi] are not a power of two apart
+    for worker in prange(n_workers):
+        v = np.empty(TILE_VALUES * rows * cin_padded, dtype=partial.dtype)           # V (64, rows, Cin_p)
+        w = np.empty(TILE_VALUES * n_cblocks * rows * BLOCK_C, dtype=partial.dtype)  # W (64, Cout_p/16, rows, 16)
+        w_matrix = w.reshape(TILE_VALUES * n_cblocks * rows, BLOCK_C)                # rows (xi, cb, t)
+        s1 = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                    # scratch: one axis done
+        s2 = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                    # two axes done
+        staged = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                # a tile at a face
+        zeros = np.zeros((1, BLOCK_C), dtype=partial.dtype)                          # a zero register tile
+        for chunk in range(worker, n_chunks, n_workers):
+            du = partial[chunk]
+            chunk_first = np.int64(chunk) * tiles_per_chunk
+            chunk_end = min(chunk_first + tiles_per_chunk, n_tiles)
+            for first in range(chunk_first, chunk_end, tiles_per_block):
+                count = min(tiles_per_block, chunk_end - first)
+                transform_input_block(x0, x1, first, count, rows, v, s1, s2, staged)
+                transform_grad_output_block(grad_output, first, count, rows, w, s1, s2, staged)
+                accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, block_rows, du,
+                                          first == chunk_first, zeros)
+
+
+@parallel_kernel
+def sum_chunks_and_transform(partial, g_kron, grad_weight):
+    """grad_weight[co, ci, k] = sum_xi g_kron[xi, k] dU[xi, ci, co], where dU = sum_chunk partial[chunk]
+    (section 2's second line), in float64: the chunks added in chunk order (the same on any thread
+    count), then the (27, 64) G_KRON^T product, skipping its zeros. One work item per input channel
+    ci: it reads row ci of every chunk's dU[xi] and writes grad_weight[:, ci]. partial (n_chunks, 64,
+    Cin_padded, Cout_padded); g_kron (64, 27) float64; grad_weight (Cout, Cin, 27)."""
+    n_chunks = partial.shape[0]
+    cout, cin, taps = grad_weight.shape
+    for ci in prange(cin):
+        du = np.zeros((TILE_VALUES, cout))                  # dU[:, ci, :], float64
+        for chunk in range(n_chunks):
+            for xi in range(TILE_VALUES):
+                for co in range(cout):
+                    du[xi, co] += partial[chunk, xi, ci, co]
+        dw = np.zeros((taps, cout))                          # grad_weight[:, ci, :]^T, float64
+        for xi in range(TILE_VALUES):
+            for k in range(taps):
+                if g_kron[xi, k] != 0:
+                    for co in range(cout):
+                        dw[k, co] += g_kron[xi, k] * du[xi, co]
+        for co in range(cout):
+            for k in range(taps):
+                grad_weight[co, ci, k] = dw[k, co]
+
+
+PARTIAL_BUDGET = 1 << 22   # values of all chunks' partial dU together (16 MiB of float32)
+MIN_CHUNK_TILES = 64       # a chunk's tiles: its arithmetic must outweigh zeroing and summing its dU
+
+
+def grad_weight_partition(n_tiles, cin_padded, cout_padded):
+    """(tiles_per_block, tiles_per_chunk, n_chunks) for n_tiles tiles, from the shapes only (never the
+    thread count: the sums are the same on any machine). Blocks: V and W of a block, 64 * tiles *
+    (Cin + Cout) values, in about 1 MiB of float32 (half of this machine's L2): 16, 32 or 64 tiles, a
+    power of two (which divides the tile counts of power-of-two volumes into equal chunks).
+    Chunks: WORK_ITEMS (32) when there are enough tiles, at least MIN_CHUNK_TILES tiles each, and
+    no more than PARTIAL_BUDGET values of partial dU (64 * Cin * Cout each) in all; whole blocks."""
+    tiles_per_block = int(min(64, max(16, 2 ** int(np.log2(4096 // (cin_padded + cout_padded))))))
+    partial_size = TILE_VALUES * cin_padded * cout_padded
+    n_chunks = max(1, min(WORK_ITEMS, n_tiles // MIN_CHUNK_TILES, PARTIAL_BUDGET // partial_size))
+    tiles_per_chunk = -(-n_tiles // n_chunks)
+    tiles_per_chunk = -(-tiles_per_chunk // tiles_per_block) * tiles_per_block
+    return tiles_per_block, tiles_per_chunk, -(-n_tiles // tiles_per_chunk)
+
+
+def winograd_grad_weight(inputs, grad_output, block_rows=BLOCK_W):
+    """Line (4) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1, by the transposed
+    F(2^3, 3^3): inputs, a tuple of channels-last unpadded arrays (N, D, H, W, C_j) (one, or a
+    decoder's two, whose channel concatenation is x; two whose first has a multiple of 16 channels
+    are read in place, anything else through one concatenated copy), grad_output (N, D, H, W, Cout)
+    -> dL/dweight (Cout, Cin, 3, 3, 3) in x's dtype. block_rows: input channels per register tile
+    (this CPU's BLOCK_W; the tests pass 4 and 8)."""
+    inputs = tuple(np.ascontiguousarray(x) for x in inputs)
+    if any(x.shape[:4] != grad_output.shape[:4] for x in inputs):
+        raise ValueError(f"winograd_grad_weight: grad_output {grad_output.shape} does not match the "
+                         f"input {inputs[0].shape} outside the channel axis")
+    if len(inputs) > 2 or (len(inputs) == 2 and inputs[0].shape[4] % BLOCK_C):
+        inputs = (pad_and_concatenate(inputs, (0, 0, 0)),)              # channels side by side
+    x0 = inputs[0]
+    x1 = inputs[1] if len(inputs) == 2 else no_channels(x0)
+    grad_output = np.ascontiguousarray(grad_output, dtype=x0.dtype)
+    cin, cout = x0.shape[4] + x1.shape[4], grad_output.shape[4]
+    cin_padded, cout_padded = (-(-c // BLOCK_C) * BLOCK_C for c in (cin, cout))
+    n_tiles = x0.shape[0] * ((x0.shape[1] + 1) // 2) * ((x0.shape[2] + 1) // 2) * ((x0.shape[3] + 1) // 2)
+    tiles_per_block, tiles_per_chunk, n_chunks = grad_weight_partition(n_tiles, cin_padded, cout_padded)
+    partial = arena.empty((n_chunks, TILE_VALUES * cin_padded * cout_padded), x0.dtype)   # dU per chunk
+    winograd_grad_weight_kernel(x0, x1, grad_output, np.int64(tiles_per_chunk), np.int64(tiles_per_block),
+                                np.int64(block_rows), np.int64(numba.get_num_threads()), partial)
+    grad_weight = np.empty((cout, cin, 27), x0.dtype)                                # (Cout, Cin, 27)
+    sum_chunks_and_transform(partial.reshape(n_chunks, TILE_VALUES, cin_padded, cout_padded), G_KRON,
+                             grad_weight)
+    return grad_weight.reshape(cout, cin, 3, 3, 3)
