@@ -31,10 +31,12 @@ machine, and the 8-wide loop is followed by 4-wide and single tails.
   ci (one 16-weight load, one broadcast of x per voxel, one FMA per voxel), then each accumulator is
   stored straight into its voxel's block of y. One prange iteration per input row (n, id, ih), which
   owns the kD x kH output rows of its blocks.
-- Grad-input (3) is Conv3d's forward kernel: (3) is the strided convolution of G with the weight read
-  as a Conv3d weight (Cout_conv = Cin, Cin_conv = Cout), stride = kernel size (identity (A) of the
-  layer file). That kernel's tile is BLOCK_W input voxels x 16 input channels ci, running over
-  (kz, ky) and the contiguous run of kW*Cout values (kx, co) of each block row, read in place in G.
+- Grad-input (3), `conv_transpose3d_blocks_grad_input_kernel`: a tile is BLOCK_W neighbouring input
+  voxels x 16 input channels; for each (kz, ky) it runs over the contiguous run of kW*Cout values
+  (kx, co) of each voxel's block row in G (one 16-weight load, one broadcast of G per voxel, one FMA
+  per voxel). (3) is also Conv3d's forward of G with stride = kernel size (identity (A) of the layer
+  file); this kernel differs from Conv3d's in keeping the tile in registers for one run at a time
+  (see its docstring). One prange iteration per input row (n, id, ih), which owns that row of grad_x.
 - Grad-weight (4), `conv_transpose3d_blocks_grad_weight_kernel`: a tile is BLOCK_J input channels ci
   x 16 output channels of one kernel offset; it runs over the voxels of a chunk (one load of 16
   values of G, BLOCK_J broadcasts of x, BLOCK_J FMAs per voxel). A work item is (chunk of input rows,
@@ -45,7 +47,7 @@ machine, and the 8-wide loop is followed by 4-wide and single tails.
 import numpy as np
 from numba import prange
 
-from .conv3d import BLOCK_C, BLOCK_J, BLOCK_W, LANE, WORK_ITEMS, conv3d_forward, fma16, load16
+from .conv3d import BLOCK_C, BLOCK_J, BLOCK_W, LANE, WORK_ITEMS, fma16, load16
 from .jit import blocked_kernel, inlined_tile_helper
 from .partial_sums import add_partial_sums
 from .. import arena
@@ -96,8 +98,11 @@ def conv_transpose3d_blocks_forward_kernel(x, w_packed, bias, block_w, y):
     tiles of the row the inner one, so a column's Cin x 16 weights (8 KiB at Cin = 128) stay in L1
     while every tile of the row uses them, and the input row (W*Cin values) stays in L1 across all
     columns; each output value is written once, 16 at a time (a whole 64-byte line).
-    Voxel iw0 + q's inputs are x_flat[x_q + ci] and its output tile is y_tiles[y_q]: unsigned flat
-    offsets, so the loops have no negative-index checks or views.
+    The row is first copied transposed, x_t[ci, iw] (Cin*W copies against Cin*W*kD*kH*kW*Cout
+    multiply-adds), so that the 8 inputs one step of a tile broadcasts are adjacent: the compiled
+    loop reads them at constant offsets from one pointer (one weight load and 8 FMAs with broadcast
+    operands per step). Read in place, 8 voxels Cin apart need 8 address registers, which spill.
+    All offsets are unsigned (no negative-index checks).
     """
     n_batch, in_d, in_h, in_w, cin = x.shape
     kernel_d, kernel_h, kernel_w, n_cblocks = w_packed.shape[:4]
@@ -117,7 +122,7 @@ def conv_transpose3d_blocks_forward_kernel(x, w_packed, bias, block_w, y):
         for iw in range(in_w):
             for ci in range(cin):
                 x_t[ci, iw] = x[n, id, ih, iw, ci]
-        x_flat = x_t.reshape(x_t.size)
+        x_t_flat = x_t.reshape(x_t.size)
         for kz in range(kernel_d):
             for ky in range(kernel_h):
                 y_row = ((n * out_d + id * kernel_d + kz) * out_h + ih * kernel_h + ky) * out_w * n_cblocks
@@ -129,14 +134,14 @@ def conv_transpose3d_blocks_forward_kernel(x, w_packed, bias, block_w, y):
                             for ci in range(cin_u):
                                 w = load16(w_matrix, w_0 + ci)
                                 at = ci * width + np.uint64(iw0)
-                                acc0 = fma16(acc0, x_flat[at], w)
-                                acc1 = fma16(acc1, x_flat[at + LANE[1]], w)
-                                acc2 = fma16(acc2, x_flat[at + LANE[2]], w)
-                                acc3 = fma16(acc3, x_flat[at + LANE[3]], w)
-                                acc4 = fma16(acc4, x_flat[at + LANE[4]], w)
-                                acc5 = fma16(acc5, x_flat[at + LANE[5]], w)
-                                acc6 = fma16(acc6, x_flat[at + LANE[6]], w)
-                                acc7 = fma16(acc7, x_flat[at + LANE[7]], w)
+                                acc0 = fma16(acc0, x_t_flat[at], w)
+                                acc1 = fma16(acc1, x_t_flat[at + LANE[1]], w)
+                                acc2 = fma16(acc2, x_t_flat[at + LANE[2]], w)
+                                acc3 = fma16(acc3, x_t_flat[at + LANE[3]], w)
+                                acc4 = fma16(acc4, x_t_flat[at + LANE[4]], w)
+                                acc5 = fma16(acc5, x_t_flat[at + LANE[5]], w)
+                                acc6 = fma16(acc6, x_t_flat[at + LANE[6]], w)
+                                acc7 = fma16(acc7, x_t_flat[at + LANE[7]], w)
                             y_0 = np.uint64(y_row + (iw0 * kernel_w + kx) * n_cblocks + cb)
                             store16(y_tiles, y_0, acc0)
                             store16(y_tiles, y_0 + y_step, acc1)
@@ -151,10 +156,10 @@ def conv_transpose3d_blocks_forward_kernel(x, w_packed, bias, block_w, y):
                             for ci in range(cin_u):
                                 w = load16(w_matrix, w_0 + ci)
                                 at = ci * width + np.uint64(iw0)
-                                acc0 = fma16(acc0, x_flat[at], w)
-                                acc1 = fma16(acc1, x_flat[at + LANE[1]], w)
-                                acc2 = fma16(acc2, x_flat[at + LANE[2]], w)
-                                acc3 = fma16(acc3, x_flat[at + LANE[3]], w)
+                                acc0 = fma16(acc0, x_t_flat[at], w)
+                                acc1 = fma16(acc1, x_t_flat[at + LANE[1]], w)
+                                acc2 = fma16(acc2, x_t_flat[at + LANE[2]], w)
+                                acc3 = fma16(acc3, x_t_flat[at + LANE[3]], w)
                             y_0 = np.uint64(y_row + (iw0 * kernel_w + kx) * n_cblocks + cb)
                             store16(y_tiles, y_0, acc0)
                             store16(y_tiles, y_0 + y_step, acc1)
@@ -163,7 +168,7 @@ def conv_transpose3d_blocks_forward_kernel(x, w_packed, bias, block_w, y):
                         for iw0 in range(end4, in_w):
                             acc0 = load16(bias, cb)
                             for ci in range(cin_u):
-                                acc0 = fma16(acc0, x_flat[ci * width + np.uint64(iw0)], load16(w_matrix, w_0 + ci))
+                                acc0 = fma16(acc0, x_t_flat[ci * width + np.uint64(iw0)], load16(w_matrix, w_0 + ci))
                             y_0 = np.uint64(y_row + (iw0 * kernel_w + kx) * n_cblocks + cb)
                             store16(y_tiles, y_0, acc0)
 
@@ -185,14 +190,125 @@ def conv_transpose3d_blocks_forward(x, weight, bias, block_w=BLOCK_W):
 
 
 # ---- grad-input: line (3) -----------------------------------------------------------------------
+def pack_weight_transposed(weight):
+    """(Cin, Cout, kD, kH, kW) -> (kD, kH, Cin_padded/16, kW*Cout, 16): [kz, ky, cb, j, c] =
+    weight[16*cb + c, co, kz, ky, kx] with j = kx*Cout + co, zeros for the padding channels. The
+    16 weights one step of the grad-input kernel's loop over j needs are adjacent."""
+    cin, cout, kernel_d, kernel_h, kernel_w = weight.shape
+    cin_padded = padded_channels(cin)
+    padded = np.zeros((cin_padded, cout, kernel_d, kernel_h, kernel_w), weight.dtype)
+    padded[:cin] = weight
+    blocks = padded.reshape(cin_padded // BLOCK_C, BLOCK_C, cout, kernel_d, kernel_h, kernel_w)
+    return np.ascontiguousarray(blocks.transpose(3, 4, 0, 5, 2, 1)).reshape(
+        kernel_d, kernel_h, cin_padded // BLOCK_C, kernel_w * cout, BLOCK_C)
+
+
+@blocked_kernel
+def conv_transpose3d_blocks_grad_input_kernel(grad_output, w_packed, block_w, zero_tile, grad_input):
+    """Line (3) for kernel == stride, padding 0: grad_input (N, D, H, W, Cin_padded) from
+    grad_output (N, D*kD, H*kH, W*kW, Cout) C-contiguous, w_packed (kD, kH, Cin_padded/16,
+    kW*Cout, 16) from `pack_weight_transposed`; block_w = BLOCK_W (8 or 4); zero_tile (1, 16) zeros.
+
+    Each prange iteration owns one row grad_input[n, id, ih]. For a fixed (kz, ky), the block rows
+    G[n, id*kD+kz, ih*kH+ky, iw*kW + kx, co] of voxel iw, all (kx, co), are ONE contiguous run of
+    kW*Cout values (index j = kx*Cout + co), starting at element iw*kW*Cout of that row of G.
+    A tile of neighbouring voxels x 16 input channels runs over j (one 16-weight load, one
+    broadcast of G per voxel, one FMA per voxel). Why (kz, ky) is outside the tile: a tile kept in
+    registers across two nested loops is taken apart into scalars and rebuilt at every exit of the
+    inner loop (LLVM's SLP vectoriser does not carry it as a vector there), which costs more than
+    loading and storing the 8 accumulators: so the tile starts from zero for the first (kz, ky),
+    from grad_input for the next ones, and is stored after each run over j.
+    """
+    n_batch, in_d, in_h, in_w, cin_padded = grad_input.shape
+    kernel_d, kernel_h, n_cblocks, run = w_packed.shape[:4]
+    out_d, out_h, out_w, cout = grad_output.shape[1:]
+    g_flat = grad_output.reshape(grad_output.size)
+    w_matrix = w_packed.reshape(w_packed.size // BLOCK_C, BLOCK_C)   # rows (kz, ky, cb, j)
+    gi_tiles = grad_input.reshape(grad_input.size // BLOCK_C, BLOCK_C)   # rows (n, id, ih, iw, cb)
+    g_step = np.uint64(run)                       # g_flat offsets between neighbouring voxels' runs
+    gi_step = np.uint64(n_cblocks)                # gi_tiles rows between neighbouring voxels
+    run_u = np.uint64(run)
+    end8 = in_w // 8 * 8 if block_w == 8 else 0            # voxels [0, end8) in tiles of 8
+    end4 = end8 + (in_w - end8) // 4 * 4                   # [end8, end4) in tiles of 4, then singles
+    for row in prange(n_batch * in_d * in_h):
+        n = row // (in_d * in_h)
+        id = row // in_h % in_d
+        ih = row % in_h
+        gi_row = row * in_w * n_cblocks                    # gi_tiles row of grad_input[n, id, ih, 0, 0]
+        for cb in range(n_cblocks):
+            for kz in range(kernel_d):
+                for ky in range(kernel_h):
+                    first = kz == 0 and ky == 0
+                    g_row = ((n * out_d + id * kernel_d + kz) * out_h + ih * kernel_h + ky) * out_w * cout
+                    w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
+                    for iw0 in range(0, end8, 8):
+                        t = np.uint64(gi_row + iw0 * n_cblocks + cb)
+                        start, at, step = (zero_tile, np.uint64(0), np.uint64(0)) if first else (gi_tiles, t, gi_step)
+                        acc0 = load16(start, at)
+                        acc1 = load16(start, at + step)
+                        acc2 = load16(start, at + LANE[2] * step)
+                        acc3 = load16(start, at + LANE[3] * step)
+                        acc4 = load16(start, at + LANE[4] * step)
+                        acc5 = load16(start, at + LANE[5] * step)
+                        acc6 = load16(start, at + LANE[6] * step)
+                        acc7 = load16(start, at + LANE[7] * step)
+                        g_0 = np.uint64(g_row + iw0 * run)
+                        for j in range(run_u):
+                            w = load16(w_matrix, w_0 + j)
+                            acc0 = fma16(acc0, g_flat[g_0 + j], w)
+                            acc1 = fma16(acc1, g_flat[g_0 + g_step + j], w)
+                            acc2 = fma16(acc2, g_flat[g_0 + LANE[2] * g_step + j], w)
+                            acc3 = fma16(acc3, g_flat[g_0 + LANE[3] * g_step + j], w)
+                            acc4 = fma16(acc4, g_flat[g_0 + LANE[4] * g_step + j], w)
+                            acc5 = fma16(acc5, g_flat[g_0 + LANE[5] * g_step + j], w)
+                            acc6 = fma16(acc6, g_flat[g_0 + LANE[6] * g_step + j], w)
+                            acc7 = fma16(acc7, g_flat[g_0 + LANE[7] * g_step + j], w)
+                        store16(gi_tiles, t, acc0)
+                        store16(gi_tiles, t + gi_step, acc1)
+                        store16(gi_tiles, t + LANE[2] * gi_step, acc2)
+                        store16(gi_tiles, t + LANE[3] * gi_step, acc3)
+                        store16(gi_tiles, t + LANE[4] * gi_step, acc4)
+                        store16(gi_tiles, t + LANE[5] * gi_step, acc5)
+                        store16(gi_tiles, t + LANE[6] * gi_step, acc6)
+                        store16(gi_tiles, t + LANE[7] * gi_step, acc7)
+                    for iw0 in range(end8, end4, 4):
+                        t = np.uint64(gi_row + iw0 * n_cblocks + cb)
+                        start, at, step = (zero_tile, np.uint64(0), np.uint64(0)) if first else (gi_tiles, t, gi_step)
+                        acc0 = load16(start, at)
+                        acc1 = load16(start, at + step)
+                        acc2 = load16(start, at + LANE[2] * step)
+                        acc3 = load16(start, at + LANE[3] * step)
+                        g_0 = np.uint64(g_row + iw0 * run)
+                        for j in range(run_u):
+                            w = load16(w_matrix, w_0 + j)
+                            acc0 = fma16(acc0, g_flat[g_0 + j], w)
+                            acc1 = fma16(acc1, g_flat[g_0 + g_step + j], w)
+                            acc2 = fma16(acc2, g_flat[g_0 + LANE[2] * g_step + j], w)
+                            acc3 = fma16(acc3, g_flat[g_0 + LANE[3] * g_step + j], w)
+                        store16(gi_tiles, t, acc0)
+                        store16(gi_tiles, t + gi_step, acc1)
+                        store16(gi_tiles, t + LANE[2] * gi_step, acc2)
+                        store16(gi_tiles, t + LANE[3] * gi_step, acc3)
+                    for iw0 in range(end4, in_w):
+                        t = np.uint64(gi_row + iw0 * n_cblocks + cb)
+                        acc0 = load16(zero_tile, 0) if first else load16(gi_tiles, t)
+                        g_0 = np.uint64(g_row + iw0 * run)
+                        for j in range(run_u):
+                            acc0 = fma16(acc0, g_flat[g_0 + j], load16(w_matrix, w_0 + j))
+                        store16(gi_tiles, t, acc0)
+
+
 def conv_transpose3d_blocks_grad_input(grad_output, weight, input_shape, block_w=BLOCK_W):
     """Line (3), kernel == stride, padding 0: grad_output (N, D*kD, H*kH, W*kW, Cout) ->
-    dL/dx (N, D, H, W, Cin). It is Conv3d's forward (1) of grad_output with stride = kernel size
-    and `weight` read as a Conv3d weight (Cout_conv = Cin, Cin_conv = Cout), no bias: the kernel of
-    nn3d/kernels/conv3d.py, which reads each block where it lies in grad_output (see the header)."""
-    grad_input = conv3d_forward(grad_output, weight, None, weight.shape[2:], block_w)
-    assert grad_input.shape[:4] == tuple(input_shape)
-    return grad_input
+    dL/dx (N, D, H, W, Cin) = input_shape + (Cin,)."""
+    cin = weight.shape[0]
+    cin_padded = padded_channels(cin)
+    grad_input = arena.empty((*input_shape, cin_padded), grad_output.dtype)
+    conv_transpose3d_blocks_grad_input_kernel(np.ascontiguousarray(grad_output),
+                                              pack_weight_transposed(weight.astype(grad_output.dtype)),
+                                              np.int64(block_w), np.zeros((1, BLOCK_C), grad_output.dtype),
+                                              grad_input)
+    return grad_input if cin_padded == cin else arena.copy(grad_input[..., :cin])
 
 
 # ---- grad-weight: line (4) ----------------------------------------------------------------------
@@ -213,6 +329,9 @@ def conv_transpose3d_blocks_grad_weight_kernel(x, grad_output, rows_per_chunk, b
     L2 (`grad_weight_chunks`), so the sweeps of the tiles after the first read it from cache; the
     accumulators are written once per sweep, not per voxel. For each voxel, the tile reads one vector
     of 16 values of G (the voxel's block, offset (kz, ky, kx)) and broadcasts its 8 (or 4) inputs x.
+    The sweep is ONE loop over the chunk's voxels, whose G offsets are listed first (g_voxels): with
+    a loop over rows and one over the voxels of a row, LLVM takes the tile apart into scalars and
+    rebuilds it at every step (measured 10-15 GFLOP/s instead of 90-145 on one core).
     """
     n_chunks, cin, kernel_d, kernel_h, kernel_w, cout_padded = partial.shape
     n_batch, in_d, in_h, in_w = x.shape[:4]
