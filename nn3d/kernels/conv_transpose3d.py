@@ -52,6 +52,7 @@ from .jit import blocked_kernel, inlined_tile_helper
 from .partial_sums import add_partial_sums
 from .. import arena
 
+ZERO, ONE = LANE[0], LANE[1]   # unsigned 0 and 1 (steps of the tile helpers)
 L2_VALUES = 262144   # float32 values that one core's L2 keeps while a grad-weight chunk is swept (1 MiB)
 
 
@@ -83,6 +84,53 @@ def store16(matrix, i, tile):
     matrix[i, 12], matrix[i, 13], matrix[i, 14], matrix[i, 15] = tile[12], tile[13], tile[14], tile[15]
 
 
+# ---- tiles of 4 and 8 accumulators --------------------------------------------------------------
+# A register tile is a tuple of 4 (or 8) accumulators, each a 16-tuple (`load16`). The kernels below
+# differ only in where the broadcast values and the 16-vectors come from; these helpers are the
+# arithmetic they share (an 8-tile is two 4-tiles). Inlined, they leave the loops as vector loads,
+# broadcast FMAs and vector stores.
+@inlined_tile_helper
+def load_tile4(matrix, i, step):
+    """(matrix[i + q*step, 0:16] for q < 4): step 0 repeats one row (a bias, or zeros)."""
+    return (load16(matrix, i), load16(matrix, i + step), load16(matrix, i + LANE[2] * step),
+            load16(matrix, i + LANE[3] * step))
+
+
+@inlined_tile_helper
+def fma_tile4(tile, values, at, step, w):
+    """tile[q] + values[at + q*step] * w for q < 4: w a 16-tuple, each value broadcast."""
+    return (fma16(tile[0], values[at], w), fma16(tile[1], values[at + step], w),
+            fma16(tile[2], values[at + LANE[2] * step], w), fma16(tile[3], values[at + LANE[3] * step], w))
+
+
+@inlined_tile_helper
+def store_tile4(matrix, i, step, tile):
+    """matrix[i + q*step, 0:16] = tile[q] for q < 4."""
+    store16(matrix, i, tile[0])
+    store16(matrix, i + step, tile[1])
+    store16(matrix, i + LANE[2] * step, tile[2])
+    store16(matrix, i + LANE[3] * step, tile[3])
+
+
+@inlined_tile_helper
+def load_tile8(matrix, i, step):
+    """`load_tile4` for q < 8."""
+    return load_tile4(matrix, i, step) + load_tile4(matrix, i + LANE[4] * step, step)
+
+
+@inlined_tile_helper
+def fma_tile8(tile, values, at, step, w):
+    """`fma_tile4` for q < 8."""
+    return fma_tile4(tile[:4], values, at, step, w) + fma_tile4(tile[4:], values, at + LANE[4] * step, step, w)
+
+
+@inlined_tile_helper
+def store_tile8(matrix, i, step, tile):
+    """`store_tile4` for q < 8."""
+    store_tile4(matrix, i, step, tile[:4])
+    store_tile4(matrix, i + LANE[4] * step, step, tile[4:])
+
+
 # ---- forward: line (1) --------------------------------------------------------------------------
 @blocked_kernel
 def conv_transpose3d_blocks_forward_kernel(x, w_packed, bias, block_w, y):
@@ -93,7 +141,7 @@ def conv_transpose3d_blocks_forward_kernel(x, w_packed, bias, block_w, y):
     Each prange iteration owns one input row x[n, id, ih] and so the kD x kH output rows its blocks
     fill. Differs from conv_transpose3d_forward_reference in loop order only: a tile of neighbouring
     input voxels x 16 output channels of one column (kz, ky, kx, cb) of w_matrix stays in registers
-    while the loop runs over ci: 8 voxels (acc0..acc7) when block_w == 8, then 4 while at least 4
+    while the loop runs over ci: 8 voxels (`tile8`) when block_w == 8, then 4 while at least 4
     are left in the row, then single voxels. Why this order: the columns are the outer loop and the
     tiles of the row the inner one, so a column's Cin x 16 weights (8 KiB at Cin = 128) stay in L1
     while every tile of the row uses them, and the input row (W*Cin values) stays in L1 across all
@@ -130,47 +178,24 @@ def conv_transpose3d_blocks_forward_kernel(x, w_packed, bias, block_w, y):
                     for cb in range(n_cblocks):
                         w_0 = np.uint64((((kz * kernel_h + ky) * kernel_w + kx) * n_cblocks + cb) * cin)
                         for iw0 in range(0, end8, 8):
-                            acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(bias, cb)
+                            tile8 = load_tile8(bias, cb, ZERO)
                             for ci in range(cin_u):
-                                w = load16(w_matrix, w_0 + ci)
-                                at = ci * width + np.uint64(iw0)
-                                acc0 = fma16(acc0, x_t_flat[at], w)
-                                acc1 = fma16(acc1, x_t_flat[at + LANE[1]], w)
-                                acc2 = fma16(acc2, x_t_flat[at + LANE[2]], w)
-                                acc3 = fma16(acc3, x_t_flat[at + LANE[3]], w)
-                                acc4 = fma16(acc4, x_t_flat[at + LANE[4]], w)
-                                acc5 = fma16(acc5, x_t_flat[at + LANE[5]], w)
-                                acc6 = fma16(acc6, x_t_flat[at + LANE[6]], w)
-                                acc7 = fma16(acc7, x_t_flat[at + LANE[7]], w)
-                            y_0 = np.uint64(y_row + (iw0 * kernel_w + kx) * n_cblocks + cb)
-                            store16(y_tiles, y_0, acc0)
-                            store16(y_tiles, y_0 + y_step, acc1)
-                            store16(y_tiles, y_0 + LANE[2] * y_step, acc2)
-                            store16(y_tiles, y_0 + LANE[3] * y_step, acc3)
-                            store16(y_tiles, y_0 + LANE[4] * y_step, acc4)
-                            store16(y_tiles, y_0 + LANE[5] * y_step, acc5)
-                            store16(y_tiles, y_0 + LANE[6] * y_step, acc6)
-                            store16(y_tiles, y_0 + LANE[7] * y_step, acc7)
+                                tile8 = fma_tile8(tile8, x_t_flat, ci * width + np.uint64(iw0), ONE,
+                                                  load16(w_matrix, w_0 + ci))
+                            store_tile8(y_tiles, np.uint64(y_row + (iw0 * kernel_w + kx) * n_cblocks + cb),
+                                        y_step, tile8)
                         for iw0 in range(end8, end4, 4):
-                            acc0 = acc1 = acc2 = acc3 = load16(bias, cb)
+                            tile4 = load_tile4(bias, cb, ZERO)
                             for ci in range(cin_u):
-                                w = load16(w_matrix, w_0 + ci)
-                                at = ci * width + np.uint64(iw0)
-                                acc0 = fma16(acc0, x_t_flat[at], w)
-                                acc1 = fma16(acc1, x_t_flat[at + LANE[1]], w)
-                                acc2 = fma16(acc2, x_t_flat[at + LANE[2]], w)
-                                acc3 = fma16(acc3, x_t_flat[at + LANE[3]], w)
-                            y_0 = np.uint64(y_row + (iw0 * kernel_w + kx) * n_cblocks + cb)
-                            store16(y_tiles, y_0, acc0)
-                            store16(y_tiles, y_0 + y_step, acc1)
-                            store16(y_tiles, y_0 + LANE[2] * y_step, acc2)
-                            store16(y_tiles, y_0 + LANE[3] * y_step, acc3)
+                                tile4 = fma_tile4(tile4, x_t_flat, ci * width + np.uint64(iw0), ONE,
+                                                  load16(w_matrix, w_0 + ci))
+                            store_tile4(y_tiles, np.uint64(y_row + (iw0 * kernel_w + kx) * n_cblocks + cb),
+                                        y_step, tile4)
                         for iw0 in range(end4, in_w):
-                            acc0 = load16(bias, cb)
+                            acc = load16(bias, cb)
                             for ci in range(cin_u):
-                                acc0 = fma16(acc0, x_t_flat[ci * width + np.uint64(iw0)], load16(w_matrix, w_0 + ci))
-                            y_0 = np.uint64(y_row + (iw0 * kernel_w + kx) * n_cblocks + cb)
-                            store16(y_tiles, y_0, acc0)
+                                acc = fma16(acc, x_t_flat[ci * width + np.uint64(iw0)], load16(w_matrix, w_0 + ci))
+                            store16(y_tiles, np.uint64(y_row + (iw0 * kernel_w + kx) * n_cblocks + cb), acc)
 
 
 def conv_transpose3d_blocks_forward(x, weight, bias, block_w=BLOCK_W):
@@ -243,59 +268,28 @@ def conv_transpose3d_blocks_grad_input_kernel(grad_output, w_packed, block_w, ze
                     w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
                     for iw0 in range(0, end8, 8):
                         t = np.uint64(gi_row + iw0 * n_cblocks + cb)
-                        start, at, step = (zero_tile, np.uint64(0), np.uint64(0)) if first else (gi_tiles, t, gi_step)
-                        acc0 = load16(start, at)
-                        acc1 = load16(start, at + step)
-                        acc2 = load16(start, at + LANE[2] * step)
-                        acc3 = load16(start, at + LANE[3] * step)
-                        acc4 = load16(start, at + LANE[4] * step)
-                        acc5 = load16(start, at + LANE[5] * step)
-                        acc6 = load16(start, at + LANE[6] * step)
-                        acc7 = load16(start, at + LANE[7] * step)
+                        start, at, step = (zero_tile, ZERO, ZERO) if first else (gi_tiles, t, gi_step)
+                        tile8 = load_tile8(start, at, step)
                         g_0 = np.uint64(g_row + iw0 * run)
                         for j in range(run_u):
-                            w = load16(w_matrix, w_0 + j)
-                            acc0 = fma16(acc0, g_flat[g_0 + j], w)
-                            acc1 = fma16(acc1, g_flat[g_0 + g_step + j], w)
-                            acc2 = fma16(acc2, g_flat[g_0 + LANE[2] * g_step + j], w)
-                            acc3 = fma16(acc3, g_flat[g_0 + LANE[3] * g_step + j], w)
-                            acc4 = fma16(acc4, g_flat[g_0 + LANE[4] * g_step + j], w)
-                            acc5 = fma16(acc5, g_flat[g_0 + LANE[5] * g_step + j], w)
-                            acc6 = fma16(acc6, g_flat[g_0 + LANE[6] * g_step + j], w)
-                            acc7 = fma16(acc7, g_flat[g_0 + LANE[7] * g_step + j], w)
-                        store16(gi_tiles, t, acc0)
-                        store16(gi_tiles, t + gi_step, acc1)
-                        store16(gi_tiles, t + LANE[2] * gi_step, acc2)
-                        store16(gi_tiles, t + LANE[3] * gi_step, acc3)
-                        store16(gi_tiles, t + LANE[4] * gi_step, acc4)
-                        store16(gi_tiles, t + LANE[5] * gi_step, acc5)
-                        store16(gi_tiles, t + LANE[6] * gi_step, acc6)
-                        store16(gi_tiles, t + LANE[7] * gi_step, acc7)
+                            tile8 = fma_tile8(tile8, g_flat, g_0 + j, g_step, load16(w_matrix, w_0 + j))
+                        store_tile8(gi_tiles, t, gi_step, tile8)
                     for iw0 in range(end8, end4, 4):
                         t = np.uint64(gi_row + iw0 * n_cblocks + cb)
-                        start, at, step = (zero_tile, np.uint64(0), np.uint64(0)) if first else (gi_tiles, t, gi_step)
-                        acc0 = load16(start, at)
-                        acc1 = load16(start, at + step)
-                        acc2 = load16(start, at + LANE[2] * step)
-                        acc3 = load16(start, at + LANE[3] * step)
+                        start, at, step = (zero_tile, ZERO, ZERO) if first else (gi_tiles, t, gi_step)
+                        tile4 = load_tile4(start, at, step)
                         g_0 = np.uint64(g_row + iw0 * run)
                         for j in range(run_u):
-                            w = load16(w_matrix, w_0 + j)
-                            acc0 = fma16(acc0, g_flat[g_0 + j], w)
-                            acc1 = fma16(acc1, g_flat[g_0 + g_step + j], w)
-                            acc2 = fma16(acc2, g_flat[g_0 + LANE[2] * g_step + j], w)
-                            acc3 = fma16(acc3, g_flat[g_0 + LANE[3] * g_step + j], w)
-                        store16(gi_tiles, t, acc0)
-                        store16(gi_tiles, t + gi_step, acc1)
-                        store16(gi_tiles, t + LANE[2] * gi_step, acc2)
-                        store16(gi_tiles, t + LANE[3] * gi_step, acc3)
+                            tile4 = fma_tile4(tile4, g_flat, g_0 + j, g_step, load16(w_matrix, w_0 + j))
+                        store_tile4(gi_tiles, t, gi_step, tile4)
                     for iw0 in range(end4, in_w):
                         t = np.uint64(gi_row + iw0 * n_cblocks + cb)
-                        acc0 = load16(zero_tile, 0) if first else load16(gi_tiles, t)
+                        start, at = (zero_tile, ZERO) if first else (gi_tiles, t)
+                        acc = load16(start, at)
                         g_0 = np.uint64(g_row + iw0 * run)
                         for j in range(run_u):
-                            acc0 = fma16(acc0, g_flat[g_0 + j], load16(w_matrix, w_0 + j))
-                        store16(gi_tiles, t, acc0)
+                            acc = fma16(acc, g_flat[g_0 + j], load16(w_matrix, w_0 + j))
+                        store16(gi_tiles, t, acc)
 
 
 def conv_transpose3d_blocks_grad_input(grad_output, weight, input_shape, block_w=BLOCK_W):
@@ -324,7 +318,7 @@ def conv_transpose3d_blocks_grad_weight_kernel(x, grad_output, rows_per_chunk, b
     (kz, ky, kx, cb)); it writes partial[chunk, :, kz, ky, kx, 16cb:16cb+16] and nothing else.
     Differs from conv_transpose3d_grad_weight_reference in loop order only: a tile of input channels
     x 16 output channels stays in registers while the loop runs over every voxel of the chunk: 8
-    channels ci0..ci0+7 (acc0..acc7) when block_j == 8, then 4 while at least 4 are left, then single
+    channels ci0..ci0+7 (`tile8`) when block_j == 8, then 4 while at least 4 are left, then single
     channels. Why this order: the chunk (its x rows and this column of its G rows) is sized to stay in
     L2 (`grad_weight_chunks`), so the sweeps of the tiles after the first read it from cache; the
     accumulators are written once per sweep, not per voxel. For each voxel, the tile reads one vector
@@ -372,46 +366,22 @@ def conv_transpose3d_blocks_grad_weight_kernel(x, grad_output, rows_per_chunk, b
         n_voxels = np.uint64(chunk_rows * in_w)
         p_0 = np.uint64(chunk * cin * n_columns + column)   # partial_tiles row of (chunk, ci = 0, column)
         for ci0 in range(0, end8, 8):
-            acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(zero_tile, 0)
+            tile8 = load_tile8(zero_tile, ZERO, ZERO)
             for p in range(n_voxels):
-                g = load16(g_tiles, g_voxels[p])
-                at = x_start + p * x_step + np.uint64(ci0)
-                acc0 = fma16(acc0, x_flat[at], g)
-                acc1 = fma16(acc1, x_flat[at + LANE[1]], g)
-                acc2 = fma16(acc2, x_flat[at + LANE[2]], g)
-                acc3 = fma16(acc3, x_flat[at + LANE[3]], g)
-                acc4 = fma16(acc4, x_flat[at + LANE[4]], g)
-                acc5 = fma16(acc5, x_flat[at + LANE[5]], g)
-                acc6 = fma16(acc6, x_flat[at + LANE[6]], g)
-                acc7 = fma16(acc7, x_flat[at + LANE[7]], g)
-            p = p_0 + np.uint64(ci0) * ci_step
-            store16(partial_tiles, p, acc0)
-            store16(partial_tiles, p + ci_step, acc1)
-            store16(partial_tiles, p + LANE[2] * ci_step, acc2)
-            store16(partial_tiles, p + LANE[3] * ci_step, acc3)
-            store16(partial_tiles, p + LANE[4] * ci_step, acc4)
-            store16(partial_tiles, p + LANE[5] * ci_step, acc5)
-            store16(partial_tiles, p + LANE[6] * ci_step, acc6)
-            store16(partial_tiles, p + LANE[7] * ci_step, acc7)
+                tile8 = fma_tile8(tile8, x_flat, x_start + p * x_step + np.uint64(ci0), ONE,
+                                  load16(g_tiles, g_voxels[p]))
+            store_tile8(partial_tiles, p_0 + np.uint64(ci0) * ci_step, ci_step, tile8)
         for ci0 in range(end8, end4, 4):
-            acc0 = acc1 = acc2 = acc3 = load16(zero_tile, 0)
+            tile4 = load_tile4(zero_tile, ZERO, ZERO)
             for p in range(n_voxels):
-                g = load16(g_tiles, g_voxels[p])
-                at = x_start + p * x_step + np.uint64(ci0)
-                acc0 = fma16(acc0, x_flat[at], g)
-                acc1 = fma16(acc1, x_flat[at + LANE[1]], g)
-                acc2 = fma16(acc2, x_flat[at + LANE[2]], g)
-                acc3 = fma16(acc3, x_flat[at + LANE[3]], g)
-            p = p_0 + np.uint64(ci0) * ci_step
-            store16(partial_tiles, p, acc0)
-            store16(partial_tiles, p + ci_step, acc1)
-            store16(partial_tiles, p + LANE[2] * ci_step, acc2)
-            store16(partial_tiles, p + LANE[3] * ci_step, acc3)
+                tile4 = fma_tile4(tile4, x_flat, x_start + p * x_step + np.uint64(ci0), ONE,
+                                  load16(g_tiles, g_voxels[p]))
+            store_tile4(partial_tiles, p_0 + np.uint64(ci0) * ci_step, ci_step, tile4)
         for ci0 in range(end4, cin):
-            acc0 = load16(zero_tile, 0)
+            acc = load16(zero_tile, ZERO)
             for p in range(n_voxels):
-                acc0 = fma16(acc0, x_flat[x_start + p * x_step + np.uint64(ci0)], load16(g_tiles, g_voxels[p]))
-            store16(partial_tiles, p_0 + np.uint64(ci0) * ci_step, acc0)
+                acc = fma16(acc, x_flat[x_start + p * x_step + np.uint64(ci0)], load16(g_tiles, g_voxels[p]))
+            store16(partial_tiles, p_0 + np.uint64(ci0) * ci_step, acc)
 
 
 def grad_weight_chunks(n_rows, row_values, n_columns):
