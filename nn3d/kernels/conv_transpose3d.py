@@ -47,7 +47,7 @@ machine, and the 8-wide loop is followed by 4-wide and single tails.
 import numpy as np
 from numba import prange
 
-from .conv3d import BLOCK_C, BLOCK_J, BLOCK_W, LANE, WORK_ITEMS, fma16, load16
+from .conv3d import BLOCK_C, BLOCK_J, BLOCK_W, LANE, WORK_ITEMS, fma16, load16, pack_weight
 from .jit import blocked_kernel, inlined_tile_helper
 from .partial_sums import add_partial_sums
 from .. import arena
@@ -61,7 +61,7 @@ def padded_channels(cout):
     return -(-cout // BLOCK_C) * BLOCK_C
 
 
-def pack_weight(weight):
+def pack_weight_columns(weight):
     """(Cin, Cout, kD, kH, kW) -> w_packed (kD, kH, kW, Cout_padded/16, Cin, 16):
     w_packed[kz, ky, kx, cb, ci, c] = weight[ci, 16*cb + c, kz, ky, kx], zeros for the padding
     channels. The 16 weights that one step of the forward kernel's loop over ci needs are adjacent,
@@ -74,6 +74,11 @@ def pack_weight(weight):
     return np.ascontiguousarray(blocks.transpose(3, 4, 5, 1, 0, 2))   # (kz, ky, kx, cb, ci, c)
 
 
+# ---- tiles of 4 and 8 accumulators --------------------------------------------------------------
+# A register tile is a tuple of 4 (or 8) accumulators, each a 16-tuple (`load16`). The kernels below
+# differ only in where the broadcast values and the 16-vectors come from; these helpers are the
+# arithmetic they share (an 8-tile is two 4-tiles). Inlined, they leave the loops as vector loads,
+# broadcast FMAs and vector stores.
 @inlined_tile_helper
 def store16(matrix, i, tile):
     """matrix[i, 0:16] = tile, a 16-tuple: one vector store once inlined (a loop `for c in
@@ -84,11 +89,6 @@ def store16(matrix, i, tile):
     matrix[i, 12], matrix[i, 13], matrix[i, 14], matrix[i, 15] = tile[12], tile[13], tile[14], tile[15]
 
 
-# ---- tiles of 4 and 8 accumulators --------------------------------------------------------------
-# A register tile is a tuple of 4 (or 8) accumulators, each a 16-tuple (`load16`). The kernels below
-# differ only in where the broadcast values and the 16-vectors come from; these helpers are the
-# arithmetic they share (an 8-tile is two 4-tiles). Inlined, they leave the loops as vector loads,
-# broadcast FMAs and vector stores.
 @inlined_tile_helper
 def load_tile4(matrix, i, step):
     """(matrix[i + q*step, 0:16] for q < 4): step 0 repeats one row (a bias, or zeros)."""
@@ -136,7 +136,7 @@ def store_tile8(matrix, i, step, tile):
 def conv_transpose3d_blocks_forward_kernel(x, w_packed, bias, block_w, y):
     """Line (1) for kernel == stride, padding 0: y (N, D*kD, H*kH, W*kW, Cout_padded) from
     x (N, D, H, W, Cin) C-contiguous, w_packed (kD, kH, kW, Cout_padded/16, Cin, 16) from
-    `pack_weight`, bias (Cout_padded/16, 16); block_w = BLOCK_W (8 or 4).
+    `pack_weight_columns`, bias (Cout_padded/16, 16); block_w = BLOCK_W (8 or 4).
 
     Each prange iteration owns one input row x[n, id, ih] and so the kD x kH output rows its blocks
     fill. Differs from conv_transpose3d_forward_reference in loop order only: a tile of neighbouring
@@ -209,30 +209,20 @@ def conv_transpose3d_blocks_forward(x, weight, bias, block_w=BLOCK_W):
     if bias is not None:
         bias_padded[:cout] = bias
     y = arena.empty((n_batch, d * kernel_d, h * kernel_h, w * kernel_w, cout_padded), x.dtype)
-    conv_transpose3d_blocks_forward_kernel(np.ascontiguousarray(x), pack_weight(weight.astype(x.dtype)),
+    w_packed = pack_weight_columns(weight.astype(x.dtype))
+    conv_transpose3d_blocks_forward_kernel(np.ascontiguousarray(x), w_packed,
                                            bias_padded.reshape(-1, BLOCK_C), np.int64(block_w), y)
     return y if cout_padded == cout else arena.copy(y[..., :cout])
 
 
 # ---- grad-input: line (3) -----------------------------------------------------------------------
-def pack_weight_transposed(weight):
-    """(Cin, Cout, kD, kH, kW) -> (kD, kH, Cin_padded/16, kW*Cout, 16): [kz, ky, cb, j, c] =
-    weight[16*cb + c, co, kz, ky, kx] with j = kx*Cout + co, zeros for the padding channels. The
-    16 weights one step of the grad-input kernel's loop over j needs are adjacent."""
-    cin, cout, kernel_d, kernel_h, kernel_w = weight.shape
-    cin_padded = padded_channels(cin)
-    padded = np.zeros((cin_padded, cout, kernel_d, kernel_h, kernel_w), weight.dtype)
-    padded[:cin] = weight
-    blocks = padded.reshape(cin_padded // BLOCK_C, BLOCK_C, cout, kernel_d, kernel_h, kernel_w)
-    return np.ascontiguousarray(blocks.transpose(3, 4, 0, 5, 2, 1)).reshape(
-        kernel_d, kernel_h, cin_padded // BLOCK_C, kernel_w * cout, BLOCK_C)
-
-
 @blocked_kernel
 def conv_transpose3d_blocks_grad_input_kernel(grad_output, w_packed, block_w, zero_tile, grad_input):
     """Line (3) for kernel == stride, padding 0: grad_input (N, D, H, W, Cin_padded) from
     grad_output (N, D*kD, H*kH, W*kW, Cout) C-contiguous, w_packed (kD, kH, Cin_padded/16,
-    kW*Cout, 16) from `pack_weight_transposed`; block_w = BLOCK_W (8 or 4); zero_tile (1, 16) zeros.
+    kW*Cout, 16): Conv3d's `pack_weight` of the weight read as a Conv3d weight (Cout_conv = Cin,
+    Cin_conv = Cout), [kz, ky, cb, j, c] = weight[16*cb + c, co, kz, ky, kx], j = kx*Cout + co;
+    block_w = BLOCK_W (8 or 4); zero_tile (1, 16) zeros.
 
     Each prange iteration owns one row grad_input[n, id, ih]. For a fixed (kz, ky), the block rows
     G[n, id*kD+kz, ih*kH+ky, iw*kW + kx, co] of voxel iw, all (kx, co), are ONE contiguous run of
@@ -299,7 +289,7 @@ def conv_transpose3d_blocks_grad_input(grad_output, weight, input_shape, block_w
     cin_padded = padded_channels(cin)
     grad_input = arena.empty((*input_shape, cin_padded), grad_output.dtype)
     conv_transpose3d_blocks_grad_input_kernel(np.ascontiguousarray(grad_output),
-                                              pack_weight_transposed(weight.astype(grad_output.dtype)),
+                                              pack_weight(weight.astype(grad_output.dtype)),
                                               np.int64(block_w), np.zeros((1, BLOCK_C), grad_output.dtype),
                                               grad_input)
     return grad_input if cin_padded == cin else arena.copy(grad_input[..., :cin])
@@ -389,7 +379,7 @@ def grad_weight_chunks(n_rows, row_values, n_columns):
     the thread count, so the sums are the same on any machine): enough for WORK_ITEMS (chunk, column)
     items, so that 32 cores have work on every up-convolution of the U-Net, and enough that a chunk's
     row_values per row (its x rows and one column of its G rows) fit in L2_VALUES; at most one per
-    row. 64^3 U-Net: up3 1 chunk x 32 columns, up2 2 x 16, up1 7 x 8."""
+    row. 64^3 U-Net: up3 1 chunk x 32 columns, up2 2 x 16, up1 6 x 8 (128^3: 3 x 32, 10 x 16, 48 x 8)."""
     return max(1, min(n_rows, max(-(-WORK_ITEMS // n_columns), -(-n_rows * row_values // L2_VALUES))))
 
 
