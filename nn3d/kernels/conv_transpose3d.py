@@ -217,12 +217,12 @@ def conv_transpose3d_blocks_forward(x, weight, bias, block_w=BLOCK_W):
 
 # ---- grad-input: line (3) -----------------------------------------------------------------------
 @blocked_kernel
-def conv_transpose3d_blocks_grad_input_kernel(grad_output, w_packed, block_w, zero_tile, grad_input):
+def conv_transpose3d_blocks_grad_input_kernel(grad_output, w_packed, block_w, grad_input):
     """Line (3) for kernel == stride, padding 0: grad_input (N, D, H, W, Cin_padded) from
     grad_output (N, D*kD, H*kH, W*kW, Cout) C-contiguous, w_packed (kD, kH, Cin_padded/16,
     kW*Cout, 16): Conv3d's `pack_weight` of the weight read as a Conv3d weight (Cout_conv = Cin,
     Cin_conv = Cout), [kz, ky, cb, j, c] = weight[16*cb + c, co, kz, ky, kx], j = kx*Cout + co;
-    block_w = BLOCK_W (8 or 4); zero_tile (1, 16) zeros.
+    block_w = BLOCK_W (8 or 4).
 
     Each prange iteration owns one row grad_input[n, id, ih]. For a fixed (kz, ky), the block rows
     G[n, id*kD+kz, ih*kH+ky, iw*kW + kx, co] of voxel iw, all (kx, co), are ONE contiguous run of
@@ -231,8 +231,8 @@ def conv_transpose3d_blocks_grad_input_kernel(grad_output, w_packed, block_w, ze
     broadcast of G per voxel, one FMA per voxel). Why (kz, ky) is outside the tile: a tile kept in
     registers across two nested loops is taken apart into scalars and rebuilt at every exit of the
     inner loop (LLVM's SLP vectoriser does not carry it as a vector there), which costs more than
-    loading and storing the 8 accumulators: so the tile starts from zero for the first (kz, ky),
-    from grad_input for the next ones, and is stored after each run over j.
+    loading and storing the 8 accumulators: so the row of grad_input is zeroed first, and for each
+    (kz, ky) the tile is loaded from it, runs over j, and is stored back (the row stays in L1).
     """
     n_batch, in_d, in_h, in_w, cin_padded = grad_input.shape
     kernel_d, kernel_h, n_cblocks, run = w_packed.shape[:4]
@@ -250,35 +250,31 @@ def conv_transpose3d_blocks_grad_input_kernel(grad_output, w_packed, block_w, ze
         id = row // in_h % in_d
         ih = row % in_h
         gi_row = row * in_w * n_cblocks                    # gi_tiles row of grad_input[n, id, ih, 0, 0]
+        grad_input[n, id, ih] = 0                          # every (kz, ky) below adds its run
         for cb in range(n_cblocks):
             for kz in range(kernel_d):
                 for ky in range(kernel_h):
-                    first = kz == 0 and ky == 0
                     g_row = ((n * out_d + id * kernel_d + kz) * out_h + ih * kernel_h + ky) * out_w * cout
                     w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
                     for iw0 in range(0, end8, 8):
                         t = np.uint64(gi_row + iw0 * n_cblocks + cb)
-                        start, at, step = (zero_tile, ZERO, ZERO) if first else (gi_tiles, t, gi_step)
-                        tile8 = load_tile8(start, at, step)
-                        g_0 = np.uint64(g_row + iw0 * run)
+                        tile8 = load_tile8(gi_tiles, t, gi_step)
                         for j in range(run_u):
-                            tile8 = fma_tile8(tile8, g_flat, g_0 + j, g_step, load16(w_matrix, w_0 + j))
+                            tile8 = fma_tile8(tile8, g_flat, np.uint64(g_row + iw0 * run) + j, g_step,
+                                              load16(w_matrix, w_0 + j))
                         store_tile8(gi_tiles, t, gi_step, tile8)
                     for iw0 in range(end8, end4, 4):
                         t = np.uint64(gi_row + iw0 * n_cblocks + cb)
-                        start, at, step = (zero_tile, ZERO, ZERO) if first else (gi_tiles, t, gi_step)
-                        tile4 = load_tile4(start, at, step)
-                        g_0 = np.uint64(g_row + iw0 * run)
+                        tile4 = load_tile4(gi_tiles, t, gi_step)
                         for j in range(run_u):
-                            tile4 = fma_tile4(tile4, g_flat, g_0 + j, g_step, load16(w_matrix, w_0 + j))
+                            tile4 = fma_tile4(tile4, g_flat, np.uint64(g_row + iw0 * run) + j, g_step,
+                                              load16(w_matrix, w_0 + j))
                         store_tile4(gi_tiles, t, gi_step, tile4)
                     for iw0 in range(end4, in_w):
                         t = np.uint64(gi_row + iw0 * n_cblocks + cb)
-                        start, at = (zero_tile, ZERO) if first else (gi_tiles, t)
-                        acc = load16(start, at)
-                        g_0 = np.uint64(g_row + iw0 * run)
+                        acc = load16(gi_tiles, t)
                         for j in range(run_u):
-                            acc = fma16(acc, g_flat[g_0 + j], load16(w_matrix, w_0 + j))
+                            acc = fma16(acc, g_flat[np.uint64(g_row + iw0 * run) + j], load16(w_matrix, w_0 + j))
                         store16(gi_tiles, t, acc)
 
 
@@ -290,8 +286,7 @@ def conv_transpose3d_blocks_grad_input(grad_output, weight, input_shape, block_w
     grad_input = arena.empty((*input_shape, cin_padded), grad_output.dtype)
     conv_transpose3d_blocks_grad_input_kernel(np.ascontiguousarray(grad_output),
                                               pack_weight(weight.astype(grad_output.dtype)),
-                                              np.int64(block_w), np.zeros((1, BLOCK_C), grad_output.dtype),
-                                              grad_input)
+                                              np.int64(block_w), grad_input)
     return grad_input if cin_padded == cin else arena.copy(grad_input[..., :cin])
 
 
