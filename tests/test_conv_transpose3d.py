@@ -79,7 +79,7 @@ def test_blocks_grad_weight_is_the_same_on_any_thread_count():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((1, 4, 8, 8, 16), dtype=np.float32)              # (N, D, H, W, Cin)
     grad_output = rng.standard_normal((1, 8, 16, 16, 16), dtype=np.float32)
-    assert kernels.grad_weight_chunks(32, 8 * (16 + 16), 8) > 1               # several partial sums
+    assert kernels.grad_weight_partition(x.shape, (2, 2, 2), 16)[0] > 1       # several partial sums
     threads = nn3d.get_num_threads()
     try:
         nn3d.set_num_threads(1)
@@ -93,9 +93,8 @@ def test_blocks_grad_weight_has_work_for_32_cores_on_the_unet():
     """Every up-convolution of the 64^3 and 128^3 U-Net splits grad-weight into >= 32 work items."""
     for size in (64, 128):
         for cin, cout, in_size in ((128, 64, size // 8), (64, 32, size // 4), (32, 16, size // 2)):
-            n_columns = 8 * cout // 16
-            chunks = kernels.grad_weight_chunks(in_size * in_size, in_size * (cin + 16), n_columns)
-            assert chunks * n_columns >= 32
+            n_chunks, _, n_columns = kernels.grad_weight_partition((1, *[in_size] * 3, cin), (2, 2, 2), cout)
+            assert n_chunks * n_columns >= 32
 
 
 @pytest.mark.parametrize("kernel, stride, padding", [(2, 2, 0), (3, 2, 1)])

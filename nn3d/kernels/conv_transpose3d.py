@@ -41,7 +41,7 @@ machine, and the 8-wide loop is followed by 4-wide and single tails.
   x 16 output channels of one kernel offset; it runs over the voxels of a chunk (one load of 16
   values of G, BLOCK_J broadcasts of x, BLOCK_J FMAs per voxel). A work item is (chunk of input rows,
   offset (kz, ky, kx), block of 16 output channels): it writes its own slice of the chunk's partial
-  sum. The chunks are fixed by the shapes (`grad_weight_chunks`), never by the thread count, and
+  sum. The chunks are fixed by the shapes (`grad_weight_partition`), never by the thread count, and
   `add_partial_sums` adds them in chunk order in parallel: the same bits on any number of threads.
 """
 import numpy as np
@@ -305,7 +305,7 @@ def conv_transpose3d_blocks_grad_weight_kernel(x, grad_output, rows_per_chunk, b
     x 16 output channels stays in registers while the loop runs over every voxel of the chunk: 8
     channels ci0..ci0+7 (`tile8`) when block_j == 8, then 4 while at least 4 are left, then single
     channels. Why this order: the chunk (its x rows and this column of its G rows) is sized to stay in
-    L2 (`grad_weight_chunks`), so the sweeps of the tiles after the first read it from cache; the
+    L2 (`grad_weight_partition`), so the sweeps of the tiles after the first read it from cache; the
     accumulators are written once per sweep, not per voxel. For each voxel, the tile reads one vector
     of 16 values of G (the voxel's block, offset (kz, ky, kx)) and broadcasts its 8 (or 4) inputs x.
     The sweep is ONE loop over the chunk's voxels, whose G offsets are listed first (g_voxels): with
@@ -369,31 +369,36 @@ def conv_transpose3d_blocks_grad_weight_kernel(x, grad_output, rows_per_chunk, b
             store16(partial_tiles, p_0 + np.uint64(ci0) * ci_step, acc)
 
 
-def grad_weight_chunks(n_rows, row_values, n_columns):
-    """How many chunks of input rows the grad-weight kernel splits into, from the shapes alone (never
-    the thread count, so the sums are the same on any machine): enough for WORK_ITEMS (chunk, column)
-    items, so that 32 cores have work on every up-convolution of the U-Net, and enough that a chunk's
-    row_values per row (its x rows and one column of its G rows) fit in L2_VALUES; at most one per
-    row. 64^3 U-Net: up3 1 chunk x 32 columns, up2 2 x 16, up1 6 x 8 (128^3: 3 x 32, 10 x 16, 48 x 8)."""
-    return max(1, min(n_rows, max(-(-WORK_ITEMS // n_columns), -(-n_rows * row_values // L2_VALUES))))
+def grad_weight_partition(input_shape, kernel_size, cout):
+    """The grad-weight kernel's work items for x (N, D, H, W, Cin) = input_shape, from the shapes
+    alone (never the thread count, so the sums are the same on any machine): (n_chunks,
+    rows_per_chunk, n_columns), n_chunks * n_columns items. Enough chunks of input rows for
+    WORK_ITEMS items, so that 32 cores have work on every up-convolution of the U-Net, and enough
+    that a chunk's x rows and one column of its G rows (W*(Cin + 16) values per row) fit in
+    L2_VALUES; at most one per row. 64^3 U-Net: up3 1 chunk x 32 columns, up2 2 x 16, up1 6 x 8
+    (128^3: 3 x 32, 10 x 16, 48 x 8)."""
+    n_batch, d, h, w, cin = input_shape
+    n_columns = int(np.prod(kernel_size)) * padded_channels(cout) // BLOCK_C
+    n_rows = n_batch * d * h
+    for_items = -(-WORK_ITEMS // n_columns)
+    for_cache = -(-n_rows * w * (cin + BLOCK_C) // L2_VALUES)
+    n_chunks = max(1, min(n_rows, max(for_items, for_cache)))
+    rows_per_chunk = -(-n_rows // n_chunks)
+    return -(-n_rows // rows_per_chunk), rows_per_chunk, n_columns   # (rounding up may leave fewer chunks)
 
 
 def conv_transpose3d_blocks_grad_weight(x, grad_output, kernel_size, cout, block_j=BLOCK_J):
     """Line (4), kernel == stride, padding 0: dL/dweight (Cin, Cout, kD, kH, kW) from
     x (N, D, H, W, Cin) and grad_output (N, D*kD, H*kH, W*kW, Cout); block_j: the register tile
     width (this CPU's BLOCK_J by default)."""
-    n_batch, d, h, w, cin = x.shape
+    cin = x.shape[4]
     kernel_d, kernel_h, kernel_w = kernel_size
     cout_padded = padded_channels(cout)
     if cout_padded != cout:                      # channels padded with zeros to whole blocks of 16
         padded = arena.zeros((*grad_output.shape[:4], cout_padded), grad_output.dtype)
         padded[..., :cout] = grad_output
         grad_output = padded                     # (N, D*kD, H*kH, W*kW, Cout_padded)
-    n_columns = kernel_d * kernel_h * kernel_w * cout_padded // BLOCK_C
-    n_rows = n_batch * d * h
-    n_chunks = grad_weight_chunks(n_rows, w * (cin + BLOCK_C), n_columns)
-    rows_per_chunk = -(-n_rows // n_chunks)
-    n_chunks = -(-n_rows // rows_per_chunk)      # (rounding up the rows may leave fewer chunks)
+    n_chunks, rows_per_chunk, _ = grad_weight_partition(x.shape, kernel_size, cout)
     partial = np.empty((n_chunks, cin, kernel_d, kernel_h, kernel_w, cout_padded), x.dtype)
     conv_transpose3d_blocks_grad_weight_kernel(np.ascontiguousarray(x), np.ascontiguousarray(grad_output),
                                                np.int64(rows_per_chunk), np.int64(block_j), partial)
