@@ -53,7 +53,10 @@ from .partial_sums import add_partial_sums
 from .. import arena
 
 ZERO, ONE = LANE[0], LANE[1]   # unsigned 0 and 1 (steps of the tile helpers)
-L2_VALUES = 262144   # float32 values that one core's L2 keeps while a grad-weight chunk is swept (1 MiB)
+# float32 values a grad-weight chunk's data may take so that its sweeps stay in one core's L2: 512 KiB
+# (all of Zen 2's L2, half of a 1 MiB one). Measured on one Zen 4 core, up1 at 64^3: 2.5 ms at 512 KiB
+# (12 chunks), 3.2 ms at 1 MiB (6 chunks), 3.5 ms at 2 MiB.
+L2_VALUES = 131072
 
 
 def padded_channels(cout):
@@ -377,8 +380,8 @@ def grad_weight_partition(input_shape, kernel_size, cout):
     rows_per_chunk, n_columns), n_chunks * n_columns items. Enough chunks of input rows for
     WORK_ITEMS items, so that 32 cores have work on every up-convolution of the U-Net, and enough
     that a chunk's x rows and one column of its G rows (W*(Cin + 16) values per row) fit in
-    L2_VALUES; at most one per row. 64^3 U-Net: up3 1 chunk x 32 columns, up2 2 x 16, up1 6 x 8
-    (128^3: 3 x 32, 10 x 16, 48 x 8)."""
+    L2_VALUES; at most one per row. 64^3 U-Net: up3 1 chunk x 32 columns, up2 3 x 16, up1 12 x 8
+    (128^3: 5 x 32, 20 x 16, 96 x 8)."""
     n_batch, d, h, w, cin = input_shape
     n_columns = int(np.prod(kernel_size)) * padded_channels(cout) // BLOCK_C
     n_rows = n_batch * d * h
