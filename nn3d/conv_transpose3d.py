@@ -43,11 +43,12 @@ Reference: conv_transpose3d_forward_reference, conv_transpose3d_grad_input_refer
 conv_transpose3d_grad_weight_reference in nn3d/kernels/reference.py compute (1), (3) and (4) in
 plain NumPy, any kernel / stride / padding.
 
-Fast path (the U-Net's up-sampling, kernel == stride, padding 0): the output blocks of different input
-voxels do not overlap, so forward is one matrix product per voxel, x[n, :, id, ih, iw] (1, Cin) @
-w_matrix (Cin, kD*kH*kW*Cout), written into its kD x kH x kW block of y; grad_input gathers each
-block and multiplies by w_matrix^T; grad_weight is x^T @ (gathered blocks). See
-nn3d/kernels/conv_transpose3d.py, which cites the line numbers above.
+Fast path (the U-Net's up-sampling, kernel == stride, padding 0): y_full is y and the output blocks
+of different input voxels do not overlap, so (1) writes each input voxel's kD x kH x kW block as
+x[n, :, id, ih, iw] (1, Cin) @ w_matrix (Cin, kD*kH*kW*Cout), w_matrix[ci, (kz, ky, kx, co)] =
+w[ci, co, kz, ky, kx]; (3) reads each block back, dL/dx[n, :, id, ih, iw] = (its block of G) @ w_matrix^T
+(Conv3d's forward (1) with stride = kernel size); (4) sums x[voxel]^T (its block of G) over the
+voxels. Register-tiled kernels that read and write the blocks in place: nn3d/kernels/conv_transpose3d.py.
 """
 from typing import NamedTuple
 

@@ -3,13 +3,15 @@
 `set_num_threads(n)` is the knob: Numba's thread pool runs every kernel on n threads. Nothing else
 is needed for speed; importing nn3d changes no thread setting of the process.
 
-One thread pool at a time. The up-convolution kernels call `np.dot` inside their `prange` loops,
-which Numba routes to SciPy's OpenBLAS. An OpenBLAS left at its default (one thread per core) would
-start its own threads inside each of Numba's, and they busy-wait on the same cores: measured at 64^3,
-a training step 0.50 s -> 0.92 s, and OpenBLAS prints "Detect OpenMP Loop". So those kernels run
-inside `single_threaded_blas()`, which sets every loaded BLAS to one thread for the duration of the
-call and restores the previous setting afterwards: the rest of the process (the user's own NumPy
-products) keeps whatever BLAS threads it had (docs/performance.md, "One thread pool at a time").
+One thread pool at a time. An OpenBLAS left at its default (one thread per core) keeps its threads
+busy-waiting for a while after each product, on the very cores Numba's threads need next; called
+inside Numba's threads it would start its own threads in each of them (measured at 64^3 when the
+up-convolutions still called np.dot in their prange loops: a training step 0.50 s -> 0.92 s, and
+OpenBLAS printed "Detect OpenMP Loop"). No kernel calls BLAS any more; the one BLAS product between
+kernels, Winograd's filter transform (nn3d/kernels/winograd.py), runs inside `single_threaded_blas()`,
+which sets every loaded BLAS to one thread for the duration of the call and restores the previous
+setting afterwards: the rest of the process (the user's own NumPy products) keeps whatever BLAS
+threads it had (docs/performance.md, "One thread pool at a time").
 """
 import contextlib
 
@@ -33,8 +35,8 @@ def get_num_threads():
 
 @contextlib.contextmanager
 def single_threaded_blas():
-    """Every BLAS (NumPy's, and SciPy's that Numba's np.dot calls) on one thread inside this block;
-    the previous limits come back on exit. Costs a few microseconds per entry."""
+    """Every BLAS (NumPy's, and SciPy's, which Numba's np.dot would call) on one thread inside this
+    block; the previous limits come back on exit. Costs a few microseconds per entry."""
     global _blas
     if _blas is None:
         import scipy.linalg.cython_blas  # noqa: F401  (load the BLAS Numba's np.dot calls, so the limit reaches it)

@@ -23,6 +23,8 @@ SHAPES = [
     (1, 1, 2, (4, 5, 3), 3, 2, 1, True),              # C = 1, general k=3 s=2 p=1
     (2, 5, 1, (7, 9, 11), 3, 1, 0, False),            # odd non-cubic, stride 1, Cout = 1
     (1, 3, 4, (3, 4, 5), (3, 2, 1), (2, 2, 1), (1, 0, 0), True),   # non-cubic kernel and stride
+    (2, 17, 1, (3, 2, 5), 3, 3, 0, True),            # fast path k = s = 3, Cin 17, Cout 1, batch 2
+    (1, 1, 17, (3, 5, 9), (2, 1, 3), (2, 1, 3), 0, False),   # fast path, non-cubic k = s, Cin 1, Cout 17
 ]
 
 
@@ -37,25 +39,62 @@ def test_conv_transpose3d_matches_torch(batch, cin, cout, size, kernel, stride, 
     assert is_channels_last(ours["output"])
 
 
-def test_blocks_kernels_match_references():
-    """The kernel == stride fast path against the plain scatter/gather references (float64)."""
+# (batch, in_channels, out_channels, input size, kernel == stride) for the fast path's kernels:
+# odd and non-cubic sizes (W = 9 and 13 use the 8-wide tiles, then the 4-wide and single tails),
+# channel counts below, at and above 16 and 8 (register tiles of 16 channels and of 8 / 4 channels)
+BLOCK_SHAPES = [
+    (2, 17, 17, (3, 2, 9), (2, 2, 2)),
+    (1, 1, 1, (2, 3, 5), (3, 3, 3)),
+    (2, 12, 33, (1, 3, 13), (2, 1, 3)),
+    (1, 40, 16, (3, 1, 4), (1, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("block_w", [8, 4])
+@pytest.mark.parametrize("batch, cin, cout, size, kernel", BLOCK_SHAPES)
+def test_blocks_kernels_match_references(batch, cin, cout, size, kernel, block_w):
+    """The kernel == stride fast path, at both register-tile widths (whatever this CPU uses), against
+    the plain scatter/gather references in float64: only the order of the sums differs, so 1e-12."""
     rng = np.random.default_rng(2)
-    kernel = (2, 3, 2)
-    x = rng.standard_normal((2, 3, 2, 5, 4))                                 # (N, D, H, W, Cin)
-    weight = rng.standard_normal((4, 6, *kernel))                            # (Cin, Cout, kD, kH, kW)
-    bias = rng.standard_normal(6)
-    y = kernels.conv_transpose3d_blocks_forward(x, weight, bias)
+    x = rng.standard_normal((batch, *size, cin))                             # (N, D, H, W, Cin)
+    weight = rng.standard_normal((cin, cout, *kernel))                       # (Cin, Cout, kD, kH, kW)
+    bias = rng.standard_normal(cout)
+    y = kernels.conv_transpose3d_blocks_forward(x, weight, bias, block_w)
     np.testing.assert_allclose(
         y, reference.conv_transpose3d_forward_reference(x, weight, bias, kernel, (0, 0, 0)), rtol=0, atol=1e-12)
     grad_output = rng.standard_normal(y.shape)
     np.testing.assert_allclose(
-        kernels.conv_transpose3d_blocks_grad_input(grad_output, weight, x.shape[:4]),
+        kernels.conv_transpose3d_blocks_grad_input(grad_output, weight, x.shape[:4], block_w),
         reference.conv_transpose3d_grad_input_reference(grad_output, weight, kernel, (0, 0, 0)),
         rtol=0, atol=1e-12)
     np.testing.assert_allclose(
-        kernels.conv_transpose3d_blocks_grad_weight(x, grad_output, kernel, 6),
+        kernels.conv_transpose3d_blocks_grad_weight(x, grad_output, kernel, cout, block_w),
         reference.conv_transpose3d_grad_weight_reference(x, grad_output, kernel, kernel, (0, 0, 0)),
         rtol=0, atol=1e-11)
+
+
+def test_blocks_grad_weight_is_the_same_on_any_thread_count():
+    """Grad-weight's chunks come from the shapes, and their partial sums are added in chunk order:
+    the same bits on 1 thread and 2. (A split by thread count, or a race, changes the last bits.)"""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 4, 8, 8, 16), dtype=np.float32)              # (N, D, H, W, Cin)
+    grad_output = rng.standard_normal((1, 8, 16, 16, 16), dtype=np.float32)
+    assert kernels.grad_weight_partition(x.shape, (2, 2, 2), 16)[0] > 1       # several partial sums
+    threads = nn3d.get_num_threads()
+    try:
+        nn3d.set_num_threads(1)
+        one = kernels.conv_transpose3d_blocks_grad_weight(x, grad_output, (2, 2, 2), 16)
+    finally:
+        nn3d.set_num_threads(threads)
+    np.testing.assert_array_equal(kernels.conv_transpose3d_blocks_grad_weight(x, grad_output, (2, 2, 2), 16), one)
+
+
+def test_blocks_grad_weight_has_work_for_32_cores_on_the_unet():
+    """Every up-convolution of the 64^3 and 128^3 U-Net splits grad-weight into >= 32 work items."""
+    for size in (64, 128):
+        for cin, cout, in_size in ((128, 64, size // 8), (64, 32, size // 4), (32, 16, size // 2)):
+            n_chunks, _, n_columns = kernels.grad_weight_partition((1, *[in_size] * 3, cin), (2, 2, 2), cout)
+            assert n_chunks * n_columns >= 32
 
 
 @pytest.mark.parametrize("kernel, stride, padding", [(2, 2, 0), (3, 2, 1)])
