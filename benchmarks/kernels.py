@@ -135,9 +135,8 @@ def up_passes(spec, rng):
     import torch
 
     import nn3d
-    from nn3d.kernels.conv3d import WORK_ITEMS
     from nn3d.kernels.conv_transpose3d import (conv_transpose3d_blocks_grad_input,
-                                               conv_transpose3d_blocks_grad_weight)
+                                               conv_transpose3d_blocks_grad_weight, grad_weight_partition)
     from nn3d.layout import to_channels_last
 
     cin, cout, size = spec["cin"], spec["cout"], spec["size"]
@@ -163,8 +162,9 @@ def up_passes(spec, rng):
         forward=lambda: layer.forward(x),
         grad_input=lambda: conv_transpose3d_blocks_grad_input(g_cl, layer.weight.data, x_cl.shape[:4]),
         grad_weight=lambda: conv_transpose3d_blocks_grad_weight(x_cl, g_cl, (2, 2, 2), cout))
+    n_chunks, _, n_columns = grad_weight_partition(x_cl.shape, (2, 2, 2), cout)
     items = dict(forward=size * size, grad_input=size * size,            # one per input row (n, d, h)
-                 grad_weight=min(size ** 3, WORK_ITEMS))                  # chunks of voxels
+                 grad_weight=n_chunks * n_columns)                        # (chunk of rows, column)
     return {name: (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None, items[name])
             for name in ("forward", "grad_input", "grad_weight")}
 

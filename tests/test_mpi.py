@@ -105,8 +105,15 @@ def assert_same_run(single, parallel):
         scale = np.abs(y.astype(np.float64)).max()
         assert np.abs(x.astype(np.float64) - y).max() <= 1e-5 * scale, name
     assert a["optimizer"]["step"] == b["optimizer"]["step"] and a["scheduler"] == b["scheduler"]
-    for key in ("train_loss", "val_loss", "val_mae_hu", "lr"):     # float64 sums in another order
+    for key in ("train_loss", "lr"):                                 # float64 sums in another order
         np.testing.assert_allclose([r[key] for r in a["history"]], [r[key] for r in b["history"]], rtol=1e-9,
+                                   err_msg=key)
+    # Validation runs in eval mode on the running statistics, folded into the convolutions' float32
+    # weights (nn3d/batchnorm_folding.py): their ~1e-10 relative difference flips a float32 rounding
+    # here and there, which moves the validation metrics by about a float32 epsilon (measured 9e-8
+    # relative); a wrong micro-batch or average moves them by ~1e-3.
+    for key in ("val_loss", "val_mae_hu"):
+        np.testing.assert_allclose([r[key] for r in a["history"]], [r[key] for r in b["history"]], rtol=1e-6,
                                    err_msg=key)
 
 
