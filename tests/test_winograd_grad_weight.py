@@ -48,8 +48,17 @@ KERNEL_SHAPES = [(2, 3, 5, (5, 6, 7)), (1, 1, 1, (3, 4, 1)), (1, 17, 33, (4, 3, 
                  (2, 1, 17, (9, 8, 7))]
 
 
-def test_the_last_kernel_shape_has_several_chunks():
-    assert grad_weight_partition(2 * 5 * 4 * 4, 16, 32)[2] == 2
+def test_the_last_kernel_shape_has_several_chunks_and_groups():
+    assert grad_weight_partition(2 * 5 * 4 * 4, 16, 32)[2:] == (2, 2)     # 2 chunks x 2 groups of 16
+
+
+def test_every_unet_layer_has_32_work_items():
+    """(chunk, output-channel group) items at the U-Net's 64^3 shapes where Winograd runs (16^3 and
+    up): at least 32, so that 32 cores have work."""
+    for tiles, cin, cout in [(32768, 16, 16), (32768, 32, 16), (4096, 16, 32), (4096, 64, 32),
+                             (512, 32, 64), (512, 64, 64), (512, 128, 64)]:
+        n_chunks, n_groups = grad_weight_partition(tiles, cin, cout)[2:]
+        assert n_chunks * n_groups >= 32, (tiles, cin, cout)
 
 
 @pytest.mark.parametrize("batch, cin, cout, size", KERNEL_SHAPES)

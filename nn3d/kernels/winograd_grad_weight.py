@@ -57,8 +57,11 @@ its header first: B^T, G, A^T, U, V, xi and the tiles are the same here).
 Layout of the fast kernel (`winograd_grad_weight_kernel`): x (N, D, H, W, Cin) channels-last without
 a halo and grad_output (N, D, H, W, Cout), tiles numbered as in winograd.py. The tiles are cut into
 chunks of consecutive tiles (their number fixed by the shapes: `grad_weight_partition`); each chunk
-owns a partial dU (64, Cin_padded, Cout_padded), and a worker thread takes whole chunks. Within a
-chunk it goes block by block (`tiles_per_block` tiles): V (64, rows, Cin_padded) by winograd.py's
+owns a partial dU (64, Cin_padded, Cout_padded). A work item is a chunk, or where there are fewer
+than 32 chunks (a 16^3 volume has 8) a chunk and one group of its output-channel blocks, which owns
+those columns of the chunk's dU: every dU entry is still summed over the same tiles in the same
+order, whatever the grouping, and the items' cost is the input transform done once per group. Within
+an item a worker goes block by block (`tiles_per_block` tiles): V (64, rows, Cin_padded) by winograd.py's
 `transform_input_block`, W (64, Cout_padded/16, rows, 16) by `transform_grad_output_block`, then
 `accumulate_block_products` adds V[xi]^T W[xi] into the chunk's dU, a register tile of block_rows
 input channels x 16 output channels at a time running over the block's tiles. V and W (8x the
@@ -142,9 +145,10 @@ def grad_output_tile_along_x(s2, w, to, xi_step):
 
 
 @tile_helper
-def transform_grad_output_block(grad_output, first, count, rows, w, s1, s2, staged):
+def transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_end, w, s1, s2, staged):
     """W[xi, cb, t, :] = (A e_t A^T along each axis) of the output-gradient tiles first + t, t < count,
-    16 channels at a time. grad_output (N, D, H, W, Cout); w (64, Cout_padded/16, rows, 16) flat;
+    for the output-channel blocks cb_first <= cb < cb_end (16 channels each).
+    grad_output (N, D, H, W, Cout); w (64, Cout_padded/16, rows, 16) flat;
     s1, s2 scratch; staged (4 * 4 * 4 * 16,). A tile sticking out of an odd-sized volume, and the
     last block of channels when Cout is not a multiple of 16, are read from `staged` (winograd.py's
     `tile_source`: a 4x4x4 window with zeros outside the volume, whose first 2x2x2 voxels are the
@@ -158,7 +162,7 @@ def transform_grad_output_block(grad_output, first, count, rows, w, s1, s2, stag
         n, td, th, tw = tile_position(first + t, tiles_d, tiles_h, tiles_w)
         iz0, iy0, ix0 = 2 * td, 2 * th, 2 * tw             # the tile's first voxel
         whole = iz0 + 1 < size_d and iy0 + 1 < size_h and ix0 + 1 < size_w
-        for cb in range(n_cblocks):
+        for cb in range(cb_first, cb_end):
             source, at, plane, row_length, voxel_step = tile_source(grad_output, g_flat, n, iz0, iy0, ix0,
                                                                     cb * BLOCK_C, whole, staged)
             grad_output_tile_along_z(source, at, plane, row_length, voxel_step, s1)
@@ -177,9 +181,10 @@ def add_into16(flat, at, v, fresh):
 
 
 @tile_helper
-def accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, block_rows, du, fresh,
-                              zeros):
-    """dU[xi, ci, 16cb:16cb+16] += sum_{t < count} V[xi, t, ci] W[xi, cb, t, :] for the 64 positions xi:
+def accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, cb_first, cb_end, block_rows,
+                              du, fresh, zeros):
+    """dU[xi, ci, 16cb:16cb+16] += sum_{t < count} V[xi, t, ci] W[xi, cb, t, :] for the 64 positions xi
+    and the output-channel blocks cb_first <= cb < cb_end:
     (Cin x count) @ (count x 16) per output-channel block cb, a register tile of block_rows = 8
     input channels (else 4) x 16 output channels that runs over the block's tiles (per tile: one
     load of 16 W values, block_rows broadcasts of V, block_rows FMAs), then is added into dU. Both
@@ -192,7 +197,7 @@ def accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, b
     count_u = np.uint64(count)
     end8 = cin_padded if block_rows == 8 else 0
     for xi in range(TILE_VALUES):
-        for cb in range(n_cblocks):
+        for cb in range(cb_first, cb_end):
             w_0 = np.uint64((xi * n_cblocks + cb) * rows)
             for ci0 in range(0, end8, 8):
                 v_0 = np.uint64(xi * rows * cin_padded + ci0)
@@ -235,23 +240,25 @@ def accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, b
 
 
 @blocked_kernel
-def winograd_grad_weight_kernel(x0, x1, grad_output, tiles_per_chunk, tiles_per_block, block_rows, n_workers,
-                                partial):
+def winograd_grad_weight_kernel(x0, x1, grad_output, tiles_per_chunk, tiles_per_block, n_groups, block_rows,
+                                n_workers, partial):
     """partial[chunk] = dU (64, Cin_padded, Cout_padded) of the tiles of chunk `chunk` (section 2),
     flat: tiles [chunk * tiles_per_chunk, (chunk + 1) * tiles_per_chunk).
 
     x0, x1 (N, D, H, W, C) unpadded: the input x is the two side by side along the channels, read in
     place (`transform_input_block`; x1 may have no channels); grad_output (N, D, H, W, Cout); partial (n_chunks,
     64 * Cin_padded * Cout_padded), any values on entry; block_rows = BLOCK_W (8 or 4 input channels
-    per register tile). The prange runs over n_workers (the thread count) workers, each with its own
-    V, W and scratch buffers (allocated once per call), taking chunks worker, worker + n_workers, ...;
-    a chunk is summed block by block in one order whichever worker takes it: deterministic."""
+    per register tile). Work items: (chunk, group of output-channel blocks), n_groups groups per
+    chunk. The prange runs over n_workers (the thread count) workers, each with its own V, W and
+    scratch buffers (allocated once per call), taking items worker, worker + n_workers, ...; an item
+    sums its chunk block by block in one order whichever worker takes it: deterministic."""
     n_batch, size_d, size_h, size_w, cin0 = x0.shape
     cin = cin0 + x1.shape[4]
     n_tiles = n_batch * ((size_d + 1) // 2) * ((size_h + 1) // 2) * ((size_w + 1) // 2)
     n_chunks = partial.shape[0]
     cin_padded = (cin + BLOCK_C - 1) // BLOCK_C * BLOCK_C
     n_cblocks = (grad_output.shape[4] + BLOCK_C - 1) // BLOCK_C
+    blocks_per_group = (n_cblocks + n_groups - 1) // n_groups
     rows = tiles_per_block + 1     # V, W rows: one spare, so V[xi] and W[xi] are not a power of two apart
     for worker in prange(n_workers):
         v = np.empty(TILE_VALUES * rows * cin_padded, dtype=partial.dtype)           # V (64, rows, Cin_p)
@@ -261,16 +268,19 @@ def winograd_grad_weight_kernel(x0, x1, grad_output, tiles_per_chunk, tiles_per_
         s2 = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                    # two axes done
         staged = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                # a tile at a face
         zeros = np.zeros((1, BLOCK_C), dtype=partial.dtype)                          # a zero register tile
-        for chunk in range(worker, n_chunks, n_workers):
+        for item in range(worker, n_chunks * n_groups, n_workers):
+            chunk = item // n_groups
+            cb_first = item % n_groups * blocks_per_group                # this item's output channels
+            cb_end = min(cb_first + blocks_per_group, n_cblocks)
             du = partial[chunk]
             chunk_first = np.int64(chunk) * tiles_per_chunk
             chunk_end = min(chunk_first + tiles_per_chunk, n_tiles)
             for first in range(chunk_first, chunk_end, tiles_per_block):
                 count = min(tiles_per_block, chunk_end - first)
                 transform_input_block(x0, x1, first, count, rows, v, s1, s2, staged)
-                transform_grad_output_block(grad_output, first, count, rows, w, s1, s2, staged)
-                accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, block_rows, du,
-                                          first == chunk_first, zeros)
+                transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_end, w, s1, s2, staged)
+                accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, cb_first, cb_end,
+                                          block_rows, du, first == chunk_first, zeros)
 
 
 @parallel_kernel
@@ -304,18 +314,23 @@ MIN_CHUNK_TILES = 64       # a chunk's tiles: its arithmetic must outweigh zeroi
 
 
 def grad_weight_partition(n_tiles, cin_padded, cout_padded):
-    """(tiles_per_block, tiles_per_chunk, n_chunks) for n_tiles tiles, from the shapes only (never the
-    thread count: the sums are the same on any machine). Blocks: V and W of a block, 64 * tiles *
-    (Cin + Cout) values, in about 1 MiB of float32 (half of this machine's L2): 16, 32 or 64 tiles, a
-    power of two (which divides the tile counts of power-of-two volumes into equal chunks).
+    """(tiles_per_block, tiles_per_chunk, n_chunks, n_groups) for n_tiles tiles, from the shapes only
+    (never the thread count: the sums are the same on any machine). Blocks: V and W of a block,
+    64 * tiles * (Cin + Cout) values, in about 1 MiB of float32 (half of this machine's L2): 16, 32 or
+    64 tiles, a power of two (which divides the tile counts of power-of-two volumes into equal chunks).
     Chunks: WORK_ITEMS (32) when there are enough tiles, at least MIN_CHUNK_TILES tiles each, and
-    no more than PARTIAL_BUDGET values of partial dU (64 * Cin * Cout each) in all; whole blocks."""
+    no more than PARTIAL_BUDGET values of partial dU (64 * Cin * Cout each) in all; whole blocks.
+    Groups of output-channel blocks per chunk: as many as make WORK_ITEMS work items (chunk, group),
+    at most one per block of 16 output channels (a 16^3 volume: 8 chunks x 4 groups at 64 channels)."""
     tiles_per_block = int(min(64, max(16, 2 ** int(np.log2(4096 // (cin_padded + cout_padded))))))
     partial_size = TILE_VALUES * cin_padded * cout_padded
     n_chunks = max(1, min(WORK_ITEMS, n_tiles // MIN_CHUNK_TILES, PARTIAL_BUDGET // partial_size))
     tiles_per_chunk = -(-n_tiles // n_chunks)
     tiles_per_chunk = -(-tiles_per_chunk // tiles_per_block) * tiles_per_block
-    return tiles_per_block, tiles_per_chunk, -(-n_tiles // tiles_per_chunk)
+    n_chunks = -(-n_tiles // tiles_per_chunk)
+    n_cblocks = cout_padded // BLOCK_C
+    blocks_per_group = -(-n_cblocks // min(n_cblocks, -(-WORK_ITEMS // n_chunks)))
+    return tiles_per_block, tiles_per_chunk, n_chunks, -(-n_cblocks // blocks_per_group)
 
 
 def winograd_grad_weight(inputs, grad_output, block_rows=BLOCK_W):
@@ -337,10 +352,12 @@ def winograd_grad_weight(inputs, grad_output, block_rows=BLOCK_W):
     cin, cout = x0.shape[4] + x1.shape[4], grad_output.shape[4]
     cin_padded, cout_padded = (-(-c // BLOCK_C) * BLOCK_C for c in (cin, cout))
     n_tiles = x0.shape[0] * ((x0.shape[1] + 1) // 2) * ((x0.shape[2] + 1) // 2) * ((x0.shape[3] + 1) // 2)
-    tiles_per_block, tiles_per_chunk, n_chunks = grad_weight_partition(n_tiles, cin_padded, cout_padded)
+    tiles_per_block, tiles_per_chunk, n_chunks, n_groups = grad_weight_partition(n_tiles, cin_padded,
+                                                                                 cout_padded)
     partial = arena.empty((n_chunks, TILE_VALUES * cin_padded * cout_padded), x0.dtype)   # dU per chunk
     winograd_grad_weight_kernel(x0, x1, grad_output, np.int64(tiles_per_chunk), np.int64(tiles_per_block),
-                                np.int64(block_rows), np.int64(numba.get_num_threads()), partial)
+                                np.int64(n_groups), np.int64(block_rows), np.int64(numba.get_num_threads()),
+                                partial)
     grad_weight = np.empty((cout, cin, 27), x0.dtype)                                # (Cout, Cin, 27)
     sum_chunks_and_transform(partial.reshape(n_chunks, TILE_VALUES, cin_padded, cout_padded), G_KRON,
                              grad_weight)
