@@ -85,6 +85,10 @@ def write_json(path, payload):
     """Write JSON atomically (temp file + rename)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w") as handle:
+            json.dump(payload, handle, indent=2)
+        os.replace(temporary, path)
+    finally:                          # a failed dump leaves nothing half-written behind
+        if os.path.exists(temporary):
+            os.remove(temporary)

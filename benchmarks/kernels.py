@@ -126,7 +126,7 @@ def conv_passes(kind, spec, rng):
         passes["wino grad_w"] = (       # the inputs in place, as the layer
             lambda: winograd_grad_weight(tuple(parts_cl), g_cl), formats["ncdhw"]["grad_weight"],
             formats["cl"]["grad_weight"], flops, None,
-            np.prod(grad_weight_partition(tiles, padded(cin), padded(cout))[2:]))   # (chunk, group) items
+            int(np.prod(grad_weight_partition(tiles, padded(cin), padded(cout))[2:])))   # (chunk, group) items
     return passes
 
 
