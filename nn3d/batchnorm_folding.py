@@ -37,8 +37,10 @@ def folded_weight_and_bias(conv, batchnorm):
 
 def conv_batchnorm_eval(conv, batchnorm, *inputs):
     """batchnorm.forward(conv.forward(*inputs)) for an eval-mode `batchnorm`, computed as one
-    convolution with folded weights (see above); keeps no backward cache. inputs: one (N, Cin, D, H, W)
-    array, or several whose channel concatenation the convolution reads (as Conv3d.forward)."""
+    convolution with folded weights (see above): the same function, float32 rounding apart. Like a
+    forward under nn3d.no_grad(), it keeps no backward cache and drops the two layers' earlier ones.
+    inputs: one (N, Cin, D, H, W) array, or several whose channel concatenation the convolution reads
+    (as Conv3d.forward)."""
     if batchnorm.training:
         raise ValueError("conv_batchnorm_eval: the BatchNorm3d is in training mode; folding needs eval "
                          "mode (training normalises with the batch's own statistics)")
@@ -46,6 +48,7 @@ def conv_batchnorm_eval(conv, batchnorm, *inputs):
         raise ValueError(f"conv_batchnorm_eval: BatchNorm3d({batchnorm.num_features}) cannot follow a "
                          f"Conv3d with {conv.out_channels} output channels")
     input_shape = conv.check_inputs(inputs)
+    conv._cache = batchnorm._cache = None         # as their own forward passes under no_grad would
     weight, bias = folded_weight_and_bias(conv, batchnorm)
     y_cl, _ = conv.convolve(tuple(to_channels_last(x) for x in inputs), input_shape, weight, bias,
                             relu=batchnorm.relu)

@@ -1,4 +1,5 @@
-"""nn3d.no_grad(): identical outputs, no cache kept by any layer, a clear error for backward after it,
+"""nn3d.no_grad(): identical outputs (the U-Net in eval mode: within float32 rounding, its BatchNorms
+folded into the convolutions), no cache kept by any layer, a clear error for backward after it,
 and the flag restored on exit (also after an exception) and across nesting.
 
 The network covers every layer that keeps a cache: Conv3d (stride 1 and 2), ConvTranspose3d,
@@ -9,6 +10,7 @@ import pytest
 import nn3d
 from mri2ct.model import UNet3D
 from nn3d import (BatchNorm3d, Conv3d, ConvTranspose3d, MaxPool3d, MSELoss, ReLU, Sequential)
+from nn3d.gradcheck import max_relative_error
 
 
 def network():
@@ -48,8 +50,11 @@ def test_unet_and_loss_keep_nothing():
         loss_no_grad = criterion.forward(y_no_grad, target)
     assert caches(model) and all(cache is None for cache in caches(model).values())
     assert criterion._cache is None
-    np.testing.assert_array_equal(y_no_grad, y)
-    assert loss_no_grad == loss
+    # In eval mode under no_grad the U-Net's blocks fold each BatchNorm into its convolution
+    # (nn3d/batchnorm_folding.py): the same function, computed in another order, so the two differ
+    # by float32 rounding (~1e-7 of the output's scale); 1e-5 leaves room, a wrong fold is order 1.
+    assert max_relative_error(y_no_grad, y) < 1e-5
+    assert abs(loss_no_grad - loss) <= 1e-5 * abs(loss)
 
 
 def test_backward_after_no_grad_forward_raises():
