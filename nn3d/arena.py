@@ -24,8 +24,8 @@ each other and the arena holds few distinct buffers.
 The arena never holds more than GROWTH times the most bytes ever in use at once: a request that
 would exceed that first drops the free buffers used longest ago (after a change of input size, the
 old sizes go). `release()` drops every free buffer now. Measured on the U-Net (3 passes): a training
-step at 64^3, 96^3, 128^3 leaves the arena holding 1.00x the bytes in use at the step's peak, an eval
-forward 1.23-1.25x, with no new buffer from the second pass on. (FIT = 2.5 held 1.04-1.05x in
+step at 64^3, 96^3, 128^3 leaves the arena holding 1.00-1.01x the bytes in use at the step's peak, an
+eval forward 1.06-1.11x, with no new buffer from the second pass on. (FIT = 2.5 held 1.04-1.05x in
 training; exact sizes held with GROWTH = 1.0 took ~30 fresh buffers per 128^3 step again, 1 s of
 system time: the cost the arena exists to remove.)
 Arrays below MIN_BYTES come from NumPy directly: malloc keeps those in its heap and recycles them
