@@ -530,6 +530,16 @@ def no_channels(like):
     return np.empty((*like.shape[:4], 0), like.dtype)
 
 
+def kernel_inputs(inputs):
+    """The (x0, x1) pair the kernels read side by side from a tuple of channels-last inputs
+    (N, D, H, W, C_j): two whose first has a multiple of 16 channels as they are (no block of 16
+    channels spans both), one with an empty x1, anything else concatenated into one copy."""
+    inputs = tuple(np.ascontiguousarray(x) for x in inputs)
+    if len(inputs) > 2 or (len(inputs) == 2 and inputs[0].shape[4] % BLOCK_C):
+        inputs = (pad_and_concatenate(inputs, (0, 0, 0)),)              # channels side by side
+    return inputs[0], inputs[1] if len(inputs) == 2 else no_channels(inputs[0])
+
+
 def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, tiles_per_block=None,
                          relu=False):
     """The 3x3x3, stride-1, padding-1 convolution of the channel concatenation of `inputs` (a tuple
@@ -540,11 +550,7 @@ def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, t
     and two output bands whose first is a multiple of 16 are written in place; anything else goes
     through one concatenated (or split) copy. block_rows: the register tile (this CPU's BLOCK_W; the
     tests pass 4 and 8); tiles_per_block: None for `tiles_per_block_for`; relu: max(0, output)."""
-    inputs = tuple(np.ascontiguousarray(x) for x in inputs)
-    if len(inputs) > 2 or (len(inputs) == 2 and inputs[0].shape[4] % BLOCK_C):
-        inputs = (pad_and_concatenate(inputs, (0, 0, 0)),)              # channels side by side
-    x0 = inputs[0]
-    x1 = inputs[1] if len(inputs) == 2 else no_channels(x0)
+    x0, x1 = kernel_inputs(inputs)
     cout = u.shape[3]
     u_packed = pack_transformed_filter(u, x0.dtype)                     # (64, Cout_p/16, Cin, 16)
     cout_padded = u_packed.shape[1] * BLOCK_C

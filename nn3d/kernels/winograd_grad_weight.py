@@ -76,9 +76,8 @@ from numba import prange
 from .. import arena
 from .conv3d import BLOCK_C, BLOCK_W, WORK_ITEMS, fma16, load16
 from .jit import blocked_kernel, inlined_tile_helper, parallel_kernel, tile_helper
-from .padding import pad_and_concatenate
-from .winograd import (A_T, B_T, G, G_KRON, TILE_VALUES, U, add16, load16_at, no_channels, store16_at, sub16,
-                       tile_position, tile_source, transform_input_block)
+from .winograd import (A_T, B_T, G, G_KRON, TILE_VALUES, U, add16, kernel_inputs, load16_at, store16_at,
+                       sub16, tile_position, tile_source, transform_input_block)
 
 
 def winograd_grad_weight_reference(x, grad_output):
@@ -340,14 +339,10 @@ def winograd_grad_weight(inputs, grad_output, block_rows=BLOCK_W):
     are read in place, anything else through one concatenated copy), grad_output (N, D, H, W, Cout)
     -> dL/dweight (Cout, Cin, 3, 3, 3) in x's dtype. block_rows: input channels per register tile
     (this CPU's BLOCK_W; the tests pass 4 and 8)."""
-    inputs = tuple(np.ascontiguousarray(x) for x in inputs)
     if any(x.shape[:4] != grad_output.shape[:4] for x in inputs):
         raise ValueError(f"winograd_grad_weight: grad_output {grad_output.shape} does not match the "
                          f"input {inputs[0].shape} outside the channel axis")
-    if len(inputs) > 2 or (len(inputs) == 2 and inputs[0].shape[4] % BLOCK_C):
-        inputs = (pad_and_concatenate(inputs, (0, 0, 0)),)              # channels side by side
-    x0 = inputs[0]
-    x1 = inputs[1] if len(inputs) == 2 else no_channels(x0)
+    x0, x1 = kernel_inputs(inputs)
     grad_output = np.ascontiguousarray(grad_output, dtype=x0.dtype)
     cin, cout = x0.shape[4] + x1.shape[4], grad_output.shape[4]
     cin_padded, cout_padded = (-(-c // BLOCK_C) * BLOCK_C for c in (cin, cout))
