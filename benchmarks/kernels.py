@@ -118,7 +118,7 @@ def conv_passes(kind, spec, rng):
         blocks = lambda c_in, c_out: -(-tiles // tiles_per_block_for(c_in, padded(c_out)))
         weight_transform = filter_transform(layer.weight.data)      # forward's U, kept for grad-input
         passes["wino fwd"] = (          # as the layer: the filter transform, then the inputs in place
-            lambda: winograd_forward(tuple(parts_cl), filter_transform(layer.weight.data), layer.bias.data),
+            lambda: winograd_forward(tuple(parts_cl), filter_transform(layer.weight.data), layer.bias.data, cout),
             formats["ncdhw"]["forward"], formats["cl"]["forward"], flops, None, blocks(cin, cout))
         passes["wino grad_in" + ("*" if cin == 1 else "")] = (
             lambda: winograd_grad_input(g_cl, weight_transform, tuple(x.shape[4] for x in parts_cl)),

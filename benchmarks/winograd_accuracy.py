@@ -34,7 +34,7 @@ def pass_errors(cin, cout, size, rng):
              "grad_input": conv3d_grad_input(g64, weight.astype(np.float64), (size,) * 3, ones, pad),
              "grad_weight": conv3d_grad_weight(pad_channels_last(x64, pad), g64, kernel, ones)}
     ours = {("forward", "direct"): conv3d_forward(pad_channels_last(x, pad), weight, None, ones),
-            ("forward", "winograd"): winograd_forward((x,), filter_transform(weight), None),
+            ("forward", "winograd"): winograd_forward((x,), filter_transform(weight), None, cout),
             ("grad_input", "direct"): conv3d_grad_input(g, weight, (size,) * 3, ones, pad),
             ("grad_input", "winograd"): winograd_grad_input(g, filter_transform(weight), (cin,))[0],
             ("grad_weight", "direct"): conv3d_grad_weight(pad_channels_last(x, pad), g, kernel, ones),

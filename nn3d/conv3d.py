@@ -104,7 +104,7 @@ class Conv3dCache(NamedTuple):
     inputs_cl: tuple          # the inputs, channels-last, unpadded: (N, D, H, W, C_j) each, sum C_j = Cin
     input_shape: tuple        # (N, Cin, D, H, W)
     output_shape: tuple       # (N, Cout, Do, Ho, Wo): what grad_output must be
-    weight_transform: object  # Winograd's U (4, 4, 4, Cout, Cin) float64, or None on the direct path
+    weight_transform: object  # Winograd's U packed (64, Cout_padded/16, Cin, 16), or None on the direct path
 
 
 class Conv3d(Module):
@@ -163,10 +163,11 @@ class Conv3d(Module):
         """Line (1) on channels-last inputs (N, D, H, W, C_j) whose concatenation has input_shape
         (N, Cin, D, H, W), with `weight` and `bias` (the layer's own, or a folded BatchNorm's:
         nn3d/batchnorm_folding.py), max(0, y) if relu, by the algorithm `conv_algorithm` picks.
-        -> (y (N, Do, Ho, Wo, Cout) channels-last, Winograd's U (4, 4, 4, Cout, Cin) or None)."""
+        -> (y (N, Do, Ho, Wo, Cout) channels-last, Winograd's packed U or None)."""
         if self._algorithm(input_shape) == "winograd":                    # reads the inputs in place
-            weight_transform = filter_transform(weight)                   # U (4, 4, 4, Cout, Cin)
-            return winograd_forward(inputs_cl, weight_transform, bias, relu=relu), weight_transform
+            weight_transform = filter_transform(weight)                   # U (64, Cout_padded/16, Cin, 16)
+            return (winograd_forward(inputs_cl, weight_transform, bias, self.out_channels, relu=relu),
+                    weight_transform)
         x_pad = pad_and_concatenate(inputs_cl, self.padding)              # (N, D+2pd, H+2ph, W+2pw, Cin)
         return conv3d_forward(x_pad, weight, bias, self.stride, relu=relu), None
 

@@ -47,7 +47,7 @@ def test_kernel_matches_reference(batch, cin, cout, size, block_rows):
     expected = winograd.winograd_forward_reference(x, weight, bias)
     u = winograd.filter_transform(weight)
     for tiles_per_block in (None, 8):
-        y = winograd.winograd_forward((x,), u, bias, block_rows, tiles_per_block)
+        y = winograd.winograd_forward((x,), u, bias, cout, block_rows, tiles_per_block)
         np.testing.assert_allclose(y, expected, rtol=0, atol=1e-11)        # float64: rounding only
     grad_output = rng.standard_normal(expected.shape)                      # (N, D, H, W, Cout)
     (grad_input,) = winograd.winograd_grad_input(grad_output, u, (cin,), block_rows)
@@ -72,7 +72,7 @@ def test_two_inputs_are_convolved_as_their_concatenation(channels, cout, block_r
     bias = rng.standard_normal(cout)
     u = winograd.filter_transform(weight)
     expected = winograd.winograd_forward_reference(np.concatenate(inputs, axis=4), weight, bias)
-    np.testing.assert_allclose(winograd.winograd_forward(inputs, u, bias, block_rows), expected,
+    np.testing.assert_allclose(winograd.winograd_forward(inputs, u, bias, cout, block_rows), expected,
                                rtol=0, atol=1e-11)                          # float64: rounding only
     grad_output = rng.standard_normal(expected.shape)
     grads = winograd.winograd_grad_input(grad_output, u, channels, block_rows)
@@ -82,14 +82,29 @@ def test_two_inputs_are_convolved_as_their_concatenation(channels, cout, block_r
     np.testing.assert_allclose(np.concatenate(grads, axis=4), full, rtol=0, atol=1e-11)
 
 
-def test_grad_input_transform_comes_from_the_forward_one():
+@pytest.mark.parametrize("cout, cin", [(5, 3), (17, 20), (16, 32)])    # tails of 16 either way
+def test_grad_input_transform_comes_from_the_forward_one(cout, cin):
     """U of the flipped, in/out-swapped weights equals the forward's U with the channels swapped and
-    the points 0 and infinity exchanged along each axis (float64: exact up to rounding)."""
+    the points 0 and infinity exchanged along each axis (float64: exact up to rounding), both in the
+    plain form and packed; the packed gather is exact."""
     from nn3d.kernels.conv3d import flipped_transposed
-    weight = np.random.default_rng(6).standard_normal((5, 3, 3, 3, 3))
-    np.testing.assert_allclose(winograd.flipped_transposed_transform(winograd.filter_transform(weight)),
-                               winograd.filter_transform(np.ascontiguousarray(flipped_transposed(weight))),
-                               rtol=0, atol=1e-14)
+    weight = np.random.default_rng(6).standard_normal((cout, cin, 3, 3, 3))
+    flipped = np.ascontiguousarray(flipped_transposed(weight))
+    np.testing.assert_allclose(
+        winograd.flipped_transposed_transform_reference(winograd.filter_transform_reference(weight)),
+        winograd.filter_transform_reference(flipped), rtol=0, atol=1e-14)
+    u_packed = winograd.filter_transform(weight)                            # (64, Cout_padded/16, Cin, 16)
+    u = u_packed.transpose(0, 1, 3, 2).reshape(64, -1, cin)[:, :cout].reshape(4, 4, 4, cout, cin)
+    np.testing.assert_array_equal(winograd.flipped_transposed_transform(u_packed, cout),
+                                  packed(winograd.flipped_transposed_transform_reference(u)))
+
+
+def packed(u):
+    """U (4, 4, 4, Cout, Cin) -> (64, Cout_padded/16, Cin, 16), the kernels' layout, plainly."""
+    cout, cin = u.shape[3:]
+    cout_padded = -(-cout // 16) * 16
+    u = np.concatenate([u.reshape(64, cout, cin), np.zeros((64, cout_padded - cout, cin))], axis=1)
+    return u.reshape(64, cout_padded // 16, 16, cin).transpose(0, 1, 3, 2)
 
 
 def test_float32_kernel_is_close_to_the_direct_kernel():
@@ -104,21 +119,25 @@ def test_float32_kernel_is_close_to_the_direct_kernel():
     weight = (rng.standard_normal((16, 32, 3, 3, 3)) / np.sqrt(32 * 27)).astype(np.float32)
     exact = winograd.winograd_forward_reference(x.astype(np.float64), weight.astype(np.float64), None)
     direct = conv3d_forward(pad_channels_last(x, (1, 1, 1)), weight, None, (1, 1, 1))
-    fast = winograd.winograd_forward((x,), winograd.filter_transform(weight), None)
+    fast = winograd.winograd_forward((x,), winograd.filter_transform(weight), None, 16)
     assert fast.dtype == np.float32
     assert max_relative_error(fast, exact) < 2e-6
     assert max_relative_error(fast, exact) < 10 * max(max_relative_error(direct, exact), 1e-7)
 
 
-def test_packed_filter_transform_matches_the_reference():
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-13), (np.float32, 0)])
+def test_packed_filter_transform_matches_the_reference(dtype, tolerance):
+    """The kernel's U against G g G^T written as one einsum, and against the plain (Kronecker)
+    reference: float64 up to rounding; float32 is the float64 result rounded once, so exactly the
+    reference rounded to float32."""
     rng = np.random.default_rng(4)
-    weight = rng.standard_normal((17, 3, 3, 3, 3))                          # Cout tail: 17 = 16 + 1
-    u = winograd.filter_transform(weight)                                   # (4, 4, 4, Cout, Cin)
+    weight = rng.standard_normal((17, 3, 3, 3, 3)).astype(dtype)           # Cout tail: 17 = 16 + 1
+    u = winograd.filter_transform_reference(weight)                         # (4, 4, 4, Cout, Cin)
     g_g_g = np.einsum("ai,bj,ck->abcijk", winograd.G, winograd.G, winograd.G)
     np.testing.assert_allclose(u, np.einsum("abcijk,oxijk->abcox", g_g_g, weight), rtol=0, atol=1e-13)
-    u_packed = winograd.pack_transformed_filter(u, np.float64)              # (64, 2, Cin, 16)
-    np.testing.assert_allclose(u_packed.transpose(0, 1, 3, 2).reshape(64, 32, 3)[:, :17],
-                               u.reshape(64, 17, 3), rtol=0, atol=0)
+    u_packed = winograd.filter_transform(weight)                            # (64, 2, Cin, 16)
+    assert u_packed.dtype == dtype and u_packed.shape == (64, 2, 3, 16)
+    np.testing.assert_allclose(u_packed, packed(u).astype(dtype), rtol=0, atol=tolerance)
     assert not u_packed[:, 1, :, 1:].any()                                  # padding channels stay zero
 
 

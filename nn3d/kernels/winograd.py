@@ -89,9 +89,8 @@ import numpy as np
 from numba import prange
 
 from .. import arena
-from ..threads import single_threaded_blas
 from .conv3d import BLOCK_C, BLOCK_W, fma16, load16
-from .jit import blocked_kernel, inlined_tile_helper, tile_helper
+from .jit import blocked_kernel, inlined_tile_helper, parallel_kernel, tile_helper
 from .padding import pad_and_concatenate
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], dtype=np.float64)   # (4, 4)
@@ -100,31 +99,29 @@ A_T = np.array([[1, 1, 1, 0], [0, 1, -1, 1]], dtype=np.float64)                 
 G_KRON = np.kron(np.kron(G, G), G)                                  # (64, 27): G along three axes at once
 
 
-def filter_transform(weight):
-    """U[a, b, c, co, ci] = sum_{i,j,k} G[a, i] G[b, j] G[c, k] weight[co, ci, i, j, k], in float64,
-    the transformed positions first as in the kernel (one (Cout, Cin) matrix per position xi):
-    G along kz, ky and kx at once, as one (64, 27) @ (27, Cout*Cin) product with the Kronecker
-    product G (x) G (x) G, whose row a*16 + b*4 + c, column i*9 + j*3 + k is G[a,i] G[b,j] G[c,k]
-    (one BLAS call: 0.03-0.6 ms for the U-Net's layers, where three tensordots took 1-12 ms).
-    weight (Cout, Cin, 3, 3, 3) -> U (4, 4, 4, Cout, Cin)."""
+def filter_transform_reference(weight):
+    """U[a, b, c, co, ci] = sum_{i,j,k} G[a, i] G[b, j] G[c, k] weight[co, ci, i, j, k] plainly, in
+    float64: G along kz, ky and kx at once, as one (64, 27) @ (27, Cout*Cin) product with the
+    Kronecker product G (x) G (x) G, whose row a*16 + b*4 + c, column i*9 + j*3 + k is
+    G[a,i] G[b,j] G[c,k]. weight (Cout, Cin, 3, 3, 3) -> U (4, 4, 4, Cout, Cin). The kernels use
+    `filter_transform`, tested against this."""
     cout, cin = weight.shape[:2]
-    with single_threaded_blas():                      # a small product: no BLAS pool left spinning
-        u = G_KRON @ weight.reshape(cout * cin, 27).astype(np.float64).T   # (64, Cout*Cin)
+    u = G_KRON @ weight.reshape(cout * cin, 27).astype(np.float64).T       # (64, Cout*Cin)
     return u.reshape(4, 4, 4, cout, cin)
 
 
 POINTS_FLIPPED = [3, 1, 2, 0]   # G applied to (g2, g1, g0): the points 0 and infinity trade places
-POSITIONS_FLIPPED = [(POINTS_FLIPPED[a] * 4 + POINTS_FLIPPED[b]) * 4 + POINTS_FLIPPED[c]   # xi -> xi'
-                     for a in range(4) for b in range(4) for c in range(4)]
+POSITIONS_FLIPPED = np.array([(POINTS_FLIPPED[a] * 4 + POINTS_FLIPPED[b]) * 4 + POINTS_FLIPPED[c]   # xi -> xi'
+                              for a in range(4) for b in range(4) for c in range(4)])
 
 
-def flipped_transposed_transform(u):
+def flipped_transposed_transform_reference(u):
     """The filter transform of grad-input's kernel (nn3d/conv3d.py (3): the weight flipped along
     every axis, in/out channels swapped), from the forward's U instead of from the weights: G applied
     to the flipped filter (g2, g1, g0) gives (g2, (g0+g1+g2)/2, (g0-g1+g2)/2, g0), which is
     ((G g)[3], (G g)[1], (G g)[2], (G g)[0]); so per axis U'[a] = U[POINTS_FLIPPED[a]], and the
-    channel matrices are transposed. U (4, 4, 4, Cout, Cin) -> U' (4, 4, 4, Cin, Cout), a view of
-    one gather of U's 64 matrices: U is computed once per step, in forward."""
+    channel matrices are transposed. U (4, 4, 4, Cout, Cin) -> U' (4, 4, 4, Cin, Cout), plainly
+    (`flipped_transposed_transform` is the kernels' version, on the packed layout)."""
     cout, cin = u.shape[3:]
     return u.reshape(TILE_VALUES, cout, cin)[POSITIONS_FLIPPED].transpose(0, 2, 1).reshape(4, 4, 4, cin, cout)
 
@@ -147,7 +144,7 @@ def winograd_forward_reference(x, weight, bias):
                 d[:, :, :, :, i, j, k] = x_pad[:, i:i + 2 * tiles_d:2, j:j + 2 * tiles_h:2,
                                                k:k + 2 * tiles_w:2]
     v = np.einsum("ai,bj,ck,ntuvijkx->ntuvabcx", B_T, B_T, B_T, d, optimize=True)   # (..., 4, 4, 4, Cin)
-    m = np.einsum("ntuvabcx,abcox->ntuvabco", v, filter_transform(weight), optimize=True)
+    m = np.einsum("ntuvabcx,abcox->ntuvabco", v, filter_transform_reference(weight), optimize=True)
     y_tiles = np.einsum("pa,qb,rc,ntuvabco->ntpuqvro", A_T, A_T, A_T, m, optimize=True)
     y = y_tiles.reshape(n_batch, 2 * tiles_d, 2 * tiles_h, 2 * tiles_w, cout)[:, :size[0], :size[1], :size[2]]
     return y + (0 if bias is None else bias)
@@ -158,16 +155,94 @@ U = tuple(np.uint64(q) for q in range(BLOCK_C))   # unsigned constants 0..15
 TILE_VALUES = 64       # 4 x 4 x 4 transformed positions xi = (a*4 + b)*4 + c
 
 
-def pack_transformed_filter(u, dtype):
-    """U (4, 4, 4, Cout, Cin) from `filter_transform` (or a view of it) -> u_packed
-    (64, Cout_padded/16, Cin, 16) in dtype: u_packed[xi, cb, ci, c] = U[xi, 16*cb + c, ci], zeros
-    for the padding channels."""
-    cout, cin = u.shape[3:]
-    u = u.reshape(TILE_VALUES, cout, cin)                                     # (64, Cout, Cin)
-    cout_padded = -(-cout // BLOCK_C) * BLOCK_C
-    if cout_padded != cout:
-        u = np.concatenate([u, np.zeros((TILE_VALUES, cout_padded - cout, cin))], axis=1)
-    return np.ascontiguousarray(u.reshape(TILE_VALUES, -1, BLOCK_C, cin).transpose(0, 1, 3, 2), dtype=dtype)
+# The filter transform runs once per layer and step, and again for grad-input's flipped kernel:
+# parallel kernels writing the packed layout directly (one-thread NumPy took 0.6-1.3 ms for the
+# U-Net's 64- and 128-channel layers, 20-30 % of their 16^3 and 8^3 passes on two threads).
+@tile_helper
+def filter_points(g0, g1, g2):
+    """(G g) along one axis: a 3-tap filter at the points 0, 1, -1, infinity, halved at +-1 (section 1)."""
+    return g0, (g0 + g1 + g2) * 0.5, (g0 - g1 + g2) * 0.5, g2
+
+
+@parallel_kernel
+def filter_transform_kernel(weight, n_workers, u_packed):
+    """u_packed[xi, cb, ci, c] = U[xi, 16cb + c, ci], with xi = (a*4 + b)*4 + c' and U =
+    filter_transform_reference(weight), computed in float64 (exact but for the final rounding) and
+    stored in u_packed's dtype; zeros for the padding output channels. Work items (cb, ci), dealt to
+    n_workers workers with their own float64 scratch, 16 output channels side by side in each:
+    g[i, j, k, c] the taps, then G along kx (along_x[i, j, c', c]), ky (along_y[i, b, c', c]) and kz
+    (section 2: the order does not matter)."""
+    cout, cin = weight.shape[:2]
+    n_cblocks = u_packed.shape[1]
+    for worker in prange(n_workers):
+        g = np.empty((3, 3, 3, BLOCK_C))
+        along_x = np.empty((3, 3, 4, BLOCK_C))
+        along_y = np.empty((3, 4, 4, BLOCK_C))
+        for item in range(worker, n_cblocks * cin, n_workers):
+            cb, ci = item // cin, item % cin
+            channels = min(BLOCK_C, cout - cb * BLOCK_C)
+            g[:, :, :, channels:] = 0                                   # the padding channels
+            for c in range(channels):
+                for i in range(3):
+                    for j in range(3):
+                        for k in range(3):
+                            g[i, j, k, c] = weight[cb * BLOCK_C + c, ci, i, j, k]
+            for i in range(3):
+                for j in range(3):
+                    for c in range(BLOCK_C):
+                        along_x[i, j, 0, c], along_x[i, j, 1, c], along_x[i, j, 2, c], along_x[i, j, 3, c] = \
+                            filter_points(g[i, j, 0, c], g[i, j, 1, c], g[i, j, 2, c])
+            for i in range(3):
+                for k in range(4):
+                    for c in range(BLOCK_C):
+                        along_y[i, 0, k, c], along_y[i, 1, k, c], along_y[i, 2, k, c], along_y[i, 3, k, c] = \
+                            filter_points(along_x[i, 0, k, c], along_x[i, 1, k, c], along_x[i, 2, k, c])
+            for b in range(4):
+                for k in range(4):
+                    for c in range(BLOCK_C):
+                        u0, u1, u2, u3 = filter_points(along_y[0, b, k, c], along_y[1, b, k, c],
+                                                       along_y[2, b, k, c])
+                        u_packed[b * 4 + k, cb, ci, c] = u0
+                        u_packed[16 + b * 4 + k, cb, ci, c] = u1
+                        u_packed[32 + b * 4 + k, cb, ci, c] = u2
+                        u_packed[48 + b * 4 + k, cb, ci, c] = u3
+
+
+def filter_transform(weight):
+    """Winograd's filter transform U = G g G^T along each axis (`filter_transform_reference`), packed
+    for the kernels: weight (Cout, Cin, 3, 3, 3) -> u_packed (64, Cout_padded/16, Cin, 16) in the
+    weight's dtype, u_packed[xi, cb, ci, c] = U[xi, 16cb + c, ci] (zeros for the padding channels):
+    the 16 output channels one product step needs are adjacent."""
+    cout, cin = weight.shape[:2]
+    u_packed = np.empty((TILE_VALUES, -(-cout // BLOCK_C), cin, BLOCK_C), weight.dtype)
+    filter_transform_kernel(weight, np.int64(numba.get_num_threads()), u_packed)
+    return u_packed
+
+
+@parallel_kernel
+def flipped_transposed_kernel(u_packed, positions_flipped, u_flipped):
+    """u_flipped[xi, cb, co, c] = u_packed[positions_flipped[xi], co // 16, 16cb + c, co % 16], zeros
+    past Cin: one gather. Work items (xi, cb)."""
+    cin = u_packed.shape[2]
+    n_cblocks, cout = u_flipped.shape[1:3]
+    for item in prange(TILE_VALUES * n_cblocks):
+        xi, cb = item // n_cblocks, item % n_cblocks
+        source = positions_flipped[xi]
+        for co in range(cout):
+            for c in range(BLOCK_C):
+                ci = cb * BLOCK_C + c
+                u_flipped[xi, cb, co, c] = u_packed[source, co // BLOCK_C, ci, co % BLOCK_C] if ci < cin else 0
+
+
+def flipped_transposed_transform(u_packed, cout):
+    """The packed filter transform of grad-input's kernel from the forward's (`filter_transform`;
+    the derivation is at `flipped_transposed_transform_reference`): u_packed (64, Cout_padded/16,
+    Cin, 16) of a layer with Cout output channels -> (64, Cin_padded/16, Cout, 16), U' = U with the
+    points 0 and infinity exchanged along each axis and the channel matrices transposed."""
+    cin = u_packed.shape[2]
+    u_flipped = np.empty((TILE_VALUES, -(-cin // BLOCK_C), cout, BLOCK_C), u_packed.dtype)
+    flipped_transposed_kernel(u_packed, POSITIONS_FLIPPED, u_flipped)
+    return u_flipped
 
 
 @inlined_tile_helper
@@ -484,7 +559,7 @@ def winograd_kernel(x0, x1, u_packed, bias, relu, tiles_per_block, block_rows, n
     or the split of its input gradient, costs nothing).
 
     x0, x1 (N, D, H, W, C) unpadded; u_packed (64, Cout_padded/16, Cin, 16) from
-    `pack_transformed_filter`; bias (Cout_padded,); y0, y1 (N, D, H, W, C); block_rows = BLOCK_W
+    `filter_transform`; bias (Cout_padded,); y0, y1 (N, D, H, W, C); block_rows = BLOCK_W
     (8 or 4 tiles per register tile). A block is `tiles_per_block` consecutive tiles; one worker owns
     a block's tiles and their output voxels, and computes what winograd_forward_reference computes,
     in the input's dtype, reordered: `transform_input_block`, `multiply_block`, `transform_output_block`
@@ -543,17 +618,17 @@ def kernel_inputs(inputs):
 def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, tiles_per_block=None,
                          relu=False):
     """The 3x3x3, stride-1, padding-1 convolution of the channel concatenation of `inputs` (a tuple
-    of channels-last arrays (N, D, H, W, C_j), unpadded) by F(2^3, 3^3), with the transformed filter
-    u (4, 4, 4, Cout, Cin) (`filter_transform`) and bias (Cout,) or None. Returns the output's
+    of channels-last arrays (N, D, H, W, C_j), unpadded) by F(2^3, 3^3), with the packed transformed
+    filter u (64, Cout_padded/16, Cin, 16) (`filter_transform`, in the inputs' dtype) and bias
+    (Cout,) or None. Returns the output's
     channels cut into bands of sizes `output_channels` (summing to Cout): a tuple of C-contiguous
     (N, D, H, W, C) arrays. Two inputs whose first has a multiple of 16 channels are read in place,
     and two output bands whose first is a multiple of 16 are written in place; anything else goes
     through one concatenated (or split) copy. block_rows: the register tile (this CPU's BLOCK_W; the
     tests pass 4 and 8); tiles_per_block: None for `tiles_per_block_for`; relu: max(0, output)."""
     x0, x1 = kernel_inputs(inputs)
-    cout = u.shape[3]
-    u_packed = pack_transformed_filter(u, x0.dtype)                     # (64, Cout_p/16, Cin, 16)
-    cout_padded = u_packed.shape[1] * BLOCK_C
+    cout = sum(output_channels)
+    cout_padded = u.shape[1] * BLOCK_C
     bias_padded = np.zeros(cout_padded, dtype=x0.dtype)
     if bias is not None:
         bias_padded[:cout] = bias
@@ -563,7 +638,7 @@ def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, t
     first_band = output_channels[0] if in_place else cout
     y0 = arena.empty((*x0.shape[:4], first_band if in_place else cout_padded), x0.dtype)
     y1 = arena.empty((*x0.shape[:4], cout_padded - first_band), x0.dtype) if in_place else no_channels(x0)
-    winograd_kernel(x0, x1, u_packed, bias_padded, relu, np.int64(tiles_per_block), np.int64(block_rows),
+    winograd_kernel(x0, x1, u, bias_padded, relu, np.int64(tiles_per_block), np.int64(block_rows),
                     np.int64(numba.get_num_threads()), y0, y1)
     if in_place:
         outputs = (y0, y1)
@@ -574,12 +649,12 @@ def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, t
                  else arena.copy(y[..., :channels]) for y, channels in zip(outputs, output_channels))
 
 
-def winograd_forward(inputs, u, bias, block_rows=BLOCK_W, tiles_per_block=None, relu=False):
+def winograd_forward(inputs, u, bias, cout, block_rows=BLOCK_W, tiles_per_block=None, relu=False):
     """Line (1) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1: inputs, a tuple of
     channels-last unpadded arrays (N, D, H, W, C_j) (one, or a decoder's two, convolved as their
-    channel concatenation) -> y (N, D, H, W, Cout). u = filter_transform(weight); bias (Cout,) or
-    None; relu: max(0, y) as it is stored."""
-    return winograd_convolution(inputs, u, bias, (u.shape[3],), block_rows, tiles_per_block, relu)[0]
+    channel concatenation) -> y (N, D, H, W, Cout). u = filter_transform(weight) for a weight of
+    Cout output channels; bias (Cout,) or None; relu: max(0, y) as it is stored."""
+    return winograd_convolution(inputs, u, bias, (cout,), block_rows, tiles_per_block, relu)[0]
 
 
 def winograd_grad_input(grad_output, u, input_channels, block_rows=BLOCK_W):
@@ -589,5 +664,5 @@ def winograd_grad_input(grad_output, u, input_channels, block_rows=BLOCK_W):
     same F(2^3, 3^3) convolution, its output cut into the inputs' bands of `input_channels` channels
     -> (dL/dx_0, dL/dx_1, ...), (N, D, H, W, C_j) each. One pass for all inputs: the output-gradient
     transform and the products are shared."""
-    return winograd_convolution((grad_output,), flipped_transposed_transform(u), None, input_channels,
-                                block_rows)
+    return winograd_convolution((grad_output,), flipped_transposed_transform(u, grad_output.shape[4]), None,
+                                input_channels, block_rows)
