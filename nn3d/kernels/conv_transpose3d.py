@@ -48,7 +48,7 @@ import numpy as np
 from numba import prange
 
 from .conv3d import BLOCK_C, BLOCK_J, BLOCK_W, LANE, WORK_ITEMS, fma16, load16, pack_weight
-from .jit import blocked_kernel, inlined_tile_helper
+from .jit import blocked_kernel, inlined_tile_helper, parallel_kernel
 from .partial_sums import sum_partials
 from .. import arena
 
@@ -64,17 +64,46 @@ def padded_channels(cout):
     return -(-cout // BLOCK_C) * BLOCK_C
 
 
+@parallel_kernel
+def pack_weight_columns_kernel(weight, w_packed):
+    """w_packed[kz, ky, kx, cb, ci, c] = weight[ci, 16*cb + c, kz, ky, kx], zeros for the padding
+    channels. One work item per (ci, cb): its 16 channels' kD x kH x kW taps."""
+    cin, cout, kernel_d, kernel_h, kernel_w = weight.shape
+    n_cblocks = w_packed.shape[3]
+    for item in prange(cin * n_cblocks):
+        ci, cb = item // n_cblocks, item % n_cblocks
+        for kz in range(kernel_d):
+            for ky in range(kernel_h):
+                for kx in range(kernel_w):
+                    for c in range(BLOCK_C):
+                        co = cb * BLOCK_C + c
+                        w_packed[kz, ky, kx, cb, ci, c] = weight[ci, co, kz, ky, kx] if co < cout else 0
+
+
 def pack_weight_columns(weight):
     """(Cin, Cout, kD, kH, kW) -> w_packed (kD, kH, kW, Cout_padded/16, Cin, 16):
     w_packed[kz, ky, kx, cb, ci, c] = weight[ci, 16*cb + c, kz, ky, kx], zeros for the padding
     channels. The 16 weights that one step of the forward kernel's loop over ci needs are adjacent,
-    and so are the Cin steps of one tile's column (kz, ky, kx, cb)."""
+    and so are the Cin steps of one tile's column (kz, ky, kx, cb). A parallel kernel, as Conv3d's
+    `pack_weight`: NumPy's one-thread copy was a tenth of the 8^3 layer's 0.25 ms pass."""
     cin, cout, kernel_d, kernel_h, kernel_w = weight.shape
-    cout_padded = padded_channels(cout)
-    padded = np.zeros((cin, cout_padded, kernel_d, kernel_h, kernel_w), weight.dtype)
-    padded[:, :cout] = weight
-    blocks = padded.reshape(cin, cout_padded // BLOCK_C, BLOCK_C, kernel_d, kernel_h, kernel_w)
-    return np.ascontiguousarray(blocks.transpose(3, 4, 5, 1, 0, 2))   # (kz, ky, kx, cb, ci, c)
+    w_packed = np.empty((kernel_d, kernel_h, kernel_w, padded_channels(cout) // BLOCK_C, cin, BLOCK_C),
+                        weight.dtype)
+    pack_weight_columns_kernel(weight, w_packed)
+    return w_packed
+
+
+@parallel_kernel
+def unpack_grad_weight_kernel(total, grad_weight):
+    """grad_weight[ci, co, kz, ky, kx] = total[ci, kz, ky, kx, co] (grad-weight's layout, its padding
+    channels dropped). One work item per (ci, co)."""
+    cin, cout, kernel_d, kernel_h, kernel_w = grad_weight.shape
+    for item in prange(cin * cout):
+        ci, co = item // cout, item % cout
+        for kz in range(kernel_d):
+            for ky in range(kernel_h):
+                for kx in range(kernel_w):
+                    grad_weight[ci, co, kz, ky, kx] = total[ci, kz, ky, kx, co]
 
 
 # ---- tiles of 4 and 8 accumulators --------------------------------------------------------------
@@ -212,7 +241,7 @@ def conv_transpose3d_blocks_forward(x, weight, bias, block_w=BLOCK_W):
     if bias is not None:
         bias_padded[:cout] = bias
     y = arena.empty((n_batch, d * kernel_d, h * kernel_h, w * kernel_w, cout_padded), x.dtype)
-    w_packed = pack_weight_columns(weight.astype(x.dtype))
+    w_packed = pack_weight_columns(weight.astype(x.dtype, copy=False))
     conv_transpose3d_blocks_forward_kernel(np.ascontiguousarray(x), w_packed,
                                            bias_padded.reshape(-1, BLOCK_C), np.int64(block_w), y)
     return y if cout_padded == cout else arena.copy(y[..., :cout])
@@ -290,7 +319,7 @@ def conv_transpose3d_blocks_grad_input(grad_output, weight, input_shape, block_w
     cin_padded = padded_channels(cin)
     grad_input = arena.empty((*input_shape, cin_padded), grad_output.dtype)
     conv_transpose3d_blocks_grad_input_kernel(np.ascontiguousarray(grad_output),
-                                              pack_weight(weight.astype(grad_output.dtype)),
+                                              pack_weight(weight.astype(grad_output.dtype, copy=False)),
                                               np.int64(block_w), grad_input)
     return grad_input if cin_padded == cin else arena.copy(grad_input[..., :cin])
 
@@ -408,4 +437,6 @@ def conv_transpose3d_blocks_grad_weight(x, grad_output, kernel_size, cout, block
     conv_transpose3d_blocks_grad_weight_kernel(np.ascontiguousarray(x), np.ascontiguousarray(grad_output),
                                                np.int64(rows_per_chunk), np.int64(block_j), partial)
     total = sum_partials(partial)                       # (Cin, kD, kH, kW, Cout_padded), chunk order
-    return np.ascontiguousarray(total[..., :cout].transpose(0, 4, 1, 2, 3))   # (Cin, Cout, kD, kH, kW)
+    grad_weight = np.empty((cin, cout, *kernel_size), x.dtype)                  # (Cin, Cout, kD, kH, kW)
+    unpack_grad_weight_kernel(total, grad_weight)
+    return grad_weight
