@@ -178,7 +178,11 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
     x_pad (N, Dp, Hp, Wp, Cin), w_packed (kD, kH, Cout_padded/16, kW*Cin, 16) from `pack_weight`,
     bias (Cout_padded/16, 16), y (N, Do, Ho, Wo, Cout_padded); block_w = BLOCK_W (8 or 4); relu:
     store max(0, y) instead (a BatchNorm folded into the convolution for inference,
-    nn3d/batchnorm_folding.py). Each prange iteration owns one output row y[n, od, oh, :, :].
+    nn3d/batchnorm_folding.py). Each prange iteration owns one block of 16 output channels of one
+    output row, y[n, od, oh, :, 16cb:16cb+16], the blocks outermost: Numba gives each thread a
+    contiguous range of iterations, so a thread runs all rows for one block's weights (27 * Cin * 16
+    values, in L2) before the next block's. With rows outermost every row streamed all the weights
+    from L3: 1.7 MiB per row at the U-Net's 8^3, 128 -> 128 layer, which two cores could not share.
     Differs from conv3d_forward_reference in loop order only: the (kx, ci) loops are one loop over
     the contiguous run j, and a tile of neighbouring voxels x BLOCK_C = 16 output channels of y stays
     in registers for the whole reduction over (kz, ky, j): 8 voxels (acc0..acc7) when block_w == 8,
@@ -199,74 +203,75 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
     run_u = np.uint64(run)
     end8 = out_w // 8 * 8 if block_w == 8 else 0          # voxels [0, end8) in tiles of 8
     end4 = end8 + (out_w - end8) // 4 * 4                 # [end8, end4) in tiles of 4, then singles
-    for row in prange(n_batch * out_d * out_h):
+    n_rows = n_batch * out_d * out_h
+    for item in prange(n_cblocks * n_rows):
+        cb, row = item // n_rows, item % n_rows
         n = row // (out_d * out_h)
         od = row // out_h % out_d
         oh = row % out_h
         row_start = ((n * x_pad.shape[1] + od * stride_d) * x_pad.shape[2] + oh * stride_h) * x_row_length
-        for cb in range(n_cblocks):
-            for ow0 in range(0, end8, 8):
-                acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(bias, cb)
-                for kz in range(kernel_d):
-                    for ky in range(kernel_h):
-                        x_0 = np.uint64(row_start + kz * x_plane_length + ky * x_row_length + ow0 * step)
-                        x_1 = x_0 + np.uint64(step)
-                        x_2 = x_1 + np.uint64(step)
-                        x_3 = x_2 + np.uint64(step)
-                        x_4 = x_3 + np.uint64(step)
-                        x_5 = x_4 + np.uint64(step)
-                        x_6 = x_5 + np.uint64(step)
-                        x_7 = x_6 + np.uint64(step)
-                        w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
-                        for j in range(run_u):
-                            w = load16(w_matrix, w_0 + j)
-                            acc0 = fma16(acc0, x_flat[x_0 + j], w)
-                            acc1 = fma16(acc1, x_flat[x_1 + j], w)
-                            acc2 = fma16(acc2, x_flat[x_2 + j], w)
-                            acc3 = fma16(acc3, x_flat[x_3 + j], w)
-                            acc4 = fma16(acc4, x_flat[x_4 + j], w)
-                            acc5 = fma16(acc5, x_flat[x_5 + j], w)
-                            acc6 = fma16(acc6, x_flat[x_6 + j], w)
-                            acc7 = fma16(acc7, x_flat[x_7 + j], w)
-                for c in range(BLOCK_C):
-                    y_tiles[n, od, oh, ow0, cb, c] = rectified(acc0[c], relu)
-                    y_tiles[n, od, oh, ow0 + 1, cb, c] = rectified(acc1[c], relu)
-                    y_tiles[n, od, oh, ow0 + 2, cb, c] = rectified(acc2[c], relu)
-                    y_tiles[n, od, oh, ow0 + 3, cb, c] = rectified(acc3[c], relu)
-                    y_tiles[n, od, oh, ow0 + 4, cb, c] = rectified(acc4[c], relu)
-                    y_tiles[n, od, oh, ow0 + 5, cb, c] = rectified(acc5[c], relu)
-                    y_tiles[n, od, oh, ow0 + 6, cb, c] = rectified(acc6[c], relu)
-                    y_tiles[n, od, oh, ow0 + 7, cb, c] = rectified(acc7[c], relu)
-            for ow0 in range(end8, end4, 4):
-                acc0 = acc1 = acc2 = acc3 = load16(bias, cb)
-                for kz in range(kernel_d):
-                    for ky in range(kernel_h):
-                        x_0 = np.uint64(row_start + kz * x_plane_length + ky * x_row_length + ow0 * step)
-                        x_1 = x_0 + np.uint64(step)
-                        x_2 = x_1 + np.uint64(step)
-                        x_3 = x_2 + np.uint64(step)
-                        w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
-                        for j in range(run_u):
-                            w = load16(w_matrix, w_0 + j)
-                            acc0 = fma16(acc0, x_flat[x_0 + j], w)
-                            acc1 = fma16(acc1, x_flat[x_1 + j], w)
-                            acc2 = fma16(acc2, x_flat[x_2 + j], w)
-                            acc3 = fma16(acc3, x_flat[x_3 + j], w)
-                for c in range(BLOCK_C):
-                    y_tiles[n, od, oh, ow0, cb, c] = rectified(acc0[c], relu)
-                    y_tiles[n, od, oh, ow0 + 1, cb, c] = rectified(acc1[c], relu)
-                    y_tiles[n, od, oh, ow0 + 2, cb, c] = rectified(acc2[c], relu)
-                    y_tiles[n, od, oh, ow0 + 3, cb, c] = rectified(acc3[c], relu)
-            for ow0 in range(end4, out_w):
-                acc0 = load16(bias, cb)
-                for kz in range(kernel_d):
-                    for ky in range(kernel_h):
-                        x_0 = np.uint64(row_start + kz * x_plane_length + ky * x_row_length + ow0 * step)
-                        w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
-                        for j in range(run_u):
-                            acc0 = fma16(acc0, x_flat[x_0 + j], load16(w_matrix, w_0 + j))
-                for c in range(BLOCK_C):
-                    y_tiles[n, od, oh, ow0, cb, c] = rectified(acc0[c], relu)
+        for ow0 in range(0, end8, 8):
+            acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(bias, cb)
+            for kz in range(kernel_d):
+                for ky in range(kernel_h):
+                    x_0 = np.uint64(row_start + kz * x_plane_length + ky * x_row_length + ow0 * step)
+                    x_1 = x_0 + np.uint64(step)
+                    x_2 = x_1 + np.uint64(step)
+                    x_3 = x_2 + np.uint64(step)
+                    x_4 = x_3 + np.uint64(step)
+                    x_5 = x_4 + np.uint64(step)
+                    x_6 = x_5 + np.uint64(step)
+                    x_7 = x_6 + np.uint64(step)
+                    w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
+                    for j in range(run_u):
+                        w = load16(w_matrix, w_0 + j)
+                        acc0 = fma16(acc0, x_flat[x_0 + j], w)
+                        acc1 = fma16(acc1, x_flat[x_1 + j], w)
+                        acc2 = fma16(acc2, x_flat[x_2 + j], w)
+                        acc3 = fma16(acc3, x_flat[x_3 + j], w)
+                        acc4 = fma16(acc4, x_flat[x_4 + j], w)
+                        acc5 = fma16(acc5, x_flat[x_5 + j], w)
+                        acc6 = fma16(acc6, x_flat[x_6 + j], w)
+                        acc7 = fma16(acc7, x_flat[x_7 + j], w)
+            for c in range(BLOCK_C):
+                y_tiles[n, od, oh, ow0, cb, c] = rectified(acc0[c], relu)
+                y_tiles[n, od, oh, ow0 + 1, cb, c] = rectified(acc1[c], relu)
+                y_tiles[n, od, oh, ow0 + 2, cb, c] = rectified(acc2[c], relu)
+                y_tiles[n, od, oh, ow0 + 3, cb, c] = rectified(acc3[c], relu)
+                y_tiles[n, od, oh, ow0 + 4, cb, c] = rectified(acc4[c], relu)
+                y_tiles[n, od, oh, ow0 + 5, cb, c] = rectified(acc5[c], relu)
+                y_tiles[n, od, oh, ow0 + 6, cb, c] = rectified(acc6[c], relu)
+                y_tiles[n, od, oh, ow0 + 7, cb, c] = rectified(acc7[c], relu)
+        for ow0 in range(end8, end4, 4):
+            acc0 = acc1 = acc2 = acc3 = load16(bias, cb)
+            for kz in range(kernel_d):
+                for ky in range(kernel_h):
+                    x_0 = np.uint64(row_start + kz * x_plane_length + ky * x_row_length + ow0 * step)
+                    x_1 = x_0 + np.uint64(step)
+                    x_2 = x_1 + np.uint64(step)
+                    x_3 = x_2 + np.uint64(step)
+                    w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
+                    for j in range(run_u):
+                        w = load16(w_matrix, w_0 + j)
+                        acc0 = fma16(acc0, x_flat[x_0 + j], w)
+                        acc1 = fma16(acc1, x_flat[x_1 + j], w)
+                        acc2 = fma16(acc2, x_flat[x_2 + j], w)
+                        acc3 = fma16(acc3, x_flat[x_3 + j], w)
+            for c in range(BLOCK_C):
+                y_tiles[n, od, oh, ow0, cb, c] = rectified(acc0[c], relu)
+                y_tiles[n, od, oh, ow0 + 1, cb, c] = rectified(acc1[c], relu)
+                y_tiles[n, od, oh, ow0 + 2, cb, c] = rectified(acc2[c], relu)
+                y_tiles[n, od, oh, ow0 + 3, cb, c] = rectified(acc3[c], relu)
+        for ow0 in range(end4, out_w):
+            acc0 = load16(bias, cb)
+            for kz in range(kernel_d):
+                for ky in range(kernel_h):
+                    x_0 = np.uint64(row_start + kz * x_plane_length + ky * x_row_length + ow0 * step)
+                    w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
+                    for j in range(run_u):
+                        acc0 = fma16(acc0, x_flat[x_0 + j], load16(w_matrix, w_0 + j))
+            for c in range(BLOCK_C):
+                y_tiles[n, od, oh, ow0, cb, c] = rectified(acc0[c], relu)
 
 
 def is_pointwise(kernel_size, stride, cout):
