@@ -105,8 +105,9 @@ def conv_passes(kind, spec, rng):
                                        layer.bias.data, stride),
         grad_input=lambda: conv3d_grad_input(g_cl, layer.weight.data, (size,) * 3, stride, padding),
         grad_weight=lambda: conv3d_grad_weight(x_pad, g_cl, (k,) * 3, stride))
-    rows = size * size                  # forward and grad-input: one work item per output row (n, d, h)
-    items = dict(forward=rows, grad_input=rows,
+    rows = size * size                  # forward and grad-input: one work item per (block of 16
+    blocks16 = lambda c: -(-c // BLOCK_C)     # output channels, output row (n, d, h))
+    items = dict(forward=rows * blocks16(cout), grad_input=rows * blocks16(cin),
                  grad_weight=grad_weight_chunks(rows, cout) * -(-cout // BLOCK_C))
     for name in ("forward", "grad_input", "grad_weight"):
         # the U-Net never computes the data's gradient (UNet3D(input_grad=False)): shown, marked
