@@ -169,43 +169,39 @@ def filter_transform_kernel(weight, n_workers, u_packed):
     """u_packed[xi, cb, ci, c] = U[xi, 16cb + c, ci], with xi = (a*4 + b)*4 + c' and U =
     filter_transform_reference(weight), computed in float64 (exact but for the final rounding) and
     stored in u_packed's dtype; zeros for the padding output channels. Work items (cb, ci), dealt to
-    n_workers workers with their own float64 scratch, 16 output channels side by side in each:
-    g[i, j, k, c] the taps, then G along kx (along_x[i, j, c', c]), ky (along_y[i, b, c', c]) and kz
+    n_workers workers with their own float64 scratch, 16 output channels side by side in each: G
+    along kx (along_x[i, j, cx, c], cx the point c'), then ky (along_y[i, b, cx, c]), then kz
     (section 2: the order does not matter)."""
     cout, cin = weight.shape[:2]
     n_cblocks = u_packed.shape[1]
     for worker in prange(n_workers):
-        g = np.empty((3, 3, 3, BLOCK_C))
         along_x = np.empty((3, 3, 4, BLOCK_C))
         along_y = np.empty((3, 4, 4, BLOCK_C))
         for item in range(worker, n_cblocks * cin, n_workers):
             cb, ci = item // cin, item % cin
             channels = min(BLOCK_C, cout - cb * BLOCK_C)
-            g[:, :, :, channels:] = 0                                   # the padding channels
+            along_x[:, :, :, channels:] = 0                             # the padding channels
             for c in range(channels):
+                co = cb * BLOCK_C + c
                 for i in range(3):
                     for j in range(3):
-                        for k in range(3):
-                            g[i, j, k, c] = weight[cb * BLOCK_C + c, ci, i, j, k]
-            for i in range(3):
-                for j in range(3):
-                    for c in range(BLOCK_C):
                         along_x[i, j, 0, c], along_x[i, j, 1, c], along_x[i, j, 2, c], along_x[i, j, 3, c] = \
-                            filter_points(g[i, j, 0, c], g[i, j, 1, c], g[i, j, 2, c])
+                            filter_points(np.float64(weight[co, ci, i, j, 0]), np.float64(weight[co, ci, i, j, 1]),
+                                          np.float64(weight[co, ci, i, j, 2]))
             for i in range(3):
-                for k in range(4):
+                for cx in range(4):
                     for c in range(BLOCK_C):
-                        along_y[i, 0, k, c], along_y[i, 1, k, c], along_y[i, 2, k, c], along_y[i, 3, k, c] = \
-                            filter_points(along_x[i, 0, k, c], along_x[i, 1, k, c], along_x[i, 2, k, c])
+                        along_y[i, 0, cx, c], along_y[i, 1, cx, c], along_y[i, 2, cx, c], along_y[i, 3, cx, c] = \
+                            filter_points(along_x[i, 0, cx, c], along_x[i, 1, cx, c], along_x[i, 2, cx, c])
             for b in range(4):
-                for k in range(4):
+                for cx in range(4):
                     for c in range(BLOCK_C):
-                        u0, u1, u2, u3 = filter_points(along_y[0, b, k, c], along_y[1, b, k, c],
-                                                       along_y[2, b, k, c])
-                        u_packed[b * 4 + k, cb, ci, c] = u0
-                        u_packed[16 + b * 4 + k, cb, ci, c] = u1
-                        u_packed[32 + b * 4 + k, cb, ci, c] = u2
-                        u_packed[48 + b * 4 + k, cb, ci, c] = u3
+                        u0, u1, u2, u3 = filter_points(along_y[0, b, cx, c], along_y[1, b, cx, c],
+                                                       along_y[2, b, cx, c])
+                        u_packed[b * 4 + cx, cb, ci, c] = u0
+                        u_packed[16 + b * 4 + cx, cb, ci, c] = u1
+                        u_packed[32 + b * 4 + cx, cb, ci, c] = u2
+                        u_packed[48 + b * 4 + cx, cb, ci, c] = u3
 
 
 def filter_transform(weight):
@@ -620,9 +616,8 @@ def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, t
     """The 3x3x3, stride-1, padding-1 convolution of the channel concatenation of `inputs` (a tuple
     of channels-last arrays (N, D, H, W, C_j), unpadded) by F(2^3, 3^3), with the packed transformed
     filter u (64, Cout_padded/16, Cin, 16) (`filter_transform`, in the inputs' dtype) and bias
-    (Cout,) or None. Returns the output's
-    channels cut into bands of sizes `output_channels` (summing to Cout): a tuple of C-contiguous
-    (N, D, H, W, C) arrays. Two inputs whose first has a multiple of 16 channels are read in place,
+    (Cout,) or None. Returns the output's channels cut into bands of sizes `output_channels` (summing
+    to Cout): a tuple of C-contiguous (N, D, H, W, C) arrays. Two inputs whose first has a multiple of 16 channels are read in place,
     and two output bands whose first is a multiple of 16 are written in place; anything else goes
     through one concatenated (or split) copy. block_rows: the register tile (this CPU's BLOCK_W; the
     tests pass 4 and 8); tiles_per_block: None for `tiles_per_block_for`; relu: max(0, output)."""
