@@ -285,19 +285,24 @@ def relu16(v):
 
 
 @inlined_tile_helper
-def input_transform_1d(d0, d1, d2, d3, out, at, step):
-    """out[at + a*step : ... + 16] = (B^T (d0, d1, d2, d3))[a] for a = 0..3, on 16-channel vectors."""
-    store16_at(out, at, sub16(d0, d2))
-    store16_at(out, at + step, add16(d1, d2))
-    store16_at(out, at + U[2] * step, sub16(d2, d1))
-    store16_at(out, at + U[3] * step, sub16(d3, d1))
+def store4x16_at(flat, at, step, vectors):
+    """flat[at + c*step : ... + 16] = vectors[c] for c = 0..3: four 16-channel vectors, `step` apart."""
+    store16_at(flat, at, vectors[0])
+    store16_at(flat, at + step, vectors[1])
+    store16_at(flat, at + U[2] * step, vectors[2])
+    store16_at(flat, at + U[3] * step, vectors[3])
 
 
 @inlined_tile_helper
-def output_transform_1d(m0, m1, m2, m3, out, at, step):
-    """out[at + p*step : ... + 16] = (A^T (m0, m1, m2, m3))[p] for p = 0, 1, on 16-channel vectors."""
-    store16_at(out, at, add16(add16(m0, m1), m2))
-    store16_at(out, at + step, add16(sub16(m1, m2), m3))
+def input_transform_1d(d0, d1, d2, d3):
+    """B^T (d0, d1, d2, d3) = (d0 - d2, d1 + d2, d2 - d1, d3 - d1), on 16-channel vectors."""
+    return sub16(d0, d2), add16(d1, d2), sub16(d2, d1), sub16(d3, d1)
+
+
+@inlined_tile_helper
+def output_transform_1d(m0, m1, m2, m3):
+    """A^T (m0, m1, m2, m3) = (m0 + m1 + m2, m1 - m2 + m3), on 16-channel vectors."""
+    return add16(add16(m0, m1), m2), add16(sub16(m1, m2), m3)
 
 
 @inlined_tile_helper
@@ -307,20 +312,60 @@ def tile_position(tile, tiles_d, tiles_h, tiles_w):
             tile // tiles_w % tiles_h, tile % tiles_w)
 
 
-# The transforms of one tile and 16 channels, one axis per function. Everything called per tile is
-# an `inlined_tile_helper`: left as calls, these helpers ran ~10x slower (reference-count atomics on
-# their array arguments, and arithmetic the vectoriser never saw).
+# The transforms of one tile and 16 channels. Everything called per tile is an `inlined_tile_helper`:
+# left as calls, these helpers ran ~10x slower (reference-count atomics on their array arguments, and
+# arithmetic the vectoriser never saw). A whole 4x4x4 tile of 16-channel vectors does not fit in the 32
+# vector registers, one plane of it does: each plane of the transformed tile is B^T along z for its 16
+# positions, read straight from the tile's voxels, then B^T along y and along x in registers, stored
+# once. Per tile and 16 channels that is 128 vector loads and 64 stores, where one pass per axis through
+# two scratch tiles took 192 loads and 192 stores.
 @inlined_tile_helper
-def input_tile_along_z(source, at, plane, row_length, voxel_step, s1):
-    """s1[a, j, k] = sum_i B^T[a, i] d[i, j, k] for one 4x4x4 input tile d and 16 channels, where
-    d[i, j, k] starts at source[at + i*plane + j*row_length + k*voxel_step] (all unsigned)."""
-    for j in range(4):
-        for k in range(4):
-            voxel = at + U[j] * row_length + U[k] * voxel_step
-            to = np.uint64((j * 4 + k) * BLOCK_C)
-            input_transform_1d(load16_at(source, voxel), load16_at(source, voxel + plane),
-                               load16_at(source, voxel + U[2] * plane), load16_at(source, voxel + U[3] * plane),
-                               s1, to, np.uint64(16 * BLOCK_C))
+def input_voxel_along_z(source, voxel, plane, a):
+    """(B^T d[:, j, k])[a] for the tile's column (j, k), whose d[i, j, k] is at source[voxel + i*plane]
+    (unsigned). `a` is a constant where this is inlined: the loads and sums of B^T's other rows
+    compile to nothing."""
+    return input_transform_1d(load16_at(source, voxel), load16_at(source, voxel + plane),
+                              load16_at(source, voxel + U[2] * plane), load16_at(source, voxel + U[3] * plane))[a]
+
+
+@inlined_tile_helper
+def input_row_along_z(source, row, plane, voxel_step, a):
+    """input_voxel_along_z for the four columns (j, k), k = 0..3, of the row whose d[0, j, 0] is at
+    source[row] (voxels voxel_step apart)."""
+    return (input_voxel_along_z(source, row, plane, a), input_voxel_along_z(source, row + voxel_step, plane, a),
+            input_voxel_along_z(source, row + U[2] * voxel_step, plane, a),
+            input_voxel_along_z(source, row + U[3] * voxel_step, plane, a))
+
+
+@inlined_tile_helper
+def input_tile_plane(source, at, plane, row_length, voxel_step, a, v, to, xi_step):
+    """V[xi = (a*4 + b)*4 + c] = sum_{i,j,k} B^T[a, i] B^T[b, j] B^T[c, k] d[i, j, k] for b, c = 0..3
+    (plane a of the transformed tile), stored at v[to + xi * xi_step]; d[i, j, k] at
+    source[at + i*plane + j*row_length + k*voxel_step] (all unsigned)."""
+    e0 = input_row_along_z(source, at, plane, voxel_step, a)                   # e_j[k]: z done, j = 0
+    e1 = input_row_along_z(source, at + row_length, plane, voxel_step, a)
+    e2 = input_row_along_z(source, at + U[2] * row_length, plane, voxel_step, a)
+    e3 = input_row_along_z(source, at + U[3] * row_length, plane, voxel_step, a)
+    f0 = input_transform_1d(e0[0], e1[0], e2[0], e3[0])                        # f_k[b]: y done, k = 0
+    f1 = input_transform_1d(e0[1], e1[1], e2[1], e3[1])
+    f2 = input_transform_1d(e0[2], e1[2], e2[2], e3[2])
+    f3 = input_transform_1d(e0[3], e1[3], e2[3], e3[3])
+    plane_at = to + np.uint64(16 * a) * xi_step                              # V[a, 0, 0]
+    b_step = U[4] * xi_step                                                  # V[a, b] to V[a, b + 1]
+    store4x16_at(v, plane_at, xi_step, input_transform_1d(f0[0], f1[0], f2[0], f3[0]))      # x done, b = 0
+    store4x16_at(v, plane_at + b_step, xi_step, input_transform_1d(f0[1], f1[1], f2[1], f3[1]))
+    store4x16_at(v, plane_at + U[2] * b_step, xi_step, input_transform_1d(f0[2], f1[2], f2[2], f3[2]))
+    store4x16_at(v, plane_at + U[3] * b_step, xi_step, input_transform_1d(f0[3], f1[3], f2[3], f3[3]))
+
+
+@inlined_tile_helper
+def input_tile(source, at, plane, row_length, voxel_step, v, to, xi_step):
+    """V[xi] = (B^T d B along each axis)[xi] for one 4x4x4 input tile d and 16 channels, stored at
+    v[to + xi * xi_step]; d[i, j, k] at source[at + i*plane + j*row_length + k*voxel_step]."""
+    input_tile_plane(source, at, plane, row_length, voxel_step, 0, v, to, xi_step)
+    input_tile_plane(source, at, plane, row_length, voxel_step, 1, v, to, xi_step)
+    input_tile_plane(source, at, plane, row_length, voxel_step, 2, v, to, xi_step)
+    input_tile_plane(source, at, plane, row_length, voxel_step, 3, v, to, xi_step)
 
 
 @inlined_tile_helper
@@ -361,34 +406,13 @@ def tile_source(x, x_flat, n, iz0, iy0, ix0, c0, inside, staged):
     return staged, U[0], np.uint64(16 * BLOCK_C), np.uint64(4 * BLOCK_C), np.uint64(BLOCK_C)
 
 
-@inlined_tile_helper
-def input_tile_along_y(s1, s2):
-    """s2[a, b, k] = sum_j B^T[b, j] s1[a, j, k]."""
-    for a in range(4):
-        for k in range(4):
-            at = np.uint64((a * 16 + k) * BLOCK_C)
-            input_transform_1d(load16_at(s1, at), load16_at(s1, at + np.uint64(4 * BLOCK_C)),
-                               load16_at(s1, at + np.uint64(8 * BLOCK_C)), load16_at(s1, at + np.uint64(12 * BLOCK_C)),
-                               s2, at, np.uint64(4 * BLOCK_C))
-
-
-@inlined_tile_helper
-def input_tile_along_x(s2, v, to, xi_step):
-    """V[xi = (a*4 + b)*4 + c] = sum_k B^T[c, k] s2[a, b, k], stored at v[to + xi * xi_step]."""
-    for ab in range(16):
-        at = np.uint64(ab * 4 * BLOCK_C)
-        input_transform_1d(load16_at(s2, at), load16_at(s2, at + np.uint64(BLOCK_C)),
-                           load16_at(s2, at + np.uint64(2 * BLOCK_C)), load16_at(s2, at + np.uint64(3 * BLOCK_C)),
-                           v, to + np.uint64(ab * 4) * xi_step, xi_step)
-
-
 @tile_helper
-def transform_input_block(x0, x1, first, count, rows, v, s1, s2, staged):
+def transform_input_block(x0, x1, first, count, rows, v, staged):
     """V[xi, t, :] = (B^T d B along each axis) of the input tiles first + t, t < count; V's other rows
     are zeros. The input is x0 and x1 side by side along the channels (N, D, H, W, C0 + C1), read in
     place: x1 may have no channels; C0 is a multiple of 16 when it has some, so that no block of 16
-    channels spans both. v (64, rows, Cin_padded) flat; s1, s2 (64 * 16,) scratch; staged
-    (4 * 4 * 4 * 16,): a tile at a face, with its zeros. 16 channels at a time."""
+    channels spans both. v (64, rows, Cin_padded) flat; staged (4 * 4 * 4 * 16,): a tile at a face,
+    with its zeros. 16 channels at a time."""
     n_batch, size_d, size_h, size_w, cin0 = x0.shape
     cin = cin0 + x1.shape[4]
     tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
@@ -406,9 +430,7 @@ def transform_input_block(x0, x1, first, count, rows, v, s1, s2, staged):
             x, x_flat, channel = (x0, x0_flat, c0) if c0 < cin0 else (x1, x1_flat, c0 - cin0)
             source, at, plane, row_length, voxel_step = tile_source(x, x_flat, n, iz0, iy0, ix0, channel,
                                                                     interior, staged)
-            input_tile_along_z(source, at, plane, row_length, voxel_step, s1)
-            input_tile_along_y(s1, s2)
-            input_tile_along_x(s2, v, np.uint64(t * cin_padded + c0), xi_step)
+            input_tile(source, at, plane, row_length, voxel_step, v, np.uint64(t * cin_padded + c0), xi_step)
 
 
 @tile_helper
@@ -473,50 +495,59 @@ def multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros):
                 store16_at(m, to + np.uint64(3 * BLOCK_C), acc3)
 
 
+# The output transform of one tile and 16 channels, one output plane p at a time like the input
+# transform: A^T along z for the plane's 16 positions, read straight from M, then A^T along y and along
+# x in registers, plus the bias, stored to y (per tile and 16 channels 96 vector loads and 8 stores).
 @inlined_tile_helper
-def output_tile_along_z(m, at, xi_step, s1):
-    """s1[p, b, c] = sum_a A^T[p, a] M[(a*4 + b)*4 + c], M[xi] at m[at + xi * xi_step]."""
-    a_step = np.uint64(16) * xi_step                       # from M[a, b, c] to M[a + 1, b, c]
-    for bc in range(16):
-        row = at + np.uint64(bc) * xi_step
-        output_transform_1d(load16_at(m, row), load16_at(m, row + a_step),
-                            load16_at(m, row + U[2] * a_step), load16_at(m, row + U[3] * a_step),
-                            s1, np.uint64(bc * BLOCK_C), np.uint64(16 * BLOCK_C))
-
-
-@inlined_tile_helper
-def output_tile_along_y(s1, s2):
-    """s2[p, q, c] = sum_b A^T[q, b] s1[p, b, c]."""
-    for p in range(2):
-        for c in range(4):
-            at = np.uint64((p * 16 + c) * BLOCK_C)
-            output_transform_1d(load16_at(s1, at), load16_at(s1, at + np.uint64(4 * BLOCK_C)),
-                                load16_at(s1, at + np.uint64(8 * BLOCK_C)), load16_at(s1, at + np.uint64(12 * BLOCK_C)),
-                                s2, np.uint64((p * 8 + c) * BLOCK_C), np.uint64(4 * BLOCK_C))
+def output_row_along_z(m, row, a_step, xi_step, p):
+    """(A^T M[:, b, c])[p] for c = 0..3, the row (b) whose M[a, b, c] is at m[row + a*a_step + c*xi_step]
+    (all unsigned). `p` is a constant where this is inlined: the other row of A^T compiles to nothing."""
+    c1, c2, c3 = row + xi_step, row + U[2] * xi_step, row + U[3] * xi_step
+    return (output_transform_1d(load16_at(m, row), load16_at(m, row + a_step), load16_at(m, row + U[2] * a_step),
+                                load16_at(m, row + U[3] * a_step))[p],
+            output_transform_1d(load16_at(m, c1), load16_at(m, c1 + a_step), load16_at(m, c1 + U[2] * a_step),
+                                load16_at(m, c1 + U[3] * a_step))[p],
+            output_transform_1d(load16_at(m, c2), load16_at(m, c2 + a_step), load16_at(m, c2 + U[2] * a_step),
+                                load16_at(m, c2 + U[3] * a_step))[p],
+            output_transform_1d(load16_at(m, c3), load16_at(m, c3 + a_step), load16_at(m, c3 + U[2] * a_step),
+                                load16_at(m, c3 + U[3] * a_step))[p])
 
 
 @inlined_tile_helper
-def output_tile_along_x(s2, bias, bias_at, y_flat, at, row_length, plane, voxel_step, pq_inside, r1_inside,
-                        relu):
-    """y[p, q, r] = sum_c A^T[r, c] s2[p, q, c] + bias (then max(0, .) if relu), for the voxels that
-    exist: y[p, q, 0] at y_flat[at + p * plane + q * row_length] if pq_inside[p*2 + q], y[p, q, 1]
-    one voxel_step on if also r1_inside."""
-    b16 = load16_at(bias, bias_at)
-    for pq in range(4):
-        if pq_inside[pq]:
-            s_at = np.uint64(pq * 4 * BLOCK_C)
-            m0, m1 = load16_at(s2, s_at), load16_at(s2, s_at + np.uint64(BLOCK_C))
-            m2, m3 = load16_at(s2, s_at + np.uint64(2 * BLOCK_C)), load16_at(s2, s_at + np.uint64(3 * BLOCK_C))
-            to = at + np.uint64(pq // 2) * plane + np.uint64(pq % 2) * row_length
-            y0 = add16(add16(add16(m0, m1), m2), b16)                            # A^T row 0, + bias
-            store16_at(y_flat, to, relu16(y0) if relu else y0)
-            if r1_inside:
-                y1 = add16(add16(sub16(m1, m2), m3), b16)                        # A^T row 1
-                store16_at(y_flat, to + voxel_step, relu16(y1) if relu else y1)
+def store_output_pair(y_flat, to, voxel_step, pair, b16, relu, r1_inside):
+    """y_flat[to : to + 16] = pair[0] + bias, and one voxel_step on pair[1] + bias if r1_inside (the
+    voxel exists); max(0, .) of them if relu."""
+    y0 = add16(pair[0], b16)
+    store16_at(y_flat, to, relu16(y0) if relu else y0)
+    if r1_inside:
+        y1 = add16(pair[1], b16)
+        store16_at(y_flat, to + voxel_step, relu16(y1) if relu else y1)
+
+
+@inlined_tile_helper
+def output_tile_plane(m, at, xi_step, p, b16, relu, y_flat, to, row_length, voxel_step, q1_inside, r1_inside):
+    """y[p, q, r] = sum_{a,b,c} A^T[p, a] A^T[q, b] A^T[r, c] M[(a*4 + b)*4 + c] + bias (then max(0, .) if
+    relu) for q, r = 0, 1 (plane p of the output tile), M[xi] at m[at + xi * xi_step], for the voxels
+    that exist: y[p, 0, 0] at y_flat[to], y[p, q, r] at to + q*row_length + r*voxel_step if q1_inside
+    (for q = 1) and r1_inside (for r = 1)."""
+    a_step, b_step = np.uint64(16) * xi_step, U[4] * xi_step          # M[a, b, c] to M[a + 1, b, c], M[a, b + 1, c]
+    e0 = output_row_along_z(m, at, a_step, xi_step, p)                       # e_b[c]: z done, b = 0
+    e1 = output_row_along_z(m, at + b_step, a_step, xi_step, p)
+    e2 = output_row_along_z(m, at + U[2] * b_step, a_step, xi_step, p)
+    e3 = output_row_along_z(m, at + U[3] * b_step, a_step, xi_step, p)
+    f0 = output_transform_1d(e0[0], e1[0], e2[0], e3[0])                     # f_c[q]: y done, c = 0
+    f1 = output_transform_1d(e0[1], e1[1], e2[1], e3[1])
+    f2 = output_transform_1d(e0[2], e1[2], e2[2], e3[2])
+    f3 = output_transform_1d(e0[3], e1[3], e2[3], e3[3])
+    store_output_pair(y_flat, to, voxel_step, output_transform_1d(f0[0], f1[0], f2[0], f3[0]), b16, relu,
+                      r1_inside)                                             # x done, q = 0
+    if q1_inside:
+        store_output_pair(y_flat, to + row_length, voxel_step, output_transform_1d(f0[1], f1[1], f2[1], f3[1]),
+                          b16, relu, r1_inside)
 
 
 @tile_helper
-def transform_output_block(m, bias, relu, first, count, rows, s1, s2, y0, y1):
+def transform_output_block(m, bias, relu, first, count, rows, y0, y1):
     """The output voxels of the tiles first + t, t < count: (A^T M A along each axis) + bias, 16
     output channels at a time, into the voxels that exist (a tile past an odd edge is partial). The
     output (max(0, .) of it if relu) is y0 and y1 side by side along the channels: output channel
@@ -530,20 +561,21 @@ def transform_output_block(m, bias, relu, first, count, rows, s1, s2, y0, y1):
     xi_step = np.uint64(n_cblocks * rows * BLOCK_C)        # from M[xi] to M[xi + 1]
     for t in range(count):
         n, td, th, tw = tile_position(first + t, tiles_d, tiles_h, tiles_w)
-        z1, y1_inside = 2 * td + 1 < size_d, 2 * th + 1 < size_h
-        pq_inside = (True, y1_inside, z1, z1 and y1_inside)
+        z1_inside, y1_inside, x1_inside = 2 * td + 1 < size_d, 2 * th + 1 < size_h, 2 * tw + 1 < size_w
         corner_voxel = ((n * size_d + 2 * td) * size_h + 2 * th) * size_w + 2 * tw
         for cb in range(n_cblocks):
             target, target_flat, channel = ((y0, y0_flat, cb * BLOCK_C) if cb * BLOCK_C < cout0
                                             else (y1, y1_flat, cb * BLOCK_C - cout0))
             voxel_step = np.uint64(target.shape[4])
             row_length = np.uint64(size_w) * voxel_step
-            output_tile_along_z(m, np.uint64((cb * rows + t) * BLOCK_C), xi_step, s1)
-            output_tile_along_y(s1, s2)
-            output_tile_along_x(s2, bias, np.uint64(cb * BLOCK_C), target_flat,
-                                np.uint64(corner_voxel * target.shape[4] + channel), row_length,
-                                np.uint64(size_h) * row_length, voxel_step, pq_inside, 2 * tw + 1 < size_w,
-                                relu)
+            m_at = np.uint64((cb * rows + t) * BLOCK_C)
+            b16 = load16_at(bias, np.uint64(cb * BLOCK_C))
+            to = np.uint64(corner_voxel * target.shape[4] + channel)
+            output_tile_plane(m, m_at, xi_step, 0, b16, relu, target_flat, to, row_length, voxel_step, y1_inside,
+                              x1_inside)
+            if z1_inside:
+                output_tile_plane(m, m_at, xi_step, 1, b16, relu, target_flat, to + np.uint64(size_h) * row_length,
+                                  row_length, voxel_step, y1_inside, x1_inside)
 
 
 @blocked_kernel
@@ -575,16 +607,14 @@ def winograd_kernel(x0, x1, u_packed, bias, relu, tiles_per_block, block_rows, n
     for worker in prange(n_workers):
         v = np.empty(TILE_VALUES * rows * cin_padded, dtype=y0.dtype)            # V (64, rows, Cin_padded)
         m = np.empty(TILE_VALUES * n_cblocks * rows * BLOCK_C, dtype=y0.dtype)  # M (64, Cout_p/16, rows, 16)
-        s1 = np.empty(TILE_VALUES * BLOCK_C, dtype=y0.dtype)                    # scratch: one axis done
-        s2 = np.empty(TILE_VALUES * BLOCK_C, dtype=y0.dtype)                    # two axes done
         zeros = np.zeros((1, BLOCK_C), dtype=y0.dtype)                         # a zero register tile
         staged = np.empty(TILE_VALUES * BLOCK_C, dtype=y0.dtype)                # a tile at a face
         for block in range(worker, n_blocks, n_workers):
             first = np.int64(block) * tiles_per_block
             count = min(tiles_per_block, n_tiles - first)
-            transform_input_block(x0, x1, first, count, rows, v, s1, s2, staged)
+            transform_input_block(x0, x1, first, count, rows, v, staged)
             multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros)
-            transform_output_block(m, bias, relu, first, count, rows, s1, s2, y0, y1)
+            transform_output_block(m, bias, relu, first, count, rows, y0, y1)
 
 
 def tiles_per_block_for(cin, cout_padded):

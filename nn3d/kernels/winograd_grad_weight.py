@@ -76,8 +76,8 @@ from numba import prange
 from .. import arena
 from .conv3d import BLOCK_C, BLOCK_W, WORK_ITEMS, fma16, load16
 from .jit import blocked_kernel, inlined_tile_helper, parallel_kernel, tile_helper
-from .winograd import (A_T, B_T, G, G_KRON, TILE_VALUES, U, add16, kernel_inputs, load16_at, store16_at,
-                       sub16, tile_position, tile_source, transform_input_block)
+from .winograd import (A_T, B_T, G, G_KRON, TILE_VALUES, U, add16, kernel_inputs, load16_at, store4x16_at,
+                       store16_at, sub16, tile_position, tile_source, transform_input_block)
 
 
 def winograd_grad_weight_reference(x, grad_output):
@@ -101,54 +101,45 @@ def winograd_grad_weight_reference(x, grad_output):
 
 # ---- the fast kernel ----------------------------------------------------------------------------
 @inlined_tile_helper
-def grad_output_transform_1d(e0, e1, out, at, step):
-    """out[at + a*step : ... + 16] = (A (e0, e1))[a] = (e0, e0 + e1, e0 - e1, e1)[a] for a = 0..3,
-    on 16-channel vectors (A = (A^T)^T: section 1)."""
-    store16_at(out, at, e0)
-    store16_at(out, at + step, add16(e0, e1))
-    store16_at(out, at + U[2] * step, sub16(e0, e1))
-    store16_at(out, at + U[3] * step, e1)
+def grad_output_transform_1d(e0, e1):
+    """A (e0, e1) = (e0, e0 + e1, e0 - e1, e1) on 16-channel vectors (A = (A^T)^T: section 1)."""
+    return e0, add16(e0, e1), sub16(e0, e1), e1
 
 
-# The transform of one output-gradient tile and 16 channels, one axis per function, inlined like
-# winograd.py's input transform (same reasons: no reference counting per call, arithmetic visible to
-# the vectoriser, unsigned offsets only).
+# The transform of one output-gradient tile and 16 channels, inlined and one plane of the transformed
+# tile at a time like winograd.py's input transform (A along z read straight from the tile's voxels,
+# then along y and x in registers, stored once: per tile 24 vector loads and 64 stores).
 @inlined_tile_helper
-def grad_output_tile_along_z(source, at, plane, row_length, voxel_step, s1):
-    """s1[a, q, r] = sum_p A[a, p] e[p, q, r] for one 2x2x2 tile e and 16 channels, where e[p, q, r]
-    starts at source[at + p*plane + q*row_length + r*voxel_step] (all unsigned); s1 (4, 2, 2, 16)."""
-    for q in range(2):
-        for r in range(2):
-            voxel = at + U[q] * row_length + U[r] * voxel_step
-            grad_output_transform_1d(load16_at(source, voxel), load16_at(source, voxel + plane),
-                                     s1, np.uint64((q * 2 + r) * BLOCK_C), np.uint64(4 * BLOCK_C))
+def grad_output_row_along_z(source, row, plane, voxel_step, a):
+    """(A e[:, q, r])[a] for r = 0, 1, the row (q) of the tile whose e[p, q, r] is at
+    source[row + p*plane + r*voxel_step] (all unsigned); `a` a constant where this is inlined."""
+    return (grad_output_transform_1d(load16_at(source, row), load16_at(source, row + plane))[a],
+            grad_output_transform_1d(load16_at(source, row + voxel_step),
+                                     load16_at(source, row + voxel_step + plane))[a])
 
 
 @inlined_tile_helper
-def grad_output_tile_along_y(s1, s2):
-    """s2[a, b, r] = sum_q A[b, q] s1[a, q, r]; s2 (4, 4, 2, 16)."""
-    for a in range(4):
-        for r in range(2):
-            at = np.uint64((a * 4 + r) * BLOCK_C)
-            grad_output_transform_1d(load16_at(s1, at), load16_at(s1, at + np.uint64(2 * BLOCK_C)),
-                                     s2, np.uint64((a * 8 + r) * BLOCK_C), np.uint64(2 * BLOCK_C))
-
-
-@inlined_tile_helper
-def grad_output_tile_along_x(s2, w, to, xi_step):
-    """W[xi = (a*4 + b)*4 + c] = sum_r A[c, r] s2[a, b, r], stored at w[to + xi * xi_step]."""
-    for ab in range(16):
-        at = np.uint64(ab * 2 * BLOCK_C)
-        grad_output_transform_1d(load16_at(s2, at), load16_at(s2, at + np.uint64(BLOCK_C)),
-                                 w, to + np.uint64(ab * 4) * xi_step, xi_step)
+def grad_output_tile_plane(source, at, plane, row_length, voxel_step, a, w, to, xi_step):
+    """W[xi = (a*4 + b)*4 + c] = sum_{p,q,r} A[a, p] A[b, q] A[c, r] e[p, q, r] for b, c = 0..3 (plane a of
+    the transformed tile), stored at w[to + xi * xi_step]; e[p, q, r] at
+    source[at + p*plane + q*row_length + r*voxel_step] (all unsigned)."""
+    e0 = grad_output_row_along_z(source, at, plane, voxel_step, a)              # e_q[r]: z done, q = 0
+    e1 = grad_output_row_along_z(source, at + row_length, plane, voxel_step, a)
+    f0 = grad_output_transform_1d(e0[0], e1[0])                                 # f_r[b]: y done, r = 0
+    f1 = grad_output_transform_1d(e0[1], e1[1])
+    plane_at = to + np.uint64(16 * a) * xi_step                               # W[a, 0, 0]
+    b_step = U[4] * xi_step                                                   # W[a, b] to W[a, b + 1]
+    store4x16_at(w, plane_at, xi_step, grad_output_transform_1d(f0[0], f1[0]))          # x done, b = 0
+    store4x16_at(w, plane_at + b_step, xi_step, grad_output_transform_1d(f0[1], f1[1]))
+    store4x16_at(w, plane_at + U[2] * b_step, xi_step, grad_output_transform_1d(f0[2], f1[2]))
+    store4x16_at(w, plane_at + U[3] * b_step, xi_step, grad_output_transform_1d(f0[3], f1[3]))
 
 
 @tile_helper
-def transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_end, w, s1, s2, staged):
+def transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_end, w, staged):
     """W[xi, cb, t, :] = (A e_t A^T along each axis) of the output-gradient tiles first + t, t < count,
     for the output-channel blocks cb_first <= cb < cb_end (16 channels each).
-    grad_output (N, D, H, W, Cout); w (64, Cout_padded/16, rows, 16) flat;
-    s1, s2 scratch; staged (4 * 4 * 4 * 16,). A tile sticking out of an odd-sized volume, and the
+    grad_output (N, D, H, W, Cout); w (64, Cout_padded/16, rows, 16) flat; staged (4 * 4 * 4 * 16,). A tile sticking out of an odd-sized volume, and the
     last block of channels when Cout is not a multiple of 16, are read from `staged` (winograd.py's
     `tile_source`: a 4x4x4 window with zeros outside the volume, whose first 2x2x2 voxels are the
     tile)."""
@@ -164,9 +155,11 @@ def transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_en
         for cb in range(cb_first, cb_end):
             source, at, plane, row_length, voxel_step = tile_source(grad_output, g_flat, n, iz0, iy0, ix0,
                                                                     cb * BLOCK_C, whole, staged)
-            grad_output_tile_along_z(source, at, plane, row_length, voxel_step, s1)
-            grad_output_tile_along_y(s1, s2)
-            grad_output_tile_along_x(s2, w, np.uint64((cb * rows + t) * BLOCK_C), xi_step)
+            to = np.uint64((cb * rows + t) * BLOCK_C)
+            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 0, w, to, xi_step)
+            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 1, w, to, xi_step)
+            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 2, w, to, xi_step)
+            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 3, w, to, xi_step)
 
 
 @inlined_tile_helper
@@ -263,8 +256,6 @@ def winograd_grad_weight_kernel(x0, x1, grad_output, tiles_per_chunk, tiles_per_
         v = np.empty(TILE_VALUES * rows * cin_padded, dtype=partial.dtype)           # V (64, rows, Cin_p)
         w = np.empty(TILE_VALUES * n_cblocks * rows * BLOCK_C, dtype=partial.dtype)  # W (64, Cout_p/16, rows, 16)
         w_matrix = w.reshape(TILE_VALUES * n_cblocks * rows, BLOCK_C)                # rows (xi, cb, t)
-        s1 = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                    # scratch: one axis done
-        s2 = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                    # two axes done
         staged = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                # a tile at a face
         zeros = np.zeros((1, BLOCK_C), dtype=partial.dtype)                          # a zero register tile
         for item in range(worker, n_chunks * n_groups, n_workers):
@@ -276,8 +267,8 @@ def winograd_grad_weight_kernel(x0, x1, grad_output, tiles_per_chunk, tiles_per_
             chunk_end = min(chunk_first + tiles_per_chunk, n_tiles)
             for first in range(chunk_first, chunk_end, tiles_per_block):
                 count = min(tiles_per_block, chunk_end - first)
-                transform_input_block(x0, x1, first, count, rows, v, s1, s2, staged)
-                transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_end, w, s1, s2, staged)
+                transform_input_block(x0, x1, first, count, rows, v, staged)
+                transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_end, w, staged)
                 accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, cb_first, cb_end,
                                           block_rows, du, first == chunk_first, zeros)
 
