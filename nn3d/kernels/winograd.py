@@ -293,13 +293,13 @@ def store4x16_at(flat, at, step, vectors):
     store16_at(flat, at + U[3] * step, vectors[3])
 
 
-@inlined_tile_helper
+@tile_helper
 def input_transform_1d(d0, d1, d2, d3):
     """B^T (d0, d1, d2, d3) = (d0 - d2, d1 + d2, d2 - d1, d3 - d1), on 16-channel vectors."""
     return sub16(d0, d2), add16(d1, d2), sub16(d2, d1), sub16(d3, d1)
 
 
-@inlined_tile_helper
+@tile_helper
 def output_transform_1d(m0, m1, m2, m3):
     """A^T (m0, m1, m2, m3) = (m0 + m1 + m2, m1 - m2 + m3), on 16-channel vectors."""
     return add16(add16(m0, m1), m2), add16(sub16(m1, m2), m3)

@@ -100,7 +100,7 @@ def winograd_grad_weight_reference(x, grad_output):
 
 
 # ---- the fast kernel ----------------------------------------------------------------------------
-@inlined_tile_helper
+@tile_helper
 def grad_output_transform_1d(e0, e1):
     """A (e0, e1) = (e0, e0 + e1, e0 - e1, e1) on 16-channel vectors (A = (A^T)^T: section 1)."""
     return e0, add16(e0, e1), sub16(e0, e1), e1
