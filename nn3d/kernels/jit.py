@@ -59,9 +59,13 @@ def tile_helper(function):
 
 def inlined_tile_helper(function):
     """A `tile_helper` that Numba inlines into its caller's code (inline="always") before LLVM sees
-    it. For per-tile helpers that take arrays: a helper LLVM leaves as a call updates the reference
-    counts of its array arguments (two atomic operations per array per call) and hides its
-    arithmetic from the caller's vectoriser."""
+    it. For the helper that a kernel's loop calls once per tile, when it takes arrays and is too big
+    for LLVM to inline: left as a call, it updates the reference counts of its array arguments (two
+    atomic operations per array per call) and hides its arithmetic from the caller's vectoriser.
+    The helpers it calls in turn stay plain `tile_helper`s: LLVM inlines those into it and drops
+    their reference counting, while every level of Numba inlining copies the whole IR of the level
+    below (nested three deep in the Winograd transforms, that took 5 minutes to compile instead
+    of 40 s, for the same machine code)."""
     return numba.njit(inline="always", **FMA_OPTIONS)(function)
 
 

@@ -241,7 +241,7 @@ def flipped_transposed_transform(u_packed, cout):
     return u_flipped
 
 
-@inlined_tile_helper
+@tile_helper
 def load16_at(flat, at):
     """flat[at:at + 16] as a 16-tuple; `at` unsigned and every offset an unsigned constant (at + 1
     with a plain int literal would be signed, with negative-index checks that stop vectorisation)."""
@@ -250,7 +250,7 @@ def load16_at(flat, at):
             flat[at + U[11]], flat[at + U[12]], flat[at + U[13]], flat[at + U[14]], flat[at + U[15]])
 
 
-@inlined_tile_helper
+@tile_helper
 def store16_at(flat, at, v):
     """flat[at:at + 16] = the 16-tuple v (one vector store; `at` unsigned, offsets unsigned constants)."""
     flat[at], flat[at + U[1]], flat[at + U[2]], flat[at + U[3]] = v[0], v[1], v[2], v[3]
@@ -259,21 +259,21 @@ def store16_at(flat, at, v):
     flat[at + U[12]], flat[at + U[13]], flat[at + U[14]], flat[at + U[15]] = v[12], v[13], v[14], v[15]
 
 
-@inlined_tile_helper
+@tile_helper
 def add16(u, v):
     return (u[0] + v[0], u[1] + v[1], u[2] + v[2], u[3] + v[3], u[4] + v[4], u[5] + v[5], u[6] + v[6],
             u[7] + v[7], u[8] + v[8], u[9] + v[9], u[10] + v[10], u[11] + v[11], u[12] + v[12],
             u[13] + v[13], u[14] + v[14], u[15] + v[15])
 
 
-@inlined_tile_helper
+@tile_helper
 def sub16(u, v):
     return (u[0] - v[0], u[1] - v[1], u[2] - v[2], u[3] - v[3], u[4] - v[4], u[5] - v[5], u[6] - v[6],
             u[7] - v[7], u[8] - v[8], u[9] - v[9], u[10] - v[10], u[11] - v[11], u[12] - v[12],
             u[13] - v[13], u[14] - v[14], u[15] - v[15])
 
 
-@inlined_tile_helper
+@tile_helper
 def relu16(v):
     """max(0, v) element-wise on a 16-tuple; a NaN stays NaN (as ReLU)."""
     return (0 if v[0] <= 0 else v[0], 0 if v[1] <= 0 else v[1], 0 if v[2] <= 0 else v[2],
@@ -284,7 +284,7 @@ def relu16(v):
             0 if v[15] <= 0 else v[15])
 
 
-@inlined_tile_helper
+@tile_helper
 def store4x16_at(flat, at, step, vectors):
     """flat[at + c*step : ... + 16] = vectors[c] for c = 0..3: four 16-channel vectors, `step` apart."""
     store16_at(flat, at, vectors[0])
@@ -312,14 +312,14 @@ def tile_position(tile, tiles_d, tiles_h, tiles_w):
             tile // tiles_w % tiles_h, tile % tiles_w)
 
 
-# The transforms of one tile and 16 channels. Everything called per tile is an `inlined_tile_helper`:
-# left as calls, these helpers ran ~10x slower (reference-count atomics on their array arguments, and
-# arithmetic the vectoriser never saw). A whole 4x4x4 tile of 16-channel vectors does not fit in the 32
+# The transforms of one tile and 16 channels. The helper a block's loop calls per tile (`input_tile`,
+# `output_tile_plane`) is an `inlined_tile_helper`; the helpers it calls are plain `tile_helper`s,
+# which LLVM inlines into it (see nn3d/kernels/jit.py for why not deeper). A whole 4x4x4 tile of 16-channel vectors does not fit in the 32
 # vector registers, one plane of it does: each plane of the transformed tile is B^T along z for its 16
 # positions, read straight from the tile's voxels, then B^T along y and along x in registers, stored
 # once. Per tile and 16 channels that is 128 vector loads and 64 stores, where one pass per axis through
 # two scratch tiles took 192 loads and 192 stores.
-@inlined_tile_helper
+@tile_helper
 def input_voxel_along_z(source, voxel, plane, a):
     """(B^T d[:, j, k])[a] for the tile's column (j, k), whose d[i, j, k] is at source[voxel + i*plane]
     (unsigned). `a` is a constant where this is inlined: the loads and sums of B^T's other rows
@@ -328,7 +328,7 @@ def input_voxel_along_z(source, voxel, plane, a):
                               load16_at(source, voxel + U[2] * plane), load16_at(source, voxel + U[3] * plane))[a]
 
 
-@inlined_tile_helper
+@tile_helper
 def input_row_along_z(source, row, plane, voxel_step, a):
     """input_voxel_along_z for the four columns (j, k), k = 0..3, of the row whose d[0, j, 0] is at
     source[row] (voxels voxel_step apart)."""
@@ -337,7 +337,7 @@ def input_row_along_z(source, row, plane, voxel_step, a):
             input_voxel_along_z(source, row + U[3] * voxel_step, plane, a))
 
 
-@inlined_tile_helper
+@tile_helper
 def input_tile_plane(source, at, plane, row_length, voxel_step, a, v, to, xi_step):
     """V[xi = (a*4 + b)*4 + c] = sum_{i,j,k} B^T[a, i] B^T[b, j] B^T[c, k] d[i, j, k] for b, c = 0..3
     (plane a of the transformed tile), stored at v[to + xi * xi_step]; d[i, j, k] at
@@ -498,7 +498,7 @@ def multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros):
 # The output transform of one tile and 16 channels, one output plane p at a time like the input
 # transform: A^T along z for the plane's 16 positions, read straight from M, then A^T along y and along
 # x in registers, plus the bias, stored to y (per tile and 16 channels 96 vector loads and 8 stores).
-@inlined_tile_helper
+@tile_helper
 def output_row_along_z(m, row, a_step, xi_step, p):
     """(A^T M[:, b, c])[p] for c = 0..3, the row (b) whose M[a, b, c] is at m[row + a*a_step + c*xi_step]
     (all unsigned). `p` is a constant where this is inlined: the other row of A^T compiles to nothing."""
@@ -513,7 +513,7 @@ def output_row_along_z(m, row, a_step, xi_step, p):
                                 load16_at(m, c3 + U[3] * a_step))[p])
 
 
-@inlined_tile_helper
+@tile_helper
 def store_output_pair(y_flat, to, voxel_step, pair, b16, relu, r1_inside):
     """y_flat[to : to + 16] = pair[0] + bias, and one voxel_step on pair[1] + bias if r1_inside (the
     voxel exists); max(0, .) of them if relu."""

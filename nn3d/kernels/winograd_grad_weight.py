@@ -109,7 +109,7 @@ def grad_output_transform_1d(e0, e1):
 # The transform of one output-gradient tile and 16 channels, inlined and one plane of the transformed
 # tile at a time like winograd.py's input transform (A along z read straight from the tile's voxels,
 # then along y and x in registers, stored once: per tile 24 vector loads and 64 stores).
-@inlined_tile_helper
+@tile_helper
 def grad_output_row_along_z(source, row, plane, voxel_step, a):
     """(A e[:, q, r])[a] for r = 0, 1, the row (q) of the tile whose e[p, q, r] is at
     source[row + p*plane + r*voxel_step] (all unsigned); `a` a constant where this is inlined."""
