@@ -314,11 +314,12 @@ def tile_position(tile, tiles_d, tiles_h, tiles_w):
 
 # The transforms of one tile and 16 channels. The helper a block's loop calls per tile (`input_tile`,
 # `output_tile_plane`) is an `inlined_tile_helper`; the helpers it calls are plain `tile_helper`s,
-# which LLVM inlines into it (see nn3d/kernels/jit.py for why not deeper). A whole 4x4x4 tile of 16-channel vectors does not fit in the 32
-# vector registers, one plane of it does: each plane of the transformed tile is B^T along z for its 16
-# positions, read straight from the tile's voxels, then B^T along y and along x in registers, stored
-# once. Per tile and 16 channels that is 128 vector loads and 64 stores, where one pass per axis through
-# two scratch tiles took 192 loads and 192 stores.
+# which LLVM inlines into it (nn3d/kernels/jit.py says why no deeper). A whole 4x4x4 tile of
+# 16-channel vectors does not fit in the 32 vector registers, one plane of it does: each plane of the
+# transformed tile is B^T along z for its 16 positions, read straight from the tile's voxels, then
+# B^T along y and along x in registers, stored once. Per tile and 16 channels that is 128 vector
+# loads and 64 stores, where one pass per axis through two scratch tiles took 192 loads and 192
+# stores.
 @tile_helper
 def input_voxel_along_z(source, voxel, plane, a):
     """(B^T d[:, j, k])[a] for the tile's column (j, k), whose d[i, j, k] is at source[voxel + i*plane]
@@ -530,7 +531,8 @@ def output_tile_plane(m, at, xi_step, p, b16, relu, y_flat, to, row_length, voxe
     relu) for q, r = 0, 1 (plane p of the output tile), M[xi] at m[at + xi * xi_step], for the voxels
     that exist: y[p, 0, 0] at y_flat[to], y[p, q, r] at to + q*row_length + r*voxel_step if q1_inside
     (for q = 1) and r1_inside (for r = 1)."""
-    a_step, b_step = np.uint64(16) * xi_step, U[4] * xi_step          # M[a, b, c] to M[a + 1, b, c], M[a, b + 1, c]
+    a_step = np.uint64(16) * xi_step                                         # M[a, b, c] to M[a + 1, b, c]
+    b_step = U[4] * xi_step                                                  # M[a, b, c] to M[a, b + 1, c]
     e0 = output_row_along_z(m, at, a_step, xi_step, p)                       # e_b[c]: z done, b = 0
     e1 = output_row_along_z(m, at + b_step, a_step, xi_step, p)
     e2 = output_row_along_z(m, at + U[2] * b_step, a_step, xi_step, p)
@@ -647,9 +649,9 @@ def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, t
     of channels-last arrays (N, D, H, W, C_j), unpadded) by F(2^3, 3^3), with the packed transformed
     filter u (64, Cout_padded/16, Cin, 16) (`filter_transform`, in the inputs' dtype) and bias
     (Cout,) or None. Returns the output's channels cut into bands of sizes `output_channels` (summing
-    to Cout): a tuple of C-contiguous (N, D, H, W, C) arrays. Two inputs whose first has a multiple of 16 channels are read in place,
-    and two output bands whose first is a multiple of 16 are written in place; anything else goes
-    through one concatenated (or split) copy. block_rows: the register tile (this CPU's BLOCK_W; the
+    to Cout): a tuple of C-contiguous (N, D, H, W, C) arrays. Two inputs whose first has a multiple
+    of 16 channels are read in place, and two output bands whose first is a multiple of 16 are
+    written in place; anything else goes through one concatenated (or split) copy. block_rows: the register tile (this CPU's BLOCK_W; the
     tests pass 4 and 8); tiles_per_block: None for `tiles_per_block_for`; relu: max(0, output)."""
     x0, x1 = kernel_inputs(inputs)
     cout = sum(output_channels)

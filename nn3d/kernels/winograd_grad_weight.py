@@ -139,10 +139,10 @@ def grad_output_tile_plane(source, at, plane, row_length, voxel_step, a, w, to, 
 def transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_end, w, staged):
     """W[xi, cb, t, :] = (A e_t A^T along each axis) of the output-gradient tiles first + t, t < count,
     for the output-channel blocks cb_first <= cb < cb_end (16 channels each).
-    grad_output (N, D, H, W, Cout); w (64, Cout_padded/16, rows, 16) flat; staged (4 * 4 * 4 * 16,). A tile sticking out of an odd-sized volume, and the
-    last block of channels when Cout is not a multiple of 16, are read from `staged` (winograd.py's
-    `tile_source`: a 4x4x4 window with zeros outside the volume, whose first 2x2x2 voxels are the
-    tile)."""
+    grad_output (N, D, H, W, Cout); w (64, Cout_padded/16, rows, 16) flat; staged (4 * 4 * 4 * 16,).
+    A tile sticking out of an odd-sized volume, and the last block of channels when Cout is not a
+    multiple of 16, are read from `staged` (winograd.py's `tile_source`: a 4x4x4 window with zeros
+    outside the volume, whose first 2x2x2 voxels are the tile)."""
     n_batch, size_d, size_h, size_w, cout = grad_output.shape
     tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
     n_cblocks = (cout + BLOCK_C - 1) // BLOCK_C
