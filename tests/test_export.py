@@ -99,9 +99,8 @@ def test_graph_is_the_folded_unet_with_dynamic_axes(exported):
 def test_metadata_holds_what_infer_does_around_the_network(exported):
     model = onnx.load(exported)
     assert (model.producer_name, model.producer_version) == (onnx_graph.PRODUCER, __version__)
-    metadata = {prop.key: prop.value for prop in model.metadata_props}
-    assert metadata["version"] == __version__
-    values = {key: json.loads(value) for key, value in metadata.items() if key != "version"}
+    values = {prop.key: json.loads(prop.value) for prop in model.metadata_props}
+    assert values["version"] == __version__
     assert values["features"] == FEATURES and values["checkpoint_epoch"] == 7
     assert values["training_spacing_mm"] == [6.0] * 3 and values["window_voxels"] == [32] * 3
     assert values["mr_clip_percentiles"] == list(MR_CLIP_PERCENTILES)

@@ -14,8 +14,8 @@ Tensors and weights are named after the layers (`enc1.conv1`, `enc1.conv1.weight
 
 What a deployment needs to reproduce `mri2ct.infer` around the network travels in the file as
 metadata_props, read from the checkpoint's config and this project's constants
-(`deployment_metadata`): every value is a string, the numbers and lists as JSON. ONNX Runtime
-returns them as `session.get_modelmeta().custom_metadata_map`. The producer_name marks the files
+(`deployment_metadata`): every value is a JSON document (ONNX metadata values are strings). ONNX
+Runtime returns them as `session.get_modelmeta().custom_metadata_map`. The producer_name marks the files
 this exporter wrote (`PRODUCER`).
 """
 import json
@@ -109,7 +109,7 @@ def unet_graph(model):
 
 
 def deployment_metadata(state, path):
-    """{key: string} of what `mri2ct.infer` does around the network, for the checkpoint `state` read
+    """{key: JSON string} of what `mri2ct.infer` does around the network, for the checkpoint `state` read
     from `path`: the training frame from its config, everything else from the code's constants."""
     window, spacing = training_frame(state, path)
     normalisation = {"scale": "white-matter peak of the MR inside a head mask "
@@ -130,7 +130,7 @@ def deployment_metadata(state, path):
         "hu_scale": HU_SCALE,                             # HU = hu_scale x ct
         "hu_clip": HU_RANGE,                              # then clipped to this range
     }
-    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+    return {key: json.dumps(value) for key, value in metadata.items()}
 
 
 def unet_model(model, state, path):
