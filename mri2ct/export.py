@@ -28,21 +28,17 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def check_output_path(path, onnx, producer):
-    """ValueError unless `path` ends in .onnx and is free or a file whose producer_name is `producer`."""
+def check_output_path(path, onnx_graph):
+    """ValueError unless `path` ends in .onnx and is free or a file this exporter wrote."""
     if not path.endswith(".onnx"):
         raise ValueError(f"--onnx {path}: give a .onnx file name")
     if not os.path.lexists(path):
         return
     if not os.path.isfile(path):
         raise ValueError(f"--onnx {path}: exists and is not a file")
-    try:
-        written_by = onnx.load(path, load_external_data=False).producer_name
-    except Exception:                 # protobuf's DecodeError and its kin: not an ONNX file at all
-        written_by = None
-    if written_by != producer:
-        raise ValueError(f"--onnx {path}: exists and was not written by {producer}; choose another file "
-                         f"name or delete it")
+    if onnx_graph.producer_of(path) != onnx_graph.PRODUCER:
+        raise ValueError(f"--onnx {path}: exists and was not written by {onnx_graph.PRODUCER}; choose "
+                         f"another file name or delete it")
 
 
 def main(argv=None):
@@ -54,7 +50,7 @@ def main(argv=None):
         if error.name != "onnx":
             raise
         raise ValueError("exporting needs the onnx package: pip install -e '.[export]'") from None
-    check_output_path(args.onnx, onnx, onnx_graph.PRODUCER)
+    check_output_path(args.onnx, onnx_graph)
     model, state = model_from_checkpoint(args.checkpoint)
     onnx_model = onnx_graph.unet_model(model, state, args.checkpoint)
     onnx.checker.check_model(onnx_model, full_check=True)

@@ -16,11 +16,13 @@ What a deployment needs to reproduce `mri2ct.infer` around the network travels i
 metadata_props, read from the checkpoint's config and this project's constants
 (`deployment_metadata`): every value is a JSON document (ONNX metadata values are strings). ONNX
 Runtime returns them as `session.get_modelmeta().custom_metadata_map`. The producer_name marks the files
-this exporter wrote (`PRODUCER`).
+this exporter wrote (`PRODUCER`, read back by `producer_of`).
 """
 import json
 
 import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 from mri2ct import __version__
@@ -142,3 +144,11 @@ def unet_model(model, state, path):
         doc_string="mri2ct UNet3D: normalised T1 MR (N, 1, D, H, W), D, H, W multiples of 8 -> CT / hu_scale")
     helper.set_model_props(onnx_model, deployment_metadata(state, path))
     return onnx_model
+
+
+def producer_of(path):
+    """The producer_name of the ONNX file at `path` ("" if it names none), None if it is not ONNX."""
+    try:
+        return onnx.load(path, load_external_data=False).producer_name
+    except DecodeError:
+        return None
