@@ -9,7 +9,7 @@ folds the BatchNorms too) on as many Numba threads. Batch 1, a (1, 1, S, S, S) i
 medians of interleaved runs after one warm-up each. Also reported: the largest difference of the two
 outputs, relative to the range of nn3d's output.
 
-Writes benchmarks/results/onnx_runtime_<size>.json.
+Writes benchmarks/results/onnx_runtime_<size>_<threads>threads.json.
 """
 import argparse
 import os
@@ -58,7 +58,7 @@ def main(argv=None):
     print(f"{args.size}^3 eval forward, {args.threads} threads, median of {args.repeats}: "
           f"nn3d {nn3d_seconds:.3f} s, ONNX Runtime {onnxruntime.__version__} {ort_seconds:.3f} s "
           f"(nn3d {ort_seconds / nn3d_seconds:.2f}x faster); max difference {error:.1e} of the output's range")
-    write_json(os.path.join(RESULTS, f"onnx_runtime_{args.size}.json"),
+    write_json(os.path.join(RESULTS, f"onnx_runtime_{args.size}_{args.threads}threads.json"),
                {"size": args.size, "threads": args.threads, "repeats": args.repeats, "nn3d_s": nn3d_seconds,
                 "onnxruntime_s": ort_seconds, "onnxruntime": onnxruntime.__version__,
                 "relative_max_difference": error, "cpu": platform.processor() or platform.machine()})
