@@ -27,12 +27,13 @@ def tiny_checkpoint(path, **config):
     state = UNet3D(features=FEATURES).state_dict()
     rng = np.random.default_rng(0)
     for name, value in state.items():
-        if ".bn" in name:
+        if ".bn" in name and value.dtype.kind == "f":                    # not num_batches_tracked
             kind = name.rsplit(".", 1)[1]
             low, high = {"running_var": (0.5, 2.0), "weight": (0.5, 1.5)}.get(kind, (-0.3, 0.3))
             value[...] = rng.uniform(low, high, value.shape)
     config = {"features": FEATURES, "shape": 32, "spacing": 6.0, **config}
-    save_checkpoint(path, {"epoch": 7, "model": state, "config": {k: v for k, v in config.items() if v is not None}})
+    config = {key: value for key, value in config.items() if value is not None}   # None: left out
+    save_checkpoint(path, {"epoch": 7, "model": state, "config": config})
     return str(path)
 
 

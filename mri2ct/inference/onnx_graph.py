@@ -15,8 +15,8 @@ Tensors and weights are named after the layers (`enc1.conv1`, `enc1.conv1.weight
 What a deployment needs to reproduce `mri2ct.infer` around the network travels in the file as
 metadata_props, read from the checkpoint's config and this project's constants
 (`deployment_metadata`): every value is a JSON document (ONNX metadata values are strings). ONNX
-Runtime returns them as `session.get_modelmeta().custom_metadata_map`. The producer_name marks the files
-this exporter wrote (`PRODUCER`, read back by `producer_of`).
+Runtime returns them as `session.get_modelmeta().custom_metadata_map`. The producer_name marks the
+files this exporter wrote (`PRODUCER`, read back by `producer_of`).
 """
 import json
 
