@@ -128,24 +128,33 @@ def test_synthesize_ct_with_the_onnx_file_is_infer(checkpoint, exported):
     assert np.abs(hu - expected).max() <= 1e-5 * (expected.max() - expected.min())
 
 
-def test_export_never_imports_torch(checkpoint, tmp_path):
-    """`python -m mri2ct.export` in a process where importing torch fails and is recorded."""
+def export_without(module, checkpoint, output):
+    """`python -m mri2ct.export` in a process where importing `module` fails and is reported on stderr."""
     blocker = (
         "import importlib.abc, runpy, sys\n"
-        "class NoTorch(importlib.abc.MetaPathFinder):\n"
+        "class Blocker(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            print('imported ' + name, file=sys.stderr)\n"
-        "            raise ModuleNotFoundError(name)\n"
-        "sys.modules.pop('torch', None)\n"
-        "sys.meta_path.insert(0, NoTorch())\n"
+        f"        if name == {module!r} or name.startswith({module!r} + '.'):\n"
+        "            print('tried to import ' + name, file=sys.stderr)\n"
+        "            raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, Blocker())\n"
         "sys.argv = ['mri2ct.export'] + sys.argv[1:]\n"
         "runpy.run_module('mri2ct.export', run_name='__main__', alter_sys=True)\n")
-    output = tmp_path / "sct.onnx"
-    result = subprocess.run([sys.executable, "-c", blocker, "--checkpoint", checkpoint, "--onnx", str(output)],
-                            capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", blocker, "--checkpoint", checkpoint, "--onnx", str(output)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_export_never_imports_torch(checkpoint, tmp_path):
+    result = export_without("torch", checkpoint, tmp_path / "sct.onnx")
     assert result.returncode == 0 and result.stderr == "", result.stderr
-    assert result.stdout.startswith(f"wrote {output}") and output.is_file()
+    assert result.stdout.startswith(f"wrote {tmp_path / 'sct.onnx'}") and (tmp_path / "sct.onnx").is_file()
+
+
+def test_export_without_onnx_says_what_to_install(checkpoint, tmp_path):
+    result = export_without("onnx", checkpoint, tmp_path / "sct.onnx")
+    assert result.returncode == cli.USAGE_ERROR
+    assert result.stderr.splitlines()[-1] == "error: exporting needs the onnx package: pip install -e '.[export]'"
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---- bad input ----------------------------------------------------------------------------------
