@@ -36,8 +36,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from mri2ct.data import phantom
-from mri2ct.data import streams
+from mri2ct.data import phantom, streams
 from mri2ct.data.folders import MANIFEST, split_ids
 from mri2ct.data.nifti import save_volume
 

@@ -14,8 +14,7 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 
 from mri2ct.common.drawing import CT_WINDOW, VIEWS, central_slices, draw_edge_letters, save_figure
-from mri2ct.data import phantom
-from mri2ct.data import streams
+from mri2ct.data import phantom, streams
 from mri2ct.data.normalise import foreground_histogram, normalise_mr, white_matter_peak
 from mri2ct.data.preprocess import compute_mask
 
