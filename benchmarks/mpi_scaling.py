@@ -4,9 +4,9 @@
     mpiexec -n 2 python -m benchmarks.mpi_scaling --threads 1       # 2 ranks x 1 thread
     python -m benchmarks.mpi_scaling --model [--step 0.59]          # the model for 8-64 ranks
 
-Each rank runs the training step of `python -m mri2ct.train` (mri2ct.train_step.accumulated_step,
+Each rank runs the training step of `python -m mri2ct.train` (mri2ct.training.step.accumulated_step,
 default U-Net 16-32-64-128, one 64^3 sample per rank, AdamW, clipping) with the gradient sum of
-mri2ct/distributed.py: one allreduce of one flat float32 buffer. After `--warmup` steps, `--steps`
+mri2ct/common/distributed.py: one allreduce of one flat float32 buffer. After `--warmup` steps, `--steps`
 steps are timed: the whole step, and the time spent in the gradient sum (which includes waiting for
 the slowest rank). Then the allreduce alone is timed after a barrier (communication only). Medians;
 rank 0 prints them and writes benchmarks/results/mpi_scaling_<ranks>x<threads>.json.
@@ -38,9 +38,9 @@ def measure(steps, warmup):
     """{step, sum, allreduce}: median seconds of this world's training step, of the gradient sum
     inside it, and of the allreduce of the same buffer alone."""
     import nn3d
-    from mri2ct import distributed
+    from mri2ct.common import distributed
     from mri2ct.model import UNet3D
-    from mri2ct.train_step import accumulated_step
+    from mri2ct.training.step import accumulated_step
 
     world = distributed.world()
     nn3d.manual_seed(0)

@@ -38,10 +38,10 @@ def main(argv=None):
     nn3d.set_num_threads(args.threads)
     nn3d.manual_seed(0)
     model = UNet3D().eval()
-    state = {"epoch": 0, "config": {"features": list(model.features), "shape": args.size, "spacing": 1.0}}
+    state = {"epoch": 0, "config": {"features": list(model.features)}}
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = args.threads
-    session = onnxruntime.InferenceSession(unet_model(model, state, "benchmark").SerializeToString(), options,
+    session = onnxruntime.InferenceSession(unet_model(model, state, [args.size] * 3, [1.0] * 3).SerializeToString(), options,
                                            providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((1, 1, *[args.size] * 3)).astype(np.float32)
 

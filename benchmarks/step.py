@@ -3,7 +3,7 @@
     python -m benchmarks.step [--sizes 64 96 128] [--threads 2] [--repeats 3]
 
 A training step is exactly what `python -m mri2ct.train` does per batch, the same function
-(mri2ct.train_step.train_step): forward, MSE, backward, gradient clipping at 1.0, AdamW and the
+(mri2ct.training.step.train_step): forward, MSE, backward, gradient clipping at 1.0, AdamW and the
 cosine schedule. PyTorch runs the same architecture
 (benchmarks/torch_unet.py) with the same weights, in its default NCDHW format and in
 channels_last_3d; the faster of the two is the reference. Times are medians of interleaved runs in
@@ -43,7 +43,7 @@ def ours_runner(size, mode):
     """A function running one nn3d training step (mode='train') or eval forward (mode='eval')."""
     import nn3d
     from mri2ct.model import UNet3D
-    from mri2ct.train_step import train_step
+    from mri2ct.training.step import train_step
 
     nn3d.manual_seed(0)
     model = UNet3D()

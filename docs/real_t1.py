@@ -7,7 +7,7 @@ Default scan: the crop of a real T1 brain that nibabel ships in its test data
 (nibabel/tests/data/anatomical.nii, 33 x 41 x 25 voxels of 2 mm, LAS), which lies wholly inside the
 brain; so each scan is first surrounded by MARGIN_MM of zeros (air, as around a skull-stripped
 brain), and that margin is the background. Each scan then goes through `mri2ct.infer`'s path
-(predict.synthesize_ct). The tissues are classes of the scan itself, not of the model: inside the
+(sliding_window.synthesize_ct). The tissues are classes of the scan itself, not of the model: inside the
 original field of view, three Otsu classes of the T1 intensity (scikit-image, a test dependency):
 the brightest is white matter, the middle grey matter (the darkest, CSF and partial volume, is not
 reported).
@@ -27,9 +27,9 @@ import nibabel as nib
 import numpy as np
 from skimage.filters import threshold_multiotsu
 
-from mri2ct.checkpoint import model_from_checkpoint, training_frame
-from mri2ct.orientation import to_ras
-from mri2ct.predict import synthesize_ct
+from mri2ct.training.checkpoint import model_from_checkpoint, training_frame
+from mri2ct.data.orientation import to_ras
+from mri2ct.inference.sliding_window import synthesize_ct
 
 MARGIN_MM = 20.0
 NIBABEL_T1 = os.path.join(os.path.dirname(nib.__file__), "tests", "data", "anatomical.nii")

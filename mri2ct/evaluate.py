@@ -6,15 +6,15 @@ DIR is a cohort or a folder of paired scans, as for mri2ct.train. The patients o
 --split-file, else the split the checkpoint was trained with (its config, = the run's split.json).
 For every patient: the scan preprocessed as in training at the checkpoint's spacing (RAS, resampled,
 normalised; data/preprocess.py, cached), the synthetic CT by the sliding-window predictor that train
-and infer use (mri2ct.predict), then brought back to the patient's ORIGINAL grid (resampled
+and infer use (inference/sliding_window.py), then brought back to the patient's ORIGINAL grid (resampled
 trilinearly to the scan's own voxels, axes put back in the file's order), where it is compared with
 the original CT inside the original mask (or, without a mask file, the mask computed from the
 original MR), as a SynthRAD participant reports:
-    mae, rmse, psnr, ssim     inside the mask, as in SynthRAD2023 (mri2ct.metrics)
+    mae, rmse, psnr, ssim     inside the mask, as in SynthRAD2023 (inference/metrics.py)
     mae_whole                 over the whole volume, air included
     mae_bone, mae_soft_tissue, mae_brain
-                              over the voxels of each tissue group (mri2ct.phantom.TISSUE_GROUPS; only
-                              cohorts have tissue labels, elsewhere these are empty)
+                              over the voxels of each tissue group (data/phantom.py, TISSUE_GROUPS;
+                              only cohorts have tissue labels, elsewhere these are empty)
 Writes one CSV row per patient (default: metrics_<split>.csv next to the checkpoint) and prints
 a table of mean ± std and median over patients.
 """
@@ -26,15 +26,15 @@ import os
 import numpy as np
 
 import nn3d
-from mri2ct import cli
-from mri2ct.atomic import write_text
-from mri2ct.checkpoint import model_from_checkpoint, training_frame
+from mri2ct.common import errors, flags
+from mri2ct.common.atomic import write_text
 from mri2ct.data import PatientSet, choose_split, compute_mask, open_data_folder, read_scan
+from mri2ct.data.orientation import from_ras, to_ras
+from mri2ct.data.phantom import TISSUE_GROUPS
 from mri2ct.data.preprocess import default_cache_dir, resample
-from mri2ct.metrics import calculate_metrics
-from mri2ct.orientation import from_ras, to_ras
-from mri2ct.phantom import TISSUE_GROUPS
-from mri2ct.predict import predict_sliding_window, prediction_to_hu
+from mri2ct.inference.metrics import calculate_metrics
+from mri2ct.inference.sliding_window import predict_sliding_window, prediction_to_hu
+from mri2ct.training.checkpoint import model_from_checkpoint, training_frame
 
 COLUMNS = ("mae", "rmse", "psnr", "ssim", "mae_whole") + tuple(f"mae_{group}" for group in TISSUE_GROUPS)
 UNITS = {"psnr": "dB", "ssim": ""}  # the others are HU
@@ -103,10 +103,10 @@ def parse_args(argv=None):
     parser.add_argument("--split", default="test", help="train, val or test (default: test)")
     parser.add_argument("--split-file", metavar="FILE",
                         help="split.json to take the patients from (default: the checkpoint's own split)")
-    cli.add_cache_argument(parser)
+    flags.add_cache_argument(parser)
     parser.add_argument("--out",
                         help="CSV file to write (default: metrics_<split>.csv beside the checkpoint)")
-    cli.add_threads_argument(parser)
+    flags.add_threads_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -149,4 +149,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    errors.run(main)

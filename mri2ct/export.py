@@ -15,9 +15,9 @@ stderr and writes nothing. Needs the onnx package (pip install -e '.[export]'); 
 import argparse
 import os
 
-from mri2ct import cli
-from mri2ct.atomic import atomic_path
-from mri2ct.checkpoint import model_from_checkpoint
+from mri2ct.common import errors
+from mri2ct.common.atomic import atomic_path
+from mri2ct.training.checkpoint import model_from_checkpoint, training_frame
 
 
 def parse_args(argv=None):
@@ -52,7 +52,8 @@ def main(argv=None):
         raise ValueError("exporting needs the onnx package: pip install -e '.[export]'") from None
     check_output_path(args.onnx, onnx_graph)
     model, state = model_from_checkpoint(args.checkpoint)
-    onnx_model = onnx_graph.unet_model(model, state, args.checkpoint)
+    window, spacing = training_frame(state, args.checkpoint)
+    onnx_model = onnx_graph.unet_model(model, state, window, spacing)
     onnx.checker.check_model(onnx_model, full_check=True)
     with atomic_path(args.onnx) as temporary:
         onnx.save(onnx_model, temporary)
@@ -61,4 +62,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    errors.run(main)

@@ -5,11 +5,11 @@
     mpiexec -n N python -m mri2ct.infer --checkpoint PATH --input-dir MRS --output-dir SCTS
 
     1. read the NIfTI once and check it: 3-D, finite, not constant, a real grid, within the size
-       limits (nifti.py: header checks before any voxel is read; predict.py: voxel sizes and the
-       resampled grid)
-    2. reorder the axes to RAS (a permutation and flips, no interpolation; orientation.py)
-    3. predict the CT in HU on that grid (predict.synthesize_ct: robust clip, resample to the
-       training spacing, normalise, Gaussian-blended sliding windows, back to the scan's grid)
+       limits (data/nifti.py: header checks before any voxel is read; inference/sliding_window.py:
+       voxel sizes and the resampled grid)
+    2. reorder the axes to RAS (a permutation and flips, no interpolation; data/orientation.py)
+    3. predict the CT in HU on that grid (sliding_window.synthesize_ct: robust clip, resample to
+       the training spacing, normalise, Gaussian-blended sliding windows, back to the scan's grid)
     4. undo step 2 and write float32 HU with the input's affine and header, atomically (never a
        partial file)
 
@@ -20,8 +20,8 @@ A folder (--input-dir): every .nii and .nii.gz file directly in it, in name orde
 above into --output-dir under the same name. A bad scan gets its one-line error (naming it) and is
 skipped; the others are still predicted, and the exit status is 2 if any was skipped. A file already
 in --output-dir is kept, not predicted again (so a rerun after a crash finishes the rest; delete it
-to predict it again). Under `mpiexec -n N` (distributed.py) rank r predicts scans r, r + N, ...;
-rank 0 prints the summary.
+to predict it again). Under `mpiexec -n N` (common/distributed.py) rank r predicts scans r,
+r + N, ...; rank 0 prints the summary.
 """
 import argparse
 import os
@@ -30,11 +30,11 @@ import sys
 import numpy as np
 
 import nn3d
-from mri2ct import cli, distributed
-from mri2ct.checkpoint import model_from_checkpoint, training_frame
-from mri2ct.nifti import load_image, save_volume
-from mri2ct.orientation import from_ras, to_ras
-from mri2ct.predict import synthesize_ct
+from mri2ct.common import distributed, errors, flags
+from mri2ct.data.nifti import load_image, save_volume
+from mri2ct.data.orientation import from_ras, to_ras
+from mri2ct.inference.sliding_window import synthesize_ct
+from mri2ct.training.checkpoint import model_from_checkpoint, training_frame
 
 
 def read_mr(path):
@@ -64,7 +64,7 @@ def parse_args(argv=None):
     parser.add_argument("--output", help="synthetic CT to write (.nii or .nii.gz), in HU")
     parser.add_argument("--input-dir", metavar="DIR", help="predict every .nii/.nii.gz file of DIR instead")
     parser.add_argument("--output-dir", metavar="DIR", help="where --input-dir's CTs go, under the same names")
-    cli.add_threads_argument(parser, "per rank under mpiexec")
+    flags.add_threads_argument(parser, "per rank under mpiexec")
     args = parser.parse_args(argv)
     one, folder = (args.input, args.output), (args.input_dir, args.output_dir)
     if not (all(one) and not any(folder) or all(folder) and not any(one)):
@@ -114,7 +114,7 @@ def predict_folder(args, world):
             mr, image = read_mr(input_path)
             print(predict_scan(model, window, train_spacing, mr, image, input_path, output_path), flush=True)
             written.append(name)
-        except (ValueError, OSError, cli.RunError, MemoryError) as error:
+        except (ValueError, OSError, errors.RunError, MemoryError) as error:
             message = str(error) if input_path in str(error) else f"{input_path}: {error}"
             print(f"error: {message} (skipped)", file=sys.stderr, flush=True)
             failed.append(name)
@@ -135,7 +135,7 @@ def main(argv=None):
             nn3d.set_num_threads(args.threads or world.default_threads())
             failed = predict_folder(args, world)
         if failed:
-            raise SystemExit(cli.USAGE_ERROR)      # the errors are printed; every rank exits alike
+            raise SystemExit(errors.USAGE_ERROR)      # the errors are printed; every rank exits alike
         return
     if world.size > 1:
         raise ValueError("--input is one scan, for one process; under mpiexec give --input-dir and --output-dir")
@@ -151,4 +151,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    errors.run(main)

@@ -5,9 +5,9 @@
 
 Loads the checkpoint's weights, takes one patient of the cohort (default: the first of the training
 split, without flips), and runs the forward-and-backward half of the training step that
-mri2ct.train runs (train_step.forward_backward, in training mode, so BatchNorm uses batch
-statistics; MSE on HU / 1000). The optimizer update is not applied: the checkpoint is only read. For every layer, in forward order, it
-prints
+mri2ct.train runs (training/step.py, forward_backward, in training mode, so BatchNorm uses batch
+statistics; MSE on HU / 1000). The optimizer update is not applied: the checkpoint is only read.
+For every layer, in forward order, it prints
 
     act mean / act std / act max    of the layer's output y                      (forward)
     |dL/dy|                         L2 norm of the gradient arriving at y        (backward)
@@ -35,11 +35,11 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 import numpy as np  # noqa: E402
 
 import nn3d  # noqa: E402
-from mri2ct import cli  # noqa: E402
-from mri2ct.checkpoint import model_from_checkpoint  # noqa: E402
+from mri2ct.common import errors, flags  # noqa: E402
+from mri2ct.common.drawing import picture_format, save_figure  # noqa: E402
 from mri2ct.data import open_split  # noqa: E402
-from mri2ct.train_step import forward_backward  # noqa: E402
-from mri2ct.visualize import picture_format, save_figure  # noqa: E402
+from mri2ct.training.checkpoint import model_from_checkpoint  # noqa: E402
+from mri2ct.training.step import forward_backward  # noqa: E402
 
 
 def l2_norm(array):
@@ -191,7 +191,7 @@ def parse_args(argv=None):
                         help="index of the patient within the split (default: 0, the first)")
     parser.add_argument("--out", metavar="PNG",
                         help="figure to write (default: inspect.png next to the checkpoint)")
-    cli.add_threads_argument(parser)
+    flags.add_threads_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -219,4 +219,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    errors.run(main)

@@ -5,103 +5,27 @@
 
 The slice figure has one row per view (axial, coronal, sagittal, through the volume's centre) and one
 column per image: MR, CT, synthetic CT, |CT - sCT|, each HU column with a colour bar. Without --ct
-it shows MR and sCT only. The metrics (mri2ct.metrics) go in the title, inside --mask if given, else
-over the whole volume.
+it shows MR and sCT only. The metrics (mri2ct.inference.metrics) go in the title, inside --mask if
+given, else over the whole volume.
 
-Views follow the radiological convention, whatever the files' axis order (each volume is reordered
-to RAS once, orientation.py):
-    axial     seen from the feet: anterior up, the patient's right on the image's left
-    coronal   seen from the front: superior up, the patient's right on the image's left
-    sagittal  seen from the patient's left side: superior up, anterior on the image's left
-Each panel is drawn in millimetres (its aspect follows the voxel spacing) and carries the direction
-letters at its edges; every panel of a row shows the same field of view.
-
-Figures are written atomically with matplotlib's Agg backend (no display), in a picture format
-chosen by the file's suffix (PICTURE_FORMATS); any other suffix is refused, so a typo can never
-replace a scan with a picture.
+Views follow the radiological convention whatever the files' axis order (each volume is reordered
+to RAS once, data/orientation.py), drawn as common/drawing.py describes; every panel of a row shows
+the same field of view. The picture format follows the --out suffix; any other suffix is refused.
 """
 import argparse
 import os
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
-import numpy as np  # noqa: E402
+from mri2ct.common import errors
+from mri2ct.common.drawing import (CT_WINDOW, PICTURE_FORMATS, VIEWS, central_slices, draw_edge_letters,
+                                   picture_format, save_figure)
+from mri2ct.data.nifti import check_same_grid, load_volume
+from mri2ct.data.orientation import to_ras
+from mri2ct.inference.metrics import calculate_metrics
 
-from mri2ct import cli  # noqa: E402
-from mri2ct.atomic import atomic_path  # noqa: E402
-from mri2ct.metrics import calculate_metrics  # noqa: E402
-from mri2ct.nifti import check_same_grid, load_volume  # noqa: E402
-from mri2ct.orientation import to_ras  # noqa: E402
-
-PICTURE_FORMATS = ("png", "jpg", "jpeg", "pdf", "svg", "tif", "tiff")
-CT_WINDOW = (-1000.0, 1500.0)     # HU shown from black to white: air to dense bone
 ERROR_WINDOW = (0.0, 500.0)       # HU
-VIEWS = ("axial", "coronal", "sagittal")
-# Direction letters at the (left, right, top, bottom) edges of each view, radiological convention.
-EDGE_LETTERS = {"axial": "RLAP", "coronal": "RLSI", "sagittal": "APSI"}
-EDGE_POSITIONS = [(0.02, 0.5, ("left", "center")), (0.98, 0.5, ("right", "center")),   # in axes units
-                  (0.5, 0.98, ("center", "top")), (0.5, 0.02, ("center", "bottom"))]
-
-
-def picture_format(path):
-    """The format matplotlib writes for `path`, from its suffix; ValueError if it is not a picture."""
-    suffix = os.path.splitext(path)[1].lower().lstrip(".")
-    if suffix not in PICTURE_FORMATS:
-        raise ValueError(f"{path}: not a picture file name; give one ending in "
-                         f"{', '.join('.' + name for name in PICTURE_FORMATS)}")
-    return suffix
-
-
-def save_figure(figure, path):
-    """Write a matplotlib figure to `path` atomically, in the format its suffix names, and release it."""
-    file_format = picture_format(path)
-    try:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, format=file_format, dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(figure)
-
-
-def plot_training_curves(history, path):
-    """Train/validation loss (log scale), validation MAE in HU, and the learning rate, per epoch.
-
-    history: the list of per-epoch dicts that mri2ct.train writes to history.json.
-    """
-    epochs = [record["epoch"] for record in history]
-    validated = [record for record in history if record["val_loss"] is not None]   # --val-every
-    figure, (loss_axes, mae_axes, lr_axes) = plt.subplots(1, 3, figsize=(15, 4))
-    loss_axes.semilogy(epochs, [r["train_loss"] for r in history], "o-", ms=3, label="train")
-    loss_axes.semilogy([r["epoch"] for r in validated], [r["val_loss"] for r in validated], "o-", ms=3,
-                       label="validation")
-    loss_axes.set(xlabel="epoch", ylabel="MSE of HU / 1000", title="loss")
-    loss_axes.legend()
-    mae_axes.semilogy([r["epoch"] for r in validated], [r["val_mae_hu"] for r in validated], "o-", ms=3,
-                      color="C1")
-    mae_axes.set(xlabel="epoch", ylabel="HU", title="validation MAE inside the head mask")
-    lr_axes.semilogy(epochs, [r["lr"] for r in history], "o-", ms=3, color="C2")
-    lr_axes.set(xlabel="epoch", ylabel="learning rate", title="learning rate (start of epoch)")
-    for axes in (loss_axes, mae_axes, lr_axes):
-        axes.grid(True, which="both", alpha=0.3)
-    save_figure(figure, path)
-
-
-def central_slices(volume, spacing):
-    """[(2-D image, (width, height) mm)] for the axial, coronal and sagittal planes through the centre.
-
-    volume: (D, H, W) in RAS order (D towards Right, H Anterior, W Superior); spacing: (3,) mm.
-    Each image is (rows, columns), to be drawn with origin="lower" (row 0 at the bottom): the
-    transpose puts A (axial) or S (coronal, sagittal) up, and reversing the columns puts the
-    patient's right (axial, coronal) or anterior (sagittal) on the image's left.
-    """
-    d, h, w = (size // 2 for size in volume.shape)
-    sd, sh, sw = spacing
-    views = [(volume[:, :, w], sd, sh),        # axial:    R-L across, A up
-             (volume[:, h, :], sd, sw),        # coronal:  R-L across, S up
-             (volume[d, :, :], sh, sw)]        # sagittal: A-P across, S up
-    return [(plane.T[:, ::-1], (plane.shape[0] * across, plane.shape[1] * up))
-            for plane, across, up in views]
 
 
 def format_metrics(metrics, where):
@@ -126,9 +50,7 @@ def plot_slices(mri, pred_hu, spacing, path, ct_hu=None, title=""):
             shown = panel.imshow(image, cmap=colours, vmin=low, vmax=high, origin="lower",
                                  extent=(0, width, 0, height), aspect="equal")   # millimetres
             panel.set_xticks([]), panel.set_yticks([])
-            for (x, y, align), letter in zip(EDGE_POSITIONS, EDGE_LETTERS[VIEWS[row]]):
-                panel.text(x, y, letter, transform=panel.transAxes, color="yellow", fontsize=8,
-                           ha=align[0], va=align[1])
+            draw_edge_letters(panel, VIEWS[row])
             if row == 0:
                 panel.set_title(name)
             if column == 0:
@@ -172,4 +94,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    errors.run(main)

@@ -1,4 +1,4 @@
-"""What every command shares: cli.run's one-line errors and exit codes (Ctrl-C included), the run-folder
+"""What every command shares: errors.run's one-line errors and exit codes (Ctrl-C included), the run-folder
 lock, and the removal of temporary files that killed writers left behind."""
 import os
 import signal
@@ -8,16 +8,16 @@ import time
 
 import pytest
 
-from mri2ct import atomic, cli
-from mri2ct.checkpoint import load_checkpoint
+from mri2ct.common import atomic, errors
+from mri2ct.training.checkpoint import load_checkpoint
 from mri2ct.data import generate_cohort
-from mri2ct.folder_lock import lock_folder
+from mri2ct.training.folder_lock import lock_folder
 
 
 def exit_of(main, capsys):
-    """(exit code, stderr lines) of cli.run(main)."""
+    """(exit code, stderr lines) of errors.run(main)."""
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(main)
+        errors.run(main)
     return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
 
 
@@ -25,7 +25,7 @@ def exit_of(main, capsys):
     (KeyboardInterrupt(), 130, "interrupted"),
     (ValueError("x.nii: bad"), 2, "error: x.nii: bad"),
     (FileNotFoundError("x.nii: no such file"), 2, "error: x.nii: no such file"),
-    (cli.RunError("run is in use"), 1, "error: run is in use"),
+    (errors.RunError("run is in use"), 1, "error: run is in use"),
     (MemoryError(), 1, "error: out of memory (try a smaller input or fewer --threads)"),
 ])
 def test_user_errors_and_ctrl_c_are_one_line(error, code, line, capsys):
@@ -35,9 +35,9 @@ def test_user_errors_and_ctrl_c_are_one_line(error, code, line, capsys):
 
 
 def test_success_returns_and_bugs_keep_their_traceback():
-    assert cli.run(lambda argv: argv, ["a"]) == ["a"]
+    assert errors.run(lambda argv: argv, ["a"]) == ["a"]
     with pytest.raises(ZeroDivisionError):                     # a bug is not turned into one line
-        cli.run(lambda argv: 1 / 0)
+        errors.run(lambda argv: 1 / 0)
 
 
 def test_ctrl_c_in_a_running_command_exits_130_without_traceback(tmp_path):
@@ -62,7 +62,7 @@ def test_ctrl_c_in_a_running_command_exits_130_without_traceback(tmp_path):
 
 def test_cli_run_restores_the_sigint_handler():
     before = signal.getsignal(signal.SIGINT)
-    assert cli.run(lambda argv: signal.getsignal(signal.SIGINT)) is cli.exit_on_sigint
+    assert errors.run(lambda argv: signal.getsignal(signal.SIGINT)) is errors.exit_on_sigint
     assert signal.getsignal(signal.SIGINT) is before
 
 
@@ -70,7 +70,7 @@ def test_cli_run_restores_the_sigint_handler():
 def test_second_owner_is_refused_naming_the_folder(tmp_path):
     folder = str(tmp_path / "run")
     with lock_folder(folder):
-        with pytest.raises(cli.RunError, match=f"{folder} is in use by another run"):
+        with pytest.raises(errors.RunError, match=f"{folder} is in use by another run"):
             with lock_folder(folder):
                 pass
     with lock_folder(folder):                                  # released when the block ends
@@ -79,11 +79,11 @@ def test_second_owner_is_refused_naming_the_folder(tmp_path):
 
 def test_lock_is_released_by_kill_9(tmp_path):
     folder = str(tmp_path / "run")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mri2ct.folder_lock import "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mri2ct.training.folder_lock import "
                                "lock_folder\nwith lock_folder(sys.argv[1]):\n print('locked', flush=True)\n"
                                " time.sleep(600)", folder], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(cli.RunError):
+    with pytest.raises(errors.RunError):
         with lock_folder(folder):
             pass
     holder.kill()                                              # SIGKILL: no clean-up code runs

@@ -8,10 +8,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mri2ct import data, phantom
+from mri2ct import data
+from mri2ct.data import phantom
 from mri2ct.data.__main__ import main
 from mri2ct.data.stats import tissue_statistics
-from mri2ct.nifti import load_volume, save_volume
+from mri2ct.data.nifti import load_volume, save_volume
 
 SMALL = dict(patients=4, seed=3, shape=32, spacing=6.0, workers=1)
 

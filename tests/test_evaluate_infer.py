@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 import nn3d
-from mri2ct import cli, evaluate, infer, predict, visualize
-from mri2ct.checkpoint import save_checkpoint
+from mri2ct import evaluate, infer, visualize
+from mri2ct.common import drawing, errors
+from mri2ct.data.preprocess import resample
+from mri2ct.inference import sliding_window
+from mri2ct.training.checkpoint import save_checkpoint
 from mri2ct.data import generate_cohort, read_manifest
 from mri2ct.model import UNet3D
-from mri2ct.orientation import from_ras, to_ras
+from mri2ct.data.orientation import from_ras, to_ras
 
 FEATURES = [4, 8, 16, 32]
 
@@ -46,7 +49,7 @@ def patient(cohort):
 def run_cli(module, argv, capsys):
     """Run a tool as its command line does, in this process; returns (exit code, stdout, stderr)."""
     try:
-        cli.run(module.main, argv)
+        errors.run(module.main, argv)
         code = 0
     except SystemExit as exit_info:
         code = exit_info.code
@@ -64,14 +67,14 @@ class Identity:
 
 def test_sliding_window_blending_is_normalised():
     volume = np.random.default_rng(0).standard_normal((45, 32, 20)).astype(np.float32)  # 2x1x1 windows+
-    prediction = predict.predict_sliding_window(Identity(), volume, (16, 16, 16))
+    prediction = sliding_window.predict_sliding_window(Identity(), volume, (16, 16, 16))
     np.testing.assert_allclose(prediction, volume, rtol=1e-5, atol=1e-6)
 
 
 def test_window_starts_cover_the_volume():
-    assert predict.window_starts(64, 64) == [0]
-    assert predict.window_starts(100, 64) == [0, 32, 36]
-    assert predict.window_starts(96, 32) == [0, 16, 32, 48, 64]
+    assert sliding_window.window_starts(64, 64) == [0]
+    assert sliding_window.window_starts(100, 64) == [0, 32, 36]
+    assert sliding_window.window_starts(96, 32) == [0, 16, 32, 48, 64]
 
 
 def test_orientation_round_trip():
@@ -86,7 +89,7 @@ def test_orientation_round_trip():
 def test_infer_non_cubic_scan_with_other_spacing_and_orientation(patient, checkpoint, tmp_path, capsys):
     """A (40, 52, 28) scan at (4.5, 3.5, 7) mm stored L-A-S: written on the input's grid, with its header."""
     image = nib.load(os.path.join(patient, "mr.nii.gz"))
-    mr = predict.resample(np.asarray(image.dataobj, np.float32), (40, 52, 28))[::-1]  # x flipped: L-A-S
+    mr = resample(np.asarray(image.dataobj, np.float32), (40, 52, 28))[::-1]  # x flipped: L-A-S
     affine = np.diag([-4.5, 3.5, 7.0, 1.0])
     affine[:3, 3] = (90.0, -91.0, -98.0)
     source = nib.Nifti1Image(mr, affine)
@@ -425,7 +428,7 @@ def test_views_are_radiological_with_the_aspect_of_the_spacing():
     """A RAS volume with one bright voxel at the patient's right, anterior, superior corner region."""
     volume = np.zeros((10, 12, 14), np.float32)                 # (D, H, W): R, A, S
     volume[9, 11, 13] = volume[9, 11, 7] = volume[9, 6, 13] = volume[5, 11, 13] = 1
-    axial, coronal, sagittal = visualize.central_slices(volume, (1.0, 2.0, 3.0))
+    axial, coronal, sagittal = drawing.central_slices(volume, (1.0, 2.0, 3.0))
     image, size = axial                                          # plane W = 7
     assert size == (10.0, 24.0) and image.shape == (12, 10)
     assert image[11, 0] == 1                                     # anterior (top row: origin lower), right on the left

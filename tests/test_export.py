@@ -10,12 +10,13 @@ import onnxruntime
 import pytest
 
 import nn3d
-from mri2ct import __version__, cli, export
-from mri2ct.checkpoint import model_from_checkpoint, save_checkpoint
+from mri2ct import __version__, export
+from mri2ct.common import errors
+from mri2ct.training.checkpoint import model_from_checkpoint, save_checkpoint
 from mri2ct.data.normalise import HU_SCALE, MR_MAX
 from mri2ct.inference import onnx_graph
 from mri2ct.model import UNet3D
-from mri2ct.predict import HU_RANGE, MR_CLIP_PERCENTILES, synthesize_ct
+from mri2ct.inference.sliding_window import HU_RANGE, MR_CLIP_PERCENTILES, synthesize_ct
 
 FEATURES = [4, 8, 16, 32]
 
@@ -40,7 +41,7 @@ def tiny_checkpoint(path, **config):
 def run_export(checkpoint, output, capsys):
     """Run the export as its command line does, in this process; returns (exit code, stdout, stderr)."""
     try:
-        cli.run(export.main, ["--checkpoint", str(checkpoint), "--onnx", str(output)])
+        errors.run(export.main, ["--checkpoint", str(checkpoint), "--onnx", str(output)])
         code = 0
     except SystemExit as exit_info:
         code = exit_info.code
@@ -49,7 +50,7 @@ def run_export(checkpoint, output, capsys):
 
 
 def one_line_error(code, err):
-    assert code == cli.USAGE_ERROR, err
+    assert code == errors.USAGE_ERROR, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]
@@ -69,7 +70,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(checkpoint, tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "sct.onnx"
-    cli.run(export.main, ["--checkpoint", checkpoint, "--onnx", str(path)])
+    errors.run(export.main, ["--checkpoint", checkpoint, "--onnx", str(path)])
     return str(path)
 
 
@@ -152,7 +153,7 @@ def test_export_never_imports_torch(checkpoint, tmp_path):
 
 def test_export_without_onnx_says_what_to_install(checkpoint, tmp_path):
     result = export_without("onnx", checkpoint, tmp_path / "sct.onnx")
-    assert result.returncode == cli.USAGE_ERROR
+    assert result.returncode == errors.USAGE_ERROR
     assert result.stderr.splitlines()[-1] == "error: exporting needs the onnx package: pip install -e '.[export]'"
     assert list(tmp_path.iterdir()) == []
 

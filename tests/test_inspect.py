@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import nn3d
-from mri2ct import cli, inspect
-from mri2ct.checkpoint import save_checkpoint
+from mri2ct import inspect
+from mri2ct.common import errors
+from mri2ct.training.checkpoint import save_checkpoint
 from mri2ct.data import generate_cohort, open_split
 from mri2ct.model import UNet3D
 
@@ -36,7 +37,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_table_lists_every_layer_and_the_figure_is_written(cohort, checkpoint, capsys):
-    cli.run(inspect.main, ["--checkpoint", checkpoint, "--data", cohort])
+    errors.run(inspect.main, ["--checkpoint", checkpoint, "--data", cohort])
     output = capsys.readouterr().out
     figure = os.path.join(os.path.dirname(checkpoint), "inspect.png")       # default: next to the checkpoint
     assert os.path.getsize(figure) > 10_000
@@ -102,7 +103,7 @@ def test_wrappers_are_removed_afterwards(cohort):
 def test_user_errors_are_one_line(flags, message, cohort, checkpoint, tmp_path, capsys):
     values = {"tmp": str(tmp_path), "cohort": cohort, "checkpoint": checkpoint}
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(inspect.main, [flag.format(**values) for flag in flags])
+        errors.run(inspect.main, [flag.format(**values) for flag in flags])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]

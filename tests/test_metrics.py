@@ -4,9 +4,9 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.util import crop
 
-from mri2ct import phantom
-from mri2ct.metrics import calculate_metrics
-from mri2ct.nifti import save_volume
+from mri2ct.data import phantom
+from mri2ct.inference.metrics import calculate_metrics
+from mri2ct.data.nifti import save_volume
 
 
 def synthrad_reference(pred, true, mask=None):

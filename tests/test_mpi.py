@@ -1,4 +1,4 @@
-"""Data parallelism over MPI (mri2ct/distributed.py), run as a user runs it: `mpiexec -n N python -m
+"""Data parallelism over MPI (mri2ct/common/distributed.py), run as a user runs it: `mpiexec -n N python -m
 mri2ct.train ...` in subprocesses, 2 and 3 ranks oversubscribing the 2 cores, one thread each.
 
 N ranks must end with the parameters of one process with --accumulate N (the same micro-batches,
@@ -20,9 +20,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mri2ct import cli, train
-from mri2ct.distributed import LAUNCHER_VARIABLES
-from mri2ct.checkpoint import load_checkpoint
+from mri2ct import train
+from mri2ct.common import errors
+from mri2ct.common.distributed import LAUNCHER_VARIABLES
+from mri2ct.training.checkpoint import load_checkpoint
 from mri2ct.data import generate_cohort, read_manifest
 
 # --clip 1000: no clipping. Clipping rescales the gradient and AdamW's update is nearly blind to its
@@ -133,7 +134,7 @@ def test_resume_with_other_ranks_or_accumulation_is_refused(cohort, runs, capsys
     for folder, flags, message in [(runs[2][1], ["--batch-size", "2"], "ranks = 2, this run has 1"),
                                    (runs[3][0], ["--accumulate", "2"], "accumulate = 3, this run has 2")]:
         with pytest.raises(SystemExit) as exit_info:
-            cli.run(train.main, ["--data", cohort, "--out", folder, *TINY, "--epochs", "2", "--resume", "latest",
+            errors.run(train.main, ["--data", cohort, "--out", folder, *TINY, "--epochs", "2", "--resume", "latest",
                                  *flags])
         assert exit_info.value.code == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
@@ -191,8 +192,8 @@ DISTRIBUTED_SCRIPT = """
 import sys, time
 import numpy as np
 from mpi4py import MPI
-from mri2ct import cli
-from mri2ct.distributed import MPIWorld
+from mri2ct.common import errors
+from mri2ct.common.distributed import MPIWorld
 world = MPIWorld(MPI.COMM_WORLD, wait_limit=2.0)
 with world.stop_all_on_error():
     if sys.argv[1] == "checksum":
@@ -219,8 +220,8 @@ def test_one_process_needs_no_mpi_and_a_mismatched_mpi_is_one_line():
     """A plain run never imports mpi4py. A launcher that says 2 processes where MPI sees 1 (mpi4py
     built for another MPI library) is refused before anything runs."""
     environment = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARIABLES}
-    check = "import sys; from mri2ct import distributed, infer, train; distributed.world(); " \
-            "assert 'mpi4py' not in sys.modules"
+    check = "import sys; from mri2ct import infer, train; from mri2ct.common import distributed; " \
+            "distributed.world(); assert 'mpi4py' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", check], env=environment, timeout=TIMEOUT).returncode == 0
     result = subprocess.run([sys.executable, "-m", "mri2ct.train", "--data", "nowhere"], capture_output=True,
                             text=True, env=dict(environment, OMPI_COMM_WORLD_SIZE="2"), timeout=TIMEOUT)

@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mri2ct.nifti import MAX_VOXELS, load_volume
-from mri2ct.orientation import to_ras
+from mri2ct.data.nifti import MAX_VOXELS, load_volume
+from mri2ct.data.orientation import to_ras
 
 
 def nifti_bytes(shape, affine=None):

@@ -3,7 +3,7 @@ view, one absurd voxel changes nothing, and the CT mapping is linear and inverti
 import numpy as np
 import pytest
 
-from mri2ct import phantom
+from mri2ct.data import phantom
 from mri2ct.data import figures, normalise
 from mri2ct.data.preprocess import compute_mask
 

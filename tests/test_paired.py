@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from mri2ct import cli, data, phantom
+from mri2ct import data
+from mri2ct.common import errors
+from mri2ct.data import phantom
 from mri2ct.data import cohort, folders, preprocess
 from mri2ct.data.__main__ import main
-from mri2ct.nifti import save_volume
-from mri2ct.orientation import to_ras
+from mri2ct.data.nifti import save_volume
+from mri2ct.data.orientation import to_ras
 
 PAIRED = dict(patients=4, seed=2, shape=(24, 28, 26), spacing=8.0, workers=1, layout="paired")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -233,7 +235,7 @@ def test_out_refuses_a_foreign_folder_and_keeps_an_identical_one(tmp_path, capsy
     (out / "notes.txt").write_text("mine")
     arguments = ["--out", str(out), "--patients", "1", "--shape", "16", "--spacing", "10", "--workers", "1"]
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(main, arguments)
+        errors.run(main, arguments)
     assert exit_info.value.code == 2
     assert "folder is not empty and does not hold this cohort" in capsys.readouterr().err
     assert os.listdir(out) == ["notes.txt"]
@@ -244,7 +246,7 @@ def test_out_refuses_a_foreign_folder_and_keeps_an_identical_one(tmp_path, capsy
     assert "nothing to do" in capsys.readouterr().out
     assert os.stat(out / "manifest.json").st_mtime_ns == stamp
     with pytest.raises(SystemExit):
-        cli.run(main, arguments[:-4] + ["--spacing", "9", "--workers", "1"])   # another cohort: refused
+        errors.run(main, arguments[:-4] + ["--spacing", "9", "--workers", "1"])   # another cohort: refused
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
 
 

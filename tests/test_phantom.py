@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mri2ct import phantom
+from mri2ct.data import phantom
 
 
 def make(seed, shape=32, spacing=6.0):

@@ -12,10 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from mri2ct.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mri2ct import cli, infer, train
+from mri2ct.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mri2ct import infer, train
+from mri2ct.common import errors
 from mri2ct.data import generate_cohort
-from mri2ct.folder_lock import lock_folder
+from mri2ct.training.folder_lock import lock_folder
 
 TINY = ["--features", "4", "8", "16", "32", "--threads", "1"]
 HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_mae_hu", "lr", "seconds"}
@@ -39,7 +40,7 @@ def run_train(data, out, *flags):
 def train_error(capsys, data, out, *flags):
     """Run the trainer in this process (faster than a subprocess) on bad input: its one-line error."""
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(train.main, ["--data", data, "--out", out, "--features", "4", "8", "16", "32", *flags])
+        errors.run(train.main, ["--data", data, "--out", out, "--features", "4", "8", "16", "32", *flags])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
@@ -175,7 +176,7 @@ def test_a_second_trainer_on_the_folder_is_refused(cohort, straight_run, capsys)
     before = {name: os.path.getmtime(os.path.join(out, name)) for name in os.listdir(out)}
     with lock_folder(out):
         with pytest.raises(SystemExit) as exit_info:
-            cli.run(train.main, ["--data", cohort, "--out", out, *TINY, "--epochs", "5", "--resume", "latest"])
+            errors.run(train.main, ["--data", cohort, "--out", out, *TINY, "--epochs", "5", "--resume", "latest"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {out} is in use by another run (it holds the lock .lock); wait for it to finish or choose "
@@ -196,11 +197,11 @@ def test_cohort_without_parameters_gives_a_checkpoint_infer_reads(cohort, tmp_pa
     out.mkdir()
     stray = out / f".latest.npz.{dead_pid}.abcd1234.tmp-latest.npz"
     stray.write_bytes(b"")
-    cli.run(train.main, ["--data", str(data), "--out", str(out), *TINY, "--epochs", "1"])
+    errors.run(train.main, ["--data", str(data), "--out", str(out), *TINY, "--epochs", "1"])
     assert not stray.exists()
     assert {key: load_checkpoint(out / "final.npz")["config"][key] for key in ("shape", "spacing")} == \
         {"shape": 32, "spacing": 6.0}
     patient = manifest["split"]["test"][0]
-    cli.run(infer.main, ["--checkpoint", str(out / "final.npz"), "--input", str(data / patient / "mr.nii.gz"),
+    errors.run(infer.main, ["--checkpoint", str(out / "final.npz"), "--input", str(data / patient / "mr.nii.gz"),
                          "--output", str(tmp_path / "sct.nii.gz"), "--threads", "1"])
     assert os.path.exists(tmp_path / "sct.nii.gz")

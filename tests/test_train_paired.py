@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from mri2ct import cli, evaluate, train
-from mri2ct.checkpoint import load_checkpoint
+from mri2ct import evaluate, train
+from mri2ct.common import errors
+from mri2ct.training.checkpoint import load_checkpoint
 from mri2ct.data import PatientSet, generate_cohort, open_data_folder, read_scan
 
 TINY = ["--features", "4", "8", "16", "32", "--threads", "1", "--patch", "16", "--batch-size", "2"]
@@ -76,7 +77,7 @@ def test_resume_gives_the_uninterrupted_run(pairs, run, tmp_path):
 def test_evaluate_on_the_original_grids(pairs, run, tmp_path, capsys):
     out, _ = run
     csv_path = tmp_path / "metrics.csv"
-    cli.run(evaluate.main, ["--checkpoint", os.path.join(out, "final.npz"), "--data", pairs,
+    errors.run(evaluate.main, ["--checkpoint", os.path.join(out, "final.npz"), "--data", pairs,
                             "--out", str(csv_path), "--threads", "1"])
     with open(csv_path) as file:
         rows = list(csv.DictReader(file))
@@ -114,7 +115,7 @@ def test_prediction_comes_back_to_the_file_grid(pairs):
 
 def test_whole_volume_training_needs_one_shape(pairs, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        cli.run(train.main, ["--data", pairs, "--out", str(tmp_path / "out"), "--features", "4", "8", "16",
+        errors.run(train.main, ["--data", pairs, "--out", str(tmp_path / "out"), "--features", "4", "8", "16",
                              "32", "--epochs", "1"])
     assert "train on patches (--patch N)" in capsys.readouterr().err
 
@@ -134,6 +135,6 @@ def test_split_file_is_used_and_checked(pairs, tmp_path, capsys):
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": ["patient_000"], "val": ["patient_404"], "test": []}))
     with pytest.raises(SystemExit):
-        cli.run(train.main, ["--data", pairs, "--out", str(tmp_path / "out"), "--split", str(split),
+        errors.run(train.main, ["--data", pairs, "--out", str(tmp_path / "out"), "--split", str(split),
                              "--patch", "16", "--epochs", "1"])
     assert "val patient 'patient_404' is not a patient folder of" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""mri2ct.train_step: the one training step is the textbook sequence, bit for bit, and its two halves
+"""mri2ct.training.step: the one training step is the textbook sequence, bit for bit, and its two halves
 compose into gradient accumulation (K micro-batches with grad_scale 1/K = one batch of K);
 accumulated_step weighs micro-batches of unequal size by their samples and gives BatchNorm's running
 statistics one update per step with the micro-batches' mean statistics."""
@@ -7,7 +7,7 @@ import pytest
 
 import nn3d
 from mri2ct.model import UNet3D
-from mri2ct.train_step import accumulated_step, forward_backward, optimizer_step, train_step
+from mri2ct.training.step import accumulated_step, forward_backward, optimizer_step, train_step
 
 FEATURES = (4, 8, 16, 32)
 

@@ -1,8 +1,10 @@
 """The data pipeline, in the order data flows through it:
 
-    phantom (mri2ct.phantom)   a synthetic patient: paired T1 MR and CT, tissue labels, mask
+    phantom.py                 a synthetic patient: paired T1 MR and CT, tissue labels, mask
     cohort.py                  synthetic patients written to disk (the cohort, or a paired folder)
+    nifti.py                   one volume read (header checked first) or written, atomically
     folders.py                 a folder of paired scans read back: cohort or SynthRAD-style, .nii/.mha
+    orientation.py             a volume's axes put in RAS order and back, without interpolation
     preprocess.py              RAS axes, resampled to the training spacing, CT clipped, mask; cached
     normalise.py               what the network sees: MR / white-matter peak, CT / 1000
     dataset.py                 the patients of a split and the seeded plan of each step's (patch) batch

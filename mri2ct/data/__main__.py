@@ -10,7 +10,7 @@ the documentation figures.
 import argparse
 import time
 
-from mri2ct import cli
+from mri2ct.common import errors
 from mri2ct.data.cohort import LAYOUTS, generate_cohort
 from mri2ct.data.stats import format_statistics, tissue_statistics
 
@@ -81,4 +81,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    errors.run(main)

@@ -1,4 +1,4 @@
-"""Write synthetic patients (mri2ct.phantom) to disk, in one of two layouts.
+"""Write synthetic patients (phantom.py) to disk, in one of two layouts.
 
 layout "cohort" (`python -m mri2ct.data --out DIR`): the project's own training set
 
@@ -6,7 +6,7 @@ layout "cohort" (`python -m mri2ct.data --out DIR`): the project's own training 
     DIR/patient_000/mr.nii.gz      T1 signal, float32, arbitrary scanner units
                    /ct.nii.gz      Hounsfield units, int16
                    /mask.nii.gz    head mask (dilated), uint8
-                   /labels.nii.gz  tissue labels (mri2ct.phantom constants), uint8
+                   /labels.nii.gz  tissue labels (phantom.py constants), uint8
     all four with the same RAS affine, shape^3 voxels of `spacing` mm.
 
 layout "paired" (`--layout paired`): what a real paired data set looks like (SynthRAD2023), to test
@@ -36,10 +36,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from mri2ct import phantom
-from mri2ct.data import streams
+from mri2ct.data import phantom, streams
 from mri2ct.data.folders import MANIFEST, split_ids
-from mri2ct.nifti import save_volume
+from mri2ct.data.nifti import save_volume
 
 VOLUME_FILES = ("mr", "ct", "mask", "labels")
 LAYOUTS = ("cohort", "paired")

@@ -3,7 +3,8 @@
     python -m mri2ct.data --figure docs/patient_slices.png               patient 0 of the default cohort
     python -m mri2ct.data --figure-normalisation docs/mr_normalisation.png
 
-Slices are drawn as mri2ct.visualize draws them (radiological convention, aspect from the spacing).
+Slices are drawn as mri2ct.visualize draws them (common/drawing.py: radiological convention, aspect
+from the spacing).
 """
 import os
 
@@ -12,11 +13,10 @@ import nibabel as nib
 import numpy as np
 from matplotlib.colors import ListedColormap
 
-from mri2ct import phantom
-from mri2ct.data import streams
+from mri2ct.common.drawing import CT_WINDOW, VIEWS, central_slices, draw_edge_letters, save_figure
+from mri2ct.data import phantom, streams
 from mri2ct.data.normalise import foreground_histogram, normalise_mr, white_matter_peak
 from mri2ct.data.preprocess import compute_mask
-from mri2ct.visualize import CT_WINDOW, EDGE_LETTERS, EDGE_POSITIONS, VIEWS, central_slices, save_figure
 
 LABEL_COLOURS = ["black", "#d9a079", "#f2e15a", "white", "#aaaaaa", "#3a7bd5", "#777777", "#e8e8e8",
                  "#9b59b6", "#2ecc71", "#e74c3c"]
@@ -43,9 +43,7 @@ def patient_figure(path):
             panel = axes[row, column]
             shown = panel.imshow(image, cmap=colours, vmin=low, vmax=high, origin="lower", aspect="equal",
                                  extent=(0, width, 0, height), interpolation="nearest")   # millimetres
-            for (x, y, align), letter in zip(EDGE_POSITIONS, EDGE_LETTERS[VIEWS[column]]):
-                panel.text(x, y, letter, transform=panel.transAxes, color="yellow", fontsize=8,
-                           ha=align[0], va=align[1])
+            draw_edge_letters(panel, VIEWS[column])
             panel.set_xticks([]), panel.set_yticks([])
             if row == 0:
                 panel.set_title(VIEWS[column])

@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from mri2ct.data.streams import SPLIT, generator
-from mri2ct.nifti import check_same_grid, load_volume
+from mri2ct.data.nifti import check_same_grid, load_volume
 
 MANIFEST = "manifest.json"
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".mha")

@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from mri2ct.data.folders import read_scan
 from mri2ct.data.normalise import normalise_mr
-from mri2ct.orientation import to_ras
+from mri2ct.data.orientation import to_ras
 
 PREPROCESS_VERSION = 1          # bump when any step above changes: old cache entries stop matching
 CT_RANGE_HU = (-1024.0, 3000.0)

@@ -1,8 +1,8 @@
 """Per-tissue statistics of a synthetic cohort (`python -m mri2ct.data --stats DIR`): what the phantom
-actually produced, to compare with the tissue values it was asked for (mri2ct.phantom)."""
+actually produced, to compare with the tissue values it was asked for (phantom.py)."""
 import numpy as np
 
-from mri2ct import phantom
+from mri2ct.data import phantom
 from mri2ct.data.folders import open_data_folder, read_scan
 
 

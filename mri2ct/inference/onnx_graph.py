@@ -26,10 +26,9 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 from mri2ct import __version__
-from mri2ct.checkpoint import training_frame
 from mri2ct.data.normalise import (FOREGROUND, HISTOGRAM_BINS, HISTOGRAM_SMOOTHING, HU_SCALE, MR_MAX,
                                    UPPER_PERCENTILE)
-from mri2ct.predict import GAUSSIAN_SIGMA, HU_RANGE, MIN_BLEND_WEIGHT, MR_CLIP_PERCENTILES, WINDOW_OVERLAP
+from mri2ct.inference.sliding_window import GAUSSIAN_SIGMA, HU_RANGE, MIN_BLEND_WEIGHT, MR_CLIP_PERCENTILES, WINDOW_OVERLAP
 from nn3d.batchnorm_folding import folded_weight_and_bias
 
 OPSET = 17
@@ -110,10 +109,10 @@ def unet_graph(model):
                              [volume(OUTPUT, model.out_channels)], initializer=graph.weights)
 
 
-def deployment_metadata(state, path):
-    """{key: JSON string} of what `mri2ct.infer` does around the network, for the checkpoint `state` read
-    from `path`: the training frame from its config, everything else from the code's constants."""
-    window, spacing = training_frame(state, path)
+def deployment_metadata(state, window, spacing):
+    """{key: JSON string} of what `mri2ct.infer` does around the network, for the checkpoint `state`
+    whose training frame is (window, spacing) (mri2ct.training.checkpoint.training_frame); everything
+    else from the code's constants."""
     normalisation = {"scale": "white-matter peak of the MR inside a head mask "
                               "(mri2ct.data.normalise.white_matter_peak, mri2ct.data.preprocess.compute_mask)",
                      "clip": [0.0, MR_MAX], "foreground": FOREGROUND, "upper_percentile": UPPER_PERCENTILE,
@@ -135,14 +134,15 @@ def deployment_metadata(state, path):
     return {key: json.dumps(value) for key, value in metadata.items()}
 
 
-def unet_model(model, state, path):
-    """The ModelProto of `model` (UNet3D in eval mode, loaded from the checkpoint `state` read from
-    `path`), with its deployment metadata; IR version the oldest that opset 17 allows."""
+def unet_model(model, state, window, spacing):
+    """The ModelProto of `model` (UNet3D in eval mode, loaded from the checkpoint `state` whose training
+    frame is (window, spacing)), with its deployment metadata; IR version the oldest that opset 17
+    allows."""
     onnx_model = helper.make_model_gen_version(
         unet_graph(model), opset_imports=[helper.make_opsetid("", OPSET)], producer_name=PRODUCER,
         producer_version=__version__,
         doc_string="mri2ct UNet3D: normalised T1 MR (N, 1, D, H, W), D, H, W multiples of 8 -> CT / hu_scale")
-    helper.set_model_props(onnx_model, deployment_metadata(state, path))
+    helper.set_model_props(onnx_model, deployment_metadata(state, window, spacing))
     return onnx_model
 
 

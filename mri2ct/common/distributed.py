@@ -23,7 +23,7 @@ MPI). If the launcher says N processes and MPI sees another number, mpi4py was b
 library than the launcher's, and every process would train alone into the same folder: a RunError.
 
 Failures. A Python error on one rank would leave the others waiting forever in their next
-collective, so under MPI `stop_all_on_error` prints the error's one line (cli.report) and calls
+collective, so under MPI `stop_all_on_error` prints the error's one line (errors.report) and calls
 MPI_Abort, which ends every rank (MPICH adds a line of its own naming the rank). A rank killed
 outright (kill -9, out of memory) is noticed by the launcher, which ends the others (hydra, Open
 MPI's mpirun and srun all do). In case a launcher does not, no rank waits in a collective for more
@@ -45,8 +45,8 @@ import warnings
 
 import numpy as np
 
-from mri2ct import cli
-from mri2ct.cli import RunError
+from mri2ct.common import errors
+from mri2ct.common.errors import RunError
 
 # Environment variables by which launchers tell a process it is one of several; those with a size.
 LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "MV2_COMM_WORLD_SIZE",
@@ -204,11 +204,11 @@ class MPIWorld:
     @contextlib.contextmanager
     def stop_all_on_error(self):
         """Inside the block, an exception on this rank prints its one line (or its traceback, for a
-        bug) and ends every rank with MPI_Abort, with the exit status cli.run would give."""
+        bug) and ends every rank with MPI_Abort, with the exit status errors.run would give."""
         try:
             yield
         except BaseException as error:       # noqa: B036 - any way out of this rank must end the job
-            status = cli.report(error)
+            status = errors.report(error)
             if status is None:
                 status = error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1
                 if not isinstance(error, SystemExit):
@@ -250,4 +250,4 @@ class MPIWorld:
             watched = self._watched
             if watched is not None and time.monotonic() > watched[1]:
                 print(f"error: {self._too_long(watched[0], self.wait_limit)}", file=sys.stderr, flush=True)
-                self.communicator.Abort(cli.RUN_ERROR)
+                self.communicator.Abort(errors.RUN_ERROR)

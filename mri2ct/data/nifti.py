@@ -20,7 +20,7 @@ import os
 import nibabel as nib
 import numpy as np
 
-from mri2ct.atomic import atomic_path
+from mri2ct.common.atomic import atomic_path
 
 AFFINE_TOLERANCE_MM = 1e-3  # affines closer than this (element-wise) describe the same grid
 MAX_VOXELS = 512 ** 3       # largest volume read: 134 M voxels, 512 MB as float32

@@ -17,7 +17,7 @@ so a checkpoint from an untrusted source cannot run code, and plain NumPy reads 
 
 JSON has no tuples, no non-string dict keys and no NumPy scalars; those get tags too
 ({"__tuple__": [...]}, {"__items__": [[key, value], ...]}, {"__scalar__": entry}) so that loading
-gives back exactly what was saved. Files are written atomically (see `atomic.py`).
+gives back exactly what was saved. Files are written atomically (see `common/atomic.py`).
 """
 import json
 import math
@@ -26,8 +26,8 @@ import zipfile
 
 import numpy as np
 
-from .atomic import atomic_path
-from .model import UNet3D
+from mri2ct.common.atomic import atomic_path
+from mri2ct.model import UNet3D
 
 FORMAT = "mri2ct-checkpoint-v1"
 ZIP_MAGIC = b"PK\x03\x04"           # an .npz file is a zip archive

@@ -22,7 +22,7 @@ import os
 import numpy as np
 from scipy.ndimage import uniform_filter
 
-from mri2ct.nifti import load_volume
+from mri2ct.data.nifti import load_volume
 
 HU_RANGE = (-1024.0, 3000.0)
 DATA_RANGE = HU_RANGE[1] - HU_RANGE[0]  # 4024

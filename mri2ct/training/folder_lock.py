@@ -14,7 +14,7 @@ import contextlib
 import fcntl
 import os
 
-from mri2ct.cli import RunError
+from mri2ct.common.errors import RunError
 
 LOCK_FILE = ".lock"
 

@@ -1,10 +1,10 @@
-"""What the command-line tools share: every failure the user can cause is one line, never a traceback.
+"""How the commands end: every failure the user can cause is one line, never a traceback.
 
 Each tool has a `main(argv=None)` that parses its flags and does the work, raising exceptions, and
 ends with
 
     if __name__ == "__main__":
-        cli.run(main)
+        errors.run(main)
 
 `run` turns what reaches it into one line on stderr and an exit status:
 
@@ -71,14 +71,3 @@ def report(error):
         return RUN_ERROR
     return None
 
-
-def add_threads_argument(parser, note=""):
-    """The shared --threads flag (Numba threads; nn3d.set_num_threads(args.threads) applies it)."""
-    parser.add_argument("--threads", type=int, default=None,
-                        help="Numba threads (default: all cores)" + (f"; {note}" if note else ""))
-
-
-def add_cache_argument(parser):
-    """The shared --cache flag: where preprocessed scans are kept (mri2ct/data/preprocess.py)."""
-    parser.add_argument("--cache", metavar="DIR",
-                        help="folder for the preprocessed scans (default: $MRI2CT_CACHE or ~/.cache/mri2ct)")

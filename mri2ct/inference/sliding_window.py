@@ -1,7 +1,7 @@
 """Synthetic CT for a whole MR volume: the one prediction path that train, evaluate and infer share.
 
 The network was trained on cubes of one size (the window, e.g. 64^3) at one spacing (e.g. 3 mm) in
-RAS axis order. `synthesize_ct` brings an MR volume (already in RAS order, see orientation.py) to that
+RAS axis order. `synthesize_ct` brings an MR volume (already in RAS order, see data/orientation.py) to that
 frame, predicts it window by window, and brings the result back:
 
     1. clip the MR to a robust range, [0.1th, 99.9th percentile]: one absurd voxel (3e38 in a
@@ -23,7 +23,7 @@ training spacing.
 import numpy as np
 
 import nn3d
-from mri2ct.cli import RunError
+from mri2ct.common.errors import RunError
 from mri2ct.data import net_to_hu, normalise_mr
 from mri2ct.data.preprocess import check_grid, compute_mask, resample, shape_at_spacing
 
