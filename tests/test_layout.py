@@ -8,7 +8,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "mri2ct")
-COMMANDS = ("train", "evaluate", "infer", "inspect", "visualize")
+COMMANDS = ("train", "evaluate", "infer", "inspect", "visualize", "export")
 # What each part of mri2ct may import from mri2ct (itself always).
 MAY_IMPORT = {
     "common": set(),
