@@ -53,9 +53,9 @@ def imported_modules(path):
 
 def part(module):
     """The part of mri2ct a dotted name belongs to: 'data', 'training', ..., 'commands'; None for
-    the package itself."""
+    the package itself and its version (mri2ct/__init__.py imports nothing)."""
     names = module.split(".")
-    if len(names) == 1:
+    if len(names) == 1 or names[1] == "__version__":
         return None
     return "commands" if names[1] in COMMANDS else names[1]
 
