@@ -1,0 +1,100 @@
+"""The harness of the hostile-input suites (tests/test_hostile_*.py): a table of cases, each a command
+as a careless or hostile user types it, the exit status it must end with, what its one line on stderr
+must say, and which files must be byte-for-byte unchanged afterwards.
+
+    Case("rgb24 MR to infer",
+         ["mri2ct.infer", "--checkpoint", "{checkpoint}", "--input", "{case}/rgb.nii.gz",
+          "--output", "{case}/sct.nii.gz"],
+         exit=2, says=r"rgb\\.nii\\.gz.*RGB", unchanged=["{case}/rgb.nii.gz"], absent=["{case}/sct.nii.gz"],
+         setup=write_rgb24)
+
+`{case}` is the case's own empty folder; `setup(folder, files)` writes what the case needs into it and
+may add names for the command's template (`files` holds the shared ones, e.g. `{checkpoint}`, made
+once per session by the suite's fixtures). A case runs in-process (the module's `main` through
+mri2ct.common.errors.run, as `python -m` would: fast, no interpreter start-up per case) unless
+`process=True`, which runs `python -m` in a subprocess (signals, memory limits, process groups).
+"""
+import contextlib
+import hashlib
+import importlib
+import io
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from mri2ct.common import errors
+
+
+@dataclass
+class Case:
+    name: str
+    command: list                       # ["mri2ct.X", flags...]: the module and its argv, templated
+    exit: int                           # the exit status it must end with (0, 1, 2, 130, 143)
+    says: str = ""                      # a regex the stderr line must match (the file or flag and the cause)
+    unchanged: list = field(default_factory=list)   # paths whose bytes must not change
+    absent: list = field(default_factory=list)      # paths that must not exist afterwards
+    setup: object = None                # setup(folder, files) -> dict of extra template names, or None
+    process: bool = False               # run `python -m` in a subprocess
+    timeout: float = 300
+
+    def __str__(self):
+        return self.name
+
+
+def fingerprint(path):
+    """The bytes of a file (sha256), or of every file below a folder, or None if it does not exist."""
+    if os.path.isdir(path):
+        return {os.path.relpath(os.path.join(root, name), path): fingerprint(os.path.join(root, name))
+                for root, _, names in os.walk(path) for name in names}
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()
+
+
+def run_in_process(module, argv):
+    """(exit status, stderr) of `python -m module argv...` run in this process."""
+    main = importlib.import_module(module if not module.endswith(".data") else module + ".__main__").main
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            errors.run(main, argv)
+            status = 0
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return status, stderr.getvalue()
+
+
+def run_in_subprocess(module, argv, timeout):
+    result = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True,
+                            timeout=timeout, stdin=subprocess.DEVNULL)
+    return result.returncode, result.stderr
+
+
+def check_case(case, folder, files):
+    """Run `case` in `folder` (empty) with the shared `files` and assert everything it promises."""
+    names = dict(files, case=str(folder))
+    if case.setup is not None:
+        names.update(case.setup(str(folder), names) or {})
+    module, *argv = [part.format(**names) for part in case.command]
+    watched = {path.format(**names): None for path in case.unchanged}
+    for path in watched:
+        watched[path] = fingerprint(path)
+    if case.process:
+        status, stderr = run_in_subprocess(module, argv, case.timeout)
+    else:
+        status, stderr = run_in_process(module, argv)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert status == case.exit, f"{case.name}: exit {status}, expected {case.exit}; stderr:\n{stderr}"
+    if case.exit != 0:
+        assert "Traceback" not in stderr, f"{case.name}: a traceback:\n{stderr}"
+        error_lines = [line for line in lines if line.startswith(("error:", "interrupted", "terminated"))]
+        assert len(error_lines) == 1, f"{case.name}: expected one error line, got:\n{stderr}"
+        assert re.search(case.says, error_lines[0]), \
+            f"{case.name}: {error_lines[0]!r} does not match {case.says!r}"
+    for path, before in watched.items():
+        assert fingerprint(path) == before, f"{case.name}: {path} changed"
+    for path in case.absent:
+        assert not os.path.exists(path.format(**names)), f"{case.name}: {path.format(**names)} was written"
