@@ -119,7 +119,7 @@ def main(argv=None):
     window, train_spacing = training_frame(state, args.checkpoint)
     folder = open_data_folder(args.data)
     if args.split_file or state["config"].get("split") is None:
-        splits = choose_split(folder, state["config"].get("seed", 0), args.split_file)
+        splits = choose_split(folder, state["config"].get("seed", 0), args.split_file, "--split-file")
     else:
         splits = state["config"]["split"]
     if args.split not in splits:

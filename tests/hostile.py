@@ -32,9 +32,11 @@ class Case:
     name: str
     command: list                       # ["mri2ct.X", flags...]: the module and its argv, templated
     exit: int                           # the exit status it must end with (0, 1, 2, 130, 143)
-    says: str = ""                      # a regex the stderr line must match (the file or flag and the cause)
+    says: str = ""                      # a regex the stderr line must match (the file or flag and the cause);
+                                        # with exit 0, a regex some stderr line (a warning) must match
     unchanged: list = field(default_factory=list)   # paths whose bytes must not change
     absent: list = field(default_factory=list)      # paths that must not exist afterwards
+    present: list = field(default_factory=list)     # paths that must exist afterwards (e.g. the other scans' outputs)
     setup: object = None                # setup(folder, files) -> dict of extra template names, or None
     process: bool = False               # run `python -m` in a subprocess
     timeout: float = 300
@@ -94,7 +96,12 @@ def check_case(case, folder, files):
         assert len(error_lines) == 1, f"{case.name}: expected one error line, got:\n{stderr}"
         assert re.search(case.says, error_lines[0]), \
             f"{case.name}: {error_lines[0]!r} does not match {case.says!r}"
+    elif case.says:
+        assert any(re.search(case.says, line) for line in lines), \
+            f"{case.name}: no stderr line matches {case.says!r}:\n{stderr}"
     for path, before in watched.items():
         assert fingerprint(path) == before, f"{case.name}: {path} changed"
     for path in case.absent:
         assert not os.path.exists(path.format(**names)), f"{case.name}: {path.format(**names)} was written"
+    for path in case.present:
+        assert os.path.exists(path.format(**names)), f"{case.name}: {path.format(**names)} is missing"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import nn3d
-from mri2ct import evaluate, infer, visualize
+from mri2ct import __version__, evaluate, infer, visualize
 from mri2ct.common import drawing, errors
 from mri2ct.data.preprocess import resample
 from mri2ct.inference import sliding_window
@@ -94,6 +94,7 @@ def test_infer_non_cubic_scan_with_other_spacing_and_orientation(patient, checkp
     affine[:3, 3] = (90.0, -91.0, -98.0)
     source = nib.Nifti1Image(mr, affine)
     source.header["descrip"] = b"test scan"
+    source.header["intent_name"] = b"head"
     nib.save(source, tmp_path / "mr.nii.gz")
 
     output = tmp_path / "sct.nii.gz"
@@ -103,7 +104,8 @@ def test_infer_non_cubic_scan_with_other_spacing_and_orientation(patient, checkp
     written = nib.load(output)
     assert written.shape == (40, 52, 28) and written.get_data_dtype() == np.float32
     np.testing.assert_allclose(written.affine, affine)
-    assert written.header["descrip"].tobytes().rstrip(b"\0") == b"test scan"
+    assert written.header["descrip"].tobytes().rstrip(b"\0") == b"mri2ct.infer " + __version__.encode()  # marked
+    assert written.header["intent_name"].tobytes().rstrip(b"\0") == b"head"        # the rest of the header is the input's
     sct = np.asarray(written.dataobj)
     assert np.isfinite(sct).all() and sct.std() > 0
     assert sorted(os.listdir(tmp_path)) == ["mr.nii.gz", "sct.nii.gz"]  # no temporary file left
@@ -345,13 +347,13 @@ def test_written_sct_is_clipped_to_the_hu_range(patient, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("spacing, message", [
-    (0.01, "input MR voxel size 0.01 x 0.01 x 0.01 mm is outside the supported 0.1-10.0 mm"),
-    (100.0, "input MR voxel size 100 x 100 x 100 mm is outside the supported 0.1-10.0 mm"),
+    (0.01, "voxel size 0.01 x 0.01 x 0.01 mm is outside the supported 0.1-10.0 mm"),
+    (100.0, "voxel size 100 x 100 x 100 mm is outside the supported 0.1-10.0 mm"),
 ])
 def test_voxel_sizes_outside_the_range_are_refused(spacing, message, patient, checkpoint, tmp_path, capsys):
     scan = scan_with(patient, tmp_path, "scan.nii.gz", affine=np.diag([spacing] * 3 + [1.0]))
     code, _, err = infer_cli(checkpoint, scan, tmp_path / "sct.nii.gz", capsys)
-    assert one_line_error(code, err) == f"error: {message}"
+    assert one_line_error(code, err) == f"error: input MR {scan}: {message}"
     assert not (tmp_path / "sct.nii.gz").exists()
 
 
@@ -359,14 +361,15 @@ def test_resampled_grid_over_the_budget_is_refused(patient, tmp_path, capsys):
     """A model trained at 0.2 mm asked for a 32^3 scan at 6 mm: 960^3 voxels, refused before resampling."""
     fine = tiny_checkpoint(tmp_path, "fine.npz", spacing=0.2)
     code, _, err = infer_cli(fine, os.path.join(patient, "mr.nii.gz"), tmp_path / "sct.nii.gz", capsys)
-    assert one_line_error(code, err) == ("error: input MR covers 960 x 960 x 960 voxels at the training "
-                                         "spacing, more than the limit of 32,768,000")
+    scan = os.path.join(patient, "mr.nii.gz")
+    assert one_line_error(code, err) == (f"error: input MR {scan}: the scan covers 960 x 960 x 960 voxels at "
+                                         f"the training spacing, more than the limit of 32,768,000")
 
 
 @pytest.mark.parametrize("config, message", [
     ({"shape": None}, "checkpoint config has no shape; it cannot be used for prediction"),
-    ({"spacing": -6.0}, "checkpoint config has an invalid training shape 32 or spacing -6.0"),
-    ({"shape": 30}, "checkpoint config has an invalid training shape 30 or spacing 6.0"),
+    ({"spacing": -6.0}, "checkpoint config field 'spacing' is -6.0, expected a positive number of mm, or three"),
+    ({"shape": 30}, "checkpoint config field 'shape' is 30, expected a multiple of 8 up to 320, or three"),
 ])
 def test_incomplete_checkpoint_config_is_one_line(config, message, patient, tmp_path, capsys):
     bad = tiny_checkpoint(tmp_path, "bad.npz", **config)
@@ -390,8 +393,8 @@ def test_zero_spacing_affine_is_one_line(patient, checkpoint, tmp_path, capsys):
     scan = tmp_path / "flat.nii"
     scan.write_bytes(header.binaryblock + raw[len(header.binaryblock):])
     code, _, err = infer_cli(checkpoint, scan, tmp_path / "sct.nii.gz", capsys)
-    assert one_line_error(code, err).startswith(f"error: input MR {scan}: degenerate affine, voxel sizes "
-                                                f"6 x 0 x 6 mm")
+    assert one_line_error(code, err) == (f"error: input MR {scan}: voxel size 6 x 0 x 6 mm is outside the "
+                                         f"supported 0.1-10.0 mm")
 
 
 def test_infer_reads_the_input_once(patient, checkpoint, tmp_path, capsys, monkeypatch):

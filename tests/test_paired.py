@@ -130,7 +130,7 @@ def test_native_spacing_and_default_split(pairs, tmp_path):
     path = tmp_path / "split.json"
     path.write_text(json.dumps({"train": ["patient_000"], "val": ["patient_002"], "test": []}))
     assert data.choose_split(folder, 4, str(path))["train"] == ["patient_000"]
-    path.write_text(json.dumps({"train": ["patient_009"], "val": []}))
+    path.write_text(json.dumps({"train": ["patient_009"], "val": [], "test": []}))
     with pytest.raises(ValueError, match="train patient 'patient_009' is not a patient folder of"):
         data.choose_split(folder, 4, str(path))
 
@@ -179,8 +179,8 @@ def test_absurd_voxel_size_is_refused(pairs, tmp_path):
         image = nib.load(folder.paths["patient_000"][kind])
         save_volume(folder.paths["patient_000"][kind], np.asarray(image.dataobj),
                     np.diag([20.0, 20.0, 20.0, 1.0]))
-    with pytest.raises(ValueError, match=r"MR of patient_000 voxel size 20 x 20 x 20 mm is outside the "
-                                         r"supported 0.1-10.0 mm"):
+    with pytest.raises(ValueError, match=r"MR .*patient_000/mr.nii.gz: voxel size 20 x 20 x 20 mm is outside "
+                                         r"the supported 0.1-10.0 mm"):
         data.load_patient(data.open_data_folder(root), "patient_000", 8.0, str(tmp_path / "cache"))
 
 

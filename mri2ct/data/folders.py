@@ -14,23 +14,27 @@ ignored. A cohort written by `python -m mri2ct.data --out` is such a folder too,
     scan = read_scan(folder, "1BA001")         # Scan: arrays in file order + the shared affine
 
 Every problem is one line naming the folder or file: a subfolder without an MR or a CT, unreadable
-files, grids that disagree, a folder with no patients at all.
+files (every image is checked where it is read: nifti.py, and the same checks for `.mha`), an MR
+that is not positive or a CT without air (normalise.check_mr, check_ct), an empty mask (a mask is
+"> 0 inside", whatever its voxel type), grids that disagree, a folder with no patients at all, a
+split that is not {"train", "val", "test"} lists of known, distinct patients (`check_split`).
 """
 import json
 import os
 from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 
+from mri2ct.data.normalise import check_ct, check_mr
 from mri2ct.data.streams import SPLIT, generator
-from mri2ct.data.nifti import check_same_grid, load_volume
+from mri2ct.data.nifti import check_geometry, check_same_grid, check_values, check_voxel_type, load_volume, open_image
 
 MANIFEST = "manifest.json"
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".mha")
 REQUIRED = ("mr", "ct")
 OPTIONAL = ("mask", "labels")
 SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}  # train gets the rest: 70/15/15
+SPLIT_PARTS = ("train", "val", "test")          # a split has exactly these, each a list of patient ids
 DEFAULT_SPACING_MM = 1.5   # training spacing when the scans are not all isotropic at one spacing
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # ITK's world frame is LPS, NIfTI's (and ours) RAS
 
@@ -49,9 +53,10 @@ class Scan:
     id: str
     mr: np.ndarray        # (X, Y, Z) float32, scanner units
     ct: np.ndarray        # (X, Y, Z) float32, HU (scale factors applied)
-    mask: np.ndarray      # (X, Y, Z) uint8 or None when the folder has no mask
+    mask: np.ndarray      # (X, Y, Z) uint8, 1 where the file is > 0; None when the folder has no mask
     labels: np.ndarray    # (X, Y, Z) uint8 or None (only synthetic cohorts have labels)
     affine: np.ndarray    # (4, 4) voxel -> RAS mm
+    paths: dict           # {"mr": path, "ct": path, ...}: the files, for messages
 
 
 def find_scan(folder, name):
@@ -76,6 +81,7 @@ def read_manifest(root):
         raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("split"), dict):
         raise ValueError(f"{path}: not a cohort manifest (no 'split' entry)")
+    check_split(manifest["split"], f"{path} split")
     return manifest
 
 
@@ -123,43 +129,55 @@ def simpleitk(path):
 
 
 def read_image(path, name, dtype=np.float32):
-    """(array (X, Y, Z) of dtype, affine (4, 4) voxel -> RAS mm) of a NIfTI or MetaImage file."""
+    """(array (X, Y, Z) of dtype, affine (4, 4) voxel -> RAS mm) of a NIfTI or MetaImage file, checked
+    as nifti.py checks every image."""
     if not path.endswith(".mha"):
         return load_volume(path, name, dtype)
+    what = f"{name} {path}"
     sitk = simpleitk(path)
     try:
         image = sitk.ReadImage(path)
     except RuntimeError as error:
-        raise ValueError(f"{name} {path}: not a readable MetaImage file ({str(error).strip().splitlines()[-1]})") \
+        raise ValueError(f"{what}: not a readable MetaImage file ({str(error).strip().splitlines()[-1]})") \
             from None
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{name} {path}: {image.GetDimension()}-D image with "
+        raise ValueError(f"{what}: {image.GetDimension()}-D image with "
                          f"{image.GetNumberOfComponentsPerPixel()} components, expected a 3-D volume")
-    data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)         # ITK arrays are (Z, Y, X)
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        raise ValueError(f"{name} {path}: {int(np.count_nonzero(~np.isfinite(data)))} NaN or infinite voxels")
     # ITK: world_LPS = origin + direction @ diag(spacing) @ index; NIfTI wants world_RAS.
     affine_lps = np.eye(4)
     affine_lps[:3, :3] = np.reshape(image.GetDirection(), (3, 3)) * np.asarray(image.GetSpacing())
     affine_lps[:3, 3] = image.GetOrigin()
-    return data.astype(dtype, copy=False), LPS_TO_RAS @ affine_lps
+    affine = LPS_TO_RAS @ affine_lps
+    check_geometry(affine, what)
+    data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)         # ITK arrays are (Z, Y, X)
+    check_voxel_type(data.dtype, image.GetPixelIDTypeAsString(), what)
+    check_values(data, what, data.dtype.kind)
+    return data.astype(dtype, copy=False), affine
 
 
 def read_scan(folder, patient):
-    """Scan of one patient of a DataFolder: the files read, checked to share one grid."""
+    """Scan of one patient of a DataFolder: the files read, checked (plausible MR and CT, a mask that
+    is not empty) and checked to share one grid."""
     paths = folder.paths[patient]
     mr, affine = read_image(paths["mr"], "MR")
+    check_mr(mr, f"MR {paths['mr']}")
     ct, ct_affine = read_image(paths["ct"], "CT")
+    check_ct(ct, f"CT {paths['ct']}")
     grid = [(paths["mr"], mr, affine), (paths["ct"], ct, ct_affine)]
     extra = {}
-    for kind in OPTIONAL:
-        if kind in paths:
-            extra[kind], extra_affine = read_image(paths[kind], kind, dtype=np.uint8)
-            grid.append((paths[kind], extra[kind], extra_affine))
+    if "mask" in paths:
+        mask, mask_affine = read_image(paths["mask"], "mask")
+        extra["mask"] = (mask > 0).astype(np.uint8)                 # inside: > 0, whatever the dtype
+        grid.append((paths["mask"], extra["mask"], mask_affine))
+        if not extra["mask"].any():
+            raise ValueError(f"mask {paths['mask']}: the mask is empty (no voxel > 0; values from "
+                             f"{mask.min():.4g} to {mask.max():.4g})")
+    if "labels" in paths:
+        extra["labels"], labels_affine = read_image(paths["labels"], "labels", dtype=np.uint8)
+        grid.append((paths["labels"], extra["labels"], labels_affine))
     check_same_grid(grid)
-    if "mask" in extra and not extra["mask"].any():
-        raise ValueError(f"{paths['mask']}: the mask is empty")
-    return Scan(id=patient, mr=mr, ct=ct, mask=extra.get("mask"), labels=extra.get("labels"), affine=affine)
+    return Scan(id=patient, mr=mr, ct=ct, mask=extra.get("mask"), labels=extra.get("labels"), affine=affine,
+                paths=paths)
 
 
 def split_ids(ids, seed, fractions=SPLIT_FRACTIONS):
@@ -179,29 +197,50 @@ def split_ids(ids, seed, fractions=SPLIT_FRACTIONS):
                                                                     ("test", test))}
 
 
-def read_split(path, folder):
-    """{"train": [...], "val": [...], "test": [...]} from a split.json; its ids must be in `folder`."""
+def check_split(split, what, folder=None):
+    """ValueError naming `what` unless `split` is {"train": [ids], "val": [ids], "test": [ids]}: exactly
+    those three, lists of distinct strings, no patient in two parts, and (given a DataFolder) every
+    id one of its patients."""
+    if not isinstance(split, dict) or sorted(split) != sorted(SPLIT_PARTS):
+        found = ", ".join(map(repr, split)) if isinstance(split, dict) else f"a JSON {type(split).__name__}"
+        raise ValueError(f"{what}: expected exactly {{\"train\": [ids], \"val\": [ids], \"test\": [ids]}}, "
+                         f"found {found or 'nothing'}")
+    seen = {}
+    for name in SPLIT_PARTS:
+        ids = split[name]
+        if not isinstance(ids, list) or not all(isinstance(id, str) for id in ids):
+            raise ValueError(f"{what}: {name} must be a list of patient ids (strings), found {ids!r:.60}")
+        for id in ids:
+            if id in seen:
+                raise ValueError(f"{what}: patient {id!r} is in {seen[id]}" +
+                                 (" twice" if seen[id] == name else f" and in {name}; the parts must be disjoint"))
+            seen[id] = name
+            if folder is not None and id not in folder.paths:
+                raise ValueError(f"{what}: {name} patient {id!r} is not a patient folder of {folder.root}")
+
+
+def read_split(path, folder, flag="--split"):
+    """{"train": [...], "val": [...], "test": [...]} from a split.json (check_split, its ids in
+    `folder`); messages name the file as the flag that gave it."""
+    what = f"{flag} {path}"
     try:
         with open(path) as file:
             split = json.load(file)
     except FileNotFoundError:
-        raise FileNotFoundError(f"--split {path}: no such file") from None
-    except ValueError as error:
-        raise ValueError(f"--split {path}: not valid JSON ({error})") from None
-    if not isinstance(split, dict) or not all(isinstance(split.get(name), list) for name in ("train", "val")):
-        raise ValueError(f"--split {path}: expected {{\"train\": [ids], \"val\": [ids], \"test\": [ids]}}")
-    for name, ids in split.items():
-        unknown = [id for id in ids if id not in folder.paths]
-        if unknown:
-            raise ValueError(f"--split {path}: {name} patient {unknown[0]!r} is not a patient folder of "
-                             f"{folder.root}")
-    return {name: list(ids) for name, ids in split.items()}
+        raise FileNotFoundError(f"{what}: no such file") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{what}: is a folder, not a split.json file") from None
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"{what}: not valid JSON ({type(error).__name__})") from None
+    check_split(split, what, folder)
+    return {name: list(split[name]) for name in SPLIT_PARTS}
 
 
-def choose_split(folder, seed, split_file=None):
-    """The split to use: --split FILE if given, else the cohort manifest's, else split_ids(ids, seed)."""
+def choose_split(folder, seed, split_file=None, flag="--split"):
+    """The split to use: `split_file` if given (named `flag` in messages), else the cohort manifest's,
+    else split_ids(ids, seed)."""
     if split_file:
-        return read_split(split_file, folder)
+        return read_split(split_file, folder, flag)
     if folder.manifest is not None:
         return {name: list(ids) for name, ids in folder.manifest["split"].items()}
     return split_ids(folder.ids, seed)
@@ -214,14 +253,7 @@ def voxel_sizes(path):
         reader.SetFileName(path)
         reader.ReadImageInformation()
         return np.asarray(reader.GetSpacing(), float)
-    return np.sqrt((load_header_affine(path)[:3, :3] ** 2).sum(axis=0))
-
-
-def load_header_affine(path):
-    try:
-        return nib.load(path).affine
-    except Exception as error:  # nibabel raises several types for unreadable files
-        raise ValueError(f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})") from None
+    return np.sqrt((open_image(path, "MR").affine[:3, :3] ** 2).sum(axis=0))
 
 
 def native_spacing(folder):

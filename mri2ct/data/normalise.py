@@ -21,6 +21,13 @@ MR (T1 is not quantitative: only intensity relative to a reference tissue means 
 
 CT:  x = hu / 1000 (hu_to_net), hu = 1000 x (net_to_hu): -1000..+1000 HU -> -1..1, no clipping.
      Bone up to ~1800 HU maps to 1.8; a linear map keeps the MSE proportional to HU^2 everywhere.
+
+Plausibility, checked where a scan is read (folders.read_scan, infer), so that a file that is not
+what its name says is refused with one line naming it instead of training or predicting nonsense:
+    check_mr(mr, what)    not constant, and with positive values: T1 intensities are positive (air
+                          near 0); an all-negative or offset MR is refused
+    check_ct(ct, what)    air near -1000 HU: the lowest value is at most AIR_MAX_HU; a CT stored
+                          without its -1024 offset (0..4095) is refused
 """
 import numpy as np
 from scipy import ndimage
@@ -31,6 +38,25 @@ FOREGROUND = 0.1          # voxels below this fraction of the 99.9th percentile 
 UPPER_PERCENTILE = 99.9   # top of the histogram range
 HISTOGRAM_BINS = 128
 HISTOGRAM_SMOOTHING = 2.0  # Gaussian sigma in bins
+AIR_MAX_HU = -500.0       # a head CT holds air (about -1000 HU): its lowest value is below this
+
+
+def check_mr(mr, what):
+    """ValueError naming `what` unless the MR (D, H, W) varies and has positive values."""
+    low, high = float(mr.min()), float(mr.max())
+    if low == high:
+        raise ValueError(f"{what}: empty image (every voxel has the same value, {low:.4g})")
+    if high <= 0:
+        raise ValueError(f"{what}: values from {low:.4g} to {high:.4g}, none positive; a T1 MR is positive "
+                         f"(air near 0): is it offset or inverted?")
+
+
+def check_ct(ct, what):
+    """ValueError naming `what` unless the CT (D, H, W) in HU holds air (lowest value <= AIR_MAX_HU)."""
+    low, high = float(ct.min()), float(ct.max())
+    if low > AIR_MAX_HU:
+        raise ValueError(f"{what}: values from {low:.0f} to {high:.0f}, no air; a CT in HU has air near "
+                         f"-1000 HU: is it stored without its -1024 offset (0..4095)?")
 
 
 def hu_to_net(hu):
@@ -53,7 +79,8 @@ def foreground_histogram(values):
         raise ValueError("MR normalisation: the mask is empty")
     top = float(np.percentile(values, UPPER_PERCENTILE))
     if not top > 0:
-        raise ValueError(f"MR normalisation: the {UPPER_PERCENTILE}th percentile is {top}, the image is empty")
+        raise ValueError(f"MR normalisation: the {UPPER_PERCENTILE}th percentile inside the mask is {top:.4g}, "
+                         f"nothing bright to scale by (is the MR offset?)")
     foreground = values[(values > FOREGROUND * top) & (values <= top)]
     low = float(np.median(foreground))
     if not top > low:

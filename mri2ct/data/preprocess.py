@@ -17,13 +17,18 @@ Cache: the results are `.npy` files, memory-mapped when read, in
 where key is a hash of everything the result depends on: the preprocessing version, the spacing and
 each source file's absolute path, size and modification time. Editing a scan or changing --spacing
 therefore computes a new entry; the old one is simply no longer used. Entries are written into a
-temporary folder and renamed when complete, so a killed run never leaves a half entry. The cache
-lives outside the data folder (default: $MRI2CT_CACHE or ~/.cache/mri2ct; --cache DIR to choose).
+temporary folder and renamed when complete, so a killed run never leaves a half entry. meta.json,
+written last, is the entry's completeness mark: it lists every array file with its size in bytes,
+shape and dtype. An entry that does not match its mark (a file missing, cut short or replaced, as a
+temporary-file cleaner can leave it; meta.json itself missing or unreadable) is damaged: it is
+removed and built again, with one warning line on stderr naming it. The cache lives outside the data
+folder (default: $MRI2CT_CACHE or ~/.cache/mri2ct; --cache DIR to choose).
 """
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -32,15 +37,15 @@ from nibabel import orientations
 from scipy import ndimage
 
 from mri2ct.data.folders import read_scan
+from mri2ct.data.nifti import check_voxel_sizes
 from mri2ct.data.normalise import normalise_mr
 from mri2ct.data.orientation import to_ras
 
-PREPROCESS_VERSION = 1          # bump when any step above changes: old cache entries stop matching
+PREPROCESS_VERSION = 2          # bump when any step above changes: old cache entries stop matching
 CT_RANGE_HU = (-1024.0, 3000.0)
 SPACING_TOLERANCE_MM = 1e-3
 MASK_THRESHOLD = 0.1            # of the MR's 99.9th percentile: head vs background air
 CACHE_FILES = ("mr", "ct_hu", "mask", "labels")
-MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 10.0    # voxel sizes a head scan can sensibly have
 MAX_GRID_VOXELS = 320 ** 3    # resampled grid: 33 M voxels, ~130 MB per float32 volume
 
 
@@ -67,13 +72,11 @@ def shape_at_spacing(shape, spacing, new_spacing):
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, new_spacing))
 
 
-def check_grid(shape, spacing, train_spacing, name="input MR"):
-    """ValueError unless every voxel size is within [MIN_SPACING_MM, MAX_SPACING_MM] and the grid
-    resampled to `train_spacing` stays under MAX_GRID_VOXELS. Costs nothing: header numbers only."""
-    for what, values in ((name, spacing), ("the checkpoint's training", train_spacing)):
-        if not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in values):
-            raise ValueError(f"{what} voxel size {' x '.join(f'{s:.4g}' for s in values)} mm is outside "
-                             f"the supported {MIN_SPACING_MM}-{MAX_SPACING_MM} mm")
+def check_grid(shape, spacing, train_spacing, name="the scan"):
+    """ValueError unless every voxel size is within the range nifti.check_voxel_sizes accepts and the
+    grid resampled to `train_spacing` stays under MAX_GRID_VOXELS. Costs nothing: header numbers only."""
+    check_voxel_sizes(spacing, name)
+    check_voxel_sizes(train_spacing, "the checkpoint's training spacing")
     grid = shape_at_spacing(shape, spacing, train_spacing)
     if int(np.prod(grid, dtype=np.int64)) > MAX_GRID_VOXELS:
         raise ValueError(f"{name} covers {' x '.join(map(str, grid))} voxels at the training spacing, "
@@ -119,8 +122,9 @@ def compute_mask(mr):
 
 def preprocess(scan, spacing):
     """PatientVolumes of a Scan (folders.read_scan) at `spacing` mm: steps 1-5 of the module docstring."""
-    mr, orientation, ras_spacing = to_ras(scan.mr, scan.affine, f"MR of {scan.id}")
-    check_grid(mr.shape, ras_spacing, (spacing,) * 3, f"MR of {scan.id}")
+    what = f"MR {scan.paths['mr']}"
+    mr, orientation, ras_spacing = to_ras(scan.mr, scan.affine, what)
+    check_grid(mr.shape, ras_spacing, (spacing,) * 3, what)
     volumes = {"ct": scan.ct, "mask": scan.mask, "labels": scan.labels}
     volumes = {name: None if v is None else to_ras(v, scan.affine)[0] for name, v in volumes.items()}
     ras_affine = scan.affine @ _ras_index_map(orientation, scan.mr.shape)
@@ -137,9 +141,13 @@ def preprocess(scan, spacing):
         affine = ras_affine
     ct_hu = np.clip(volumes["ct"], *CT_RANGE_HU).astype(np.float32)
     mask = volumes["mask"] > 0 if volumes["mask"] is not None else compute_mask(mr)
+    mask_name = f"mask {scan.paths['mask']}" if volumes["mask"] is not None else f"the mask computed from {what}"
     if not mask.any():
-        raise ValueError(f"{scan.id}: the mask is empty at {spacing} mm")
-    mr, scale = normalise_mr(mr, mask)
+        raise ValueError(f"{mask_name}: the mask is empty at {spacing} mm")
+    try:
+        mr, scale = normalise_mr(mr, mask)
+    except ValueError as error:
+        raise ValueError(f"{what}: {error}") from None
     return PatientVolumes(id=scan.id, mr=mr, ct_hu=ct_hu, mask=mask, labels=volumes["labels"],
                           affine=affine, mr_scale=scale,
                           source={"orientation": orientation.tolist(), "ras_shape": list(ras_shape)})
@@ -162,17 +170,22 @@ def cache_key(paths, spacing):
 
 
 def _write_entry(entry, patient):
-    """Write a PatientVolumes into a temporary sibling of `entry`, then rename it to `entry`."""
+    """Write a PatientVolumes into a temporary sibling of `entry`, meta.json (the completeness mark)
+    last, then rename it to `entry`."""
     parent = os.path.dirname(entry)
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(entry)}.", dir=parent)
     try:
         arrays = {"mr": patient.mr, "ct_hu": patient.ct_hu, "mask": patient.mask, "labels": patient.labels}
+        files = {}
         for name, array in arrays.items():
             if array is not None:
-                np.save(os.path.join(temporary, f"{name}.npy"), np.ascontiguousarray(array))
+                array = np.ascontiguousarray(array)
+                np.save(os.path.join(temporary, f"{name}.npy"), array)
+                files[name] = {"bytes": os.path.getsize(os.path.join(temporary, f"{name}.npy")),
+                               "shape": list(array.shape), "dtype": array.dtype.str}
         meta = {"id": patient.id, "affine": patient.affine.tolist(), "mr_scale": patient.mr_scale,
-                "source": patient.source}
+                "source": patient.source, "files": files}
         with open(os.path.join(temporary, "meta.json"), "w") as file:
             json.dump(meta, file)
         try:
@@ -185,13 +198,31 @@ def _write_entry(entry, patient):
 
 
 def _read_entry(entry):
-    with open(os.path.join(entry, "meta.json")) as file:
-        meta = json.load(file)
-    arrays = {name: np.load(os.path.join(entry, f"{name}.npy"), mmap_mode="r")
-              if os.path.exists(os.path.join(entry, f"{name}.npy")) else None for name in CACHE_FILES}
-    return PatientVolumes(id=meta["id"], mr=arrays["mr"], ct_hu=arrays["ct_hu"], mask=arrays["mask"],
-                          labels=arrays["labels"], affine=np.asarray(meta["affine"]),
-                          mr_scale=meta["mr_scale"], source=meta["source"])
+    """PatientVolumes of a cache entry, or None (after a warning on stderr) if the entry does not
+    match its completeness mark (module docstring)."""
+    try:
+        with open(os.path.join(entry, "meta.json")) as file:
+            meta = json.load(file)
+        arrays = dict.fromkeys(CACHE_FILES)
+        missing = [name for name in CACHE_FILES[:3] if name not in meta["files"]]
+        if missing or not set(meta["files"]) <= set(CACHE_FILES):
+            raise ValueError(f"meta.json lists the files {sorted(meta['files'])}")
+        for name, expected in meta["files"].items():
+            path = os.path.join(entry, f"{name}.npy")
+            if os.path.getsize(path) != expected["bytes"]:
+                raise ValueError(f"{name}.npy has {os.path.getsize(path)} bytes, meta.json says {expected['bytes']}")
+            arrays[name] = np.load(path, mmap_mode="r")
+            if list(arrays[name].shape) != expected["shape"] or arrays[name].dtype.str != expected["dtype"]:
+                raise ValueError(f"{name}.npy holds {arrays[name].dtype} {arrays[name].shape}, meta.json says "
+                                 f"{expected['dtype']} {expected['shape']}")
+        return PatientVolumes(id=meta["id"], mr=arrays["mr"], ct_hu=arrays["ct_hu"], mask=arrays["mask"],
+                              labels=arrays["labels"], affine=np.asarray(meta["affine"], dtype=np.float64),
+                              mr_scale=float(meta["mr_scale"]), source=meta["source"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+        print(f"warning: cache entry {entry} is damaged ({reason}); building it again", file=sys.stderr,
+              flush=True)
+        return None
 
 
 def cache_entry(folder, patient, spacing, cache_dir):
@@ -201,8 +232,15 @@ def cache_entry(folder, patient, spacing, cache_dir):
 
 def load_patient(folder, patient, spacing, cache_dir):
     """PatientVolumes of `patient` of a DataFolder at `spacing` mm: from the cache, or preprocessed and
-    cached first. The arrays are read-only memory maps."""
+    cached first (again, if the entry is damaged). The arrays are read-only memory maps."""
     entry = cache_entry(folder, patient, spacing, cache_dir)
-    if not os.path.isfile(os.path.join(entry, "meta.json")):
-        _write_entry(entry, preprocess(read_scan(folder, patient), spacing))
-    return _read_entry(entry)
+    if os.path.isdir(entry):
+        volumes = _read_entry(entry)
+        if volumes is not None:
+            return volumes
+        shutil.rmtree(entry, ignore_errors=True)
+    _write_entry(entry, preprocess(read_scan(folder, patient), spacing))
+    volumes = _read_entry(entry)
+    if volumes is None:
+        raise OSError(f"cache entry {entry}: damaged as soon as it was written (is the disk full?)")
+    return volumes

@@ -11,8 +11,10 @@ frame, predicts it window by window, and brings the result back:
        for a training scan without one (data.preprocess.compute_mask)
     4. sliding windows of the training size, overlapping by half, each predicted in eval mode and
        blended with Gaussian weights (a window's centre counts most: it saw the most context); the
-       volume is zero-padded to at least one window. Memory: one window's activations plus three
-       volume-sized arrays, so a 256^3 scan runs in bounded memory.
+       volume is zero-padded to at least one window. A window is never larger than the scan needs:
+       along an axis shorter than the window it is the scan's size rounded up to a multiple of 8.
+       Memory: one window's activations plus three volume-sized arrays, so a 256^3 scan runs in
+       bounded memory, and a 32^3 scan is never padded to a checkpoint's 256^3 window.
     5. HU = net_to_hu(network output), refused unless finite, clipped to [-1024, 3071] HU (the
        12-bit range of clinical CT); resampled back to the scan's grid
 
@@ -28,6 +30,7 @@ from mri2ct.data import net_to_hu, normalise_mr
 from mri2ct.data.preprocess import check_grid, compute_mask, resample, shape_at_spacing
 
 WINDOW_OVERLAP = 0.5          # consecutive windows share half their width
+WINDOW_MULTIPLE = 8           # the U-Net pools three times: every window side divides by 8
 GAUSSIAN_SIGMA = 1 / 8        # of the window size, per axis
 MIN_BLEND_WEIGHT = 1e-3       # floor of the normalised Gaussian, so edge voxels never divide by ~0
 MR_CLIP_PERCENTILES = (0.1, 99.9)  # robust MR range (step 1)
@@ -49,6 +52,12 @@ def window_starts(length, window):
     return starts
 
 
+def fitted_window(shape, window):
+    """The window for a volume of `shape`: each side at most the volume's, rounded up to a multiple
+    of WINDOW_MULTIPLE."""
+    return tuple(min(w, -(-n // WINDOW_MULTIPLE) * WINDOW_MULTIPLE) for n, w in zip(shape, window))
+
+
 def gaussian_weights(window):
     """(wd, wh, ww) blending weights: a Gaussian centred in the window, max 1, floored."""
     axes = []
@@ -63,9 +72,10 @@ def gaussian_weights(window):
 def predict_sliding_window(model, mr, window):
     """Network output for a normalised MR volume of any size, by Gaussian-blended windows.
 
-    mr: (D, H, W) float32, normalised. window: (wd, wh, ww), multiples of 8. model: in eval mode.
-    Returns (D, H, W) float32 on the network's scale.
+    mr: (D, H, W) float32, normalised. window: (wd, wh, ww), multiples of 8, cut to what the volume
+    needs (fitted_window). model: in eval mode. Returns (D, H, W) float32 on the network's scale.
     """
+    window = fitted_window(mr.shape, window)
     padded_shape = tuple(max(n, w) for n, w in zip(mr.shape, window))
     padded = np.zeros(padded_shape, np.float32)                    # background = 0, like air in T1
     padded[:mr.shape[0], :mr.shape[1], :mr.shape[2]] = mr
