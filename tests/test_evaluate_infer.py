@@ -369,7 +369,7 @@ def test_resampled_grid_over_the_budget_is_refused(patient, tmp_path, capsys):
 @pytest.mark.parametrize("config, message", [
     ({"shape": None}, "checkpoint config has no shape; it cannot be used for prediction"),
     ({"spacing": -6.0}, "checkpoint config field 'spacing' is -6.0, expected a positive number of mm, or three"),
-    ({"shape": 30}, "checkpoint config field 'shape' is 30, expected a multiple of 8 up to 320, or three"),
+    ({"shape": 30}, "checkpoint config field 'shape' is 30, expected a multiple of 8 up to 512, or three"),
 ])
 def test_incomplete_checkpoint_config_is_one_line(config, message, patient, tmp_path, capsys):
     bad = tiny_checkpoint(tmp_path, "bad.npz", **config)

@@ -16,6 +16,7 @@ from mri2ct.training.checkpoint import CheckpointError, load_checkpoint, save_ch
 from mri2ct import infer, train
 from mri2ct.common import errors
 from mri2ct.data import generate_cohort
+from mri2ct.model import UNet3D
 from mri2ct.training.folder_lock import lock_folder
 
 TINY = ["--features", "4", "8", "16", "32", "--threads", "1"]
@@ -157,12 +158,13 @@ def test_refuses_to_overwrite_a_run(cohort, straight_run, capsys):
 
 
 def test_checkpoint_round_trip_keeps_types(tmp_path):
-    state = {"epoch": 3, "model": {"head.bias": np.arange(2, dtype=np.float32)}, "config": {"data": "/abs"},
-             "optimizer": {"betas": (0.9, 0.999), "step": np.int64(7), "exp_avg": [np.ones((2, 3))]},
-             "by_index": {0: "zero"}}
+    model = UNet3D(features=[1, 1, 1, 1]).state_dict()
+    state = {"epoch": 3, "model": model, "config": {"data": "/abs", "features": [1, 1, 1, 1]},
+             "optimizer": {"betas": (0.9, 0.999), "step": np.int64(7), "exp_avg": [np.ones((2, 3))],
+                           "by_index": {0: "zero"}}}
     save_checkpoint(tmp_path / "state.npz", state)
     loaded = load_checkpoint(tmp_path / "state.npz")
-    assert loaded["optimizer"]["betas"] == (0.9, 0.999) and loaded["by_index"] == {0: "zero"}
+    assert loaded["optimizer"]["betas"] == (0.9, 0.999) and loaded["optimizer"]["by_index"] == {0: "zero"}
     assert loaded["optimizer"]["step"] == 7 and loaded["optimizer"]["step"].dtype == np.int64
     assert loaded["model"]["head.bias"].dtype == np.float32 and loaded["config"]["data"] == "/abs"
     np.testing.assert_array_equal(loaded["optimizer"]["exp_avg"][0], np.ones((2, 3)))

@@ -185,6 +185,8 @@ def load_image(path, name=None, dtype=np.float32):
         data = data[..., 0]
     if data.ndim != 3:
         raise ValueError(f"{what}: {data.ndim}-D image of shape {data.shape}, expected a 3-D volume")
+    if data.size == 0:
+        raise ValueError(f"{what}: shape {data.shape} holds no voxels")
     check_values(data, what, image.get_data_dtype().kind, scaling_of(image))
     return data.astype(dtype, copy=False), image
 

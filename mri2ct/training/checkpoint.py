@@ -50,7 +50,7 @@ META = "meta"
 MAX_META_BYTES = 64 * 2 ** 20      # the JSON document: config, history (~150 bytes an epoch), ...
 MAX_NESTING = 16                   # a checkpoint's own documents nest 5 deep
 MAX_FEATURES = 512                 # channels of a U-Net level (default 128 at the bottleneck)
-MAX_WINDOW = 320                   # training window side, voxels (preprocess.MAX_GRID_VOXELS: 320^3)
+MAX_WINDOW = 512                   # training window side, voxels (nifti.MAX_VOXELS: 512^3)
 NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
@@ -98,7 +98,7 @@ STATE_FIELDS = {
     "epoch": (lambda n: _is_int(n) and n >= 0, "a non-negative integer"),
     "model": (lambda v: isinstance(v, dict), "a state dict"),
     "config": (lambda v: isinstance(v, dict), "a JSON object"),
-    "val_loss": (_optional(_is_number), "a number or null"),
+    "val_loss": (lambda x: isinstance(x, (int, float)) and not isinstance(x, bool), "a number or null"),
     "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of epochs"),
     **{name: (lambda v: isinstance(v, dict), "a JSON object") for name in ("optimizer", "scheduler", "rng")},
 }
