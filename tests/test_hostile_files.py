@@ -9,9 +9,9 @@ Everything is tiny: 24^3 scans at 6 mm, a U-Net of 4-8-16-32 features with a 16^
 once per session.
 """
 import gzip
+import io
 import json
 import os
-import shutil
 import zipfile
 
 import nibabel as nib
@@ -21,8 +21,9 @@ import pytest
 import nn3d
 from hostile import Case, check_case
 from mri2ct import __version__
-from mri2ct.data.preprocess import cache_entry
+from mri2ct.data.preprocess import cache_entry, load_patient
 from mri2ct.data.folders import open_data_folder
+from mri2ct.inference import sliding_window
 from mri2ct.model import UNet3D
 from mri2ct.training import checkpoint
 
@@ -57,7 +58,7 @@ def raw_nifti(path, data, edit):
     is done with it (nibabel itself would repair what these cases break)."""
     image = nib.Nifti1Image(data, AFFINE)
     raw = image.to_bytes()
-    header = nib.Nifti1Header.from_fileobj(__import__("io").BytesIO(raw), check=False)
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(raw), check=False)
     edit(header)
     raw = header.binaryblock + raw[len(header.binaryblock):]
     with open(path, "wb") as file:
@@ -151,9 +152,8 @@ def crafted(edit_state=None, meta_text=None, extra=None):
     return setup
 
 
-def absurd_header(path_unused=None):
+def absurd_header():
     """The bytes of an .npy entry whose header claims 10^12 float32 values and holds none."""
-    import io
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12,)})
     return buffer.getvalue()
@@ -180,7 +180,6 @@ BAD_SPLIT_EVALUATE = [part.replace("eval_split", "bad_split") for part in EVALUA
 def cached(damage):
     """A paired folder whose p1 (the test patient of eval_split.json) is in the cache, then damaged."""
     def setup(folder, files):
-        from mri2ct.data.preprocess import load_patient
         pairs(folder)
         data = open_data_folder(os.path.join(folder, "pairs"))
         cache = os.path.join(folder, "cache")
@@ -266,7 +265,8 @@ CASES = [
          says=r"mr\.nii\.gz: overflow: values up to .*scl_slope 1e\+38",
          setup=scan("mr.nii.gz", lambda path, mr: save(path, (mr * 100).astype(np.int16), edit_header=lambda h:
                                                        h.set_slope_inter(1e38, 0)) and None)),
-    Case("float64 values near 1e302", INFER, exit=2, says=r"mr\.nii\.gz: overflow: values up to 1\.1\d*e\+302 exceed float32",
+    Case("float64 values near 1e302", INFER, exit=2,
+         says=r"mr\.nii\.gz: overflow: values up to 1\.1\d*e\+302 exceed float32",
          setup=scan("mr.nii.gz", lambda path, mr: mr.astype(np.float64) * 1e300)),
     Case("NaN voxel", INFER, exit=2, says=r"mr\.nii\.gz: 1 NaN or infinite voxels",
          setup=scan("mr.nii.gz", with_voxel(np.nan))),
@@ -314,7 +314,8 @@ CASES = [
     # ---- checkpoints ----
     Case("config is a JSON list", infer_with(), exit=2,
          says=r"model\.npz: checkpoint field 'config' is \[", setup=crafted(lambda s: s.__setitem__("config", [1, 2]))),
-    Case("meta nested 100 000 deep", infer_with(), exit=2, says=r"model\.npz: damaged checkpoint metadata \(nested 100,00",
+    Case("meta nested 100 000 deep", infer_with(), exit=2,
+         says=r"model\.npz: damaged checkpoint metadata \(nested 100,00",
          setup=crafted(meta_text=lambda meta: meta[:-1] + ', "history": ' + "[" * 100000 + "]" * 100000 + "}")),
     Case("a decompression bomb (64 MB of zeros for the 3 GB one)", infer_with(), exit=2,
          says=r"model\.npz: entry 'optimizer/exp_avg/0' holds 16,777,216 values, more than the model's largest",
@@ -323,14 +324,16 @@ CASES = [
          says=r"model\.npz: entry 'model/head\.bias' is .* bytes in the zip, its header says 4,000,000,000,",
          setup=crafted(extra={"model/head.bias.npy": absurd_header()},
                        edit_state=lambda s: s["model"].pop("head.bias") is None or None,
-                       meta_text=lambda m: m.replace('"model": {', '"model": {"head.bias": {"__array__": "model/head.bias"}, '))),
+                       meta_text=lambda m: m.replace(
+                           '"model": {', '"model": {"head.bias": {"__array__": "model/head.bias"}, '))),
     Case("a 256^3 window for a 24^3 scan", infer_with("{case}/model.npz", "{scan}"), exit=0,
          setup=crafted(lambda s: s["config"].__setitem__("shape", 256)), present=["{case}/sct.nii.gz"]),
     Case("negative BatchNorm variance", infer_with(), exit=2,
          says=r"model\.npz: model/enc1\.bn1\.running_var holds negative values",
          setup=crafted(lambda s: s["model"]["enc1.bn1.running_var"].__setitem__(0, -1.0))),
     Case("complex weight", infer_with(), exit=2, says=r"model\.npz: entry 'model/head\.weight' holds complex64 values",
-         setup=crafted(lambda s: s["model"].__setitem__("head.weight", s["model"]["head.weight"].astype(np.complex64)))),
+         setup=crafted(lambda s: s["model"].__setitem__("head.weight",
+                                                        s["model"]["head.weight"].astype(np.complex64)))),
     Case("object entry", infer_with(), exit=2, says=r"model\.npz: entry 'model/head\.bias' holds object values",
          setup=crafted(lambda s: s["model"].__setitem__("head.bias", np.array([{"a": 1}], dtype=object)))),
     Case("NaN weight", infer_with(), exit=2, says=r"model/head\.weight holds NaN or infinite values",
@@ -344,7 +347,8 @@ CASES = [
          setup=crafted(lambda s: s["model"].__setitem__("enc1.conv1.weight", np.zeros((8, 1, 3, 3, 3), np.float32)))),
     Case("features given as text", infer_with(), exit=2, says=r"model\.npz: checkpoint config field 'features' is",
          setup=crafted(lambda s: s["config"].__setitem__("features", "4 8 16 32"))),
-    Case("an unknown config field", infer_with(), exit=2, says=r"model\.npz: checkpoint config has an unknown field 'colour'",
+    Case("an unknown config field", infer_with(), exit=2,
+         says=r"model\.npz: checkpoint config has an unknown field 'colour'",
          setup=crafted(lambda s: s["config"].__setitem__("colour", "blue"))),
     Case("a data fingerprint is accepted", infer_with(), exit=0, present=["{case}/sct.nii.gz"],
          setup=crafted(lambda s: s["config"].__setitem__("data_fingerprint", "sha256:0123"))),
@@ -386,7 +390,8 @@ CASES = [
          setup=paired(mask=lambda ct: ((ct > -500) * 256).astype(np.int16))),
     Case("an empty mask", EVALUATE, exit=2, says=r"mask .*p1/mask\.nii\.gz: the mask is empty",
          setup=paired(mask=lambda ct: np.zeros(SHAPE, np.int16))),
-    Case("all-negative MR in a paired folder", EVALUATE, exit=2, says=r"MR .*p1/mr\.nii\.gz: values from .* none positive",
+    Case("all-negative MR in a paired folder", EVALUATE, exit=2,
+         says=r"MR .*p1/mr\.nii\.gz: values from .* none positive",
          setup=paired(patient_file("mr.nii.gz", lambda path, mr, ct: save(path, mr - 500)))),
     # ---- visualize ----
     Case("visualize an rgb24 sCT", ["mri2ct.visualize", "--mri", "{scan}", "--pred", "{case}/mr.nii.gz", "--out",
@@ -413,3 +418,19 @@ def shared(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_hostile_file(case, shared, tmp_path):
     check_case(case, tmp_path, shared)
+
+
+def test_a_window_larger_than_the_scan_is_cut_to_it():
+    """A checkpoint's 256^3 window on a small scan: the network sees windows of the scan's size rounded
+    up to a multiple of 8, never a 256^3 one (4 GB of activations for the default U-Net)."""
+    seen = []
+
+    class Recorder:
+        def forward(self, x):
+            seen.append(x.shape)
+            return x
+
+    volume = np.random.default_rng(0).random((24, 20, 30), dtype=np.float32)
+    prediction = sliding_window.predict_sliding_window(Recorder(), volume, (256, 256, 16))
+    assert set(seen) == {(1, 1, 24, 24, 16)}
+    np.testing.assert_allclose(prediction, volume, rtol=1e-5)

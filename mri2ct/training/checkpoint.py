@@ -297,7 +297,8 @@ def check_entries(meta, headers, path):
     if absent or extra:
         raise CheckpointError(f"{path}: " + (f"the metadata refers to an entry {absent[0]!r} the file does not "
                                              f"hold" if absent else f"unexpected entry {extra[0]!r}"))
-    expected = {f"model/{key}": value for key, value in UNet3D(features=meta["config"]["features"]).state_dict().items()}
+    model_state = UNet3D(features=meta["config"]["features"]).state_dict()
+    expected = {f"model/{key}": value for key, value in model_state.items()}
     model = {(f"model/{key}" if isinstance(key, str) else key): value for key, value in meta["model"].items()}
     if set(model) != set(expected):
         different = sorted(set(model) ^ set(expected))[0]
