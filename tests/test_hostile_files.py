@@ -265,6 +265,10 @@ CASES = [
          says=r"mr\.nii\.gz: overflow: values up to .*scl_slope 1e\+38",
          setup=scan("mr.nii.gz", lambda path, mr: save(path, (mr * 100).astype(np.int16), edit_header=lambda h:
                                                        h.set_slope_inter(1e38, 0)) and None)),
+    Case("float64 values times scl_slope 1e30 overflow float64", INFER, exit=2,
+         says=r"mr\.nii\.gz: overflow: \d+ voxels become infinite after the header's scaling \(scl_slope 1e\+30",
+         setup=scan("mr.nii.gz", lambda path, mr: save(path, mr.astype(np.float64) * 1e300, edit_header=lambda h:
+                                                       h.set_slope_inter(1e30, 0)) and None)),
     Case("float64 values near 1e302", INFER, exit=2,
          says=r"mr\.nii\.gz: overflow: values up to 1\.1\d*e\+302 exceed float32",
          setup=scan("mr.nii.gz", lambda path, mr: mr.astype(np.float64) * 1e300)),

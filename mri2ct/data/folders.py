@@ -151,7 +151,7 @@ def read_image(path, name, dtype=np.float32):
     check_geometry(affine, what)
     data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)         # ITK arrays are (Z, Y, X)
     check_voxel_type(data.dtype, image.GetPixelIDTypeAsString(), what)
-    check_values(data, what, data.dtype.kind)
+    check_values(data, what)
     return data.astype(dtype, copy=False), affine
 
 

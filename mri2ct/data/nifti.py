@@ -140,17 +140,18 @@ def open_image(path, name=None):
     return image
 
 
-def check_values(data, what, stored_kind, scaling=""):
-    """ValueError if the voxels are NaN, infinite or beyond float32's range. stored_kind: the dtype
-    kind of the stored voxels (integers cannot hold NaN, so a non-finite value is an overflow of the
-    scaling); scaling: how the file scales them, for the message."""
+def check_values(data, what, scaling="", unscaled=None):
+    """ValueError if the voxels are NaN, infinite or beyond float32's range. scaling: how the file
+    scales its stored values, for the message; unscaled: a function returning the stored values, so
+    that a voxel the scaling made infinite is told from one stored so (read only if there is one)."""
     if not np.issubdtype(data.dtype, np.floating):
         return
     bad = int(np.count_nonzero(~np.isfinite(data)))
-    if bad and stored_kind in "biu":
-        raise ValueError(f"{what}: overflow: {bad} voxels are beyond the range of numbers{scaling}")
+    stored_bad = bad if not bad or unscaled is None else int(np.count_nonzero(~np.isfinite(unscaled())))
+    if bad > stored_bad:
+        raise ValueError(f"{what}: overflow: {bad - stored_bad} voxels become infinite{scaling}")
     if bad:
-        raise ValueError(f"{what}: {bad} NaN or infinite voxels{scaling}")
+        raise ValueError(f"{what}: {bad} NaN or infinite voxels")
     peak = float(np.abs(data).max(initial=0.0))
     if peak > FLOAT32_MAX:
         raise ValueError(f"{what}: overflow: values up to {peak:.4g}{scaling} exceed float32's largest "
@@ -187,7 +188,8 @@ def load_image(path, name=None, dtype=np.float32):
         raise ValueError(f"{what}: {data.ndim}-D image of shape {data.shape}, expected a 3-D volume")
     if data.size == 0:
         raise ValueError(f"{what}: shape {data.shape} holds no voxels")
-    check_values(data, what, image.get_data_dtype().kind, scaling_of(image))
+    scaling = scaling_of(image)
+    check_values(data, what, scaling, (lambda: np.asarray(image.dataobj.get_unscaled())) if scaling else None)
     return data.astype(dtype, copy=False), image
 
 
