@@ -356,6 +356,9 @@ CASES = [
          setup=crafted(lambda s: s["config"].__setitem__("colour", "blue"))),
     Case("a data fingerprint is accepted", infer_with(), exit=0, present=["{case}/sct.nii.gz"],
          setup=crafted(lambda s: s["config"].__setitem__("data_fingerprint", "sha256:0123"))),
+    Case("a malformed tag in the metadata", infer_with(), exit=2, says=r"model\.npz: damaged checkpoint metadata",
+         setup=crafted(lambda s: s.__setitem__("optimizer", {"by_index": {1: 2}}),
+                       meta_text=lambda m: m.replace('"__items__": [[1, 2]]', '"__items__": 5'))),
     Case("no meta entry", infer_with(), exit=2, says=r"model\.npz: not an mri2ct checkpoint \(no 'meta' entry\)",
          setup=lambda folder, files: write_npz(os.path.join(folder, "model.npz"), {"weights": np.zeros(3)})),
     # ---- splits ----
@@ -370,6 +373,8 @@ CASES = [
          setup=split({"train": ["p1"], "val": ["p9"], "test": []})),
     Case("split without test", BAD_SPLIT_TRAIN,
          exit=2, says=r"--split .*: expected exactly", setup=split({"train": ["p1"], "val": ["p2"]})),
+    Case("split nested 100 000 deep", BAD_SPLIT_TRAIN, exit=2, says=r"--split .*: not valid JSON \(nested too deep\)",
+         setup=split("[" * 100000 + "]" * 100000)),
     Case("evaluate --split-file names its flag", BAD_SPLIT_EVALUATE,
          exit=2, says=r"^error: --split-file .*bad_split\.json: train must be a list",
          setup=split({"train": "p1", "val": ["p2"], "test": ["p3"]})),

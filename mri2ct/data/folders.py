@@ -230,8 +230,10 @@ def read_split(path, folder, flag="--split"):
         raise FileNotFoundError(f"{what}: no such file") from None
     except IsADirectoryError:
         raise IsADirectoryError(f"{what}: is a folder, not a split.json file") from None
-    except (ValueError, RecursionError) as error:
-        raise ValueError(f"{what}: not valid JSON ({type(error).__name__})") from None
+    except RecursionError:
+        raise ValueError(f"{what}: not valid JSON (nested too deep)") from None
+    except ValueError as error:
+        raise ValueError(f"{what}: not valid JSON ({error})") from None
     check_split(split, what, folder)
     return {name: list(split[name]) for name in SPLIT_PARTS}
 

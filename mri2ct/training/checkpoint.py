@@ -48,7 +48,7 @@ ZIP_MAGIC = b"PK\x03\x04"           # an .npz file is a zip archive
 FILE_KINDS = {b"\x1f\x8b": "a gzip file (a .nii.gz image?)", b"\x93NUMPY": "a single .npy array"}
 META = "meta"
 MAX_META_BYTES = 64 * 2 ** 20      # the JSON document: config, history (~150 bytes an epoch), ...
-MAX_NESTING = 16                   # a checkpoint's own documents nest 5 deep
+MAX_NESTING = 16                   # mri2ct.train's checkpoints nest 4 deep
 MAX_FEATURES = 512                 # channels of a U-Net level (default 128 at the bottleneck)
 MAX_WINDOW = 512                   # training window side, voxels (nifti.MAX_VOXELS: 512^3)
 NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -69,12 +69,9 @@ def _one_or_three(test):
                           and all(test(item) for item in value))
 
 
-def _optional(test):
-    return lambda value: value is None or test(value)
-
-
-# The fields of a checkpoint's config: {name: (test, what a valid value is)}. mri2ct.train writes
-# them all (training/run_folder.run_config); inference needs REQUIRED_CONFIG.
+# The fields of a checkpoint's config: {name: (test, what a valid value is)}; null stands for an
+# absent field. mri2ct.train writes them all (training/run_folder.run_config), other writers may
+# write fewer; loading needs features, inference REQUIRED_CONFIG.
 CONFIG_FIELDS = {
     "features": (lambda v: isinstance(v, (list, tuple)) and len(v) == 4
                  and all(_is_int(f) and 1 <= f <= MAX_FEATURES for f in v), f"four integers 1-{MAX_FEATURES}"),
@@ -84,8 +81,8 @@ CONFIG_FIELDS = {
     "data": (lambda v: isinstance(v, str), "a folder name"),
     "loss": (lambda v: isinstance(v, str), "a text"),
     "data_fingerprint": (lambda v: isinstance(v, str), "a text"),
-    "split": (lambda v: True, "a split"),              # checked by folders.check_split
-    "patch": (_optional(lambda n: _is_int(n) and n > 0), "a positive integer or null"),
+    "split": (lambda v: isinstance(v, dict), "a split"),   # and folders.check_split, in read_meta
+    "patch": (lambda n: _is_int(n) and n > 0, "a positive integer or null"),
     **{name: (lambda n: _is_int(n) and n >= 0, "a non-negative integer")
        for name in ("epochs", "seed", "batch_size", "accumulate", "ranks")},
     **{name: (lambda x: _is_number(x) and x >= 0, "a non-negative number")
@@ -187,7 +184,10 @@ def load_checkpoint(path):
         reason = " ".join(str(error).split()) or type(error).__name__
         raise CheckpointError(f"{path}: not a readable .npz checkpoint, the file is corrupt or "
                               f"truncated ({reason})") from None
-    state = _decode(meta, arrays)
+    try:
+        state = _decode(meta, arrays)
+    except (ValueError, TypeError) as error:              # e.g. a malformed {"__items__": ...}
+        raise CheckpointError(f"{path}: damaged checkpoint metadata ({error})") from None
     check_model_values(state["model"], path)
     return state
 
