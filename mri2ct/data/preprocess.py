@@ -19,9 +19,10 @@ each source file's absolute path, size and modification time. Editing a scan or 
 therefore computes a new entry; the old one is simply no longer used. Entries are written into a
 temporary folder and renamed when complete, so a killed run never leaves a half entry. meta.json,
 written last, is the entry's completeness mark: it lists every array file with its size in bytes,
-shape and dtype. An entry that does not match its mark (a file missing, cut short or replaced, as a
-temporary-file cleaner can leave it; meta.json itself missing or unreadable) is damaged: it is
-removed and built again, with one warning line on stderr naming it. The cache lives outside the data
+shape and dtype. An entry that does not match its mark (a file missing or cut short, as a
+temporary-file cleaner can leave it, or not the array meta.json describes; meta.json itself missing
+or unreadable) is damaged: it is removed and built again, with one warning line on stderr naming it.
+(Sizes, not checksums: a file overwritten in place with as many bytes is not noticed.) The cache lives outside the data
 folder (default: $MRI2CT_CACHE or ~/.cache/mri2ct; --cache DIR to choose).
 """
 import hashlib
