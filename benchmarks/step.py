@@ -161,9 +161,10 @@ def measure(size, threads, repeats, names):
 
 
 def markdown_table(rows, names):
-    """The results as one Markdown table: a row per (size, pass), a column per engine."""
+    """The results as one Markdown table: a row per (size, pass), a column per engine, the ratio
+    against the fastest, and peak RSS against the lowest of the other engines' (when measured)."""
     lines = ["| U-Net 16-32-64-128 | nn3d | " + " | ".join(ENGINES[name][0] for name in names)
-             + " | nn3d vs fastest |", "|---" * (len(names) + 3) + "|"]
+             + " | nn3d vs fastest | peak RSS nn3d / lowest other |", "|---" * (len(names) + 4) + "|"]
     for row in rows:
         for mode, title in (("train", "training step"), ("eval", "eval forward")):
             result = row[mode]
@@ -181,8 +182,18 @@ def markdown_table(rows, names):
             ratio = (f"{result['speedup']:.2f}× ({ENGINES[result['fastest']][0]})"
                      if result["fastest"] else "—")
             lines.append(f"| {row['size']}³ {title} | {result['ours_s']:.3f} s | " + " | ".join(cells)
-                         + f" | {ratio} |")
+                         + f" | {ratio} | {memory_cell(result.get('peak_mb', {}))} |")
     return "\n".join(lines)
+
+
+def memory_cell(memory):
+    """"437 / 720 MB (PyTorch eager channels_last_3d)" from one pass's peak_mb entries, or "—"."""
+    others = {name: entry["peak_mb"] for name, entry in memory.items()
+              if name != "ours" and "peak_mb" in entry}
+    if "peak_mb" not in memory.get("ours", {}) or not others:
+        return "—"
+    lowest = min(others, key=others.get)
+    return f"{memory['ours']['peak_mb']:.0f} / {others[lowest]:.0f} MB ({ENGINES[lowest][0]})"
 
 
 def plot(rows, path, machine):
