@@ -1,8 +1,8 @@
 """What every benchmark shares: threads, timing, the machine's own sgemm and copy rates, JSON output.
 
 Timing rules (the machine is noisy): warm up first so compilation and first-touch page faults are
-excluded, then time `repeats` calls and report the median. Ours and PyTorch's are measured in the
-same process, interleaved, so both see the same machine.
+excluded, then time `repeats` calls and report the median. Ours and the other engines' are measured
+in the same process, interleaved, so all see the same machine.
 """
 import json
 import os

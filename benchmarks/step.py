@@ -83,6 +83,13 @@ def status_mb(field):
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def warm_up(run):
+    """The first call of `run`, timed: (seconds, its output as an array)."""
+    start = time.perf_counter()
+    output = np.asarray(run())
+    return time.perf_counter() - start, output
+
+
 def time_engines(size, mode, threads, repeats, names, onnx=None):
     """nn3d against the engines `names` on one pass ("train" or "eval") at size^3. `onnx` is the
     exported graph's path, or the exception its export raised. Returns {"ours_s", "ours_first_call_s",
@@ -98,20 +105,18 @@ def time_engines(size, mode, threads, repeats, names, onnx=None):
             runs[name] = build(name, size, mode, threads, nn3d_model=model, onnx_path=onnx)
         except Exception as error:      # not installed, or refuses the model: reported, never dropped
             results[name] = {"not_run": first_line(error)}
-    start = time.perf_counter()
-    reference = np.asarray(ours())      # the warm-up call, and the output every engine must match
-    ours_first = time.perf_counter() - start
+    ours_first, reference = warm_up(ours)   # the output every engine must match
+    output = None
     for name, run in list(runs.items()):
         try:
-            start = time.perf_counter()
-            output = run()              # the warm-up call: torch.compile compiles here
-            first = time.perf_counter() - start
+            first, output = warm_up(run)    # torch.compile compiles here
         except Exception as error:
             results[name] = {"not_run": first_line(error)}
             del runs[name]
             continue
-        difference = float(np.max(np.abs(np.asarray(output) - reference)))
-        results[name] = {"first_call_s": first, "max_abs_diff": difference}
+        results[name] = {"first_call_s": first,
+                         "max_abs_diff": float(np.max(np.abs(output - reference)))}
+    del reference, output                    # nothing held while timing: nn3d's arena reuses its buffers
     seconds = interleaved_medians([ours, *runs.values()], repeats=repeats, warmup=0)
     for name, median in zip(runs, seconds[1:]):
         results[name]["s"] = median
