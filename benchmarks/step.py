@@ -230,8 +230,8 @@ def plot(rows, path, machine):
         if key == "s":
             for p, row in zip(positions, rows):
                 if row[mode]["fastest"]:
-                    axis.text(p, row[mode]["ours_s"], f"×{row[mode]['speedup']:.2f}", ha="center",
-                              va="bottom")
+                    axis.text(p - 0.4 + width / 2, row[mode]["ours_s"], f"×{row[mode]['speedup']:.2f}",
+                              ha="center", va="bottom")    # above nn3d's bar
         axis.set_xticks(positions, sizes)
         axis.set_ylabel("median seconds" if key == "s" else "MB")
         axis.set_title(title + (" (× = nn3d vs fastest)" if key == "s" else ""))
