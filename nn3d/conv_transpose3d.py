@@ -65,7 +65,7 @@ from .kernels.conv_transpose3d import (conv_transpose3d_blocks_forward,
 from .kernels.padding import pad_channels_last
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
-from .shapes import transposed_output_size
+from .core.shapes import transposed_output_size
 
 
 class ConvTranspose3dCache(NamedTuple):

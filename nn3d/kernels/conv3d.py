@@ -50,11 +50,11 @@ import numpy as np
 from numba import prange
 
 from .jit import blocked_kernel, parallel_kernel, tile_helper
-from .. import arena
+from ..core import arena
 from .padding import embed_strided, pad_channels_last
 from .partial_sums import sum_partials
 from .pointwise import pointwise_forward, pointwise_grad_input, pointwise_grad_weight
-from ..shapes import window_output_size
+from ..core.shapes import window_output_size
 
 BLOCK_C = 16   # output channels per register tile: one AVX-512 (two AVX2) registers of float32
 

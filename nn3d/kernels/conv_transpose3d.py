@@ -50,7 +50,7 @@ from numba import prange
 from .conv3d import BLOCK_C, BLOCK_J, BLOCK_W, LANE, WORK_ITEMS, fma16, load16, pack_weight
 from .jit import blocked_kernel, inlined_tile_helper, parallel_kernel
 from .partial_sums import sum_partials
-from .. import arena
+from ..core import arena
 
 ZERO, ONE = LANE[0], LANE[1]   # unsigned 0 and 1 (steps of the tile helpers)
 # float32 values a grad-weight chunk's data may take so that its sweeps stay in one core's L2: 512 KiB

@@ -15,7 +15,7 @@ Here every element's sum is independent, so the elements are split across the th
 import numpy as np
 from numba import prange
 
-from .. import arena
+from ..core import arena
 from .jit import parallel_kernel
 
 

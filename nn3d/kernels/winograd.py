@@ -88,7 +88,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .. import arena
+from ..core import arena
 from .conv3d import BLOCK_C, BLOCK_W, fma16, load16
 from .jit import blocked_kernel, inlined_tile_helper, parallel_kernel, tile_helper
 from .padding import pad_and_concatenate

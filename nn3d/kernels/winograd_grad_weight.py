@@ -73,7 +73,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .. import arena
+from ..core import arena
 from .conv3d import BLOCK_C, BLOCK_W, WORK_ITEMS, fma16, load16
 from .jit import blocked_kernel, inlined_tile_helper, parallel_kernel, tile_helper
 from .winograd import (A_T, B_T, G, G_KRON, TILE_VALUES, U, add16, kernel_inputs, load16_at, store4x16_at,
