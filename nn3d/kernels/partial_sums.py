@@ -18,6 +18,8 @@ from numba import prange
 from ..core import arena
 from .jit import parallel_kernel
 
+WORK_ITEMS = 32   # parallel work items every grad-weight call has at least (when it has that many rows)
+
 
 @parallel_kernel
 def sum_partials_kernel(partial, total):

@@ -19,6 +19,13 @@ from numba import prange
 
 from .channel_sum import ROWS_PER_CHUNK
 from .jit import blocked_kernel, inlined_tile_helper, parallel_kernel
+from .register_tile import BLOCK_C
+
+
+def is_pointwise(kernel_size, stride, cout):
+    """A 1x1x1, stride-1 convolution with fewer than 16 output channels (the U-Net's head): the
+    kernels of pointwise.py, which do not pad Cout to 16."""
+    return tuple(kernel_size) == (1, 1, 1) and tuple(stride) == (1, 1, 1) and cout < BLOCK_C
 
 
 @inlined_tile_helper
