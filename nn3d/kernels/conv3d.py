@@ -187,6 +187,16 @@ def conv3d_forward(x_pad, weight, bias, stride, block_w=BLOCK_W, relu=False):
     return y if y.shape[4] == cout else arena.copy(y[..., :cout])
 
 
+def conv3d_forward_work_items(output_shape, kernel_size, stride):
+    """The parallel work items (prange iterations) of `conv3d_forward` for an output
+    (N, Do, Ho, Wo, Cout): one per voxel in the pointwise kernel, else one per (block of 16 output
+    channels, output row (n, od, oh)) in `conv3d_forward_kernel`."""
+    n_batch, out_d, out_h, out_w, cout = output_shape
+    if is_pointwise(kernel_size, stride, cout):
+        return n_batch * out_d * out_h * out_w
+    return -(-cout // BLOCK_C) * n_batch * out_d * out_h
+
+
 # ---- grad-input: lines (2) and (3) ---------------------------------------------------------------
 def spread_grad_output(grad_output, kernel_size, input_size, stride, padding):
     """S of line (3): grad_output (N, Do, Ho, Wo, Cout) spread out by the stride (zeros in between)
@@ -219,3 +229,12 @@ def conv3d_grad_input(grad_output, weight, input_size, stride, padding, block_w=
     """Line (3), the gather: dL/dx (N, D, H, W, Cin) from grad_output (N, Do, Ho, Wo, Cout)."""
     grad_output_spread = spread_grad_output(grad_output, weight.shape[2:], input_size, stride, padding)
     return conv3d_grad_input_of_spread(grad_output_spread, weight, block_w)
+
+
+def conv3d_grad_input_work_items(input_shape, kernel_size, cout):
+    """The parallel work items of `conv3d_grad_input_of_spread` for an input (N, D, H, W, Cin) of a
+    layer with Cout output channels: one per voxel in the pointwise kernel, else the forward
+    kernel's on the flipped, in/out-swapped weight (stride 1, Cin output channels)."""
+    if is_pointwise(kernel_size, (1, 1, 1), cout):
+        return int(np.prod(input_shape[:4]))
+    return conv3d_forward_work_items(input_shape, kernel_size, (1, 1, 1))

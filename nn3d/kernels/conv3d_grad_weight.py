@@ -16,7 +16,7 @@ from numba import prange
 from ..core import arena
 from .jit import blocked_kernel
 from .partial_sums import WORK_ITEMS, sum_partials
-from .pointwise import is_pointwise, pointwise_grad_weight
+from .pointwise import is_pointwise, pointwise_grad_weight, pointwise_grad_weight_chunks
 from .register_tile import BLOCK_C, BLOCK_J, UINT, fma16, load16
 from .weight_packing import unpack_weight
 
@@ -142,6 +142,16 @@ def grad_weight_chunks(n_rows, cout):
     shapes only, never on the thread count, so the sums are the same on any machine."""
     n_cblocks = -(-cout // BLOCK_C)
     return max(1, min(n_rows, -(-WORK_ITEMS // n_cblocks)))
+
+
+def conv3d_grad_weight_work_items(output_shape, kernel_size, stride):
+    """The parallel work items of `conv3d_grad_weight` for an output gradient (N, Do, Ho, Wo, Cout):
+    the pointwise kernel's chunks of voxels, else (chunk of output rows, block of 16 output
+    channels) pairs of `conv3d_grad_weight_kernel`."""
+    n_batch, out_d, out_h, out_w, cout = output_shape
+    if is_pointwise(kernel_size, stride, cout):
+        return pointwise_grad_weight_chunks(n_batch * out_d * out_h * out_w)
+    return grad_weight_chunks(n_batch * out_d * out_h, cout) * -(-cout // BLOCK_C)
 
 
 def conv3d_grad_weight(x_pad, grad_output, kernel_size, stride, block_j=BLOCK_J):

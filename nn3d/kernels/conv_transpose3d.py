@@ -162,6 +162,12 @@ def conv_transpose3d_blocks_forward(x, weight, bias, block_w=BLOCK_W):
     return y if cout_padded == cout else arena.copy(y[..., :cout])
 
 
+def conv_transpose3d_blocks_work_items(input_shape):
+    """The parallel work items of the forward and grad-input kernels for an input (N, D, H, W, Cin):
+    one per input row (n, id, ih)."""
+    return input_shape[0] * input_shape[1] * input_shape[2]
+
+
 # ---- grad-input: line (3) -----------------------------------------------------------------------
 @blocked_kernel
 def conv_transpose3d_blocks_grad_input_kernel(grad_output, w_packed, block_w, grad_input):

@@ -135,6 +135,13 @@ def grad_weight_partition(input_shape, kernel_size, cout):
     return -(-n_rows // rows_per_chunk), rows_per_chunk, n_columns   # (rounding up may leave fewer chunks)
 
 
+def conv_transpose3d_blocks_grad_weight_work_items(input_shape, kernel_size, cout):
+    """The parallel work items of `conv_transpose3d_blocks_grad_weight_kernel` for an input
+    (N, D, H, W, Cin): (chunk of input rows, column (kz, ky, kx, cb)) pairs."""
+    n_chunks, _, n_columns = grad_weight_partition(input_shape, kernel_size, cout)
+    return n_chunks * n_columns
+
+
 def conv_transpose3d_blocks_grad_weight(x, grad_output, kernel_size, cout, block_j=BLOCK_J):
     """Line (4), kernel == stride, padding 0: dL/dweight (Cin, Cout, kD, kH, kW) from
     x (N, D, H, W, Cin) and grad_output (N, D*kD, H*kH, W*kW, Cout); block_j: the register tile

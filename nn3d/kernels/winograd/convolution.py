@@ -26,7 +26,7 @@ from ..register_tile import BLOCK_C, BLOCK_W
 from .algorithm import TILE_VALUES
 from .filter_transform import flipped_transposed_transform
 from .products import multiply_block
-from .tile_transforms import transform_input_block, transform_output_block
+from .tile_transforms import tile_count, transform_input_block, transform_output_block
 
 
 @blocked_kernel
@@ -75,6 +75,13 @@ def tiles_per_block_for(cin, cout_padded):
     them; many blocks to share between threads at 8^3), larger ones up to 2x slower."""
     cin_padded = -(-cin // BLOCK_C) * BLOCK_C
     return int(min(64, max(8, 512 // (cin_padded + cout_padded) // 8 * 8)))
+
+
+def winograd_convolution_work_items(shape, cin, cout):
+    """The parallel work items of `winograd_convolution` with the default blocking: the blocks of
+    tiles `winograd_kernel` deals to its workers, for inputs (N, D, H, W, ...) = shape of Cin
+    channels in all and Cout output channels."""
+    return -(-tile_count(shape) // tiles_per_block_for(cin, -(-cout // BLOCK_C) * BLOCK_C))
 
 
 def no_channels(like):

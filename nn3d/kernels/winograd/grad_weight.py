@@ -80,7 +80,7 @@ from ..register_tile import BLOCK_C, BLOCK_W
 from .algorithm import A_T, B_T, G, G_KRON, TILE_VALUES
 from .convolution import kernel_inputs
 from .products import accumulate_block_products
-from .tile_transforms import transform_grad_output_block, transform_input_block
+from .tile_transforms import tile_count, transform_grad_output_block, transform_input_block
 
 
 def winograd_grad_weight_reference(x, grad_output):
@@ -195,6 +195,14 @@ def grad_weight_partition(n_tiles, cin_padded, cout_padded):
     return tiles_per_block, tiles_per_chunk, n_chunks, -(-n_cblocks // blocks_per_group)
 
 
+def winograd_grad_weight_work_items(shape, cin, cout):
+    """The parallel work items of `winograd_grad_weight` for inputs (N, D, H, W, ...) = shape of Cin
+    channels in all and Cout output channels: (chunk, group) pairs of `winograd_grad_weight_kernel`."""
+    padded = lambda c: -(-c // BLOCK_C) * BLOCK_C
+    _, _, n_chunks, n_groups = grad_weight_partition(tile_count(shape), padded(cin), padded(cout))
+    return n_chunks * n_groups
+
+
 def winograd_grad_weight(inputs, grad_output, block_rows=BLOCK_W):
     """Line (4) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1, by the transposed
     F(2^3, 3^3): inputs, a tuple of channels-last unpadded arrays (N, D, H, W, C_j) (one, or a
@@ -209,9 +217,8 @@ def winograd_grad_weight(inputs, grad_output, block_rows=BLOCK_W):
     grad_output = np.ascontiguousarray(grad_output, dtype=x0.dtype)
     cin, cout = x0.shape[4] + x1.shape[4], grad_output.shape[4]
     cin_padded, cout_padded = (-(-c // BLOCK_C) * BLOCK_C for c in (cin, cout))
-    n_tiles = x0.shape[0] * ((x0.shape[1] + 1) // 2) * ((x0.shape[2] + 1) // 2) * ((x0.shape[3] + 1) // 2)
-    tiles_per_block, tiles_per_chunk, n_chunks, n_groups = grad_weight_partition(n_tiles, cin_padded,
-                                                                                 cout_padded)
+    tiles_per_block, tiles_per_chunk, n_chunks, n_groups = grad_weight_partition(tile_count(x0.shape),
+                                                                                 cin_padded, cout_padded)
     partial = arena.empty((n_chunks, TILE_VALUES * cin_padded * cout_padded), x0.dtype)   # dU per chunk
     winograd_grad_weight_kernel(x0, x1, grad_output, np.int64(tiles_per_chunk), np.int64(tiles_per_block),
                                 np.int64(n_groups), np.int64(block_rows), np.int64(numba.get_num_threads()),

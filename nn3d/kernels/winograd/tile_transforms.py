@@ -31,6 +31,11 @@ def grad_output_transform_1d(e0, e1):
     return e0, add16(e0, e1), sub16(e0, e1), e1
 
 
+def tile_count(shape):
+    """The 2x2x2 output tiles of a volume (N, D, H, W, ...): N * ceil(D/2) * ceil(H/2) * ceil(W/2)."""
+    return shape[0] * ((shape[1] + 1) // 2) * ((shape[2] + 1) // 2) * ((shape[3] + 1) // 2)
+
+
 @inlined_tile_helper
 def tile_position(tile, tiles_d, tiles_h, tiles_w):
     """Tile number t = ((n * tiles_d + td) * tiles_h + th) * tiles_w + tw -> (n, td, th, tw)."""
