@@ -72,9 +72,10 @@ def fma16(acc, value, w):
 def load16_at(flat, at):
     """flat[at:at + 16] as a 16-tuple; `at` unsigned and every offset an unsigned constant (at + 1
     with a plain int literal would be signed, with negative-index checks that stop vectorisation)."""
-    return (flat[at], flat[at + UINT[1]], flat[at + UINT[2]], flat[at + UINT[3]], flat[at + UINT[4]], flat[at + UINT[5]],
-            flat[at + UINT[6]], flat[at + UINT[7]], flat[at + UINT[8]], flat[at + UINT[9]], flat[at + UINT[10]],
-            flat[at + UINT[11]], flat[at + UINT[12]], flat[at + UINT[13]], flat[at + UINT[14]], flat[at + UINT[15]])
+    return (flat[at], flat[at + UINT[1]], flat[at + UINT[2]], flat[at + UINT[3]], flat[at + UINT[4]],
+            flat[at + UINT[5]], flat[at + UINT[6]], flat[at + UINT[7]], flat[at + UINT[8]], flat[at + UINT[9]],
+            flat[at + UINT[10]], flat[at + UINT[11]], flat[at + UINT[12]], flat[at + UINT[13]],
+            flat[at + UINT[14]], flat[at + UINT[15]])
 
 
 @tile_helper
@@ -125,11 +126,11 @@ def padded_channels(cout):
     return -(-cout // BLOCK_C) * BLOCK_C
 
 
-# ---- tiles of 4 and 8 accumulators (the transposed convolution's) --------------------------------------------------------------
-# A register tile is a tuple of 4 (or 8) accumulators, each a 16-tuple (`load16`). The kernels below
-# differ only in where the broadcast values and the 16-vectors come from; these helpers are the
-# arithmetic they share (an 8-tile is two 4-tiles). Inlined, they leave the loops as vector loads,
-# broadcast FMAs and vector stores.
+# ---- tiles of 4 and 8 accumulators -----------------------------------------------------------------
+# A register tile is a tuple of 4 (or 8) accumulators, each a 16-tuple (`load16`). The transposed
+# convolution's kernels differ only in where the broadcast values and the 16-vectors come from; these
+# helpers are the arithmetic they share (an 8-tile is two 4-tiles). Inlined, they leave the loops as
+# vector loads, broadcast FMAs and vector stores.
 @inlined_tile_helper
 def store16(matrix, i, tile):
     """matrix[i, 0:16] = tile, a 16-tuple: one vector store once inlined (a loop `for c in

@@ -1,7 +1,9 @@
 """Winograd's minimal filtering F(2^3, 3^3): a 3x3x3, stride-1, padding-1 convolution with 3.4x fewer
 multiplications than the direct sum (Lavin & Gray, "Fast Algorithms for Convolutional Neural
 Networks", 2016). The direct kernels (nn3d/kernels/conv3d.py) already run near this machine's FMA
-peak, so the only way to be much faster is to do less arithmetic.
+peak, so the only way to be much faster is to do less arithmetic. This file holds the derivation,
+the matrices, the notation of the package and plain NumPy references; the other files of
+nn3d/kernels/winograd/ are the fast kernels (their order: __init__.py).
 
 1. F(2, 3) in one dimension: two outputs of a 3-tap filter from 4 inputs, with 4 multiplications.
    The correlation we need (nn3d/conv3d.py (1), one axis, one channel pair):

@@ -31,7 +31,7 @@ from .tile_transforms import tile_count, transform_input_block, transform_output
 
 @blocked_kernel
 def winograd_kernel(x0, x1, u_packed, bias, relu, tiles_per_block, block_rows, n_workers, y0, y1):
-    """y = conv(x, weight) + bias for 3x3x3, stride 1, padding 1, by F(2^3, 3^3) (sections 2-3 above),
+    """y = conv(x, weight) + bias for 3x3x3, stride 1, padding 1, by F(2^3, 3^3) (algorithm.py, sections 2-3),
     or max(0, y) if relu (a folded BatchNorm's ReLU, nn3d/batchnorm_folding.py),
     where x is x0 and x1 side by side along the channels and y is y0 and y1 (see
     `transform_input_block` and `transform_output_block`: the concatenation of a decoder's inputs,
@@ -107,8 +107,9 @@ def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, t
     (Cout,) or None. Returns the output's channels cut into bands of sizes `output_channels` (summing
     to Cout): a tuple of C-contiguous (N, D, H, W, C) arrays. Two inputs whose first has a multiple
     of 16 channels are read in place, and two output bands whose first is a multiple of 16 are
-    written in place; anything else goes through one concatenated (or split) copy. block_rows: the register tile (this CPU's BLOCK_W; the
-    tests pass 4 and 8); tiles_per_block: None for `tiles_per_block_for`; relu: max(0, output)."""
+    written in place; anything else goes through one concatenated (or split) copy. block_rows: the
+    register tile (this CPU's BLOCK_W; the tests pass 4 and 8); tiles_per_block: None for
+    `tiles_per_block_for`; relu: max(0, output)."""
     x0, x1 = kernel_inputs(inputs)
     cout = sum(output_channels)
     cout_padded = u.shape[1] * BLOCK_C

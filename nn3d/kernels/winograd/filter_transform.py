@@ -21,7 +21,8 @@ from .algorithm import POSITIONS_FLIPPED, TILE_VALUES
 
 @tile_helper
 def filter_points(g0, g1, g2):
-    """(G g) along one axis: a 3-tap filter at the points 0, 1, -1, infinity, halved at +-1 (section 1)."""
+    """(G g) along one axis: a 3-tap filter at the points 0, 1, -1, infinity, halved at +-1
+    (algorithm.py, section 1)."""
     return g0, (g0 + g1 + g2) * 0.5, (g0 - g1 + g2) * 0.5, g2
 
 
@@ -32,7 +33,7 @@ def filter_transform_kernel(weight, n_workers, u_packed):
     stored in u_packed's dtype; zeros for the padding output channels. Work items (cb, ci), dealt to
     n_workers workers with their own float64 scratch, 16 output channels side by side in each: G
     along kx (along_x[i, j, cx, c], cx the point c'), then ky (along_y[i, b, cx, c]), then kz
-    (section 2: the order does not matter)."""
+    (algorithm.py, section 2: the order does not matter)."""
     cout, cin = weight.shape[:2]
     n_cblocks = u_packed.shape[1]
     for worker in prange(n_workers):

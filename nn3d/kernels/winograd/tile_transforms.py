@@ -27,7 +27,7 @@ def output_transform_1d(m0, m1, m2, m3):
 
 @tile_helper
 def grad_output_transform_1d(e0, e1):
-    """A (e0, e1) = (e0, e0 + e1, e0 - e1, e1) on 16-channel vectors (A = (A^T)^T: section 1)."""
+    """A (e0, e1) = (e0, e0 + e1, e0 - e1, e1) on 16-channel vectors (A = (A^T)^T: grad_weight.py, section 1)."""
     return e0, add16(e0, e1), sub16(e0, e1), e1
 
 
@@ -58,7 +58,8 @@ def input_voxel_along_z(source, voxel, plane, a):
     (unsigned). `a` is a constant where this is inlined: the loads and sums of B^T's other rows
     compile to nothing."""
     return input_transform_1d(load16_at(source, voxel), load16_at(source, voxel + plane),
-                              load16_at(source, voxel + UINT[2] * plane), load16_at(source, voxel + UINT[3] * plane))[a]
+                              load16_at(source, voxel + UINT[2] * plane),
+                              load16_at(source, voxel + UINT[3] * plane))[a]
 
 
 @tile_helper
@@ -175,14 +176,14 @@ def output_row_along_z(m, row, a_step, xi_step, p):
     """(A^T M[:, b, c])[p] for c = 0..3, the row (b) whose M[a, b, c] is at m[row + a*a_step + c*xi_step]
     (all unsigned). `p` is a constant where this is inlined: the other row of A^T compiles to nothing."""
     c1, c2, c3 = row + xi_step, row + UINT[2] * xi_step, row + UINT[3] * xi_step
-    return (output_transform_1d(load16_at(m, row), load16_at(m, row + a_step), load16_at(m, row + UINT[2] * a_step),
-                                load16_at(m, row + UINT[3] * a_step))[p],
-            output_transform_1d(load16_at(m, c1), load16_at(m, c1 + a_step), load16_at(m, c1 + UINT[2] * a_step),
-                                load16_at(m, c1 + UINT[3] * a_step))[p],
-            output_transform_1d(load16_at(m, c2), load16_at(m, c2 + a_step), load16_at(m, c2 + UINT[2] * a_step),
-                                load16_at(m, c2 + UINT[3] * a_step))[p],
-            output_transform_1d(load16_at(m, c3), load16_at(m, c3 + a_step), load16_at(m, c3 + UINT[2] * a_step),
-                                load16_at(m, c3 + UINT[3] * a_step))[p])
+    return (output_transform_1d(load16_at(m, row), load16_at(m, row + a_step),
+                                load16_at(m, row + UINT[2] * a_step), load16_at(m, row + UINT[3] * a_step))[p],
+            output_transform_1d(load16_at(m, c1), load16_at(m, c1 + a_step),
+                                load16_at(m, c1 + UINT[2] * a_step), load16_at(m, c1 + UINT[3] * a_step))[p],
+            output_transform_1d(load16_at(m, c2), load16_at(m, c2 + a_step),
+                                load16_at(m, c2 + UINT[2] * a_step), load16_at(m, c2 + UINT[3] * a_step))[p],
+            output_transform_1d(load16_at(m, c3), load16_at(m, c3 + a_step),
+                                load16_at(m, c3 + UINT[2] * a_step), load16_at(m, c3 + UINT[3] * a_step))[p])
 
 
 @tile_helper
