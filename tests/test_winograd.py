@@ -8,7 +8,7 @@ from nn3d.kernels.padding import pad_channels_last
 from nn3d.kernels.winograd.algorithm import (A_T, B_T, G, filter_transform_reference,
                                              flipped_transposed_transform_reference, winograd_forward_reference)
 from nn3d.kernels.winograd.convolution import winograd_forward, winograd_grad_input
-from nn3d.kernels.filter_transform import filter_transform, flipped_transposed_transform
+from nn3d.kernels.winograd.filter_transform import filter_transform, flipped_transposed_transform
 
 
 def test_one_dimensional_f23_is_the_correlation():
