@@ -19,7 +19,7 @@ ends with
     kill, a scheduler's stop (SIGTERM)                    "terminated"                exit 143 (128 + SIGTERM)
 
 Anything else is a bug and keeps its traceback. A signal ends the process at once, and with it the
-worker processes it started (multiprocessing's, which ignore the signals themselves: one line).
+worker processes it started (multiprocessing's, which say nothing themselves: one line).
 """
 import errno
 import multiprocessing
@@ -46,8 +46,8 @@ def exit_on_signal(signal_number, frame):
     callback (Numba compiling), where Python prints it and carries on; exiting here cannot be
     swallowed. Nothing is lost: every file is written atomically, the folder lock is released by the
     kernel, and the next write removes the temporary file a write in progress leaves (atomic.py).
-    The worker processes of a multiprocessing Pool ignore both signals (ignore_exit_signals) and
-    are killed here, so a Ctrl-C to the whole process group prints one line, the parent's."""
+    The worker processes of a multiprocessing Pool are killed here, and they keep quiet themselves
+    (quiet_worker_signals), so a Ctrl-C to the whole process group prints one line, the parent's."""
     line, status = EXIT_SIGNALS[signal_number]
     for child in multiprocessing.active_children():
         child.kill()
@@ -55,11 +55,12 @@ def exit_on_signal(signal_number, frame):
     os._exit(status)
 
 
-def ignore_exit_signals():
-    """In a worker process (a Pool's initializer): leave SIGINT and SIGTERM to the parent, which
-    ends the workers itself (exit_on_signal)."""
-    for number in EXIT_SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
+def quiet_worker_signals():
+    """In a worker process (a Pool's initializer): ignore Ctrl-C, which a terminal sends to the
+    parent too, and let SIGTERM end the worker without a word (Pool.terminate sends it); the parent
+    prints the one line and ends its workers (exit_on_signal)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run(main, argv=None):

@@ -22,7 +22,7 @@ the reader and the preprocessing on
 
 Patient i is drawn from its own random stream (seed, i): the same seed gives the same patient,
 whatever the number of patients or workers (at most one per patient and per core; they ignore
-Ctrl-C and SIGTERM, which end the parent, and the parent ends them: common/errors.py). The folder is
+Ctrl-C, which ends the parent, and the parent ends them: common/errors.py). The folder is
 written into a temporary sibling and renamed when complete: an interrupted run leaves no half cohort
 and the old one intact. An existing non-empty folder is refused unless it holds what this command
 would write (then nothing is done) or `overwrite` is set and its record (manifest.json or
@@ -39,7 +39,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from mri2ct.common.atomic import make_temporary_folder, write_text
-from mri2ct.common.errors import ignore_exit_signals
+from mri2ct.common.errors import quiet_worker_signals
 from mri2ct.data import phantom, streams
 from mri2ct.data.folders import MANIFEST, split_ids
 from mri2ct.data.nifti import save_volume
@@ -122,7 +122,7 @@ def _write_patient(task):
 
 def _start_worker():
     threadpool_limits(1)  # one BLAS thread per worker process: the workers already fill the cores
-    ignore_exit_signals()
+    quiet_worker_signals()
 
 
 def _parameters(layout, patients, seed, shape, spacing, supersample):
