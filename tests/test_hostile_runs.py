@@ -17,7 +17,7 @@ import pytest
 from hostile import Case, check_case
 from mri2ct import train
 from mri2ct.common import errors
-from mri2ct.data import generate_cohort
+from mri2ct.data import generate_cohort, load_patient, open_data_folder
 from mri2ct.training.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = ["--features", "4", "8", "16", "32", "--threads", "1"]
@@ -265,12 +265,14 @@ def test_a_really_full_disk_and_a_read_only_one(files, small_file_system):
 
 
 # ---- permissions --------------------------------------------------------------------------------
-def test_cohort_folders_honour_the_umask(tmp_path):
+def test_cohort_folders_and_cache_entries_honour_the_umask(tmp_path):
     previous = os.umask(0o022)
     try:
         generate_cohort(str(tmp_path / "cohort"), patients=1, seed=0, shape=16, spacing=6.0, workers=1)
+        load_patient(open_data_folder(str(tmp_path / "cohort")), "patient_000", 6.0, str(tmp_path / "cache"))
     finally:
         os.umask(previous)
-    for folder in (tmp_path / "cohort", tmp_path / "cohort" / "patient_000"):
+    (entry,) = (tmp_path / "cache").iterdir()
+    for folder in (tmp_path / "cohort", tmp_path / "cohort" / "patient_000", entry):
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755, folder
     assert stat.S_IMODE(os.stat(tmp_path / "cohort" / "manifest.json").st_mode) == 0o644
