@@ -32,7 +32,8 @@ USAGE_ERROR = 2
 RUN_ERROR = 1
 INTERRUPTED = 130
 # The signals that end a command: its line and its exit status (128 + the signal's number).
-EXIT_SIGNALS = {signal.SIGINT: ("interrupted", INTERRUPTED), signal.SIGTERM: ("terminated", 128 + signal.SIGTERM)}
+EXIT_SIGNALS = {signal.SIGINT: ("interrupted", INTERRUPTED),
+                signal.SIGTERM: ("terminated", 128 + signal.SIGTERM)}
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -66,7 +67,9 @@ def quiet_worker_signals():
 def run(main, argv=None):
     """Call main(argv); return its result, or exit with one line on stderr (see the module docstring)."""
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = {number: signal.signal(number, exit_on_signal) for number in EXIT_SIGNALS} if in_main_thread else {}
+    previous = {}
+    if in_main_thread:
+        previous = {number: signal.signal(number, exit_on_signal) for number in EXIT_SIGNALS}
     try:
         return main(argv)
     except (KeyboardInterrupt, ValueError, OSError, RunError, MemoryError) as error:
@@ -95,7 +98,6 @@ def report(error):
         print("error: out of memory (try a smaller input or fewer --threads)", file=sys.stderr)
         return RUN_ERROR
     return None
-
 
 
 def disk_full_message(error):

@@ -36,8 +36,8 @@ def parse_args(argv=None):
     parser.add_argument("--shape", type=flags.integer(MIN_SIZE), nargs="+", metavar="N",
                         help="voxels per axis: one size (cube) or three (default: 64 for a cohort, "
                              "160 192 176 for a paired folder, each shrunk by up to 15%% per patient)")
-    parser.add_argument("--spacing", type=flags.number(*SPACING_RANGE_MM), help="isotropic voxel size in mm (default: 3 for a cohort, "
-                                                      "1 for a paired folder)")
+    parser.add_argument("--spacing", type=flags.number(*SPACING_RANGE_MM),
+                        help="isotropic voxel size in mm (default: 3 for a cohort, 1 for a paired folder)")
     parser.add_argument("--supersample", type=flags.integer(1, MAX_SUPERSAMPLE), default=2,
                         help="partial-volume supersampling factor")
     parser.add_argument("--workers", type=flags.POSITIVE, default=None,

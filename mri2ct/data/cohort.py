@@ -74,7 +74,8 @@ def check_parameters(patients, shape, spacing, supersample):
         raise ValueError(f"--patients must be at least 1, got {patients}")
     sizes = np.atleast_1d(shape)
     if len(sizes) not in (1, 3) or sizes.min() < MIN_SIZE:
-        raise ValueError(f"--shape must be one or three sizes of at least {MIN_SIZE} voxels, got {' '.join(map(str, sizes))}")
+        raise ValueError(f"--shape must be one or three sizes of at least {MIN_SIZE} voxels, "
+                         f"got {' '.join(map(str, sizes))}")
     if int(np.prod(np.broadcast_to(sizes, (3,)), dtype=np.int64)) > MAX_VOXELS:
         raise ValueError(f"--shape {' '.join(map(str, sizes))} exceeds {MAX_VOXELS} voxels per patient")
     if not SPACING_RANGE_MM[0] <= spacing <= SPACING_RANGE_MM[1]:   # also false for nan

@@ -3,9 +3,9 @@
 A folder holds one run. The run owns --out: it holds the lock `--out/.lock` from start to end
 (folder_lock.py), so a second trainer on the same folder stops at once with a one-line error, and a
 run killed with kill -9 leaves no stale lock. A fresh start into a folder holding a run is refused,
-and so is a resume of another run's checkpoint into it (`same_run`). Temporary files a killed run left behind are deleted by the next write
-(common/atomic.py). Every checkpoint records the training window (the patch, or the volume shape)
-and the voxel spacing, so mri2ct.infer can always use it.
+and so is a resume of another run's checkpoint into it (`same_run`). Temporary files a killed run
+left behind are deleted by the next write (common/atomic.py). Every checkpoint records the training
+window (the patch, or the volume shape) and the voxel spacing, so mri2ct.infer can always use it.
 
 Files in --out, all written atomically (temporary file + rename) and refreshed every epoch:
     latest.npz           the last finished epoch, for --resume
@@ -19,11 +19,11 @@ Files in --out, all written atomically (temporary file + rename) and refreshed e
 
 Exact resume: a checkpoint holds the model, the optimizer's moments and step, the schedule's step,
 the history and the config, with the fingerprint of the run's data (data/fingerprint.py): a resume
-on data that changed under the same patient ids is refused. The data plan is a pure function of (seed, epoch, step), so the seed and
-the epoch are the whole random state. `--resume latest` after a crash (even kill -9 in the middle of
-an epoch) restarts at the first unfinished epoch and gives the history the uninterrupted run would
-have given (bit for bit with the same --threads; Numba's kernels are deterministic for a fixed
-thread count).
+on data that changed under the same patient ids is refused. The data plan is a pure function of
+(seed, epoch, step), so the seed and the epoch are the whole random state. `--resume latest` after
+a crash (even kill -9 in the middle of an epoch) restarts at the first unfinished epoch and gives
+the history the uninterrupted run would have given (bit for bit with the same --threads; Numba's
+kernels are deterministic for a fixed thread count).
 """
 import json
 import os
@@ -109,7 +109,8 @@ def same_run(state, held):
 def check_folder_holds_this_run(path, state, out_dir):
     """ValueError if `out_dir` holds a run (its latest.npz) other than the one of checkpoint `path`."""
     latest = os.path.join(out_dir, "latest.npz")
-    if os.path.exists(latest) and not os.path.samefile(path, latest) and not same_run(state, load_checkpoint(latest)):
+    if os.path.exists(latest) and not os.path.samefile(path, latest) and \
+            not same_run(state, load_checkpoint(latest)):
         raise ValueError(f"{out_dir} already holds another run (its latest.npz has another history than "
                          f"{path}); resume into an empty or new --out")
 
