@@ -14,8 +14,9 @@ once per session by the suite's fixtures). A case runs in-process (the module's 
 mri2ct.common.errors.run, as `python -m` would: fast, no interpreter start-up per case) unless
 `process=True`, which runs `python -m` in a subprocess (signals, memory limits, process groups).
 A case with `signal=(number, glob)` runs in a subprocess of its own process group and gets the signal
-once a file matches `glob` (templated), sent to the whole group as a terminal's Ctrl-C is; then no
-process of the group may be left.
+once a file matches `glob` (templated), sent to the whole group as a terminal's Ctrl-C is (or with
+`signal_group=False` to the command's process alone, as `kill PID` does); then no process of the
+group may be left.
 """
 import contextlib
 import glob
@@ -45,6 +46,7 @@ class Case:
     process: bool = False               # run `python -m` in a subprocess
     timeout: float = 300
     signal: tuple = None                # (signal number, glob): send it to the process group once the glob matches
+    signal_group: bool = True           # False: send it to the command's process alone
     after: object = None                # after(names): more assertions once the command has ended
 
     def __str__(self):
@@ -93,9 +95,10 @@ def group_members(group):
     return members
 
 
-def run_and_signal(module, argv, number, pattern, timeout):
+def run_and_signal(module, argv, number, pattern, group, timeout):
     """(exit status, stderr) of `python -m module argv...` in a new process group, sent signal
-    `number` (to the group) once a file matches `pattern`; asserts that the group is empty after."""
+    `number` (to the group, or to the process alone) once a file matches `pattern`; asserts that the
+    group is empty after."""
     process = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
                                start_new_session=True)
@@ -103,7 +106,7 @@ def run_and_signal(module, argv, number, pattern, timeout):
     while not glob.glob(pattern) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert process.poll() is None, f"{module} ended before {pattern} appeared:\n{process.stderr.read()}"
-    os.killpg(process.pid, number)
+    (os.killpg if group else os.kill)(process.pid, number)
     _, stderr = process.communicate(timeout=timeout)
     time.sleep(0.2)
     left = group_members(process.pid)
@@ -124,7 +127,8 @@ def check_case(case, folder, files):
         watched[path] = fingerprint(path)
     if case.signal:
         number, pattern = case.signal
-        status, stderr = run_and_signal(module, argv, number, pattern.format(**names), case.timeout)
+        status, stderr = run_and_signal(module, argv, number, pattern.format(**names), case.signal_group,
+                                        case.timeout)
     elif case.process:
         status, stderr = run_in_subprocess(module, argv, case.timeout)
     else:
