@@ -99,7 +99,7 @@ def to_csv(rows):
 
 def parse_args(argv=None):
     parser = flags.Parser(prog="python -m mri2ct.evaluate",
-                                     description="Per-patient metrics of a checkpoint on a cohort split.")
+                          description="Per-patient metrics of a checkpoint on a cohort split.")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of mri2ct.train (e.g. best.npz)")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="a cohort or a folder of paired scans (as for mri2ct.train)")

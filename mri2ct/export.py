@@ -21,7 +21,7 @@ from mri2ct.training.checkpoint import model_from_checkpoint, training_frame
 
 def parse_args(argv=None):
     parser = flags.Parser(prog="python -m mri2ct.export",
-                                     description="Write a trained UNet3D as an ONNX file (opset 17).")
+                          description="Write a trained UNet3D as an ONNX file (opset 17).")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of mri2ct.train (e.g. best.npz)")
     parser.add_argument("--onnx", required=True, help="the ONNX file to write (.onnx)")
     return parser.parse_args(argv)

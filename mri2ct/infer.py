@@ -57,7 +57,7 @@ def same_file(first, second):
 
 def parse_args(argv=None):
     parser = flags.Parser(prog="python -m mri2ct.infer",
-                                     description="Synthesise a CT (HU) from a T1 MRI with a trained UNet3D.")
+                          description="Synthesise a CT (HU) from a T1 MRI with a trained UNet3D.")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of mri2ct.train (e.g. best.npz)")
     parser.add_argument("--input", help="T1 MRI, NIfTI (.nii or .nii.gz), any size/spacing")
     parser.add_argument("--output", help="synthetic CT to write (.nii or .nii.gz), in HU")

@@ -34,11 +34,11 @@ def integer(low=None, high=None):
         if (low is not None and value < low) or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {bounds_text(low, high)}, got {value}")
         return value
-    parse.__name__ = "integer"                  # argparse names the type in some messages
     return parse
 
 
 def bounds_text(low, high):
+    """'at least 1', 'at most 9' or 'between 1 and 9': the range of `integer` in its message."""
     if high is None:
         return f"at least {low}"
     if low is None:
@@ -58,7 +58,6 @@ def number(low, high, low_open=False):
             raise argparse.ArgumentTypeError(
                 f"must be a finite number in {'(' if low_open else '['}{low:g}, {high:g}], got {text}")
         return value
-    parse.__name__ = "number"
     return parse
 
 
@@ -67,15 +66,15 @@ def multiple_of(factor, at_least):
     def parse(text):
         value = integer()(text)
         if value < at_least or value % factor:
-            raise argparse.ArgumentTypeError(f"must be a multiple of {factor} of at least {at_least}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be a multiple of {factor} of at least {at_least}, "
+                                             f"got {value}")
         return value
-    parse.__name__ = "multiple_of"
     return parse
 
 
 POSITIVE = integer(1)
 NON_NEGATIVE = integer(0)
-SEED = integer(0, 2**32 - 1)            # numpy's seeds are non-negative; 32 bits as every tool accepts
+SEED = integer(0, 2**32 - 1)            # numpy refuses negative seeds; 32 bits are plenty
 
 
 def add_threads_argument(parser, note=""):

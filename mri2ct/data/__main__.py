@@ -19,8 +19,8 @@ DEFAULT_SPACING = {"cohort": 3.0, "paired": 1.0}
 
 def parse_args(argv=None):
     parser = flags.Parser(prog="python -m mri2ct.data",
-                                     description="Generate synthetic paired brain MRI and CT, report tissue "
-                                                 "statistics of a cohort, or draw the data figures.")
+                          description="Generate synthetic paired brain MRI and CT, report tissue "
+                                      "statistics of a cohort, or draw the data figures.")
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--out", metavar="DIR", help="folder to write (new or empty; see --overwrite)")
     action.add_argument("--stats", metavar="DIR", help="cohort folder to report mean HU and MR per label")
