@@ -23,7 +23,6 @@ in --output-dir is kept, not predicted again (so a rerun after a crash finishes 
 to predict it again). Under `mpiexec -n N` (common/distributed.py) rank r predicts scans r,
 r + N, ...; rank 0 prints the summary.
 """
-import argparse
 import os
 import sys
 
@@ -57,8 +56,8 @@ def same_file(first, second):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mri2ct.infer",
-                                     description="Synthesise a CT (HU) from a T1 MRI with a trained UNet3D.")
+    parser = flags.Parser(prog="python -m mri2ct.infer",
+                          description="Synthesise a CT (HU) from a T1 MRI with a trained UNet3D.")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of mri2ct.train (e.g. best.npz)")
     parser.add_argument("--input", help="T1 MRI, NIfTI (.nii or .nii.gz), any size/spacing")
     parser.add_argument("--output", help="synthetic CT to write (.nii or .nii.gz), in HU")

@@ -24,13 +24,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 from nibabel import orientations
 from scipy import ndimage
 
+from mri2ct.common.atomic import make_temporary_folder
 from mri2ct.data.folders import read_scan
 from mri2ct.data.normalise import normalise_mr
 from mri2ct.data.orientation import to_ras
@@ -165,7 +165,7 @@ def _write_entry(entry, patient):
     """Write a PatientVolumes into a temporary sibling of `entry`, then rename it to `entry`."""
     parent = os.path.dirname(entry)
     os.makedirs(parent, exist_ok=True)
-    temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(entry)}.", dir=parent)
+    temporary = make_temporary_folder(parent, prefix=f".{os.path.basename(entry)}.")
     try:
         arrays = {"mr": patient.mr, "ct_hu": patient.ct_hu, "mask": patient.mask, "labels": patient.labels}
         for name, array in arrays.items():
