@@ -1,8 +1,8 @@
 """What every benchmark shares: threads, timing, the machine's own sgemm and copy rates, JSON output.
 
 Timing rules (the machine is noisy): warm up first so compilation and first-touch page faults are
-excluded, then time `repeats` calls and report the median. Ours and PyTorch's are measured in the
-same process, interleaved, so both see the same machine.
+excluded, then time `repeats` calls and report the median. Ours and the other engines' are measured
+in the same process, interleaved, so all see the same machine.
 """
 import json
 import os
@@ -72,13 +72,45 @@ def copy_gbps(megabytes=256, repeats=5):
     return 2 * source.nbytes / seconds / 1e9
 
 
-def machine_info(threads):
-    import numba
-    import torch
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo ("AMD EPYC"), or the platform's answer elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "threads": threads, "numpy": np.__version__, "numba": numba.__version__,
-            "torch": torch.__version__, "python": platform.python_version()}
+
+def instruction_set():
+    """The vector instruction set nn3d's kernels are compiled for, from the same LLVM feature string
+    that picks their register-tile width (nn3d/kernels/conv3d.py): "AVX-512", "AVX2" or "other"."""
+    from nn3d.kernels.conv3d import compiling_for
+
+    features = compiling_for().split(",")
+    return "AVX-512" if "+avx512f" in features else "AVX2" if "+avx2" in features else "other"
+
+
+def version(package):
+    """A package's installed version, or "not installed"."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_info(threads):
+    from nn3d.kernels.conv3d import BLOCK_W
+
+    return {"cpu": platform.machine(), "cpu_model": cpu_model(), "isa": instruction_set(),
+            "tile_width": BLOCK_W, "cores": os.cpu_count(), "threads": threads,
+            "python": platform.python_version(),
+            **{package: version(package) for package in ("numpy", "numba", "torch", "onnx",
+                                                         "onnxscript", "onnxruntime", "openvino")}}
 
 
 def write_json(path, payload):

@@ -9,8 +9,8 @@ after warm-up (median of interleaved repeats). PyTorch runs each pass in NCDHW a
 channels_last_3d; the faster counts. Compute-bound passes report GFLOP/s and the fraction of
 NumPy's sgemm rate measured in the same run; the 3x3x3 layers' forward and grad_input rows run the
 direct kernels, the "wino fwd" and "wino grad_in" rows the same passes by Winograd F(2^3, 3^3)
-(nn3d/kernels/winograd.py), the "wino grad_w" row the grad-weight pass by its transpose
-(nn3d/kernels/winograd_grad_weight.py); their rate is "effective": direct-convolution FLOPs / time.
+(nn3d/kernels/winograd/convolution.py), the "wino grad_w" row the grad-weight pass by its transpose
+(nn3d/kernels/winograd/grad_weight.py); their rate is "effective": direct-convolution FLOPs / time.
 Winograd does 3.4x fewer multiplications, so its effective rate may exceed the sgemm rate (of
 roof > 100%).
 Memory-bound passes report GB/s (bytes of the inputs read once plus the outputs written once)
@@ -19,8 +19,8 @@ There is no concatenation row: the decoders' first convolutions read (up, skip) 
 (their forward includes the concatenation; PyTorch's row is timed on the concatenated tensor).
 For every pass it also reports how many independent work items its parallel loop has (the `prange`
 iterations, for Winograd its blocks of tiles, for its grad-weight its chunks of tiles: enough to
-keep 32 cores busy is the aim) and its speed-up from 1 to 2 threads (both timed in the same
-interleaved rounds).
+keep 32 cores busy is the aim; the convolutions' counts come from the kernels' own `*_work_items`
+functions) and its speed-up from 1 to 2 threads (both timed in the same interleaved rounds).
 
 Writes benchmarks/results/kernels_<size>.json and .png.
 """
@@ -67,12 +67,14 @@ def conv_passes(kind, spec, rng):
     import torch
 
     import nn3d
-    from nn3d.kernels.conv3d import (BLOCK_C, conv3d_forward, conv3d_grad_input, conv3d_grad_weight,
-                                     grad_weight_chunks)
+    from nn3d.kernels.conv3d import (conv3d_forward, conv3d_forward_work_items, conv3d_grad_input,
+                                     conv3d_grad_input_work_items)
+    from nn3d.kernels.conv3d_grad_weight import conv3d_grad_weight, conv3d_grad_weight_work_items
     from nn3d.kernels.padding import pad_and_concatenate, pad_channels_last
-    from nn3d.kernels.winograd import (filter_transform, tiles_per_block_for, winograd_forward,
-                                       winograd_grad_input)
-    from nn3d.kernels.winograd_grad_weight import grad_weight_partition, winograd_grad_weight
+    from nn3d.kernels.winograd.convolution import (winograd_convolution_work_items, winograd_forward,
+                                                   winograd_grad_input)
+    from nn3d.kernels.winograd.filter_transform import filter_transform
+    from nn3d.kernels.winograd.grad_weight import winograd_grad_weight, winograd_grad_weight_work_items
     from nn3d.layout import to_channels_last
 
     cin, cout, size = spec["cin"], spec["cout"], spec["size"]
@@ -105,29 +107,27 @@ def conv_passes(kind, spec, rng):
                                        layer.bias.data, stride),
         grad_input=lambda: conv3d_grad_input(g_cl, layer.weight.data, (size,) * 3, stride, padding),
         grad_weight=lambda: conv3d_grad_weight(x_pad, g_cl, (k,) * 3, stride))
-    rows = size * size                  # forward and grad-input: one work item per (block of 16
-    blocks16 = lambda c: -(-c // BLOCK_C)     # output channels, output row (n, d, h))
-    items = dict(forward=rows * blocks16(cout), grad_input=rows * blocks16(cin),
-                 grad_weight=grad_weight_chunks(rows, cout) * -(-cout // BLOCK_C))
+    kernel, volume = (k,) * 3, (1, size, size, size)
+    items = dict(forward=conv3d_forward_work_items((*volume, cout), kernel, stride),
+                 grad_input=conv3d_grad_input_work_items((*volume, cin), kernel, cout),
+                 grad_weight=conv3d_grad_weight_work_items((*volume, cout), kernel, stride))
     for name in ("forward", "grad_input", "grad_weight"):
         # the U-Net never computes the data's gradient (UNet3D(input_grad=False)): shown, marked
         label = "grad_input*" if name == "grad_input" and cin == 1 else name
         passes[label] = (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None, items[name])
     if kind == "conv3":       # the same two passes by Winograd F(2^3, 3^3); rates are effective
-        tiles = ((size + 1) // 2) ** 3                              # 2x2x2 output tiles
-        padded = lambda c: -(-c // BLOCK_C) * BLOCK_C               # channels in whole blocks of 16
-        blocks = lambda c_in, c_out: -(-tiles // tiles_per_block_for(c_in, padded(c_out)))
         weight_transform = filter_transform(layer.weight.data)      # forward's U, kept for grad-input
         passes["wino fwd"] = (          # as the layer: the filter transform, then the inputs in place
             lambda: winograd_forward(tuple(parts_cl), filter_transform(layer.weight.data), layer.bias.data, cout),
-            formats["ncdhw"]["forward"], formats["cl"]["forward"], flops, None, blocks(cin, cout))
+            formats["ncdhw"]["forward"], formats["cl"]["forward"], flops, None,
+            winograd_convolution_work_items(volume, cin, cout))
         passes["wino grad_in" + ("*" if cin == 1 else "")] = (
             lambda: winograd_grad_input(g_cl, weight_transform, tuple(x.shape[4] for x in parts_cl)),
-            formats["ncdhw"]["grad_input"], formats["cl"]["grad_input"], flops, None, blocks(cout, cin))
+            formats["ncdhw"]["grad_input"], formats["cl"]["grad_input"], flops, None,
+            winograd_convolution_work_items(volume, cout, cin))
         passes["wino grad_w"] = (       # the inputs in place, as the layer
             lambda: winograd_grad_weight(tuple(parts_cl), g_cl), formats["ncdhw"]["grad_weight"],
-            formats["cl"]["grad_weight"], flops, None,
-            int(np.prod(grad_weight_partition(tiles, padded(cin), padded(cout))[2:])))   # (chunk, group) items
+            formats["cl"]["grad_weight"], flops, None, winograd_grad_weight_work_items(volume, cin, cout))
     return passes
 
 
@@ -137,7 +137,9 @@ def up_passes(spec, rng):
 
     import nn3d
     from nn3d.kernels.conv_transpose3d import (conv_transpose3d_blocks_grad_input,
-                                               conv_transpose3d_blocks_grad_weight, grad_weight_partition)
+                                               conv_transpose3d_blocks_work_items)
+    from nn3d.kernels.conv_transpose3d_grad_weight import (conv_transpose3d_blocks_grad_weight,
+                                                           conv_transpose3d_blocks_grad_weight_work_items)
     from nn3d.layout import to_channels_last
 
     cin, cout, size = spec["cin"], spec["cout"], spec["size"]
@@ -163,9 +165,9 @@ def up_passes(spec, rng):
         forward=lambda: layer.forward(x),
         grad_input=lambda: conv_transpose3d_blocks_grad_input(g_cl, layer.weight.data, x_cl.shape[:4]),
         grad_weight=lambda: conv_transpose3d_blocks_grad_weight(x_cl, g_cl, (2, 2, 2), cout))
-    n_chunks, _, n_columns = grad_weight_partition(x_cl.shape, (2, 2, 2), cout)
-    items = dict(forward=size * size, grad_input=size * size,            # one per input row (n, d, h)
-                 grad_weight=n_chunks * n_columns)                        # (chunk of rows, column)
+    items = dict(forward=conv_transpose3d_blocks_work_items(x_cl.shape),
+                 grad_input=conv_transpose3d_blocks_work_items(x_cl.shape),
+                 grad_weight=conv_transpose3d_blocks_grad_weight_work_items(x_cl.shape, (2, 2, 2), cout))
     return {name: (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None, items[name])
             for name in ("forward", "grad_input", "grad_weight")}
 

@@ -1,6 +1,6 @@
 """Float32 error of Winograd F(2^3, 3^3) against float64, next to the direct kernels', at the U-Net's
-3x3x3 layer shapes: forward and grad-input (nn3d/kernels/winograd.py) and grad-weight, by the
-transposed algorithm (nn3d/kernels/winograd_grad_weight.py).
+3x3x3 layer shapes: forward and grad-input (nn3d/kernels/winograd/convolution.py) and grad-weight, by the
+transposed algorithm (nn3d/kernels/winograd/grad_weight.py).
 
     python -m benchmarks.winograd_accuracy [--size 64]
 
@@ -19,10 +19,12 @@ from .kernels import unet_layer_shapes
 def pass_errors(cin, cout, size, rng):
     """{(pass, algorithm): max relative error} for one layer shape."""
     from nn3d.gradcheck import max_relative_error
-    from nn3d.kernels.conv3d import conv3d_forward, conv3d_grad_input, conv3d_grad_weight
+    from nn3d.kernels.conv3d import conv3d_forward, conv3d_grad_input
+    from nn3d.kernels.conv3d_grad_weight import conv3d_grad_weight
     from nn3d.kernels.padding import pad_channels_last
-    from nn3d.kernels.winograd import filter_transform, winograd_forward, winograd_grad_input
-    from nn3d.kernels.winograd_grad_weight import winograd_grad_weight
+    from nn3d.kernels.winograd.convolution import winograd_forward, winograd_grad_input
+    from nn3d.kernels.winograd.filter_transform import filter_transform
+    from nn3d.kernels.winograd.grad_weight import winograd_grad_weight
 
     bound = 1 / np.sqrt(cin * 27)
     weight = rng.uniform(-bound, bound, (cout, cin, 3, 3, 3)).astype(np.float32)

@@ -1,6 +1,7 @@
 """Test-set metrics of a trained checkpoint:
 
     python -m mri2ct.evaluate --checkpoint PATH --data DIR [--split test] [--split-file FILE] [--out CSV]
+                              [--other-data]
 
 DIR is a cohort or a folder of paired scans, as for mri2ct.train. The patients of the split come from
 --split-file, else the split the checkpoint was trained with (its config, = the run's split.json).
@@ -15,10 +16,11 @@ original MR), as a SynthRAD participant reports:
     mae_bone, mae_soft_tissue, mae_brain
                               over the voxels of each tissue group (data/phantom.py, TISSUE_GROUPS;
                               only cohorts have tissue labels, elsewhere these are empty)
+A checkpoint records the fingerprint of the data it was trained on (data/fingerprint.py); on a
+folder whose scans differ, evaluate refuses unless --other-data says that is meant.
 Writes one CSV row per patient (default: metrics_<split>.csv next to the checkpoint) and prints
 a table of mean ± std and median over patients.
 """
-import argparse
 import csv
 import io
 import os
@@ -29,6 +31,7 @@ import nn3d
 from mri2ct.common import errors, flags
 from mri2ct.common.atomic import write_text
 from mri2ct.data import PatientSet, choose_split, compute_mask, open_data_folder, read_scan
+from mri2ct.data.fingerprint import check_same_data, data_fingerprint
 from mri2ct.data.orientation import from_ras, to_ras
 from mri2ct.data.phantom import TISSUE_GROUPS
 from mri2ct.data.preprocess import default_cache_dir, resample
@@ -95,8 +98,8 @@ def to_csv(rows):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mri2ct.evaluate",
-                                     description="Per-patient metrics of a checkpoint on a cohort split.")
+    parser = flags.Parser(prog="python -m mri2ct.evaluate",
+                          description="Per-patient metrics of a checkpoint on a cohort split.")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of mri2ct.train (e.g. best.npz)")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="a cohort or a folder of paired scans (as for mri2ct.train)")
@@ -106,6 +109,9 @@ def parse_args(argv=None):
     flags.add_cache_argument(parser)
     parser.add_argument("--out",
                         help="CSV file to write (default: metrics_<split>.csv beside the checkpoint)")
+    parser.add_argument("--other-data", action="store_true",
+                        help="evaluate on data other than the checkpoint was trained on (its recorded data "
+                             "fingerprint differs from DIR's)")
     flags.add_threads_argument(parser)
     return parser.parse_args(argv)
 
@@ -118,6 +124,10 @@ def main(argv=None):
     model, state = model_from_checkpoint(args.checkpoint)
     window, train_spacing = training_frame(state, args.checkpoint)
     folder = open_data_folder(args.data)
+    trained = state["config"].get("data_fingerprint")
+    if trained is not None and not args.other_data:
+        check_same_data(trained, data_fingerprint(folder, state["config"]["split"]), args.checkpoint, args.data,
+                        "evaluate it on its own data, or add --other-data")
     if args.split_file or state["config"].get("split") is None:
         splits = choose_split(folder, state["config"].get("seed", 0), args.split_file, "--split-file")
     else:

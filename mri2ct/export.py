@@ -12,17 +12,16 @@
 file is refused, as is anything that does not end in .onnx. Every bad input stops with one line on
 stderr and writes nothing. Needs the onnx package (pip install -e '.[export]'); never imports PyTorch.
 """
-import argparse
 import os
 
-from mri2ct.common import errors
+from mri2ct.common import errors, flags
 from mri2ct.common.atomic import atomic_path
 from mri2ct.training.checkpoint import model_from_checkpoint, training_frame
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mri2ct.export",
-                                     description="Write a trained UNet3D as an ONNX file (opset 17).")
+    parser = flags.Parser(prog="python -m mri2ct.export",
+                          description="Write a trained UNet3D as an ONNX file (opset 17).")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of mri2ct.train (e.g. best.npz)")
     parser.add_argument("--onnx", required=True, help="the ONNX file to write (.onnx)")
     return parser.parse_args(argv)

@@ -27,7 +27,6 @@ in its place is refused as in one-scan mode, reported and skipped like a bad sca
 predicts and replaces both. Under `mpiexec -n N` (common/distributed.py) rank r predicts scans r,
 r + N, ...; rank 0 prints the summary.
 """
-import argparse
 import os
 import sys
 
@@ -80,8 +79,8 @@ def same_file(first, second):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mri2ct.infer",
-                                     description="Synthesise a CT (HU) from a T1 MRI with a trained UNet3D.")
+    parser = flags.Parser(prog="python -m mri2ct.infer",
+                          description="Synthesise a CT (HU) from a T1 MRI with a trained UNet3D.")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of mri2ct.train (e.g. best.npz)")
     parser.add_argument("--input", help="T1 MRI, NIfTI (.nii or .nii.gz), any size/spacing")
     parser.add_argument("--output", help="synthetic CT to write (.nii or .nii.gz), in HU")

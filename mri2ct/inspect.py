@@ -23,7 +23,6 @@ manager that replaces, on each leaf layer instance, `forward` and `backward` by 
 call the original and summarise what passes through (the output, and the incoming gradient
 grad_output). Leaving the block deletes the wrappers, so the class methods are visible again.
 """
-import argparse
 import contextlib
 import os
 from dataclasses import dataclass, field
@@ -180,14 +179,14 @@ def plot_records(records, path, title):
 
 # ---- command line -------------------------------------------------------------------------------
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = flags.Parser(
         prog="python -m mri2ct.inspect",
         description="One training step on one patient: per-layer activation statistics and gradient "
                     "norms, as a table and as log-scale bar charts.")
     parser.add_argument("--checkpoint", required=True, metavar="PATH", help="a .npz checkpoint of mri2ct.train")
     parser.add_argument("--data", required=True, metavar="DIR", help="cohort folder with manifest.json")
     parser.add_argument("--split", default="train", help="split to take the patient from (default: train)")
-    parser.add_argument("--patient", type=int, default=0, metavar="INDEX",
+    parser.add_argument("--patient", type=flags.NON_NEGATIVE, default=0, metavar="INDEX",
                         help="index of the patient within the split (default: 0, the first)")
     parser.add_argument("--out", metavar="PNG",
                         help="figure to write (default: inspect.png next to the checkpoint)")

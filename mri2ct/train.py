@@ -23,18 +23,19 @@ import nn3d
 from mri2ct.common import distributed, errors, flags
 from mri2ct.common.atomic import remove_stray_temporaries
 from mri2ct.data import PatientSet, choose_split, generate_cohort, native_spacing, open_data_folder
-from mri2ct.data.preprocess import default_cache_dir
+from mri2ct.data.preprocess import MAX_SPACING_MM, MIN_SPACING_MM, default_cache_dir
 from mri2ct.model import DEFAULT_FEATURES, UNet3D
 from mri2ct.training.folder_lock import lock_folder
 from mri2ct.training.loop import share_start, train_one_epoch, validate
-from mri2ct.training.run_folder import UNET_MULTIPLE, run_config, start_history, write_epoch_outputs
+from mri2ct.training.run_folder import (MIN_PATCH, UNET_MULTIPLE, run_config, start_history,
+                                        write_epoch_outputs)
 
 DEFAULT_DATA = os.path.join("data", "cohort")
 DEFAULT_OUT = os.path.join("checkpoints", "run")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = flags.Parser(
         prog="python -m mri2ct.train",
         description="Train the 3-D U-Net (nn3d) to synthesise CT from T1 MRI.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -48,48 +49,42 @@ def parse_args(argv=None):
     parser.add_argument("--split", metavar="FILE",
                         help="split.json with the patient ids of train, val and test (default: the "
                              "cohort's manifest, or a 70/15/15 split drawn from --seed)")
-    parser.add_argument("--spacing", type=float, metavar="MM",
+    parser.add_argument("--spacing", type=flags.number(MIN_SPACING_MM, MAX_SPACING_MM), metavar="MM",
                         help="isotropic training voxel size (default: the scans' own when all are "
                              "isotropic at one size, else 1.5 mm)")
     flags.add_cache_argument(parser)
-    parser.add_argument("--patch", type=int, metavar="N",
-                        help="train on random N^3 patches centred inside the mask (N a multiple of 8); "
-                             "default: whole volumes")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="B", help="samples per micro-batch")
-    parser.add_argument("--accumulate", type=int, default=1, metavar="K",
+    parser.add_argument("--patch", type=flags.multiple_of(UNET_MULTIPLE, MIN_PATCH), metavar="N",
+                        help=f"train on random N^3 patches centred inside the mask (N a multiple of "
+                             f"{UNET_MULTIPLE}, at least {MIN_PATCH}); default: whole volumes")
+    parser.add_argument("--batch-size", type=flags.POSITIVE, default=1, metavar="B",
+                        help="samples per micro-batch")
+    parser.add_argument("--accumulate", type=flags.POSITIVE, default=1, metavar="K",
                         help="micro-batches whose gradients are averaged before each optimizer step "
                              "(per rank under mpiexec -n N: N x K in all)")
-    parser.add_argument("--epochs", type=int, default=100, metavar="N", help="length of the run")
-    parser.add_argument("--val-every", type=int, default=1, metavar="N",
+    parser.add_argument("--epochs", type=flags.POSITIVE, default=100, metavar="N", help="length of the run")
+    parser.add_argument("--val-every", type=flags.POSITIVE, default=1, metavar="N",
                         help="validate every N epochs (and after the last)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate at the start")
-    parser.add_argument("--lr-min", type=float, default=1e-6,
-                        help="learning rate at the end of the cosine schedule")
-    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decoupled weight decay")
-    parser.add_argument("--clip", type=float, default=1.0, help="maximum L2 norm of all gradients")
-    parser.add_argument("--features", type=int, nargs=4, default=list(DEFAULT_FEATURES),
-                        metavar=("F1", "F2", "F3", "F4"),
+    parser.add_argument("--lr", type=flags.number(0, 1, low_open=True), default=1e-4,
+                        help="AdamW learning rate at the start")
+    parser.add_argument("--lr-min", type=flags.number(0, 1), default=1e-6,
+                        help="learning rate at the end of the cosine schedule (at most --lr)")
+    parser.add_argument("--weight-decay", type=flags.number(0, 1), default=0.01,
+                        help="AdamW decoupled weight decay")
+    parser.add_argument("--clip", type=flags.number(0, 1e6, low_open=True), default=1.0,
+                        help="maximum L2 norm of all gradients")
+    parser.add_argument("--features", type=flags.POSITIVE, nargs=4,
+                        default=list(DEFAULT_FEATURES), metavar=("F1", "F2", "F3", "F4"),
                         help="channels of encoder levels 1-3 and of the bottleneck")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the weight initialisation, the split and the data plan")
+    flags.add_seed_argument(parser, "seed of the weight initialisation, the split and the data plan")
     flags.add_threads_argument(parser, "results are bit-reproducible for a fixed thread count")
-    parser.add_argument("--checkpoint-every", type=int, default=10, metavar="N",
+    parser.add_argument("--checkpoint-every", type=flags.NON_NEGATIVE, default=10, metavar="N",
                         help="also keep epoch_NNN.npz every N epochs (0: never)")
     parser.add_argument("--resume", metavar="latest|PATH",
                         help="continue a run, with the run's own flags: 'latest' is --out/latest.npz "
                              "(a fresh start if it does not exist yet), or give a checkpoint file")
     args = parser.parse_args(argv)
-    for name in ("epochs", "lr", "clip", "batch_size", "accumulate", "val_every"):
-        if not getattr(args, name) > 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not 0 <= args.lr_min <= args.lr:
-        parser.error(f"--lr-min must be between 0 and --lr, got {args.lr_min}")
-    if min(args.features) < 1 or args.checkpoint_every < 0:
-        parser.error("--features must be positive and --checkpoint-every non-negative")
-    if args.patch is not None and not (args.patch > 0 and args.patch % UNET_MULTIPLE == 0):
-        parser.error(f"--patch must be a positive multiple of {UNET_MULTIPLE}, got {args.patch}")
-    if args.spacing is not None and not 0.1 <= args.spacing <= 10:        # also false for nan
-        parser.error(f"--spacing must be between 0.1 and 10 mm, got {args.spacing}")
+    if args.lr_min > args.lr:
+        parser.error(f"argument --lr-min: must be at most --lr ({args.lr:g}), got {args.lr_min:g}")
     return args
 
 

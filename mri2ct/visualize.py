@@ -12,13 +12,12 @@ Views follow the radiological convention whatever the files' axis order (each vo
 to RAS once, data/orientation.py), drawn as common/drawing.py describes; every panel of a row shows
 the same field of view. The picture format follows the --out suffix; any other suffix is refused.
 """
-import argparse
 import os
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from mri2ct.common import errors
+from mri2ct.common import errors, flags
 from mri2ct.common.drawing import (CT_WINDOW, PICTURE_FORMATS, VIEWS, central_slices, draw_edge_letters,
                                    picture_format, save_figure)
 from mri2ct.data.nifti import check_same_grid, load_volume
@@ -63,7 +62,7 @@ def plot_slices(mri, pred_hu, spacing, path, ct_hu=None, title=""):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mri2ct.visualize", description=__doc__.split("\n")[0])
+    parser = flags.Parser(prog="python -m mri2ct.visualize", description=__doc__.split("\n")[0])
     parser.add_argument("--mri", required=True, help="input T1 MRI (NIfTI)")
     parser.add_argument("--pred", required=True, help="synthetic CT in HU (NIfTI), e.g. from mri2ct.infer")
     parser.add_argument("--ct", help="true CT in HU (NIfTI); adds the CT and error panels and the metrics")

@@ -58,7 +58,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import arena
+from .core import arena
 from .checks import check_forward_ran, check_grad_output, check_volume
 from .grad_mode import is_grad_enabled
 from .kernels.batchnorm3d import batchnorm_affine, batchnorm_backward_input

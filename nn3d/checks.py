@@ -6,7 +6,7 @@ not do it; `MSELoss` checks that the loss is finite, which catches a NaN anywher
 import numpy as np
 
 from .module import FLOAT_DTYPES
-from .shapes import triple
+from .core.shapes import triple
 
 
 def check_volume(x, layer, channels=None, dtype=None, name="input"):

@@ -69,17 +69,17 @@ Reference: conv3d_forward_reference, conv3d_grad_input_reference and conv3d_grad
 nn3d/kernels/reference.py compute (1), (2) and (4) in plain NumPy; read them before the fast kernels.
 
 Algorithm: 3x3x3, stride-1, padding-1 convolutions of 16 or more channels compute (1), (3) and (4)
-by Winograd's F(2^3, 3^3) (nn3d/kernels/winograd.py: 64 multiplications per 2x2x2 output tile and
-channel pair instead of 216; (4) by its transpose, nn3d/kernels/winograd_grad_weight.py);
+by Winograd's F(2^3, 3^3) (nn3d/kernels/winograd/: 64 multiplications per 2x2x2 output tile and
+channel pair instead of 216; (4) by its transpose, nn3d/kernels/winograd/grad_weight.py);
 `conv_algorithm` (nn3d/kernels/conv_algorithm.py) decides, and NN3D_CONV=direct|winograd forces
 one. (5) is a channel sum either way. Winograd reads its inputs unpadded and in place, a decoder's
 two side by side as if concatenated (so backward makes no x_pad), and computes (3) for all of them
 in one pass whose output comes out split into the inputs' bands. The filter transform it needs (U,
 from the weights) is computed once, in forward, and kept for backward.
 
-Memory: activations are channels-last (nn3d/layout.py); the kernels (nn3d/kernels/conv3d.py) work on
-(N, D, H, W, C) arrays, cite the line numbers above and use the same formulas with the channel index
-moved last.
+Memory: activations are channels-last (nn3d/layout.py); the kernels (nn3d/kernels/conv3d.py and
+conv3d_grad_weight.py) work on (N, D, H, W, C) arrays, cite the line numbers above and use the same
+formulas with the channel index moved last.
 """
 from typing import NamedTuple
 
@@ -89,12 +89,13 @@ from .checks import check_forward_ran, check_grad_output, check_volume, conv_arg
 from .grad_mode import is_grad_enabled
 from .init import conv_weight_and_bias
 from .kernels.channel_sum import channel_sums
-from .kernels.conv3d import (conv3d_forward, conv3d_grad_input_of_spread, conv3d_grad_weight,
-                             spread_grad_output)
+from .kernels.conv3d import conv3d_forward, conv3d_grad_input_of_spread, spread_grad_output
+from .kernels.conv3d_grad_weight import conv3d_grad_weight
 from .kernels.conv_algorithm import conv_algorithm
 from .kernels.padding import pad_and_concatenate
-from .kernels.winograd import filter_transform, winograd_forward, winograd_grad_input
-from .kernels.winograd_grad_weight import winograd_grad_weight
+from .kernels.winograd.convolution import winograd_forward, winograd_grad_input
+from .kernels.winograd.filter_transform import filter_transform
+from .kernels.winograd.grad_weight import winograd_grad_weight
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
 

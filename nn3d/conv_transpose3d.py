@@ -58,14 +58,14 @@ from .checks import check_forward_ran, check_grad_output, check_volume, conv_arg
 from .grad_mode import is_grad_enabled
 from .init import conv_weight_and_bias
 from .kernels.channel_sum import channel_sums
-from .kernels.conv3d import conv3d_forward, conv3d_grad_input, conv3d_grad_weight
-from .kernels.conv_transpose3d import (conv_transpose3d_blocks_forward,
-                                       conv_transpose3d_blocks_grad_input,
-                                       conv_transpose3d_blocks_grad_weight)
+from .kernels.conv3d import conv3d_forward, conv3d_grad_input
+from .kernels.conv3d_grad_weight import conv3d_grad_weight
+from .kernels.conv_transpose3d import conv_transpose3d_blocks_forward, conv_transpose3d_blocks_grad_input
+from .kernels.conv_transpose3d_grad_weight import conv_transpose3d_blocks_grad_weight
 from .kernels.padding import pad_channels_last
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
-from .shapes import transposed_output_size
+from .core.shapes import transposed_output_size
 
 
 class ConvTranspose3dCache(NamedTuple):

@@ -26,7 +26,7 @@ Index names, the one convention of every layer, kernel and reference in nn3d:
     a voxel of a flat (P, C) view, P = N*D*H*W            p
 A `_cl` suffix marks a channels-last (N, D, H, W, C) array (x_cl, grad_output_cl).
 """
-from . import arena
+from .core import arena
 
 
 def to_channels_last(x):

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import arena
+from .core import arena
 from .checks import check_forward_ran
 from .grad_mode import is_grad_enabled
 from .kernels.channel_sum import channel_sums

@@ -30,13 +30,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import arena
+from .core import arena
 from .checks import check_forward_ran, check_grad_output, check_volume, pool_arguments
 from .grad_mode import is_grad_enabled
 from .kernels.maxpool3d import maxpool3d_backward, maxpool3d_backward_tiled, maxpool3d_forward
 from .layout import from_channels_last, to_channels_last
 from .module import Module
-from .shapes import window_output_size
+from .core.shapes import window_output_size
 
 
 class MaxPoolCache(NamedTuple):

@@ -14,7 +14,7 @@ references: relu_forward_reference, relu_backward_reference in nn3d/kernels/refe
 """
 import numpy as np
 
-from . import arena
+from .core import arena
 from .checks import check_forward_ran, check_grad_output, check_volume
 from .grad_mode import is_grad_enabled
 from .kernels.relu import relu_backward, relu_forward

@@ -13,15 +13,22 @@ may add names for the command's template (`files` holds the shared ones, e.g. `{
 once per session by the suite's fixtures). A case runs in-process (the module's `main` through
 mri2ct.common.errors.run, as `python -m` would: fast, no interpreter start-up per case) unless
 `process=True`, which runs `python -m` in a subprocess (signals, memory limits, process groups).
+A case with `signal=(number, glob)` runs in a subprocess of its own process group and gets the signal
+once a file matches `glob` (templated), sent to the whole group as a terminal's Ctrl-C is (or with
+`signal_group=False` to the command's process alone, as `kill PID` does); then no process of the
+group may be left.
 """
 import contextlib
+import glob
 import hashlib
 import importlib
 import io
 import os
 import re
+import signal as signals
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 from mri2ct.common import errors
@@ -40,6 +47,9 @@ class Case:
     setup: object = None                # setup(folder, files) -> dict of extra template names, or None
     process: bool = False               # run `python -m` in a subprocess
     timeout: float = 300
+    signal: tuple = None                # (signal number, glob): send it to the process group once the glob matches
+    signal_group: bool = True           # False: send it to the command's process alone
+    after: object = None                # after(names): more assertions once the command has ended
 
     def __str__(self):
         return self.name
@@ -75,6 +85,39 @@ def run_in_subprocess(module, argv, timeout):
     return result.returncode, result.stderr
 
 
+def group_members(group):
+    """Ids of the live processes of process group `group` (zombies excluded)."""
+    members = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group and fields[0] != "Z":
+                members.append(int(pid))
+    return members
+
+
+def run_and_signal(module, argv, number, pattern, group, timeout):
+    """(exit status, stderr) of `python -m module argv...` in a new process group, sent signal
+    `number` (to the group, or to the process alone) once a file matches `pattern`; asserts that the
+    group is empty after."""
+    process = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not glob.glob(pattern) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, f"{module} ended before {pattern} appeared:\n{process.stderr.read()}"
+    (os.killpg if group else os.kill)(process.pid, number)
+    _, stderr = process.communicate(timeout=timeout)
+    time.sleep(0.2)
+    left = group_members(process.pid)
+    for pid in left:
+        os.kill(pid, signals.SIGKILL)
+    assert not left, f"{module}: processes {left} of its group outlived it"
+    return process.returncode, stderr
+
+
 def check_case(case, folder, files):
     """Run `case` in `folder` (empty) with the shared `files` and assert everything it promises."""
     names = dict(files, case=str(folder))
@@ -84,7 +127,11 @@ def check_case(case, folder, files):
     watched = {path.format(**names): None for path in case.unchanged}
     for path in watched:
         watched[path] = fingerprint(path)
-    if case.process:
+    if case.signal:
+        number, pattern = case.signal
+        status, stderr = run_and_signal(module, argv, number, pattern.format(**names), case.signal_group,
+                                        case.timeout)
+    elif case.process:
         status, stderr = run_in_subprocess(module, argv, case.timeout)
     else:
         status, stderr = run_in_process(module, argv)
@@ -105,3 +152,5 @@ def check_case(case, folder, files):
         assert not os.path.exists(path.format(**names)), f"{case.name}: {path.format(**names)} was written"
     for path in case.present:
         assert os.path.exists(path.format(**names)), f"{case.name}: {path.format(**names)} is missing"
+    if case.after is not None:
+        case.after(names)

@@ -1,4 +1,4 @@
-"""nn3d.arena recycles large buffers only when nothing refers to them, and importing or running nn3d
+"""nn3d.core.arena recycles large buffers only when nothing refers to them, and importing or running nn3d
 changes no process-wide setting (malloc, BLAS threads)."""
 import json
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 import nn3d
-from nn3d import arena
+from nn3d.core import arena
 
 BIG = (1, 64, 64, 64, 2)          # 2 MiB of float32: above arena.MIN_BYTES
 

@@ -62,7 +62,7 @@ def test_ctrl_c_in_a_running_command_exits_130_without_traceback(tmp_path):
 
 def test_cli_run_restores_the_sigint_handler():
     before = signal.getsignal(signal.SIGINT)
-    assert errors.run(lambda argv: signal.getsignal(signal.SIGINT)) is errors.exit_on_sigint
+    assert errors.run(lambda argv: signal.getsignal(signal.SIGINT)) is errors.exit_on_signal
     assert signal.getsignal(signal.SIGINT) is before
 
 

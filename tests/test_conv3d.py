@@ -9,7 +9,9 @@ import nn3d
 from nn3d import Conv3d
 from nn3d.gradcheck import check_layer, max_relative_error
 from nn3d.kernels import conv3d as kernels, reference
+from nn3d.kernels.conv3d_grad_weight import conv3d_grad_weight, grad_weight_chunks
 from nn3d.kernels.padding import embed_strided, pad_channels_last
+from nn3d.kernels.register_tile import BLOCK_W, compiling_for, tile_width
 from nn3d.layout import from_channels_last, is_channels_last
 from torch_reference import assert_matches_torch, load_into_torch
 
@@ -81,14 +83,14 @@ def test_kernels_match_references(cin, cout, size, kernel, stride, padding, bloc
         kernels.conv3d_grad_input(grad_output, weight, size, stride, padding, block),
         reference.conv3d_grad_input_reference(grad_output, weight, size, stride, padding), rtol=0, atol=1e-12)
     np.testing.assert_allclose(
-        kernels.conv3d_grad_weight(x_pad, grad_output, kernel, stride, block),
+        conv3d_grad_weight(x_pad, grad_output, kernel, stride, block),
         reference.conv3d_grad_weight_reference(x_pad, grad_output, kernel, stride), rtol=0, atol=1e-11)
 
 
 def test_tile_width_follows_the_cpu():
-    assert kernels.tile_width("+sse4.2,+avx,+avx2,+fma,-avx512f") == 4           # Zen 2
-    assert kernels.tile_width("+avx2,+fma,+avx512f,+avx512bw,+avx512vl") == 8      # Zen 4, Skylake-X
-    assert kernels.BLOCK_W == kernels.tile_width(kernels.compiling_for())
+    assert tile_width("+sse4.2,+avx,+avx2,+fma,-avx512f") == 4           # Zen 2
+    assert tile_width("+avx2,+fma,+avx512f,+avx512bw,+avx512vl") == 8      # Zen 4, Skylake-X
+    assert BLOCK_W == tile_width(compiling_for())
 
 
 def test_input_gradient_can_be_skipped():
@@ -159,17 +161,17 @@ def test_grad_weight_has_32_work_items_and_same_bits_on_any_thread_count():
     """Grad-weight is split into (row chunk, 16 output channels) items fixed by the shapes: at least 32
     of them (so 32 cores can share the pass), and the chunks are added in a fixed order, so 1 and 2
     threads give the same bits."""
-    assert kernels.grad_weight_chunks(16 * 16, 16) * 1 >= 32                 # a 16-channel layer
-    assert kernels.grad_weight_chunks(8 * 8, 128) * 8 >= 32                  # the 8^3 bottleneck
+    assert grad_weight_chunks(16 * 16, 16) * 1 >= 32                 # a 16-channel layer
+    assert grad_weight_chunks(8 * 8, 128) * 8 >= 32                  # the 8^3 bottleneck
     rng = np.random.default_rng(5)
     x_pad = rng.standard_normal((1, 10, 10, 10, 16)).astype(np.float32)
     grad_output = rng.standard_normal((1, 8, 8, 8, 32)).astype(np.float32)
     threads = nn3d.get_num_threads()
     try:
         nn3d.set_num_threads(1)
-        one = kernels.conv3d_grad_weight(x_pad, grad_output, (3, 3, 3), (1, 1, 1))
+        one = conv3d_grad_weight(x_pad, grad_output, (3, 3, 3), (1, 1, 1))
         nn3d.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))   # conftest's count
-        two = kernels.conv3d_grad_weight(x_pad, grad_output, (3, 3, 3), (1, 1, 1))
+        two = conv3d_grad_weight(x_pad, grad_output, (3, 3, 3), (1, 1, 1))
     finally:
         nn3d.set_num_threads(threads)
     np.testing.assert_array_equal(one, two)

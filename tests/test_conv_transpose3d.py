@@ -8,6 +8,8 @@ import nn3d
 from nn3d import ConvTranspose3d
 from nn3d.gradcheck import check_layer, max_relative_error
 from nn3d.kernels import conv_transpose3d as kernels, reference
+from nn3d.kernels.conv_transpose3d_grad_weight import (conv_transpose3d_blocks_grad_weight,
+                                                       grad_weight_partition)
 from nn3d.layout import from_channels_last, is_channels_last
 from torch_reference import assert_matches_torch, load_into_torch
 
@@ -68,7 +70,7 @@ def test_blocks_kernels_match_references(batch, cin, cout, size, kernel, block_w
         reference.conv_transpose3d_grad_input_reference(grad_output, weight, kernel, (0, 0, 0)),
         rtol=0, atol=1e-12)
     np.testing.assert_allclose(
-        kernels.conv_transpose3d_blocks_grad_weight(x, grad_output, kernel, cout, block_w),
+        conv_transpose3d_blocks_grad_weight(x, grad_output, kernel, cout, block_w),
         reference.conv_transpose3d_grad_weight_reference(x, grad_output, kernel, kernel, (0, 0, 0)),
         rtol=0, atol=1e-11)
 
@@ -79,21 +81,21 @@ def test_blocks_grad_weight_is_the_same_on_any_thread_count():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((1, 4, 8, 8, 16), dtype=np.float32)              # (N, D, H, W, Cin)
     grad_output = rng.standard_normal((1, 8, 16, 16, 16), dtype=np.float32)
-    assert kernels.grad_weight_partition(x.shape, (2, 2, 2), 16)[0] > 1       # several partial sums
+    assert grad_weight_partition(x.shape, (2, 2, 2), 16)[0] > 1       # several partial sums
     threads = nn3d.get_num_threads()
     try:
         nn3d.set_num_threads(1)
-        one = kernels.conv_transpose3d_blocks_grad_weight(x, grad_output, (2, 2, 2), 16)
+        one = conv_transpose3d_blocks_grad_weight(x, grad_output, (2, 2, 2), 16)
     finally:
         nn3d.set_num_threads(threads)
-    np.testing.assert_array_equal(kernels.conv_transpose3d_blocks_grad_weight(x, grad_output, (2, 2, 2), 16), one)
+    np.testing.assert_array_equal(conv_transpose3d_blocks_grad_weight(x, grad_output, (2, 2, 2), 16), one)
 
 
 def test_blocks_grad_weight_has_work_for_32_cores_on_the_unet():
     """Every up-convolution of the 64^3 and 128^3 U-Net splits grad-weight into >= 32 work items."""
     for size in (64, 128):
         for cin, cout, in_size in ((128, 64, size // 8), (64, 32, size // 4), (32, 16, size // 2)):
-            n_chunks, _, n_columns = kernels.grad_weight_partition((1, *[in_size] * 3, cin), (2, 2, 2), cout)
+            n_chunks, _, n_columns = grad_weight_partition((1, *[in_size] * 3, cin), (2, 2, 2), cout)
             assert n_chunks * n_columns >= 32
 
 

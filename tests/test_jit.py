@@ -13,8 +13,8 @@ import sys
 
 KERNEL = '''
 from numba import prange
-from nn3d.kernels.conv3d import fma16, load16
 from nn3d.kernels.jit import blocked_kernel
+from nn3d.kernels.register_tile import fma16, load16
 
 
 @blocked_kernel

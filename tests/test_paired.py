@@ -230,16 +230,20 @@ def test_patch_larger_than_the_scan_is_padded_with_air():
 
 # ---- the generator's guards and argument errors -----------------------------------------------
 def test_out_refuses_a_foreign_folder_and_keeps_an_identical_one(tmp_path, capsys):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    for overwrite in ([], ["--overwrite"]):                         # never replaced, even with --overwrite
+        with pytest.raises(SystemExit) as exit_info:
+            errors.run(main, ["--out", str(foreign), "--patients", "1", "--shape", "16", "--spacing", "10",
+                              *overwrite])
+        assert exit_info.value.code == 2
+        assert "folder is not empty and holds no cohort folder this command wrote" in capsys.readouterr().err
+        assert os.listdir(foreign) == ["notes.txt"]
     out = tmp_path / "cohort"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
     arguments = ["--out", str(out), "--patients", "1", "--shape", "16", "--spacing", "10", "--workers", "1"]
-    with pytest.raises(SystemExit) as exit_info:
-        errors.run(main, arguments)
-    assert exit_info.value.code == 2
-    assert "folder is not empty and does not hold this cohort" in capsys.readouterr().err
-    assert os.listdir(out) == ["notes.txt"]
-    main(arguments + ["--overwrite"])
+    main(arguments[:-4] + ["--spacing", "9"])
+    main(arguments + ["--overwrite"])                                 # a cohort it wrote: replaced
     assert sorted(os.listdir(out)) == ["manifest.json", "patient_000"]
     stamp = os.stat(out / "manifest.json").st_mtime_ns
     main(arguments)                                                    # the same cohort: a no-op
@@ -247,6 +251,8 @@ def test_out_refuses_a_foreign_folder_and_keeps_an_identical_one(tmp_path, capsy
     assert os.stat(out / "manifest.json").st_mtime_ns == stamp
     with pytest.raises(SystemExit):
         errors.run(main, arguments[:-4] + ["--spacing", "9", "--workers", "1"])   # another cohort: refused
+    assert "holds another cohort folder; choose an empty or new folder, or add --overwrite" in \
+        capsys.readouterr().err
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
 
 
@@ -264,12 +270,13 @@ def test_interrupted_generation_leaves_the_old_cohort_whole(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--shape", "0"], "--shape must be one or three sizes of at least 8 voxels, got 0"),
-    (["--shape", "32", "0", "32"], "--shape must be one or three sizes of at least 8 voxels"),
-    (["--spacing", "0"], "--spacing must be between 0.1 and 10.0 mm, got 0.0"),
-    (["--spacing", "nan"], "--spacing must be between 0.1 and 10.0 mm, got nan"),
-    (["--supersample", "0"], "--supersample must be between 1 and 8, got 0"),
-    (["--patients", "-2"], "--patients must be at least 1, got -2"),
+    (["--shape", "0"], "argument --shape: must be at least 8, got 0"),
+    (["--shape", "32", "0", "32"], "argument --shape: must be at least 8, got 0"),
+    (["--shape", "32", "32"], "argument --shape: takes one or three sizes, got 2"),
+    (["--spacing", "0"], "argument --spacing: must be a finite number in [0.1, 10], got 0"),
+    (["--spacing", "nan"], "argument --spacing: must be a finite number in [0.1, 10], got nan"),
+    (["--supersample", "0"], "argument --supersample: must be between 1 and 8, got 0"),
+    (["--patients", "-2"], "argument --patients: must be at least 1, got -2"),
 ])
 def test_generator_arguments_give_one_line_errors(tmp_path, arguments, message):
     result = subprocess.run([sys.executable, "-m", "mri2ct.data", "--out", str(tmp_path / "c"), *arguments],

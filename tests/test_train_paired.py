@@ -121,9 +121,9 @@ def test_whole_volume_training_needs_one_shape(pairs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--patch", "20"], "--patch must be a positive multiple of 8, got 20"),
-    (["--spacing", "0"], "--spacing must be between 0.1 and 10 mm, got 0.0"),
-    (["--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["--patch", "20"], "argument --patch: must be a multiple of 8 of at least 16, got 20"),
+    (["--spacing", "0"], "argument --spacing: must be a finite number in [0.1, 10], got 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
 ])
 def test_bad_flags(pairs, tmp_path, flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

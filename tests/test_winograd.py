@@ -1,16 +1,20 @@
-"""Winograd F(2^3, 3^3) (nn3d/kernels/winograd.py): the matrices against the direct 1-D sum, the plain
+"""Winograd F(2^3, 3^3) (nn3d/kernels/winograd/): the matrices against the direct 1-D sum, the plain
 reference against the direct-convolution reference, and the fast kernel against both."""
 import numpy as np
 import pytest
 
-from nn3d.kernels import reference, winograd
+from nn3d.kernels import reference
 from nn3d.kernels.padding import pad_channels_last
+from nn3d.kernels.winograd.algorithm import (A_T, B_T, G, filter_transform_reference,
+                                             flipped_transposed_transform_reference, winograd_forward_reference)
+from nn3d.kernels.winograd.convolution import winograd_forward, winograd_grad_input
+from nn3d.kernels.winograd.filter_transform import filter_transform, flipped_transposed_transform
 
 
 def test_one_dimensional_f23_is_the_correlation():
     rng = np.random.default_rng(0)
     d, g = rng.standard_normal(4), rng.standard_normal(3)
-    y = winograd.A_T @ ((winograd.G @ g) * (winograd.B_T @ d))                # 4 multiplications
+    y = A_T @ ((G @ g) * (B_T @ d))                # 4 multiplications
     np.testing.assert_allclose(y, [d[0:3] @ g, d[1:4] @ g], rtol=0, atol=1e-14)
 
 
@@ -26,7 +30,7 @@ def test_reference_equals_direct_convolution(batch, cin, cout, size):
     bias = rng.standard_normal(cout)
     direct = reference.conv3d_forward_reference(pad_channels_last(x, (1, 1, 1)), weight, bias, (1, 1, 1))
     # float64 rounding only: the sums have ~100 terms of size ~1
-    np.testing.assert_allclose(winograd.winograd_forward_reference(x, weight, bias), direct,
+    np.testing.assert_allclose(winograd_forward_reference(x, weight, bias), direct,
                                rtol=0, atol=1e-12)
 
 
@@ -44,13 +48,13 @@ def test_kernel_matches_reference(batch, cin, cout, size, block_rows):
     x = rng.standard_normal((batch, *size, cin))                            # (N, D, H, W, Cin)
     weight = rng.standard_normal((cout, cin, 3, 3, 3))
     bias = rng.standard_normal(cout)
-    expected = winograd.winograd_forward_reference(x, weight, bias)
-    u = winograd.filter_transform(weight)
+    expected = winograd_forward_reference(x, weight, bias)
+    u = filter_transform(weight)
     for tiles_per_block in (None, 8):
-        y = winograd.winograd_forward((x,), u, bias, cout, block_rows, tiles_per_block)
+        y = winograd_forward((x,), u, bias, cout, block_rows, tiles_per_block)
         np.testing.assert_allclose(y, expected, rtol=0, atol=1e-11)        # float64: rounding only
     grad_output = rng.standard_normal(expected.shape)                      # (N, D, H, W, Cout)
-    (grad_input,) = winograd.winograd_grad_input(grad_output, u, (cin,), block_rows)
+    (grad_input,) = winograd_grad_input(grad_output, u, (cin,), block_rows)
     np.testing.assert_allclose(
         grad_input, reference.conv3d_grad_input_reference(grad_output, weight, size, (1, 1, 1), (1, 1, 1)),
         rtol=0, atol=1e-11)
@@ -70,12 +74,12 @@ def test_two_inputs_are_convolved_as_their_concatenation(channels, cout, block_r
     inputs = tuple(rng.standard_normal((2, *size, c)) for c in channels)   # (N, D, H, W, C_j)
     weight = rng.standard_normal((cout, sum(channels), 3, 3, 3))
     bias = rng.standard_normal(cout)
-    u = winograd.filter_transform(weight)
-    expected = winograd.winograd_forward_reference(np.concatenate(inputs, axis=4), weight, bias)
-    np.testing.assert_allclose(winograd.winograd_forward(inputs, u, bias, cout, block_rows), expected,
+    u = filter_transform(weight)
+    expected = winograd_forward_reference(np.concatenate(inputs, axis=4), weight, bias)
+    np.testing.assert_allclose(winograd_forward(inputs, u, bias, cout, block_rows), expected,
                                rtol=0, atol=1e-11)                          # float64: rounding only
     grad_output = rng.standard_normal(expected.shape)
-    grads = winograd.winograd_grad_input(grad_output, u, channels, block_rows)
+    grads = winograd_grad_input(grad_output, u, channels, block_rows)
     full = reference.conv3d_grad_input_reference(grad_output, weight, size, (1, 1, 1), (1, 1, 1))
     assert [g.shape for g in grads] == [(*x.shape[:4], c) for x, c in zip(inputs, channels)]
     assert all(g.flags.c_contiguous for g in grads)
@@ -87,16 +91,16 @@ def test_grad_input_transform_comes_from_the_forward_one(cout, cin):
     """U of the flipped, in/out-swapped weights equals the forward's U with the channels swapped and
     the points 0 and infinity exchanged along each axis (float64: exact up to rounding), both in the
     plain form and packed; the packed gather is exact."""
-    from nn3d.kernels.conv3d import flipped_transposed
+    from nn3d.kernels.weight_packing import flipped_transposed
     weight = np.random.default_rng(6).standard_normal((cout, cin, 3, 3, 3))
     flipped = np.ascontiguousarray(flipped_transposed(weight))
     np.testing.assert_allclose(
-        winograd.flipped_transposed_transform_reference(winograd.filter_transform_reference(weight)),
-        winograd.filter_transform_reference(flipped), rtol=0, atol=1e-14)
-    u_packed = winograd.filter_transform(weight)                            # (64, Cout_padded/16, Cin, 16)
+        flipped_transposed_transform_reference(filter_transform_reference(weight)),
+        filter_transform_reference(flipped), rtol=0, atol=1e-14)
+    u_packed = filter_transform(weight)                            # (64, Cout_padded/16, Cin, 16)
     u = u_packed.transpose(0, 1, 3, 2).reshape(64, -1, cin)[:, :cout].reshape(4, 4, 4, cout, cin)
-    np.testing.assert_array_equal(winograd.flipped_transposed_transform(u_packed, cout),
-                                  packed(winograd.flipped_transposed_transform_reference(u)))
+    np.testing.assert_array_equal(flipped_transposed_transform(u_packed, cout),
+                                  packed(flipped_transposed_transform_reference(u)))
 
 
 def packed(u):
@@ -117,9 +121,9 @@ def test_float32_kernel_is_close_to_the_direct_kernel():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 9, 8, 7, 32)).astype(np.float32)
     weight = (rng.standard_normal((16, 32, 3, 3, 3)) / np.sqrt(32 * 27)).astype(np.float32)
-    exact = winograd.winograd_forward_reference(x.astype(np.float64), weight.astype(np.float64), None)
+    exact = winograd_forward_reference(x.astype(np.float64), weight.astype(np.float64), None)
     direct = conv3d_forward(pad_channels_last(x, (1, 1, 1)), weight, None, (1, 1, 1))
-    fast = winograd.winograd_forward((x,), winograd.filter_transform(weight), None, 16)
+    fast = winograd_forward((x,), filter_transform(weight), None, 16)
     assert fast.dtype == np.float32
     assert max_relative_error(fast, exact) < 2e-6
     assert max_relative_error(fast, exact) < 10 * max(max_relative_error(direct, exact), 1e-7)
@@ -132,10 +136,10 @@ def test_packed_filter_transform_matches_the_reference(dtype, tolerance):
     reference rounded to float32."""
     rng = np.random.default_rng(4)
     weight = rng.standard_normal((17, 3, 3, 3, 3)).astype(dtype)           # Cout tail: 17 = 16 + 1
-    u = winograd.filter_transform_reference(weight)                         # (4, 4, 4, Cout, Cin)
-    g_g_g = np.einsum("ai,bj,ck->abcijk", winograd.G, winograd.G, winograd.G)
+    u = filter_transform_reference(weight)                         # (4, 4, 4, Cout, Cin)
+    g_g_g = np.einsum("ai,bj,ck->abcijk", G, G, G)
     np.testing.assert_allclose(u, np.einsum("abcijk,oxijk->abcox", g_g_g, weight), rtol=0, atol=1e-13)
-    u_packed = winograd.filter_transform(weight)                            # (64, 2, Cin, 16)
+    u_packed = filter_transform(weight)                            # (64, 2, Cin, 16)
     assert u_packed.dtype == dtype and u_packed.shape == (64, 2, 3, 16)
     np.testing.assert_allclose(u_packed, packed(u).astype(dtype), rtol=0, atol=tolerance)
     assert not u_packed[:, 1, :, 1:].any()                                  # padding channels stay zero

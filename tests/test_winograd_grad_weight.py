@@ -1,4 +1,4 @@
-"""Grad-weight by the transposed F(2^3, 3^3) (nn3d/kernels/winograd_grad_weight.py): the plain reference
+"""Grad-weight by the transposed F(2^3, 3^3) (nn3d/kernels/winograd/grad_weight.py): the plain reference
 against the direct-convolution reference, the fast kernel against both (float64, both register
 tiles), against PyTorch and the direct kernel in float32, and the same bits on 1 and 2 threads."""
 import numba
@@ -8,9 +8,9 @@ import torch
 
 from nn3d.gradcheck import max_relative_error
 from nn3d.kernels import reference
-from nn3d.kernels.conv3d import conv3d_grad_weight
+from nn3d.kernels.conv3d_grad_weight import conv3d_grad_weight
 from nn3d.kernels.padding import pad_channels_last
-from nn3d.kernels.winograd_grad_weight import (grad_weight_partition, winograd_grad_weight,
+from nn3d.kernels.winograd.grad_weight import (grad_weight_partition, winograd_grad_weight,
                                                winograd_grad_weight_reference)
 from torch_reference import to_torch
 

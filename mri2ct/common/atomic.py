@@ -9,11 +9,17 @@ temporary file, never a truncated checkpoint. The temporary's name holds the wri
 
     with atomic_path("run/latest.npz") as temporary:
         write_something(temporary)            # renamed to run/latest.npz only if this succeeds
+
+A write that fails for want of space (ENOSPC, EDQUOT) is reported under the target's name, whatever
+the writer's own error named (often nothing), so the one line of common/errors.py names the file.
+Files and folders made here get the permissions the umask gives (tempfile's are private: 0600, 0700).
 """
 import contextlib
 import os
 import re
 import tempfile
+
+from mri2ct.common.errors import DISK_FULL
 
 TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp-(?P=name)")
 
@@ -55,18 +61,33 @@ def atomic_path(path):
     descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=f".tmp-{name}",
                                              dir=folder)
     os.close(descriptor)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+    os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp creates 0600; give the usual permissions
     try:
         yield temporary
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            raise OSError(error.errno, os.strerror(error.errno), path) from None
         raise
+
+
+def current_umask():
+    """The process's umask (read by setting it and putting it back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def make_temporary_folder(parent, prefix):
+    """A new empty folder in `parent` (tempfile.mkdtemp) with the permissions the umask gives a
+    folder (mkdtemp's are 0700), for a folder built under a temporary name and renamed when complete."""
+    folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.chmod(folder, 0o777 & ~current_umask())
+    return folder
 
 
 def write_text(path, text):

@@ -7,11 +7,10 @@ the documentation figures.
     python -m mri2ct.data --figure docs/patient_slices.png
     python -m mri2ct.data --figure-normalisation docs/mr_normalisation.png
 """
-import argparse
 import time
 
-from mri2ct.common import errors
-from mri2ct.data.cohort import LAYOUTS, generate_cohort
+from mri2ct.common import errors, flags
+from mri2ct.data.cohort import LAYOUTS, MAX_SUPERSAMPLE, MIN_SIZE, SPACING_RANGE_MM, generate_cohort
 from mri2ct.data.stats import format_statistics, tissue_statistics
 
 DEFAULT_SHAPE = {"cohort": [64], "paired": [160, 192, 176]}
@@ -19,9 +18,9 @@ DEFAULT_SPACING = {"cohort": 3.0, "paired": 1.0}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mri2ct.data",
-                                     description="Generate synthetic paired brain MRI and CT, report tissue "
-                                                 "statistics of a cohort, or draw the data figures.")
+    parser = flags.Parser(prog="python -m mri2ct.data",
+                          description="Generate synthetic paired brain MRI and CT, report tissue "
+                                      "statistics of a cohort, or draw the data figures.")
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--out", metavar="DIR", help="folder to write (new or empty; see --overwrite)")
     action.add_argument("--stats", metavar="DIR", help="cohort folder to report mean HU and MR per label")
@@ -32,22 +31,23 @@ def parse_args(argv=None):
     parser.add_argument("--layout", choices=LAYOUTS, default="cohort",
                         help="cohort: manifest, split, labels, 64^3 at 3 mm; paired: SynthRAD-style folders, "
                              "per-patient fields of view, mixed orientations and dtypes, 1 mm")
-    parser.add_argument("--patients", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shape", type=int, nargs="+", metavar="N",
+    parser.add_argument("--patients", type=flags.POSITIVE, default=60)
+    flags.add_seed_argument(parser, "seed of the patients and the split")
+    parser.add_argument("--shape", type=flags.integer(MIN_SIZE), nargs="+", metavar="N",
                         help="voxels per axis: one size (cube) or three (default: 64 for a cohort, "
                              "160 192 176 for a paired folder, each shrunk by up to 15%% per patient)")
-    parser.add_argument("--spacing", type=float, help="isotropic voxel size in mm (default: 3 for a cohort, "
-                                                      "1 for a paired folder)")
-    parser.add_argument("--supersample", type=int, default=2, help="partial-volume supersampling factor")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+    parser.add_argument("--spacing", type=flags.number(*SPACING_RANGE_MM),
+                        help="isotropic voxel size in mm (default: 3 for a cohort, 1 for a paired folder)")
+    parser.add_argument("--supersample", type=flags.integer(1, MAX_SUPERSAMPLE), default=2,
+                        help="partial-volume supersampling factor")
+    parser.add_argument("--workers", type=flags.POSITIVE, default=None,
+                        help="processes (default: up to 2; never more than the patients or the cores)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a non-empty --out folder (its whole content is deleted)")
+                        help="replace an --out folder this command wrote before (its whole content is "
+                             "deleted); a folder it did not write is never replaced")
     args = parser.parse_args(argv)
     if args.shape is not None and len(args.shape) not in (1, 3):
-        parser.error(f"--shape takes one or three sizes, got {len(args.shape)}")
-    if args.workers is not None and args.workers < 1:
-        parser.error(f"--workers must be at least 1, got {args.workers}")
+        parser.error(f"argument --shape: takes one or three sizes, got {len(args.shape)}")
     return args
 
 

@@ -21,10 +21,12 @@ the reader and the preprocessing on
       with a slope; every fourth patient (3, 7, ...) has no mask.nii.gz.
 
 Patient i is drawn from its own random stream (seed, i): the same seed gives the same patient,
-whatever the number of patients or workers. The folder is written into a temporary sibling and
-renamed when complete: an interrupted run leaves no half cohort and the old one intact. An existing
-non-empty folder is refused unless it holds what this command would write (then nothing is done) or
-`overwrite` is set.
+whatever the number of patients or workers (at most one per patient and per core; they ignore
+Ctrl-C, which ends the parent, and the parent ends them: common/errors.py). The folder is
+written into a temporary sibling and renamed when complete: an interrupted run leaves no half cohort
+and the old one intact. An existing non-empty folder is refused unless it holds what this command
+would write (then nothing is done) or `overwrite` is set and its record (manifest.json or
+phantom.json) says this command wrote it: a folder it did not write is never deleted.
 """
 import json
 import os
@@ -36,6 +38,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from mri2ct.common.atomic import make_temporary_folder, write_text
+from mri2ct.common.errors import quiet_worker_signals
 from mri2ct.data import phantom, streams
 from mri2ct.data.folders import MANIFEST, split_ids
 from mri2ct.data.nifti import save_volume
@@ -43,6 +47,8 @@ from mri2ct.data.nifti import save_volume
 VOLUME_FILES = ("mr", "ct", "mask", "labels")
 LAYOUTS = ("cohort", "paired")
 PAIRED_RECORD = "phantom.json"
+GENERATOR = "mri2ct.phantom"      # the "generator" of every record this module writes
+MIN_SIZE = 8                      # voxels per axis
 FOV_SHRINK = 0.85
 SPACING_RANGE_MM = (0.1, 10.0)    # voxel sizes the generator (and the preprocessing) accepts
 MAX_VOXELS = 512**3               # per patient
@@ -67,8 +73,9 @@ def check_parameters(patients, shape, spacing, supersample):
     if patients < 1:
         raise ValueError(f"--patients must be at least 1, got {patients}")
     sizes = np.atleast_1d(shape)
-    if len(sizes) not in (1, 3) or sizes.min() < 8:
-        raise ValueError(f"--shape must be one or three sizes of at least 8 voxels, got {' '.join(map(str, sizes))}")
+    if len(sizes) not in (1, 3) or sizes.min() < MIN_SIZE:
+        raise ValueError(f"--shape must be one or three sizes of at least {MIN_SIZE} voxels, "
+                         f"got {' '.join(map(str, sizes))}")
     if int(np.prod(np.broadcast_to(sizes, (3,)), dtype=np.int64)) > MAX_VOXELS:
         raise ValueError(f"--shape {' '.join(map(str, sizes))} exceeds {MAX_VOXELS} voxels per patient")
     if not SPACING_RANGE_MM[0] <= spacing <= SPACING_RANGE_MM[1]:   # also false for nan
@@ -114,8 +121,9 @@ def _write_patient(task):
     return patient_id(index), {**patient.params, "shape": list(grid)}
 
 
-def _limit_threads():
+def _start_worker():
     threadpool_limits(1)  # one BLAS thread per worker process: the workers already fill the cores
+    quiet_worker_signals()
 
 
 def _parameters(layout, patients, seed, shape, spacing, supersample):
@@ -124,15 +132,20 @@ def _parameters(layout, patients, seed, shape, spacing, supersample):
             "spacing": spacing, "supersample": supersample}
 
 
-def _existing_parameters(out_dir, layout):
-    """The generator parameters recorded in `out_dir` (manifest or phantom.json), or None."""
-    record = os.path.join(out_dir, MANIFEST if layout == "cohort" else PAIRED_RECORD)
+def _record(out_dir, layout):
+    """The record (manifest.json or phantom.json) this command wrote into `out_dir`, or None."""
     try:
-        with open(record) as file:
+        with open(os.path.join(out_dir, MANIFEST if layout == "cohort" else PAIRED_RECORD)) as file:
             written = json.load(file)
     except (OSError, ValueError):
         return None
-    if not isinstance(written, dict) or written.get("version") != phantom.GENERATOR_VERSION:
+    return written if isinstance(written, dict) and written.get("generator") == GENERATOR else None
+
+
+def _existing_parameters(out_dir, layout):
+    """The generator parameters recorded in `out_dir` (manifest or phantom.json), or None."""
+    written = _record(out_dir, layout)
+    if written is None or written.get("version") != phantom.GENERATOR_VERSION:
         return None
     parameters = dict(written.get("parameters", {}))
     parameters.setdefault("layout", "cohort")
@@ -145,8 +158,8 @@ def generate_cohort(out_dir, patients=60, seed=0, shape=64, spacing=3.0, supersa
                     layout="cohort", overwrite=False):
     """Write `patients` synthetic patients to `out_dir` in `layout`; returns the record (manifest).
 
-    shape: an int or three sizes. workers: processes (default: up to 2 CPUs). Returns None when
-    `out_dir` already holds exactly this cohort (nothing is written).
+    shape: an int or three sizes. workers: processes (default: 2), at most one per patient and per
+    CPU. Returns None when `out_dir` already holds exactly this cohort (nothing is written).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -155,18 +168,24 @@ def generate_cohort(out_dir, patients=60, seed=0, shape=64, spacing=3.0, supersa
     parameters = _parameters(layout, patients, seed, shape, spacing, supersample)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir}: exists and is not a folder")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-        if _existing_parameters(out_dir, layout) == parameters:
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not overwrite and _existing_parameters(out_dir, layout) == parameters:
             return None
-        raise ValueError(f"--out {out_dir}: folder is not empty and does not hold this cohort; choose an "
-                         f"empty or new folder, or add --overwrite to replace it")
-    workers = workers or min(2, os.cpu_count() or 1)
+        if _record(out_dir, layout) is None:
+            record = MANIFEST if layout == "cohort" else PAIRED_RECORD
+            raise ValueError(f"--out {out_dir}: folder is not empty and holds no {layout} folder this command "
+                             f"wrote (no {record} of {GENERATOR}); it is never replaced: choose an empty or "
+                             f"new folder")
+        if not overwrite:
+            raise ValueError(f"--out {out_dir}: folder holds another {layout} folder; choose an empty or new "
+                             f"folder, or add --overwrite to replace it")
+    workers = min(workers or 2, patients, os.cpu_count() or 1)
     parent, name = os.path.split(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     for stale in os.listdir(parent):                    # left by a killed run of this command
         if stale.startswith(f".{name}.tmp-"):
             shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
-    building = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    building = make_temporary_folder(parent, prefix=f".{name}.tmp-")
     try:
         tasks = [(building, layout, i, seed, shape, spacing, supersample) for i in range(patients)]
         progress = dict(total=patients, desc="patients", unit="patient")
@@ -174,16 +193,16 @@ def generate_cohort(out_dir, patients=60, seed=0, shape=64, spacing=3.0, supersa
             with threadpool_limits(1):                  # one BLAS thread, as in the workers: same files
                 results = [_write_patient(task) for task in tqdm(tasks, **progress)]
         else:
-            with Pool(workers, initializer=_limit_threads) as pool:
+            with Pool(workers, initializer=_start_worker) as pool:
                 results = list(tqdm(pool.imap(_write_patient, tasks), **progress))
-        record = {"generator": "mri2ct.phantom", "version": phantom.GENERATOR_VERSION,
+        record = {"generator": GENERATOR, "version": phantom.GENERATOR_VERSION,
                   "parameters": parameters}
         if layout == "cohort":
             record["labels"] = {str(label): name for label, name in phantom.LABEL_NAMES.items()}
             record["split"] = split_patients(patients, seed)
         record["patients"] = dict(results)
-        with open(os.path.join(building, MANIFEST if layout == "cohort" else PAIRED_RECORD), "w") as file:
-            json.dump(record, file, indent=1)
+        write_text(os.path.join(building, MANIFEST if layout == "cohort" else PAIRED_RECORD),
+                   json.dumps(record, indent=1))
         _replace_folder(building, out_dir)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)

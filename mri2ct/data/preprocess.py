@@ -30,13 +30,13 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 from nibabel import orientations
 from scipy import ndimage
 
+from mri2ct.common.atomic import make_temporary_folder
 from mri2ct.data.folders import read_scan
 from mri2ct.data.nifti import check_voxel_sizes
 from mri2ct.data.normalise import normalise_mr
@@ -175,7 +175,7 @@ def _write_entry(entry, patient):
     last, then rename it to `entry`."""
     parent = os.path.dirname(entry)
     os.makedirs(parent, exist_ok=True)
-    temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(entry)}.", dir=parent)
+    temporary = make_temporary_folder(parent, prefix=f".{os.path.basename(entry)}.")
     try:
         arrays = {"mr": patient.mr, "ct_hu": patient.ct_hu, "mask": patient.mask, "labels": patient.labels}
         files = {}

@@ -21,7 +21,10 @@ LOCK_FILE = ".lock"
 
 @contextlib.contextmanager
 def lock_folder(folder):
-    """Create `folder` if needed and hold its lock inside the block; RunError if another process has it."""
+    """Create `folder` if needed and hold its lock inside the block; RunError if another process has it,
+    ValueError if `folder` is a file."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"--out {folder}: exists and is not a folder; choose a folder for the run")
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, LOCK_FILE), "a") as lock:
         try:

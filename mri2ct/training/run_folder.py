@@ -1,10 +1,11 @@
 """What a run keeps in its folder (--out): the config, the checkpoints, the history, and a resume.
 
-The run owns --out: it holds the lock `--out/.lock` from start to end (folder_lock.py), so a second
-trainer on the same folder stops at once with a one-line error, and a run killed with kill -9 leaves
-no stale lock. Temporary files a killed run left behind are deleted by the next write
-(common/atomic.py). Every checkpoint records the training window (the patch, or the volume shape)
-and the voxel spacing, so mri2ct.infer can always use it.
+A folder holds one run. The run owns --out: it holds the lock `--out/.lock` from start to end
+(folder_lock.py), so a second trainer on the same folder stops at once with a one-line error, and a
+run killed with kill -9 leaves no stale lock. A fresh start into a folder holding a run is refused,
+and so is a resume of another run's checkpoint into it (`same_run`). Temporary files a killed run
+left behind are deleted by the next write (common/atomic.py). Every checkpoint records the training
+window (the patch, or the volume shape) and the voxel spacing, so mri2ct.infer can always use it.
 
 Files in --out, all written atomically (temporary file + rename) and refreshed every epoch:
     latest.npz           the last finished epoch, for --resume
@@ -17,11 +18,12 @@ Files in --out, all written atomically (temporary file + rename) and refreshed e
     training_curves.png  loss (log scale), validation MAE and learning rate per epoch
 
 Exact resume: a checkpoint holds the model, the optimizer's moments and step, the schedule's step,
-the history and the config. The data plan is a pure function of (seed, epoch, step), so the seed and
-the epoch are the whole random state. `--resume latest` after a crash (even kill -9 in the middle of
-an epoch) restarts at the first unfinished epoch and gives the history the uninterrupted run would
-have given (bit for bit with the same --threads; Numba's kernels are deterministic for a fixed
-thread count).
+the history and the config, with the fingerprint of the run's data (data/fingerprint.py): a resume
+on data that changed under the same patient ids is refused. The data plan is a pure function of
+(seed, epoch, step), so the seed and the epoch are the whole random state. `--resume latest` after
+a crash (even kill -9 in the middle of an epoch) restarts at the first unfinished epoch and gives
+the history the uninterrupted run would have given (bit for bit with the same --threads; Numba's
+kernels are deterministic for a fixed thread count).
 """
 import json
 import os
@@ -29,6 +31,7 @@ import os
 from tqdm import tqdm
 
 from mri2ct.common.atomic import write_text
+from mri2ct.data.fingerprint import check_same_data, data_fingerprint
 from mri2ct.training.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from mri2ct.training.curves import plot_training_curves
 
@@ -37,6 +40,7 @@ RESUME_MUST_MATCH = ("features", "epochs", "lr", "lr_min", "weight_decay", "clip
                      "batch_size", "accumulate", "ranks", "spacing", "split")
 CONFIG_DEFAULTS = {"accumulate": 1, "ranks": 1}   # entries added later: their value in older checkpoints
 UNET_MULTIPLE = 8   # the U-Net halves the grid three times: every input side must divide by 8
+MIN_PATCH = 2 * UNET_MULTIPLE   # a patch of 8 reaches the bottleneck as one voxel: nothing for BatchNorm
 
 
 def training_window(dataset, patch):
@@ -62,7 +66,8 @@ def run_config(args, train_set, split, ranks):
             "seed": args.seed, "batch_size": args.batch_size, "accumulate": args.accumulate, "ranks": ranks,
             "patch": args.patch,
             "loss": "mse of hu / 1000", "shape": training_window(train_set, args.patch),
-            "spacing": train_set.spacing, "split": split}
+            "spacing": train_set.spacing, "split": split,
+            "data_fingerprint": data_fingerprint(train_set.folder, split)}
 
 
 def resume_checkpoint(resume, out_dir):
@@ -77,13 +82,16 @@ def resume_checkpoint(resume, out_dir):
 
 
 def restore(path, state, config, model, optimizer, scheduler):
-    """Load a checkpoint's model, optimizer and schedule; CheckpointError if it is another run."""
+    """Load a checkpoint's model, optimizer and schedule; CheckpointError if it is another run or
+    was trained on other data (checkpoints older than the data fingerprint are not checked for it)."""
     load_model_state(model, state, path)
     for key in RESUME_MUST_MATCH:
         trained = state["config"].get(key, CONFIG_DEFAULTS.get(key))
         if trained != config[key]:
             raise CheckpointError(f"{path}: checkpoint was trained with {key} = {trained}, "
                                   f"this run has {config[key]}; resume with the run's own settings")
+    check_same_data(state["config"].get("data_fingerprint"), config["data_fingerprint"], path, config["data"],
+                    "resume on the run's own data, or start a new run with another --out")
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -91,13 +99,31 @@ def restore(path, state, config, model, optimizer, scheduler):
         raise CheckpointError(f"{path}: optimizer or scheduler state does not fit ({error})") from None
 
 
+def same_run(state, held):
+    """True if the checkpoint `state` belongs to the run whose latest checkpoint is `held`: their
+    histories agree on every epoch both have (an earlier checkpoint of the run, or a later one)."""
+    common = min(len(state["history"]), len(held["history"]))
+    return state["history"][:common] == held["history"][:common]
+
+
+def check_folder_holds_this_run(path, state, out_dir):
+    """ValueError if `out_dir` holds a run (its latest.npz) other than the one of checkpoint `path`."""
+    latest = os.path.join(out_dir, "latest.npz")
+    if os.path.exists(latest) and not os.path.samefile(path, latest) and \
+            not same_run(state, load_checkpoint(latest)):
+        raise ValueError(f"{out_dir} already holds another run (its latest.npz has another history than "
+                         f"{path}); resume into an empty or new --out")
+
+
 def start_history(args, config, model, optimizer, scheduler):
     """Rank 0: load --resume's checkpoint into the model, optimizer and schedule and return its
-    history, or [] for a fresh start (refused if --out holds a run); writes split.json."""
+    history, or [] for a fresh start (refused if --out holds a run, and a resume if --out holds
+    another run); writes split.json."""
     history = []
     path = resume_checkpoint(args.resume, args.out) if args.resume else None
     if path:
         state = load_checkpoint(path)
+        check_folder_holds_this_run(path, state, args.out)
         restore(path, state, config, model, optimizer, scheduler)
         history = state["history"]
         print(f"resuming {path}: {len(history)} of {args.epochs} epochs done")

@@ -1,6 +1,5 @@
 """Which algorithm computes a Conv3d's forward, grad-input and grad-weight passes: the direct kernels
-(nn3d/kernels/conv3d.py) or Winograd's F(2^3, 3^3) (nn3d/kernels/winograd.py,
-nn3d/kernels/winograd_grad_weight.py).
+(nn3d/kernels/conv3d.py, conv3d_grad_weight.py) or Winograd's F(2^3, 3^3) (nn3d/kernels/winograd/).
 
 Winograd applies to 3x3x3 kernels with stride 1 and padding 1 (the U-Net's convolutions); every other
 shape runs direct. Among those, the rule: Winograd when both channel counts are at least 16. Below

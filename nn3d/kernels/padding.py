@@ -20,7 +20,7 @@ import numpy as np
 from numba import prange
 
 from .jit import parallel_kernel
-from .. import arena
+from ..core import arena
 
 
 def _placement(size, stride, offset, length):

@@ -15,8 +15,10 @@ Here every element's sum is independent, so the elements are split across the th
 import numpy as np
 from numba import prange
 
-from .. import arena
+from ..core import arena
 from .jit import parallel_kernel
+
+WORK_ITEMS = 32   # parallel work items every grad-weight call has at least (when it has that many rows)
 
 
 @parallel_kernel

@@ -19,6 +19,13 @@ from numba import prange
 
 from .channel_sum import ROWS_PER_CHUNK
 from .jit import blocked_kernel, inlined_tile_helper, parallel_kernel
+from .register_tile import BLOCK_C
+
+
+def is_pointwise(kernel_size, stride, cout):
+    """A 1x1x1, stride-1 convolution with fewer than 16 output channels (the U-Net's head): the
+    kernels of pointwise.py, which do not pad Cout to 16."""
+    return tuple(kernel_size) == (1, 1, 1) and tuple(stride) == (1, 1, 1) and cout < BLOCK_C
 
 
 @inlined_tile_helper
@@ -79,9 +86,14 @@ def pointwise_grad_weight_kernel(x, grad_output, partial):
                     partial[t, co, ci] += g * x[p, ci]
 
 
+def pointwise_grad_weight_chunks(n_voxels):
+    """The chunks of ROWS_PER_CHUNK voxels (4) is summed in: the grad-weight kernel's work items."""
+    return -(-n_voxels // ROWS_PER_CHUNK)
+
+
 def pointwise_grad_weight(x, grad_output):
     """(4): (Cout, Cin) in x's dtype from x (P, Cin) and grad_output (P, Cout)."""
-    chunks = -(-x.shape[0] // ROWS_PER_CHUNK)
+    chunks = pointwise_grad_weight_chunks(x.shape[0])
     partial = np.zeros((chunks, grad_output.shape[1], x.shape[1]), np.float64)   # (chunks, Cout, Cin)
     pointwise_grad_weight_kernel(x, grad_output, partial)
     return partial.sum(axis=0).astype(x.dtype)                                   # fixed order

@@ -18,7 +18,7 @@ input's dtype.
 """
 import numpy as np
 
-from ..shapes import transposed_output_size, window_output_size
+from ..core.shapes import transposed_output_size, window_output_size
 
 
 # ---- Conv3d (nn3d/conv3d.py; fast kernels in conv3d.py) -------------------------------------------

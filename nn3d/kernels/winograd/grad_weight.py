@@ -1,6 +1,6 @@
 """Grad-weight of a 3x3x3, stride-1, padding-1 convolution by Winograd's F(2^3, 3^3): line (4) of
-nn3d/conv3d.py computed as the gradient of the forward algorithm of nn3d/kernels/winograd.py (read
-its header first: B^T, G, A^T, U, V, xi and the tiles are the same here).
+nn3d/conv3d.py computed as the gradient of the forward algorithm of this package (read
+algorithm.py first: B^T, G, A^T, U, V, xi and the tiles are the same here).
 
 1. The gradient of one tile. Per 2x2x2 output tile t the forward computes, along each axis,
 
@@ -15,7 +15,7 @@ its header first: B^T, G, A^T, U, V, xi and the tiles are the same here).
 
    One axis of A = (A^T)^T maps the two gradients (e0, e1) to the four values (e0, e0 + e1, e0 - e1,
    e1): additions only, like B^T. And U[xi] = sum_k G_KRON[xi, k] g[k] over the 27 taps k = (i, j, k)
-   (winograd.filter_transform), so
+   (filter_transform.py), so
 
        dL/dg[i, j, k] = sum_{a,b,c} G[a, i] G[b, j] G[c, k] dL/dU[a, b, c]          G^T along each axis
 
@@ -55,13 +55,13 @@ its header first: B^T, G, A^T, U, V, xi and the tiles are the same here).
    the direct kernel (one float32 chain per chunk of output rows) 2.8e-7 .. 1.3e-6.
 
 Layout of the fast kernel (`winograd_grad_weight_kernel`): x (N, D, H, W, Cin) channels-last without
-a halo and grad_output (N, D, H, W, Cout), tiles numbered as in winograd.py. The tiles are cut into
+a halo and grad_output (N, D, H, W, Cout), tiles numbered as in convolution.py. The tiles are cut into
 chunks of consecutive tiles (their number fixed by the shapes: `grad_weight_partition`); each chunk
 owns a partial dU (64, Cin_padded, Cout_padded). A work item is a chunk, or where there are fewer
 than 32 chunks (a 16^3 volume has 8) a chunk and one group of its output-channel blocks, which owns
 those columns of the chunk's dU: every dU entry is still summed over the same tiles in the same
 order, whatever the grouping, and the items' cost is the input transform done once per group. Within
-an item a worker goes block by block (`tiles_per_block` tiles): V (64, rows, Cin_padded) by winograd.py's
+an item a worker goes block by block (`tiles_per_block` tiles): V (64, rows, Cin_padded) by tile_transforms.py's
 `transform_input_block`, W (64, Cout_padded/16, rows, 16) by `transform_grad_output_block`, then
 `accumulate_block_products` adds V[xi]^T W[xi] into the chunk's dU, a register tile of block_rows
 input channels x 16 output channels at a time running over the block's tiles. V and W (8x the
@@ -73,11 +73,14 @@ import numba
 import numpy as np
 from numba import prange
 
-from .. import arena
-from .conv3d import BLOCK_C, BLOCK_W, WORK_ITEMS, fma16, load16
-from .jit import blocked_kernel, inlined_tile_helper, parallel_kernel, tile_helper
-from .winograd import (A_T, B_T, G, G_KRON, TILE_VALUES, U, add16, kernel_inputs, load16_at, store4x16_at,
-                       store16_at, sub16, tile_position, tile_source, transform_input_block)
+from ...core import arena
+from ..jit import blocked_kernel, parallel_kernel
+from ..partial_sums import WORK_ITEMS
+from ..register_tile import BLOCK_C, BLOCK_W
+from .algorithm import A_T, B_T, G, G_KRON, TILE_VALUES
+from .convolution import kernel_inputs
+from .products import accumulate_block_products
+from .tile_transforms import tile_count, transform_grad_output_block, transform_input_block
 
 
 def winograd_grad_weight_reference(x, grad_output):
@@ -99,138 +102,7 @@ def winograd_grad_weight_reference(x, grad_output):
     return np.einsum("ai,bj,ck,abcxo->oxijk", G, G, G, du, optimize=True)          # (Cout, Cin, 3, 3, 3)
 
 
-# ---- the fast kernel ----------------------------------------------------------------------------
-@tile_helper
-def grad_output_transform_1d(e0, e1):
-    """A (e0, e1) = (e0, e0 + e1, e0 - e1, e1) on 16-channel vectors (A = (A^T)^T: section 1)."""
-    return e0, add16(e0, e1), sub16(e0, e1), e1
-
-
-# The transform of one output-gradient tile and 16 channels, inlined and one plane of the transformed
-# tile at a time like winograd.py's input transform (A along z read straight from the tile's voxels,
-# then along y and x in registers, stored once: per tile 24 vector loads and 64 stores).
-@tile_helper
-def grad_output_row_along_z(source, row, plane, voxel_step, a):
-    """(A e[:, q, r])[a] for r = 0, 1, the row (q) of the tile whose e[p, q, r] is at
-    source[row + p*plane + r*voxel_step] (all unsigned); `a` a constant where this is inlined."""
-    return (grad_output_transform_1d(load16_at(source, row), load16_at(source, row + plane))[a],
-            grad_output_transform_1d(load16_at(source, row + voxel_step),
-                                     load16_at(source, row + voxel_step + plane))[a])
-
-
-@inlined_tile_helper
-def grad_output_tile_plane(source, at, plane, row_length, voxel_step, a, w, to, xi_step):
-    """W[xi = (a*4 + b)*4 + c] = sum_{p,q,r} A[a, p] A[b, q] A[c, r] e[p, q, r] for b, c = 0..3 (plane a of
-    the transformed tile), stored at w[to + xi * xi_step]; e[p, q, r] at
-    source[at + p*plane + q*row_length + r*voxel_step] (all unsigned)."""
-    e0 = grad_output_row_along_z(source, at, plane, voxel_step, a)              # e_q[r]: z done, q = 0
-    e1 = grad_output_row_along_z(source, at + row_length, plane, voxel_step, a)
-    f0 = grad_output_transform_1d(e0[0], e1[0])                                 # f_r[b]: y done, r = 0
-    f1 = grad_output_transform_1d(e0[1], e1[1])
-    plane_at = to + np.uint64(16 * a) * xi_step                               # W[a, 0, 0]
-    b_step = U[4] * xi_step                                                   # W[a, b] to W[a, b + 1]
-    store4x16_at(w, plane_at, xi_step, grad_output_transform_1d(f0[0], f1[0]))          # x done, b = 0
-    store4x16_at(w, plane_at + b_step, xi_step, grad_output_transform_1d(f0[1], f1[1]))
-    store4x16_at(w, plane_at + U[2] * b_step, xi_step, grad_output_transform_1d(f0[2], f1[2]))
-    store4x16_at(w, plane_at + U[3] * b_step, xi_step, grad_output_transform_1d(f0[3], f1[3]))
-
-
-@tile_helper
-def transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_end, w, staged):
-    """W[xi, cb, t, :] = (A e_t A^T along each axis) of the output-gradient tiles first + t, t < count,
-    for the output-channel blocks cb_first <= cb < cb_end (16 channels each).
-    grad_output (N, D, H, W, Cout); w (64, Cout_padded/16, rows, 16) flat; staged (4 * 4 * 4 * 16,).
-    A tile sticking out of an odd-sized volume, and the last block of channels when Cout is not a
-    multiple of 16, are read from `staged` (winograd.py's `tile_source`: a 4x4x4 window with zeros
-    outside the volume, whose first 2x2x2 voxels are the tile)."""
-    n_batch, size_d, size_h, size_w, cout = grad_output.shape
-    tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
-    n_cblocks = (cout + BLOCK_C - 1) // BLOCK_C
-    g_flat = grad_output.reshape(grad_output.size)
-    xi_step = np.uint64(n_cblocks * rows * BLOCK_C)        # from W[xi] to W[xi + 1]
-    for t in range(count):
-        n, td, th, tw = tile_position(first + t, tiles_d, tiles_h, tiles_w)
-        iz0, iy0, ix0 = 2 * td, 2 * th, 2 * tw             # the tile's first voxel
-        whole = iz0 + 1 < size_d and iy0 + 1 < size_h and ix0 + 1 < size_w
-        for cb in range(cb_first, cb_end):
-            source, at, plane, row_length, voxel_step = tile_source(grad_output, g_flat, n, iz0, iy0, ix0,
-                                                                    cb * BLOCK_C, whole, staged)
-            to = np.uint64((cb * rows + t) * BLOCK_C)
-            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 0, w, to, xi_step)
-            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 1, w, to, xi_step)
-            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 2, w, to, xi_step)
-            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 3, w, to, xi_step)
-
-
-@inlined_tile_helper
-def add_into16(flat, at, v, fresh):
-    """flat[at:at + 16] += the 16-tuple v (`at` unsigned); = v when `fresh` (its first sum: the
-    partial dU is never zeroed)."""
-    if fresh:
-        store16_at(flat, at, v)
-    else:
-        store16_at(flat, at, add16(load16_at(flat, at), v))
-
-
-@tile_helper
-def accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, cb_first, cb_end, block_rows,
-                              du, fresh, zeros):
-    """dU[xi, ci, 16cb:16cb+16] += sum_{t < count} V[xi, t, ci] W[xi, cb, t, :] for the 64 positions xi
-    and the output-channel blocks cb_first <= cb < cb_end:
-    (Cin x count) @ (count x 16) per output-channel block cb, a register tile of block_rows = 8
-    input channels (else 4) x 16 output channels that runs over the block's tiles (per tile: one
-    load of 16 W values, block_rows broadcasts of V, block_rows FMAs), then is added into dU. Both
-    tiles are spelled out, like winograd.multiply_block's: written as tuples of 16-tuples (one helper
-    for both widths), the accumulators compiled to shuffles and stack spills around every FMA.
-    v (64, rows, Cin_padded) flat; w_matrix rows (xi, cb, t) of 16; du (64, Cin_padded,
-    Cout_padded) flat."""
-    row_u = np.uint64(cin_padded)                          # from V[xi, t] to V[xi, t + 1]
-    du_row = np.uint64(n_cblocks * BLOCK_C)                # from dU[xi, ci] to dU[xi, ci + 1]
-    count_u = np.uint64(count)
-    end8 = cin_padded if block_rows == 8 else 0
-    for xi in range(TILE_VALUES):
-        for cb in range(cb_first, cb_end):
-            w_0 = np.uint64((xi * n_cblocks + cb) * rows)
-            for ci0 in range(0, end8, 8):
-                v_0 = np.uint64(xi * rows * cin_padded + ci0)
-                acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(zeros, 0)
-                for t in range(count_u):
-                    e = load16(w_matrix, w_0 + t)
-                    at = v_0 + t * row_u
-                    acc0 = fma16(acc0, v[at], e)
-                    acc1 = fma16(acc1, v[at + U[1]], e)
-                    acc2 = fma16(acc2, v[at + U[2]], e)
-                    acc3 = fma16(acc3, v[at + U[3]], e)
-                    acc4 = fma16(acc4, v[at + U[4]], e)
-                    acc5 = fma16(acc5, v[at + U[5]], e)
-                    acc6 = fma16(acc6, v[at + U[6]], e)
-                    acc7 = fma16(acc7, v[at + U[7]], e)
-                to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
-                add_into16(du, to, acc0, fresh)
-                add_into16(du, to + du_row, acc1, fresh)
-                add_into16(du, to + U[2] * du_row, acc2, fresh)
-                add_into16(du, to + U[3] * du_row, acc3, fresh)
-                add_into16(du, to + U[4] * du_row, acc4, fresh)
-                add_into16(du, to + U[5] * du_row, acc5, fresh)
-                add_into16(du, to + U[6] * du_row, acc6, fresh)
-                add_into16(du, to + U[7] * du_row, acc7, fresh)
-            for ci0 in range(end8, cin_padded, 4):
-                v_0 = np.uint64(xi * rows * cin_padded + ci0)
-                acc0 = acc1 = acc2 = acc3 = load16(zeros, 0)
-                for t in range(count_u):
-                    e = load16(w_matrix, w_0 + t)
-                    at = v_0 + t * row_u
-                    acc0 = fma16(acc0, v[at], e)
-                    acc1 = fma16(acc1, v[at + U[1]], e)
-                    acc2 = fma16(acc2, v[at + U[2]], e)
-                    acc3 = fma16(acc3, v[at + U[3]], e)
-                to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
-                add_into16(du, to, acc0, fresh)
-                add_into16(du, to + du_row, acc1, fresh)
-                add_into16(du, to + U[2] * du_row, acc2, fresh)
-                add_into16(du, to + U[3] * du_row, acc3, fresh)
-
-
+# ---- the fast kernel ------------------------------------------------------------------------------
 @blocked_kernel
 def winograd_grad_weight_kernel(x0, x1, grad_output, tiles_per_chunk, tiles_per_block, n_groups, block_rows,
                                 n_workers, partial):
@@ -323,6 +195,14 @@ def grad_weight_partition(n_tiles, cin_padded, cout_padded):
     return tiles_per_block, tiles_per_chunk, n_chunks, -(-n_cblocks // blocks_per_group)
 
 
+def winograd_grad_weight_work_items(shape, cin, cout):
+    """The parallel work items of `winograd_grad_weight` for inputs (N, D, H, W, ...) = shape of Cin
+    channels in all and Cout output channels: (chunk, group) pairs of `winograd_grad_weight_kernel`."""
+    padded = lambda c: -(-c // BLOCK_C) * BLOCK_C
+    _, _, n_chunks, n_groups = grad_weight_partition(tile_count(shape), padded(cin), padded(cout))
+    return n_chunks * n_groups
+
+
 def winograd_grad_weight(inputs, grad_output, block_rows=BLOCK_W):
     """Line (4) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1, by the transposed
     F(2^3, 3^3): inputs, a tuple of channels-last unpadded arrays (N, D, H, W, C_j) (one, or a
@@ -337,9 +217,8 @@ def winograd_grad_weight(inputs, grad_output, block_rows=BLOCK_W):
     grad_output = np.ascontiguousarray(grad_output, dtype=x0.dtype)
     cin, cout = x0.shape[4] + x1.shape[4], grad_output.shape[4]
     cin_padded, cout_padded = (-(-c // BLOCK_C) * BLOCK_C for c in (cin, cout))
-    n_tiles = x0.shape[0] * ((x0.shape[1] + 1) // 2) * ((x0.shape[2] + 1) // 2) * ((x0.shape[3] + 1) // 2)
-    tiles_per_block, tiles_per_chunk, n_chunks, n_groups = grad_weight_partition(n_tiles, cin_padded,
-                                                                                 cout_padded)
+    tiles_per_block, tiles_per_chunk, n_chunks, n_groups = grad_weight_partition(tile_count(x0.shape),
+                                                                                 cin_padded, cout_padded)
     partial = arena.empty((n_chunks, TILE_VALUES * cin_padded * cout_padded), x0.dtype)   # dU per chunk
     winograd_grad_weight_kernel(x0, x1, grad_output, np.int64(tiles_per_chunk), np.int64(tiles_per_block),
                                 np.int64(n_groups), np.int64(block_rows), np.int64(numba.get_num_threads()),

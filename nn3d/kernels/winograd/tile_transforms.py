@@ -1,0 +1,309 @@
+"""The transforms of one block of tiles, 16 channels at a time: the input transform V = B^T along
+each axis of d (`transform_input_block`), the output transform y = A^T along each axis of M plus the
+bias (`transform_output_block`) and the output-gradient transform W = A along each axis of e
+(`transform_grad_output_block`, grad_weight.py's). Tiles at the volume's faces are first staged with
+their zeros into a small buffer (`tile_source`, `stage_edge_tile`); every other tile is read where it
+lies, so no padded copy of the input is made. The notation is algorithm.py's.
+"""
+import numpy as np
+
+from ..jit import inlined_tile_helper, tile_helper
+from ..register_tile import BLOCK_C, UINT, add16, load16_at, relu16, store16_at, store4x16_at, sub16
+from .algorithm import TILE_VALUES
+
+
+# ---- the 1-D transforms and the tile numbering ---------------------------------------------------
+@tile_helper
+def input_transform_1d(d0, d1, d2, d3):
+    """B^T (d0, d1, d2, d3) = (d0 - d2, d1 + d2, d2 - d1, d3 - d1), on 16-channel vectors."""
+    return sub16(d0, d2), add16(d1, d2), sub16(d2, d1), sub16(d3, d1)
+
+
+@tile_helper
+def output_transform_1d(m0, m1, m2, m3):
+    """A^T (m0, m1, m2, m3) = (m0 + m1 + m2, m1 - m2 + m3), on 16-channel vectors."""
+    return add16(add16(m0, m1), m2), add16(sub16(m1, m2), m3)
+
+
+@tile_helper
+def grad_output_transform_1d(e0, e1):
+    """A (e0, e1) = (e0, e0 + e1, e0 - e1, e1) on 16-channel vectors (A = (A^T)^T: grad_weight.py, section 1)."""
+    return e0, add16(e0, e1), sub16(e0, e1), e1
+
+
+def tile_count(shape):
+    """The 2x2x2 output tiles of a volume (N, D, H, W, ...): N * ceil(D/2) * ceil(H/2) * ceil(W/2)."""
+    return shape[0] * ((shape[1] + 1) // 2) * ((shape[2] + 1) // 2) * ((shape[3] + 1) // 2)
+
+
+@inlined_tile_helper
+def tile_position(tile, tiles_d, tiles_h, tiles_w):
+    """Tile number t = ((n * tiles_d + td) * tiles_h + th) * tiles_w + tw -> (n, td, th, tw)."""
+    return (tile // (tiles_w * tiles_h * tiles_d), tile // (tiles_w * tiles_h) % tiles_d,
+            tile // tiles_w % tiles_h, tile % tiles_w)
+
+
+# ---- input tiles ---------------------------------------------------------------------------------
+# The transforms of one tile and 16 channels. The helper a block's loop calls per tile (`input_tile`,
+# `output_tile_plane`) is an `inlined_tile_helper`; the helpers it calls are plain `tile_helper`s,
+# which LLVM inlines into it (nn3d/kernels/jit.py says why no deeper). A whole 4x4x4 tile of
+# 16-channel vectors does not fit in the 32 vector registers, one plane of it does: each plane of the
+# transformed tile is B^T along z for its 16 positions, read straight from the tile's voxels, then
+# B^T along y and along x in registers, stored once. Per tile and 16 channels that is 128 vector
+# loads and 64 stores, where one pass per axis through two scratch tiles took 192 loads and 192
+# stores.
+@tile_helper
+def input_voxel_along_z(source, voxel, plane, a):
+    """(B^T d[:, j, k])[a] for the tile's column (j, k), whose d[i, j, k] is at source[voxel + i*plane]
+    (unsigned). `a` is a constant where this is inlined: the loads and sums of B^T's other rows
+    compile to nothing."""
+    return input_transform_1d(load16_at(source, voxel), load16_at(source, voxel + plane),
+                              load16_at(source, voxel + UINT[2] * plane),
+                              load16_at(source, voxel + UINT[3] * plane))[a]
+
+
+@tile_helper
+def input_row_along_z(source, row, plane, voxel_step, a):
+    """input_voxel_along_z for the four columns (j, k), k = 0..3, of the row whose d[0, j, 0] is at
+    source[row] (voxels voxel_step apart)."""
+    return (input_voxel_along_z(source, row, plane, a), input_voxel_along_z(source, row + voxel_step, plane, a),
+            input_voxel_along_z(source, row + UINT[2] * voxel_step, plane, a),
+            input_voxel_along_z(source, row + UINT[3] * voxel_step, plane, a))
+
+
+@tile_helper
+def input_tile_plane(source, at, plane, row_length, voxel_step, a, v, to, xi_step):
+    """V[xi = (a*4 + b)*4 + c] = sum_{i,j,k} B^T[a, i] B^T[b, j] B^T[c, k] d[i, j, k] for b, c = 0..3
+    (plane a of the transformed tile), stored at v[to + xi * xi_step]; d[i, j, k] at
+    source[at + i*plane + j*row_length + k*voxel_step] (all unsigned)."""
+    e0 = input_row_along_z(source, at, plane, voxel_step, a)                   # e_j[k]: z done, j = 0
+    e1 = input_row_along_z(source, at + row_length, plane, voxel_step, a)
+    e2 = input_row_along_z(source, at + UINT[2] * row_length, plane, voxel_step, a)
+    e3 = input_row_along_z(source, at + UINT[3] * row_length, plane, voxel_step, a)
+    f0 = input_transform_1d(e0[0], e1[0], e2[0], e3[0])                        # f_k[b]: y done, k = 0
+    f1 = input_transform_1d(e0[1], e1[1], e2[1], e3[1])
+    f2 = input_transform_1d(e0[2], e1[2], e2[2], e3[2])
+    f3 = input_transform_1d(e0[3], e1[3], e2[3], e3[3])
+    plane_at = to + np.uint64(16 * a) * xi_step                              # V[a, 0, 0]
+    b_step = UINT[4] * xi_step                                                  # V[a, b] to V[a, b + 1]
+    store4x16_at(v, plane_at, xi_step, input_transform_1d(f0[0], f1[0], f2[0], f3[0]))      # x done, b = 0
+    store4x16_at(v, plane_at + b_step, xi_step, input_transform_1d(f0[1], f1[1], f2[1], f3[1]))
+    store4x16_at(v, plane_at + UINT[2] * b_step, xi_step, input_transform_1d(f0[2], f1[2], f2[2], f3[2]))
+    store4x16_at(v, plane_at + UINT[3] * b_step, xi_step, input_transform_1d(f0[3], f1[3], f2[3], f3[3]))
+
+
+@inlined_tile_helper
+def input_tile(source, at, plane, row_length, voxel_step, v, to, xi_step):
+    """V[xi] = (B^T d B along each axis)[xi] for one 4x4x4 input tile d and 16 channels, stored at
+    v[to + xi * xi_step]; d[i, j, k] at source[at + i*plane + j*row_length + k*voxel_step]."""
+    input_tile_plane(source, at, plane, row_length, voxel_step, 0, v, to, xi_step)
+    input_tile_plane(source, at, plane, row_length, voxel_step, 1, v, to, xi_step)
+    input_tile_plane(source, at, plane, row_length, voxel_step, 2, v, to, xi_step)
+    input_tile_plane(source, at, plane, row_length, voxel_step, 3, v, to, xi_step)
+
+
+@inlined_tile_helper
+def stage_edge_tile(x, x_flat, n, iz0, iy0, ix0, c0, staged):
+    """staged[i, j, k, q] = x[n, iz0 + i, iy0 + j, ix0 + k, c0 + q], zero where that voxel is padding
+    or channel c0 + q does not exist: (4, 4, 4, 16) flat. For the tiles at the volume's faces and
+    the last, partial block of channels; every other tile is read from x directly. A full block of
+    16 channels moves as one vector (x_flat: x flattened)."""
+    size_d, size_h, size_w, cin = x.shape[1:]
+    width = min(BLOCK_C, cin - c0)
+    staged[:] = 0
+    for i in range(4):
+        for j in range(4):
+            for k in range(4):
+                iz, iy, ix = iz0 + i, iy0 + j, ix0 + k
+                if 0 <= iz < size_d and 0 <= iy < size_h and 0 <= ix < size_w:
+                    to = ((i * 4 + j) * 4 + k) * BLOCK_C
+                    at = (((n * size_d + iz) * size_h + iy) * size_w + ix) * cin + c0
+                    if width == BLOCK_C:
+                        store16_at(staged, np.uint64(to), load16_at(x_flat, np.uint64(at)))
+                    else:
+                        for q in range(width):
+                            staged[to + q] = x_flat[at + q]
+
+
+@inlined_tile_helper
+def tile_source(x, x_flat, n, iz0, iy0, ix0, c0, inside, staged):
+    """Where to read channels c0..c0+15 of the tile whose first voxel is x[n, iz0, iy0, ix0]:
+    (source, at, plane, row_length, voxel_step), the tile's voxel (i, j, k) at source[at + i*plane +
+    j*row_length + k*voxel_step] (all unsigned). x itself when `inside` (every voxel of the tile is
+    in the volume) and 16 channels exist; else `staged`, filled by `stage_edge_tile` with its zeros."""
+    size_d, size_h, size_w, channels = x.shape[1:]
+    if inside and c0 + BLOCK_C <= channels:
+        at = (((n * size_d + iz0) * size_h + iy0) * size_w + ix0) * channels + c0
+        return (x_flat, np.uint64(at), np.uint64(size_h * size_w * channels), np.uint64(size_w * channels),
+                np.uint64(channels))
+    stage_edge_tile(x, x_flat, n, iz0, iy0, ix0, c0, staged)
+    return staged, UINT[0], np.uint64(16 * BLOCK_C), np.uint64(4 * BLOCK_C), np.uint64(BLOCK_C)
+
+
+@tile_helper
+def transform_input_block(x0, x1, first, count, rows, v, staged):
+    """V[xi, t, :] = (B^T d B along each axis) of the input tiles first + t, t < count; V's other rows
+    are zeros. The input is x0 and x1 side by side along the channels (N, D, H, W, C0 + C1), read in
+    place: x1 may have no channels; C0 is a multiple of 16 when it has some, so that no block of 16
+    channels spans both. v (64, rows, Cin_padded) flat; staged (4 * 4 * 4 * 16,): a tile at a face,
+    with its zeros. 16 channels at a time."""
+    n_batch, size_d, size_h, size_w, cin0 = x0.shape
+    cin = cin0 + x1.shape[4]
+    tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
+    cin_padded = (cin + BLOCK_C - 1) // BLOCK_C * BLOCK_C
+    x0_flat, x1_flat = x0.reshape(x0.size), x1.reshape(x1.size)
+    xi_step = np.uint64(rows * cin_padded)                 # from V[xi] to V[xi + 1]
+    for xi in range(TILE_VALUES):
+        v[(xi * rows + count) * cin_padded:(xi + 1) * rows * cin_padded] = 0
+    for t in range(count):
+        n, td, th, tw = tile_position(first + t, tiles_d, tiles_h, tiles_w)
+        iz0, iy0, ix0 = 2 * td - 1, 2 * th - 1, 2 * tw - 1      # the tile's first input voxel
+        interior = (iz0 >= 0 and iy0 >= 0 and ix0 >= 0 and iz0 + 3 < size_d and iy0 + 3 < size_h
+                    and ix0 + 3 < size_w)
+        for c0 in range(0, cin, BLOCK_C):
+            x, x_flat, channel = (x0, x0_flat, c0) if c0 < cin0 else (x1, x1_flat, c0 - cin0)
+            source, at, plane, row_length, voxel_step = tile_source(x, x_flat, n, iz0, iy0, ix0, channel,
+                                                                    interior, staged)
+            input_tile(source, at, plane, row_length, voxel_step, v, np.uint64(t * cin_padded + c0), xi_step)
+
+
+# ---- output tiles --------------------------------------------------------------------------------
+# The output transform of one tile and 16 channels, one output plane p at a time like the input
+# transform: A^T along z for the plane's 16 positions, read straight from M, then A^T along y and along
+# x in registers, plus the bias, stored to y (per tile and 16 channels 96 vector loads and 8 stores).
+@tile_helper
+def output_row_along_z(m, row, a_step, xi_step, p):
+    """(A^T M[:, b, c])[p] for c = 0..3, the row (b) whose M[a, b, c] is at m[row + a*a_step + c*xi_step]
+    (all unsigned). `p` is a constant where this is inlined: the other row of A^T compiles to nothing."""
+    c1, c2, c3 = row + xi_step, row + UINT[2] * xi_step, row + UINT[3] * xi_step
+    return (output_transform_1d(load16_at(m, row), load16_at(m, row + a_step),
+                                load16_at(m, row + UINT[2] * a_step), load16_at(m, row + UINT[3] * a_step))[p],
+            output_transform_1d(load16_at(m, c1), load16_at(m, c1 + a_step),
+                                load16_at(m, c1 + UINT[2] * a_step), load16_at(m, c1 + UINT[3] * a_step))[p],
+            output_transform_1d(load16_at(m, c2), load16_at(m, c2 + a_step),
+                                load16_at(m, c2 + UINT[2] * a_step), load16_at(m, c2 + UINT[3] * a_step))[p],
+            output_transform_1d(load16_at(m, c3), load16_at(m, c3 + a_step),
+                                load16_at(m, c3 + UINT[2] * a_step), load16_at(m, c3 + UINT[3] * a_step))[p])
+
+
+@tile_helper
+def store_output_pair(y_flat, to, voxel_step, pair, b16, relu, r1_inside):
+    """y_flat[to : to + 16] = pair[0] + bias, and one voxel_step on pair[1] + bias if r1_inside (the
+    voxel exists); max(0, .) of them if relu."""
+    y0 = add16(pair[0], b16)
+    store16_at(y_flat, to, relu16(y0) if relu else y0)
+    if r1_inside:
+        y1 = add16(pair[1], b16)
+        store16_at(y_flat, to + voxel_step, relu16(y1) if relu else y1)
+
+
+@inlined_tile_helper
+def output_tile_plane(m, at, xi_step, p, b16, relu, y_flat, to, row_length, voxel_step, q1_inside, r1_inside):
+    """y[p, q, r] = sum_{a,b,c} A^T[p, a] A^T[q, b] A^T[r, c] M[(a*4 + b)*4 + c] + bias (then max(0, .) if
+    relu) for q, r = 0, 1 (plane p of the output tile), M[xi] at m[at + xi * xi_step], for the voxels
+    that exist: y[p, 0, 0] at y_flat[to], y[p, q, r] at to + q*row_length + r*voxel_step if q1_inside
+    (for q = 1) and r1_inside (for r = 1)."""
+    a_step = np.uint64(16) * xi_step                                         # M[a, b, c] to M[a + 1, b, c]
+    b_step = UINT[4] * xi_step                                                  # M[a, b, c] to M[a, b + 1, c]
+    e0 = output_row_along_z(m, at, a_step, xi_step, p)                       # e_b[c]: z done, b = 0
+    e1 = output_row_along_z(m, at + b_step, a_step, xi_step, p)
+    e2 = output_row_along_z(m, at + UINT[2] * b_step, a_step, xi_step, p)
+    e3 = output_row_along_z(m, at + UINT[3] * b_step, a_step, xi_step, p)
+    f0 = output_transform_1d(e0[0], e1[0], e2[0], e3[0])                     # f_c[q]: y done, c = 0
+    f1 = output_transform_1d(e0[1], e1[1], e2[1], e3[1])
+    f2 = output_transform_1d(e0[2], e1[2], e2[2], e3[2])
+    f3 = output_transform_1d(e0[3], e1[3], e2[3], e3[3])
+    store_output_pair(y_flat, to, voxel_step, output_transform_1d(f0[0], f1[0], f2[0], f3[0]), b16, relu,
+                      r1_inside)                                             # x done, q = 0
+    if q1_inside:
+        store_output_pair(y_flat, to + row_length, voxel_step, output_transform_1d(f0[1], f1[1], f2[1], f3[1]),
+                          b16, relu, r1_inside)
+
+
+@tile_helper
+def transform_output_block(m, bias, relu, first, count, rows, y0, y1):
+    """The output voxels of the tiles first + t, t < count: (A^T M A along each axis) + bias, 16
+    output channels at a time, into the voxels that exist (a tile past an odd edge is partial). The
+    output (max(0, .) of it if relu) is y0 and y1 side by side along the channels: output channel
+    block cb goes to y0 if 16*cb < C0, else to y1 (C0 a multiple of 16 when y1 has channels; the
+    last output's channels padded to a multiple of 16). m (64, Cout_padded/16, rows, 16) flat;
+    bias (Cout_padded,); y0 (N, D, H, W, C0), y1 (N, D, H, W, C1)."""
+    n_batch, size_d, size_h, size_w, cout0 = y0.shape
+    tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
+    n_cblocks = (cout0 + y1.shape[4]) // BLOCK_C
+    y0_flat, y1_flat = y0.reshape(y0.size), y1.reshape(y1.size)
+    xi_step = np.uint64(n_cblocks * rows * BLOCK_C)        # from M[xi] to M[xi + 1]
+    for t in range(count):
+        n, td, th, tw = tile_position(first + t, tiles_d, tiles_h, tiles_w)
+        z1_inside, y1_inside, x1_inside = 2 * td + 1 < size_d, 2 * th + 1 < size_h, 2 * tw + 1 < size_w
+        corner_voxel = ((n * size_d + 2 * td) * size_h + 2 * th) * size_w + 2 * tw
+        for cb in range(n_cblocks):
+            target, target_flat, channel = ((y0, y0_flat, cb * BLOCK_C) if cb * BLOCK_C < cout0
+                                            else (y1, y1_flat, cb * BLOCK_C - cout0))
+            voxel_step = np.uint64(target.shape[4])
+            row_length = np.uint64(size_w) * voxel_step
+            m_at = np.uint64((cb * rows + t) * BLOCK_C)
+            b16 = load16_at(bias, np.uint64(cb * BLOCK_C))
+            to = np.uint64(corner_voxel * target.shape[4] + channel)
+            output_tile_plane(m, m_at, xi_step, 0, b16, relu, target_flat, to, row_length, voxel_step, y1_inside,
+                              x1_inside)
+            if z1_inside:
+                output_tile_plane(m, m_at, xi_step, 1, b16, relu, target_flat, to + np.uint64(size_h) * row_length,
+                                  row_length, voxel_step, y1_inside, x1_inside)
+
+
+# ---- output-gradient tiles -----------------------------------------------------------------------
+# The transform of one output-gradient tile and 16 channels, inlined and one plane of the transformed
+# tile at a time like the input transform (A along z read straight from the tile's voxels,
+# then along y and x in registers, stored once: per tile 24 vector loads and 64 stores).
+@tile_helper
+def grad_output_row_along_z(source, row, plane, voxel_step, a):
+    """(A e[:, q, r])[a] for r = 0, 1, the row (q) of the tile whose e[p, q, r] is at
+    source[row + p*plane + r*voxel_step] (all unsigned); `a` a constant where this is inlined."""
+    return (grad_output_transform_1d(load16_at(source, row), load16_at(source, row + plane))[a],
+            grad_output_transform_1d(load16_at(source, row + voxel_step),
+                                     load16_at(source, row + voxel_step + plane))[a])
+
+
+@inlined_tile_helper
+def grad_output_tile_plane(source, at, plane, row_length, voxel_step, a, w, to, xi_step):
+    """W[xi = (a*4 + b)*4 + c] = sum_{p,q,r} A[a, p] A[b, q] A[c, r] e[p, q, r] for b, c = 0..3 (plane a of
+    the transformed tile), stored at w[to + xi * xi_step]; e[p, q, r] at
+    source[at + p*plane + q*row_length + r*voxel_step] (all unsigned)."""
+    e0 = grad_output_row_along_z(source, at, plane, voxel_step, a)              # e_q[r]: z done, q = 0
+    e1 = grad_output_row_along_z(source, at + row_length, plane, voxel_step, a)
+    f0 = grad_output_transform_1d(e0[0], e1[0])                                 # f_r[b]: y done, r = 0
+    f1 = grad_output_transform_1d(e0[1], e1[1])
+    plane_at = to + np.uint64(16 * a) * xi_step                               # W[a, 0, 0]
+    b_step = UINT[4] * xi_step                                                   # W[a, b] to W[a, b + 1]
+    store4x16_at(w, plane_at, xi_step, grad_output_transform_1d(f0[0], f1[0]))          # x done, b = 0
+    store4x16_at(w, plane_at + b_step, xi_step, grad_output_transform_1d(f0[1], f1[1]))
+    store4x16_at(w, plane_at + UINT[2] * b_step, xi_step, grad_output_transform_1d(f0[2], f1[2]))
+    store4x16_at(w, plane_at + UINT[3] * b_step, xi_step, grad_output_transform_1d(f0[3], f1[3]))
+
+
+@tile_helper
+def transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_end, w, staged):
+    """W[xi, cb, t, :] = (A e_t A^T along each axis) of the output-gradient tiles first + t, t < count,
+    for the output-channel blocks cb_first <= cb < cb_end (16 channels each).
+    grad_output (N, D, H, W, Cout); w (64, Cout_padded/16, rows, 16) flat; staged (4 * 4 * 4 * 16,).
+    A tile sticking out of an odd-sized volume, and the last block of channels when Cout is not a
+    multiple of 16, are read from `staged` (`tile_source`: a 4x4x4 window with zeros
+    outside the volume, whose first 2x2x2 voxels are the tile)."""
+    n_batch, size_d, size_h, size_w, cout = grad_output.shape
+    tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
+    n_cblocks = (cout + BLOCK_C - 1) // BLOCK_C
+    g_flat = grad_output.reshape(grad_output.size)
+    xi_step = np.uint64(n_cblocks * rows * BLOCK_C)        # from W[xi] to W[xi + 1]
+    for t in range(count):
+        n, td, th, tw = tile_position(first + t, tiles_d, tiles_h, tiles_w)
+        iz0, iy0, ix0 = 2 * td, 2 * th, 2 * tw             # the tile's first voxel
+        whole = iz0 + 1 < size_d and iy0 + 1 < size_h and ix0 + 1 < size_w
+        for cb in range(cb_first, cb_end):
+            source, at, plane, row_length, voxel_step = tile_source(grad_output, g_flat, n, iz0, iy0, ix0,
+                                                                    cb * BLOCK_C, whole, staged)
+            to = np.uint64((cb * rows + t) * BLOCK_C)
+            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 0, w, to, xi_step)
+            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 1, w, to, xi_step)
+            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 2, w, to, xi_step)
+            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 3, w, to, xi_step)
