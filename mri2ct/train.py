@@ -23,7 +23,8 @@ import nn3d
 from mri2ct.common import distributed, errors, flags
 from mri2ct.common.atomic import remove_stray_temporaries
 from mri2ct.data import PatientSet, choose_split, generate_cohort, native_spacing, open_data_folder
-from mri2ct.data.preprocess import MAX_SPACING_MM, MIN_SPACING_MM, default_cache_dir
+from mri2ct.data.nifti import MAX_SPACING_MM, MIN_SPACING_MM
+from mri2ct.data.preprocess import default_cache_dir
 from mri2ct.model import DEFAULT_FEATURES, UNet3D
 from mri2ct.training.folder_lock import lock_folder
 from mri2ct.training.loop import share_start, train_one_epoch, validate

@@ -16,7 +16,7 @@ ValueError for anything else:
       file, more than MAX_VOXELS voxels, less data than the header promises, a voxel type that is not
       a real number (RGB, complex), an affine as the file stores it (before nibabel's repairs, which
       turn a voxel size of 0 into 1 mm) that is not finite, has voxel sizes outside
-      MIN_VOXEL_MM-MAX_VOXEL_MM, or describes no 3-D grid;
+      MIN_SPACING_MM-MAX_SPACING_MM, or describes no 3-D grid;
     - from the voxels (`load_image`): not 3-D (a 4-D file with one volume counts as 3-D), NaN or
       infinite values, values the header's scaling (scl_slope, scl_inter) takes beyond float32's range
       (named as overflow; no RuntimeWarning is printed).
@@ -39,7 +39,7 @@ from mri2ct.data.orientation import check_affine
 AFFINE_TOLERANCE_MM = 1e-3  # affines closer than this (element-wise) describe the same grid
 MAX_VOXELS = 512 ** 3       # largest volume read: 134 M voxels, 512 MB as float32
 GZIP_SIZE_FIELD = 4         # a gzip member ends with its uncompressed size mod 2^32 (RFC 1952)
-MIN_VOXEL_MM, MAX_VOXEL_MM = 0.1, 10.0   # voxel sizes a head scan can sensibly have
+MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 10.0   # voxel sizes a head scan can sensibly have
 REAL_KINDS = "biuf"         # NumPy dtype kinds of real numbers: bool, signed and unsigned int, float
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 DESCRIPTION_BYTES = 80      # size of the NIfTI-1 header's descrip field
@@ -83,10 +83,10 @@ def check_header(image, what, path):
 
 
 def check_voxel_sizes(sizes, what):
-    """ValueError unless every voxel size (mm) is within MIN_VOXEL_MM..MAX_VOXEL_MM (NaN is not)."""
-    if not all(MIN_VOXEL_MM <= s <= MAX_VOXEL_MM for s in sizes):
+    """ValueError unless every voxel size (mm) is within MIN_SPACING_MM..MAX_SPACING_MM (NaN is not)."""
+    if not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in sizes):
         raise ValueError(f"{what}: voxel size {' x '.join(f'{s:.4g}' for s in sizes)} mm is outside "
-                         f"the supported {MIN_VOXEL_MM}-{MAX_VOXEL_MM} mm")
+                         f"the supported {MIN_SPACING_MM}-{MAX_SPACING_MM} mm")
 
 
 def check_geometry(affine, what):
