@@ -126,7 +126,7 @@ def main(argv=None):
     folder = open_data_folder(args.data)
     trained = state["config"].get("data_fingerprint")
     if trained is not None and not args.other_data:
-        check_same_data(trained, data_fingerprint(folder, state["config"]["split"]), args.checkpoint, args.data,
+        check_same_data(trained, data_fingerprint(folder, state["config"].get("split") or {}), args.checkpoint, args.data,
                         "evaluate it on its own data, or add --other-data")
     if args.split_file or state["config"].get("split") is None:
         splits = choose_split(folder, state["config"].get("seed", 0), args.split_file, "--split-file")

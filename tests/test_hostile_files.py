@@ -378,6 +378,11 @@ CASES = [
     Case("evaluate --split-file names its flag", BAD_SPLIT_EVALUATE,
          exit=2, says=r"^error: --split-file .*bad_split\.json: train must be a list",
          setup=split({"train": "p1", "val": ["p2"], "test": ["p3"]})),
+    Case("evaluate with a checkpoint that has a data fingerprint and no split",
+         [part.replace("{checkpoint}", "{case}/model.npz") for part in EVALUATE], exit=2,
+         says=r"model\.npz: trained on other data than .*pairs holds",
+         setup=lambda folder, files: (pairs(folder), crafted(lambda s: s["config"].__setitem__(
+             "data_fingerprint", "0123456789abcdef0123"))(folder, files)) and None),
     # ---- the cache ----
     Case("cache entry without mr.npy is rebuilt", EVALUATE, exit=0, says=r"^warning: cache entry .*p1-.* is damaged",
          setup=cached(lambda entry: os.remove(os.path.join(entry, "mr.npy"))), present=["{case}/metrics.csv"]),
