@@ -20,14 +20,14 @@ nn3d/kernels/winograd/grad_weight.py. Winograd's grad-input has no reference of 
 checked against the direct conv3d_grad_input_reference, the convolution it must equal.
 
 Tolerances, on the relative error (`tolerance`):
-- float64: 1e-12. A sum of L terms rounds to ~1.1e-16 * sqrt(L) of its scale, ~1e-14 here;
-  a wrong index or a missing term is off by 1e-2 or more (as in gradcheck: no grey zone).
+- float64: 1e-12. A sum of L terms rounds to ~1.1e-16 * sqrt(L) of its scale (measured here: at
+  most 4e-15); a wrong index or a missing term is off by 1e-2 or more (no grey zone, as in gradcheck).
 - float32: 10 * eps * sqrt(L), eps = 2^-23 and L the length of the float32 sums behind each output
   (Cin * k^3 for a forward pass, the voxels for a grad-weight; 1 where the kernel sums in float64
   and rounds once). The rounding errors of L additions add up like a random walk, ~eps * sqrt(L)
   at most relative to the output's scale; 10x covers the maximum over all outputs and Winograd's
-  transforms, whose intermediate values exceed the outputs (measured: 0.1-0.5 of the bound). At
-  the largest L here (a few thousand) that is ~1e-4, still 100x below a wrong index.
+  transforms, whose intermediate values exceed the outputs (measured: 1/100 to 1/15 of it). The
+  largest here is 3e-5 (L = 660), still 300x below a missing term.
 - exact (tolerance 0): kernels that only select or move values (ReLU, max-pool's maximum and
   argmax, the tiled max-pool backward, the flipped filter transform's gather).
 """
@@ -75,13 +75,14 @@ def tolerance(dtype, length):
 KERNELS = {}    # name -> kernel (a SimpleNamespace: name, family, source, reference, cases, tiled, run)
 
 
-def checks(name, family, source, reference_name, cases, tiled=False):
+def checks(name, family, source, reference_name, cases, tiled=False, outputs=(None,)):
     """Register `run(case, dtype, width, rng)` as the check of kernel `name`: it returns a list of
-    (output name or None, the kernel's result, the float64 reference's, L for `tolerance`)."""
+    (output name, the kernel's result, the float64 reference's, L for `tolerance`), one per name in
+    `outputs` (None: the kernel's one output). tiled: run at every register-tile width."""
     def register(run):
         KERNELS[name] = types.SimpleNamespace(name=name, family=family, source=source,
                                               reference=reference_name, cases=tuple(cases), tiled=tiled,
-                                              run=run)
+                                              outputs=outputs, run=run)
         return run
     return register
 
@@ -94,14 +95,18 @@ def size_label(size):
     return "x".join(str(s) for s in size)
 
 
+def short(value):
+    """A kernel size, stride or padding for a case's label: 3 for (3, 3, 3), else 3,2,3."""
+    value = triple(value)
+    return str(value[0]) if len(set(value)) == 1 else ",".join(str(v) for v in value)
+
+
 def case(label, **parameters):
     return types.SimpleNamespace(label=label, **parameters)
 
 
 def conv_case(batch, cin, cout, size, kernel=3, stride=1, padding=1, relu=False):
     """A convolution: cin an int, or a tuple of the channels of a decoder's two inputs (Winograd)."""
-    short = lambda value: (str(triple(value)[0]) if len(set(triple(value))) == 1
-                           else ",".join(str(v) for v in triple(value)))
     channels = "+".join(str(c) for c in cin) if isinstance(cin, tuple) else str(cin)
     label = (f"N{batch} {size_label(size)} {channels}->{cout} k{short(kernel)} s{short(stride)} "
              f"p{short(padding)}" + (" relu" if relu else ""))
@@ -266,7 +271,7 @@ def check_flipped_transposed_transform(case, dtype, width, rng):
 # ---- transposed convolution, kernel == stride (conv_transpose3d.py, conv_transpose3d_grad_weight.py) -
 def transposed_case(batch, cin, cout, size, kernel):
     kernel = triple(kernel)
-    label = f"N{batch} {size_label(size)} {cin}->{cout} k=s{','.join(str(k) for k in kernel)}"
+    label = f"N{batch} {size_label(size)} {cin}->{cout} k=s{short(kernel)}"
     return case(label, batch=batch, cin=cin, cout=cout, size=tuple(size), kernel=kernel)
 
 
@@ -360,7 +365,7 @@ def flat_case(batch, size, channels, relu=None):
     return case(label, rows=batch * math.prod(size), channels=channels, relu=relu)
 
 
-BATCHNORM_CASES = (flat_case(2, (3, 5, 7), 3, relu=False), flat_case(2, (5, 4, 3), 17, relu=True))
+BATCHNORM_CASES = (flat_case(2, (3, 5, 7), 1, relu=False), flat_case(2, (5, 4, 3), 17, relu=True))
 
 
 def batchnorm_data(case, dtype, rng):
@@ -425,8 +430,7 @@ def check_relu_backward(case, dtype, width, rng):
 # ---- max-pool (maxpool3d.py) --------------------------------------------------------------------------
 def pool_case(batch, size, channels, kernel, stride):
     kernel, stride = triple(kernel), triple(stride)
-    label = (f"N{batch} {size_label(size)} C{channels} k{','.join(map(str, kernel))} "
-             f"s{','.join(map(str, stride))}")
+    label = f"N{batch} {size_label(size)} C{channels} k{short(kernel)} s{short(stride)}"
     return case(label, batch=batch, size=tuple(size), channels=channels, kernel=kernel, stride=stride)
 
 
@@ -445,7 +449,8 @@ def pool_forward(case, dtype, rng):
     return x, y, argmax
 
 
-@checks("maxpool3d_forward", "maxpool3d", "maxpool3d.py", "reference.py: maxpool3d_forward_reference", POOL_CASES)
+@checks("maxpool3d_forward", "maxpool3d", "maxpool3d.py", "reference.py: maxpool3d_forward_reference", POOL_CASES,
+        outputs=("y", "argmax"))
 def check_maxpool3d_forward(case, dtype, width, rng):
     x, expected, expected_argmax = pool_forward(case, dtype, rng)
     ours, argmax = np.empty(expected.shape, dtype), np.empty_like(expected_argmax)
@@ -512,6 +517,10 @@ def rows_of(kernel):
             for dtype in DTYPES for width in widths]
 
 
+def row_name(kernel_name, output):
+    return kernel_name if output is None else f"{kernel_name}: {output}"
+
+
 def run_kernel(kernel, report):
     """Run every case of one kernel; report(...) each output. Returns the number of failed rows."""
     failures = 0
@@ -524,7 +533,7 @@ def run_kernel(kernel, report):
             failures += 1
             continue
         for output, ours, expected, length in outputs:
-            name = kernel.name if output is None else f"{kernel.name}: {output}"
+            name = row_name(kernel.name, output)
             ours = np.asarray(ours)
             limit = tolerance(ours.dtype if np.issubdtype(ours.dtype, np.floating) else dtype, length)
             if ours.shape != np.shape(expected):
@@ -586,7 +595,7 @@ def main(argv=None):
         print(unknown_name_line(unknown), file=sys.stderr)
         return 2
 
-    kernel_width = max(len(kernel.name) for kernel in kernels) + len(": argmax")
+    kernel_width = max(len(row_name(kernel.name, output)) for kernel in kernels for output in kernel.outputs) + 2
     case_width = max(len(case.label) for kernel in kernels for case in kernel.cases) + 2
     print(f"nn3d kernels vs their plain references, register-tile widths {' and '.join(map(str, tile_widths()))} "
           f"(this CPU compiles for {register_tile.BLOCK_W})")
@@ -600,17 +609,17 @@ def main(argv=None):
         nonlocal rows
         rows += 1
         if result not in ("pass", "FAIL"):
-            messages.append(f"{name} {case.label} {np.dtype(dtype).name} width {width or '-'}: {result}")
+            messages.append(f"  {name}, {case.label}, {np.dtype(dtype).name}, width {width or '-'}: {result}")
             result = "FAIL"
         number = lambda value, digits=3: f"{value:.{digits}e}" if value is not None else "-"
-        limit_text = "-" if limit is None else "0 (exact)" if limit == 0 else number(limit, 1)
+        limit_text = "-" if limit is None else "0" if limit == 0 else number(limit, 1)
         print(f"{name:<{kernel_width}}{case.label:<{case_width}}{np.dtype(dtype).name:<9}"
               f"{width or '-':>5}{number(absolute):>14}{number(relative):>14}{limit_text:>11}  {result}",
               flush=True)
 
     failed = [kernel.name for kernel in kernels if run_kernel(kernel, report)]
-    for message in messages:
-        print(message)
+    if messages:
+        print("\nerrors:\n" + "\n".join(messages))
     if failed:
         print(f"\nKERNEL CHECK FAILED: {', '.join(failed)}")
         return 1
