@@ -54,11 +54,14 @@ FLOAT32_FACTOR = 10          # float32 tolerance: FLOAT32_FACTOR * eps * sqrt(L)
 SEED = 0
 
 
+# CPUs `register_tile.tile_width` tells apart: AVX-512, AVX2 without it, neither
+CPU_FEATURES = ("+avx2,+fma,+avx512f", "+avx2,+fma,-avx512f", "-avx2,-fma,-avx512f")
+
+
 def tile_widths():
-    """Every register-tile width the convolution kernels have, widest first: the one `tile_width`
-    picks for a CPU with AVX-512 and the one for a CPU without (8 and 4)."""
-    return tuple(sorted({register_tile.tile_width(features) for features in ("+avx512f", "-avx512f")},
-                        reverse=True))
+    """Every register-tile width the convolution kernels have, widest first: the ones
+    `register_tile.tile_width` picks for the CPUs of CPU_FEATURES (today 8 with AVX-512, 4 without)."""
+    return tuple(sorted({register_tile.tile_width(features) for features in CPU_FEATURES}, reverse=True))
 
 
 def tolerance(dtype, length):
