@@ -3,11 +3,12 @@
     python docs/kernels/conv3d_steps.py --size 32      # PYTHONPATH=. from a source checkout
 
 Each step computes the same layer (docs/kernels/ladder.py: 3x3x3, stride 1, padding 1, 16 -> 16
-channels, float32, channels-last) and says in its docstring what changes and why that is faster.
+channels, float32, channels-last) and says in its docstring what changes and why that is faster (step 2: why not yet).
 The script prints per step the time, GFLOP/s, the speed-up over the step before and the max error
 against step 0, and exits 1 if a step leaves the float32 tolerance (ladder.py says why it is what it
-is). What the ladder shows (docs/performance.md has the numbers): the loops themselves gain little
-until the output tile lives in registers; then the compiler settings make that tile vector FMAs.
+is). What the ladder shows (docs/performance.md has the numbers): compiled loops gain a little; a
+register tile alone gains nothing, even loses, until the compiler settings of step 3 make it vector
+FMAs on registers, the one big step.
 
     0 the reference: 27 matrix products, one per kernel offset (NumPy)
     1 plain loops over the packed layout (Numba)
@@ -135,10 +136,13 @@ def register_tile_kernel(x_pad, w_packed, bias, y):
 
 
 def register_tile(x, weight, bias):
-    """Step 2: the outputs stay in registers. A tile of 4 voxels x 16 output channels is 4 tuples of
-    16 local scalars, which Numba keeps in registers (never an array), for the whole sum over
-    (kz, ky, j): each step loads 16 weights once for 4 voxels and y is written once, not 432 times.
-    The weights are packed in blocks of 16 output channels (nn3d's pack_weight) for that."""
+    """Step 2: the outputs stay in local variables. A tile of 4 voxels x 16 output channels (4 tuples
+    of 16 scalars, never an array) lives through the whole sum over (kz, ky, j): each step loads 16
+    weights once for 4 voxels, and y is written once instead of 432 times. Not faster by itself:
+    with Numba's default settings those are 64 scalar accumulators, 4x the 16 registers, and they
+    spill to the stack (measured here slower than step 1, whose loop over co was vectorised). Step 3
+    turns them into 8 vector registers. The weights are packed in blocks of 16 output channels
+    (nn3d's pack_weight)."""
     x_pad = pad_channels_last(x, PADDING)                                       # (N, D+2, H+2, W+2, Cin)
     w_packed = pack_weight(weight)                                              # (3, 3, Cout/16, 3*Cin, 16)
     y = np.empty((*x.shape[:4], weight.shape[0]), np.float32)                   # (N, D, H, W, Cout)
