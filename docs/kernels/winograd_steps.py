@@ -68,52 +68,58 @@ def along_first_axis(matrix, source, target):
                     target[j, k, a, ch] = total
 
 
+@kernel
+def row_of_tiles(x, u, bias, b_t, a_t, n, td, th, y):
+    """The output tiles (n, td, th, tw) for every tw, one at a time, by F(2^3, 3^3). x (N, D, H, W, Cin)
+    unpadded, u (64, Cin, Cout) from `filter_transform_matrices`, bias (Cout,), b_t (4, 4), a_t (2, 4),
+    y (N, D, H, W, Cout). A tile at a face reads zeros beyond the volume (the padding) and stores only
+    its voxels inside it (odd sizes)."""
+    _, size_d, size_h, size_w, cin = x.shape
+    cout = y.shape[4]
+    d = np.empty((4, 4, 4, cin), x.dtype)                            # the input tile
+    d_1, d_2 = np.empty((4, 4, 4, cin), x.dtype), np.empty((4, 4, 4, cin), x.dtype)     # between passes
+    v = np.empty((4, 4, 4, cin), x.dtype)                            # V = B^T along each axis of d
+    m = np.empty((4, 4, 4, cout), x.dtype)                           # M[xi, co]
+    m_1, m_2 = np.empty((4, 4, 2, cout), x.dtype), np.empty((4, 2, 2, cout), x.dtype)
+    y_tile = np.empty((2, 2, 2, cout), x.dtype)                      # A^T along each axis of M
+    for tw in range((size_w + 1) // 2):
+        for i in range(4):                                           # gather d: voxels 2t - 1 .. 2t + 2
+            for j in range(4):
+                for k in range(4):
+                    iz, iy, ix = 2 * td - 1 + i, 2 * th - 1 + j, 2 * tw - 1 + k
+                    inside = 0 <= iz < size_d and 0 <= iy < size_h and 0 <= ix < size_w
+                    for ci in range(cin):
+                        d[i, j, k, ci] = x[n, iz, iy, ix, ci] if inside else 0
+        along_first_axis(b_t, d, d_1)                                # V = B^T along each axis of d
+        along_first_axis(b_t, d_1, d_2)
+        along_first_axis(b_t, d_2, v)
+        v_flat, m_flat = v.reshape(64, cin), m.reshape(64, cout)
+        for xi in range(64):                                         # the 64 products, M[xi] = V[xi] U[xi]
+            for co in range(cout):
+                m_flat[xi, co] = 0
+            for ci in range(cin):
+                for co in range(cout):
+                    m_flat[xi, co] += v_flat[xi, ci] * u[xi, ci, co]
+        along_first_axis(a_t, m, m_1)                                # y tile = A^T along each axis of M
+        along_first_axis(a_t, m_1, m_2)
+        along_first_axis(a_t, m_2, y_tile)
+        for p in range(2):                                           # store the voxels inside the volume
+            for q in range(2):
+                for r in range(2):
+                    oz, oy, ox = 2 * td + p, 2 * th + q, 2 * tw + r
+                    if oz < size_d and oy < size_h and ox < size_w:
+                        for co in range(cout):
+                            y[n, oz, oy, ox, co] = y_tile[p, q, r, co] + bias[co]
+
+
 @parallel_kernel
 def tile_at_a_time_kernel(x, u, bias, b_t, a_t, y):
-    """y = conv(x, weight) + bias by F(2^3, 3^3), one 2x2x2 output tile t at a time; each prange
-    iteration a row of tiles along W, with its own scratch tiles. x (N, D, H, W, Cin) unpadded, u (64,
-    Cin, Cout) from `filter_transform_matrices`, bias (Cout,), b_t (4, 4), a_t (2, 4), y (N, D, H, W,
-    Cout). A tile at a face reads zeros beyond the volume (the padding) and stores only its voxels
-    inside it (odd sizes)."""
-    n_batch, size_d, size_h, size_w, cin = x.shape
-    cout = y.shape[4]
-    tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
+    """y = conv(x, weight) + bias by F(2^3, 3^3): the rows of tiles (n, td, th) in parallel, each with
+    its own scratch tiles (`row_of_tiles`)."""
+    n_batch, size_d, size_h = x.shape[:3]
+    tiles_d, tiles_h = (size_d + 1) // 2, (size_h + 1) // 2
     for row in prange(n_batch * tiles_d * tiles_h):
-        n, td, th = row // (tiles_d * tiles_h), row // tiles_h % tiles_d, row % tiles_h
-        d = np.empty((4, 4, 4, cin), x.dtype)                        # the input tile
-        v = np.empty((4, 4, 4, cin), x.dtype)                        # V = B^T along each axis of d
-        m = np.empty((4, 4, 4, cout), x.dtype)                       # M[xi, co]
-        y_tile = np.empty((2, 2, 2, cout), x.dtype)                  # A^T along each axis of M
-        d_1, d_2 = np.empty((4, 4, 4, cin), x.dtype), np.empty((4, 4, 4, cin), x.dtype)     # between passes
-        m_1, m_2 = np.empty((4, 4, 2, cout), x.dtype), np.empty((4, 2, 2, cout), x.dtype)
-        for tw in range(tiles_w):
-            for i in range(4):                                       # gather d: voxels 2t - 1 .. 2t + 2
-                for j in range(4):
-                    for k in range(4):
-                        iz, iy, ix = 2 * td - 1 + i, 2 * th - 1 + j, 2 * tw - 1 + k
-                        inside = 0 <= iz < size_d and 0 <= iy < size_h and 0 <= ix < size_w
-                        for ci in range(cin):
-                            d[i, j, k, ci] = x[n, iz, iy, ix, ci] if inside else 0
-            along_first_axis(b_t, d, d_1)                            # V = B^T along each axis of d
-            along_first_axis(b_t, d_1, d_2)
-            along_first_axis(b_t, d_2, v)
-            v_flat, m_flat = v.reshape(64, cin), m.reshape(64, cout)
-            for xi in range(64):                                     # the 64 products, M[xi] = V[xi] U[xi]
-                for co in range(cout):
-                    m_flat[xi, co] = 0
-                for ci in range(cin):
-                    for co in range(cout):
-                        m_flat[xi, co] += v_flat[xi, ci] * u[xi, ci, co]
-            along_first_axis(a_t, m, m_1)                            # A^T along each axis of M
-            along_first_axis(a_t, m_1, m_2)
-            along_first_axis(a_t, m_2, y_tile)
-            for p in range(2):                                       # store the voxels inside the volume
-                for q in range(2):
-                    for r in range(2):
-                        oz, oy, ox = 2 * td + p, 2 * th + q, 2 * tw + r
-                        if oz < size_d and oy < size_h and ox < size_w:
-                            for co in range(cout):
-                                y[n, oz, oy, ox, co] = y_tile[p, q, r, co] + bias[co]
+        row_of_tiles(x, u, bias, b_t, a_t, row // (tiles_d * tiles_h), row // tiles_h % tiles_d, row % tiles_h, y)
 
 
 def tile_at_a_time(x, weight, bias):
