@@ -29,5 +29,28 @@ def test_both_ladders_run_and_every_step_is_within_tolerance():
         assert len(tolerance) == 1, stdout
         limit = float(tolerance[0].group(1))
         for row in rows:
-            assert float(row.group(2)) <= limit, f"{script}: step {row.group(1)} error {row.group(2)} > {limit}"
+            assert float(row.group(2)) <= limit, f"{script}: step {row.group(1)}: {row.group(2)} > {limit}"
         assert float(rows[0].group(2)) == 0.0                          # step 0 against itself
+
+
+def test_a_step_outside_the_tolerance_fails_the_run(capsys):
+    """The harness's verdict: one weight lost (a bug's typical size) exceeds the tolerance, exit 1."""
+    sys.path.insert(0, os.path.join(ROOT, "docs", "kernels"))
+    try:
+        import ladder
+    finally:
+        sys.path.pop(0)
+    from nn3d.kernels.padding import pad_channels_last
+    from nn3d.kernels.reference import conv3d_forward_reference
+
+    def reference(x, weight, bias):
+        return conv3d_forward_reference(pad_channels_last(x, (1, 1, 1)), weight, bias, (1, 1, 1))
+
+    def lost_weight(x, weight, bias):
+        weight = weight.copy()
+        weight[0, 0, 1, 1, 1] = 0
+        return reference(x, weight, bias)
+
+    arguments = type("Arguments", (), {"size": 9, "repeats": 1})
+    assert ladder.run("test", [(reference, None), (lost_weight, None)], arguments) == 1
+    assert "EXCEEDED" in capsys.readouterr().out

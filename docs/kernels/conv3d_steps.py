@@ -3,7 +3,8 @@
     python docs/kernels/conv3d_steps.py --size 32      # PYTHONPATH=. from a source checkout
 
 Each step computes the same layer (docs/kernels/ladder.py: 3x3x3, stride 1, padding 1, 16 -> 16
-channels, float32, channels-last) and says in its docstring what changes and why that is faster (step 2: why not yet).
+channels, float32, channels-last) and says in its docstring what changes and why that is faster
+(step 2: why not yet).
 The script prints per step the time, GFLOP/s, the speed-up over the step before and the max error
 against step 0, and exits 1 if a step leaves the float32 tolerance (ladder.py says why it is what it
 is). What the ladder shows (docs/performance.md has the numbers): compiled loops gain a little; a
@@ -77,7 +78,7 @@ def plain_loops(x, weight, bias):
     weights of each j are adjacent. Every product still goes through y in memory."""
     x_pad = pad_channels_last(x, PADDING)                                       # (N, D+2, H+2, W+2, Cin)
     cout, cin = weight.shape[:2]
-    w_packed = np.ascontiguousarray(weight.transpose(2, 3, 4, 1, 0)).reshape(3, 3, 3 * cin, cout)   # [kz, ky, j, co]
+    w_packed = weight.transpose(2, 3, 4, 1, 0).reshape(3, 3, 3 * cin, cout)    # [kz, ky, j = kx*Cin + ci, co]
     y = np.empty((*x.shape[:4], cout), np.float32)                              # (N, D, H, W, Cout)
     plain_loops_kernel(x_pad, w_packed, bias, y)
     return y

@@ -8,7 +8,8 @@ with like.
 
 Timing: one warm-up call (it compiles the Numba steps), then the median of --repeats calls.
 GFLOP/s counts the direct convolution's FLOPs, 2 * voxels * Cout * Cin * 27 (for Winograd that is
-the "effective" rate: it does fewer multiplications than that). The speed-up is over the step before.
+the "effective" rate: it does fewer multiplications than that). The speed-up is the GFLOP/s over
+the step before's (the ratio of their times, unless one of them ran on a crop).
 
 Tolerance (the run exits 1 if a step exceeds it): max |y_step - y_0| <= TOLERANCE * max |y_0|.
 float32 keeps 24 bits (u = 2^-24 = 6e-8). An output here is a sum of n = 27 * 16 = 432 products; in
@@ -18,7 +19,7 @@ standard deviation 1 / sqrt(27 * Cin), so y has unit variance) is at most 3.6 ma
 32^3): 0.9e-4 max |y| in the worst case; in practice errors are ~1e-6 max |y| (random rounding
 errors grow like sqrt(n) u). Winograd's transforms add sums of at most 27 terms each
 (nn3d/kernels/winograd/algorithm.py, section 4); measured, it is as accurate as the direct sum. A bug
-moves outputs by whole products: zeroing one weight of the 6912 moves an output by 0.06 max |y|,
+moves outputs by whole products: at 32^3, zeroing one weight of the 6912 moves an output by 0.06 max |y|,
 one tap (kz, ky, kx) by 0.2 max |y|, hundreds of times the tolerance.
 
 Steps too slow or too big at a large --size run on a cropped volume, the first `largest`^3 voxels
@@ -51,7 +52,8 @@ def layer(size, seed=0):
     """x (1, size, size, size, 16), weight (16, 16, 3, 3, 3), bias (16,), float32: y has unit variance."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((1, size, size, size, CHANNELS_IN), dtype=np.float32)
-    weight = (rng.standard_normal((CHANNELS_OUT, CHANNELS_IN, 3, 3, 3)) / np.sqrt(27 * CHANNELS_IN)).astype(np.float32)
+    weight = rng.standard_normal((CHANNELS_OUT, CHANNELS_IN, 3, 3, 3)) / np.sqrt(27 * CHANNELS_IN)
+    weight = weight.astype(np.float32)
     bias = (0.1 * rng.standard_normal(CHANNELS_OUT)).astype(np.float32)
     return x, weight, bias
 
@@ -85,7 +87,7 @@ def run(title, steps, args):
     print(f"{title}: {args.size}^3 voxels, {CHANNELS_IN} -> {CHANNELS_OUT} channels, batch 1, float32, "
           f"{numba.get_num_threads()} threads, register tiles {BLOCK_W} wide for this CPU "
           f"({'AVX-512' if BLOCK_W == 8 else 'no AVX-512'}); median of {args.repeats} after a warm-up")
-    print(f"{'step':<48} {'size':>5} {'ms':>10} {'GFLOP/s':>8} {'speed-up':>8} {'max error':>10}")
+    print(f"{'step':<21} {'size':>5} {'ms':>10} {'GFLOP/s':>8} {'speed-up':>8} {'max error':>10}")
     outputs, rate_before, worst = {}, None, 0.0
     for number, (step, largest) in enumerate(steps):
         size = min(args.size, largest or args.size)
@@ -99,11 +101,13 @@ def run(title, steps, args):
         error = float(np.max(np.abs(y[:, :common, :common, :common].astype(np.float64)
                                     - y0[:, :common, :common, :common])))
         worst = max(worst, error / float(np.max(np.abs(y0))))
-        crop = "" if size == args.size else f"  (run on the first {size}^3 voxels: too slow or big at {args.size}^3)"
+        crop = ""
+        if size < args.size:
+            crop = f"  (run on the first {size}^3 voxels: too slow or big at {args.size}^3)"
         if common < y.shape[1]:
             crop += f"  (error on the first {common}^3 voxels, where step 0's crop is exact)"
         name = f"{number} {step.__name__}"
-        print(f"{name:<48} {size:>5} {seconds * 1e3:>10.2f} {rate:>8.2f} {speed_up:>8} {error:>10.2e}{crop}")
+        print(f"{name:<21} {size:>5} {seconds * 1e3:>10.2f} {rate:>8.2f} {speed_up:>8} {error:>10.2e}{crop}")
         rate_before = rate
         sys.stdout.flush()
     scale = float(np.max(np.abs(outputs[0])))

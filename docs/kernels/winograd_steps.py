@@ -119,7 +119,8 @@ def tile_at_a_time_kernel(x, u, bias, b_t, a_t, y):
     n_batch, size_d, size_h = x.shape[:3]
     tiles_d, tiles_h = (size_d + 1) // 2, (size_h + 1) // 2
     for row in prange(n_batch * tiles_d * tiles_h):
-        row_of_tiles(x, u, bias, b_t, a_t, row // (tiles_d * tiles_h), row // tiles_h % tiles_d, row % tiles_h, y)
+        n, td, th = row // (tiles_d * tiles_h), row // tiles_h % tiles_d, row % tiles_h
+        row_of_tiles(x, u, bias, b_t, a_t, n, td, th, y)
 
 
 def tile_at_a_time(x, weight, bias):
@@ -151,17 +152,17 @@ def batched_products(x, weight, bias):
     tiles = [(s + 1) // 2 for s in size]                                        # tiles_d, tiles_h, tiles_w
     x_pad = np.zeros((n_batch, *(2 * t + 2 for t in tiles), cin), np.float32)  # halo 1, even length
     x_pad[:, 1:size[0] + 1, 1:size[1] + 1, 1:size[2] + 1] = x
-    d = np.empty((4, 4, 4, n_batch, *tiles, cin), np.float32)                   # (4, 4, 4, N, Td, Th, Tw, Cin)
+    d = np.empty((4, 4, 4, n_batch, *tiles, cin), np.float32)         # (4, 4, 4, N, Td, Th, Tw, Cin)
     for i in range(4):
         for j in range(4):
             for k in range(4):
                 d[i, j, k] = x_pad[:, i:i + 2 * tiles[0]:2, j:j + 2 * tiles[1]:2, k:k + 2 * tiles[2]:2]
     b_t = B_T.astype(np.float32)
-    v = along_axis(b_t, along_axis(b_t, along_axis(b_t, d, 0), 1), 2)           # V, (4, 4, 4, N, Td, Th, Tw, Cin)
+    v = along_axis(b_t, along_axis(b_t, along_axis(b_t, d, 0), 1), 2)  # V (4, 4, 4, N, Td, Th, Tw, Cin)
     m = v.reshape(64, -1, cin) @ filter_transform_matrices(weight)   # (64, tiles, Cout)
     a_t = A_T.astype(np.float32)
     m = m.reshape(4, 4, 4, n_batch, *tiles, cout)
-    y_tiles = along_axis(a_t, along_axis(a_t, along_axis(a_t, m, 0), 1), 2)     # (2, 2, 2, N, Td, Th, Tw, Cout)
+    y_tiles = along_axis(a_t, along_axis(a_t, along_axis(a_t, m, 0), 1), 2)   # (2, 2, 2, N, Td, Th, Tw, Cout)
     y = y_tiles.transpose(3, 4, 0, 5, 1, 6, 2, 7).reshape(n_batch, *(2 * t for t in tiles), cout)
     return y[:, :size[0], :size[1], :size[2]] + bias                             # (N, D, H, W, Cout)
 
