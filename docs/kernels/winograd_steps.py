@@ -18,9 +18,10 @@ and the products in registers (step 3).
     3 the library's fused, blocked kernel, as nn3d.Conv3d calls it
 
 Steps 1-3 use every core (Numba's threads, or NumPy's BLAS threads in step 2). Steps 0 and 2 hold
-every transformed tile in memory (8x the input, and float64 in step 0), and step 0's products run
-in np.einsum's own loops, not BLAS (0.1-0.6 GFLOP/s): above 32^3 it runs on a 32^3 crop, and the
-other steps' errors are measured where that crop's output is exact (the table says so).
+every transformed tile in memory (8x the input, and float64 in step 0), and step 0 is slow (0.1-0.6
+GFLOP/s; most of it the einsum of the input transform, 10x its products at 32^3): above 32^3 it runs
+on a 32^3 crop, and the other steps' errors are measured where that crop's output is exact (the
+table says so).
 """
 import sys
 
