@@ -93,7 +93,8 @@ fma16_default = numba.njit(fma16.py_func)     # defaults (no FMA contraction): t
 def register_tile_kernel(x_pad, w_packed, bias, y):
     """y as in step 1, a tile of 4 neighbouring voxels (acc0..acc3) x 16 output channels at a time,
     each acc a 16-tuple. x_pad (N, D+2, H+2, W+2, Cin), w_packed (3, 3, Cout/16, 3*Cin, 16) from
-    nn3d's pack_weight, bias (Cout/16, 16), y (N, D, H, W, Cout); signed offsets, default settings."""
+    nn3d's pack_weight, bias (Cout/16, 16), y (N, D, H, W, Cout), Cout a multiple of 16; signed
+    offsets, default settings."""
     n_batch, out_d, out_h, out_w, cout = y.shape
     kernel_d, kernel_h, n_cblocks, run, _ = w_packed.shape
     cin = x_pad.shape[4]
@@ -204,11 +205,12 @@ def compiler_settings_kernel(x_pad, w_packed, bias, y):
 
 
 def compiler_settings(x, weight, bias):
-    """Step 3: the same source, compiled so that the tile becomes vector instructions. LLVM's loop
-    vectoriser turns the j loop into gathers and spills, its SLP vectoriser turns each fma16 into
-    vector FMAs: nn3d's blocked_kernel switches the first off and the second on (and fuses a*b + c,
-    as does tile_helper for load16 and fma16). Signed offsets make Numba check every index for
-    wrap-around (x[-1]); unsigned ones (np.uint64) cannot be negative, so the checks go."""
+    """Step 3: the same source, compiled so that the tile becomes vector instructions. LLVM's SLP
+    vectoriser turns the 16 scalar FMAs of each fma16 into two AVX2 vector FMAs (one on AVX-512); it is
+    off in Numba by default, and nn3d's blocked_kernel turns it on (with the loop vectoriser off, which
+    makes gathers of such loops, and a*b + c fused, as tile_helper does for load16 and fma16). Signed
+    offsets make Numba check every index for wrap-around (x[-1]); unsigned ones (np.uint64) cannot be
+    negative, so the checks go."""
     x_pad = pad_channels_last(x, PADDING)
     w_packed = pack_weight(weight)
     y = np.empty((*x.shape[:4], weight.shape[0]), np.float32)
@@ -218,10 +220,10 @@ def compiler_settings(x, weight, bias):
 
 # ---- step 4 ----------------------------------------------------------------------------------------
 def library(x, weight, bias):
-    """Step 4, nn3d's conv3d_forward as nn3d.Conv3d's direct path calls it: step 3 plus the tile width
-    of this CPU (8 voxels on AVX-512, 4 on AVX2), a tile of 4 then single voxels for the rest of a
-    row, and work items ordered with the channel blocks outermost (one block's weights stay in L2;
-    it matters from 32 output channels on)."""
+    """Step 4, nn3d's conv3d_forward as nn3d.Conv3d's direct path calls it: step 3 plus this CPU's tile
+    width (tiles of 8 voxels on AVX-512, then 4, then single ones; on AVX2 step 3's loops), work items
+    ordered with the blocks of 16 output channels outermost (a block's weights stay in L2; one block
+    here) and a fused ReLU when asked."""
     x_pad = pad_and_concatenate((x,), PADDING)                                  # (N, D+2, H+2, W+2, Cin)
     return conv3d_forward(x_pad, weight, bias, STRIDE)                          # (N, D, H, W, Cout)
 
