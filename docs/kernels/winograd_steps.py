@@ -136,8 +136,8 @@ def tile_at_a_time(x, weight, bias):
 
 # ---- step 2 ----------------------------------------------------------------------------------------
 def along_axis(matrix, tiles, axis):
-    """matrix (P, 4) applied along axis `axis` (0, 1 or 2) of tiles (4, 4, 4, ...), as one matrix
-    product per index of the axes before it: (P, 4) @ (4, everything after), no transposed copies."""
+    """matrix (P, 4) applied along axis `axis` (0, 1 or 2, of length 4) of `tiles`, as one matrix product
+    per index of the axes before it, (P, 4) @ (4, everything after): no transposed copies."""
     before, after = tiles.shape[:axis], tiles.shape[axis + 1:]
     product = matrix @ tiles.reshape(*before, 4, -1)                           # (*before, P, prod(after))
     return product.reshape(*before, matrix.shape[0], *after)
@@ -145,9 +145,9 @@ def along_axis(matrix, tiles, axis):
 
 def batched_products(x, weight, bias):
     """Step 2: all tiles at once, so each of the 64 products is one big matrix product, (tiles x Cin) @
-    (Cin x Cout), which BLAS runs near the machine's peak, where step 1 ran short loops over 16
-    channels per tile. The price: every transformed tile goes through memory (V and M are 8x the
-    input and output), and the transforms are NumPy passes over them."""
+    (Cin x Cout), one BLAS call, where step 1 ran 64 short loop nests per tile. The price: every
+    transformed tile goes through memory (V and M are 8x the input and output) and the transforms are
+    NumPy passes over them: at 32^3 on one thread (CPU time) the products took 4 ms of its 41 ms."""
     n_batch, *size, cin = x.shape
     cout = weight.shape[0]
     tiles = [(s + 1) // 2 for s in size]                                        # tiles_d, tiles_h, tiles_w
