@@ -45,7 +45,10 @@ def arguments(description):
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--size", type=int, default=32, help="the volume is SIZE^3 voxels (default 32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per step, after one warm-up")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.size < 1 or args.repeats < 1:
+        parser.error("--size and --repeats must be at least 1")
+    return args
 
 
 def layer(size, seed=0):
