@@ -8,7 +8,7 @@ input / output channel; x_pad, y, weight, grad_output, S are tensors.
 
     x_pad        (N, Dp, Hp, Wp, Cin)    input with its zero halo already in memory
     weight       (Cout, Cin, kD, kH, kW) PyTorch's layout
-    grad_output  (N, Do, Ho, Wo, Cout)   G = dL/dy
+    grad_output  (N, Do, Ho, Wo, Cout)   dy = dL/dy
 
     (1) y[n, od, oh, ow, co] = b[co] + sum_{kz, ky, kx, ci} x_pad[n, od*sd+kz, oh*sh+ky, ow*sw+kx, ci]
                                                              * weight[co, ci, kz, ky, kx]   # (N, Do, Ho, Wo, Cout)

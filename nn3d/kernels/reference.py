@@ -96,13 +96,13 @@ def conv_transpose3d_grad_full(grad_output, padding):
 
 
 def conv_transpose3d_grad_input_reference(grad_output, weight, stride, padding):
-    """Line (3): dL/dx = A G, Conv3d's forward (1) of G_full by the same weight, no bias: every input
+    """Line (3): dL/dx = A dy, Conv3d's forward (1) of dy_full by the same weight, no bias: every input
     voxel gathers grad_full @ weight[:, :, kz, ky, kx]^T from the output voxels it was added into."""
     return conv3d_forward_reference(conv_transpose3d_grad_full(grad_output, padding), weight, None, stride)
 
 
 def conv_transpose3d_grad_weight_reference(x, grad_output, kernel_size, stride, padding):
-    """Line (4): Conv3d's grad-weight (4) with G_full as its input and x as its output gradient:
+    """Line (4): Conv3d's grad-weight (4) with dy_full as its input and x as its output gradient:
     for each kernel offset, x^T @ (the output-gradient voxels it was added into)."""
     grad_full = conv_transpose3d_grad_full(grad_output, padding)
     return conv3d_grad_weight_reference(grad_full, x, kernel_size, stride).astype(x.dtype)
