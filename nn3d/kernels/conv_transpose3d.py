@@ -70,7 +70,7 @@ def pack_weight_columns(weight):
     w_packed[kz, ky, kx, cb, ci, c] = weight[ci, 16*cb + c, kz, ky, kx], zeros for the padding
     channels. The 16 weights that one step of the forward kernel's loop over ci needs are adjacent,
     and so are the Cin steps of one tile's column (kz, ky, kx, cb). A parallel kernel, as Conv3d's
-    `pack_weight`: NumPy's one-thread copy was a tenth of the 8^3 layer's 0.25 ms pass."""
+    `pack_weight`, so that no one-thread copy holds up the short 8^3 pass."""
     cin, cout, kernel_d, kernel_h, kernel_w = weight.shape
     w_packed = np.empty((kernel_d, kernel_h, kernel_w, padded_channels(cout) // BLOCK_C, cin, BLOCK_C),
                         weight.dtype)
@@ -185,9 +185,9 @@ def conv_transpose3d_blocks_grad_input_kernel(grad_output, w_packed, block_w, gr
     registers across two nested loops is taken apart into scalars and rebuilt at every exit of the
     inner loop (LLVM's SLP vectoriser does not carry it as a vector there), which costs more than
     loading and storing the 8 accumulators: so the row of grad_input is zeroed first, and for each
-    (kz, ky) the tile is loaded from it, runs over j, and is stored back (the row stays in L1).
-    Measured on one core: 1.3x the rate of Conv3d's forward kernel on the same (3), which keeps
-    its tile across (kz, ky).
+    (kz, ky) the tile is loaded from it, runs over j, and is stored back (the row stays in L1);
+    on the same (3) it is faster than Conv3d's forward kernel, which keeps its tile across (kz, ky)
+    (docs/performance.md).
     """
     n_batch, in_d, in_h, in_w, cin_padded = grad_input.shape
     kernel_d, kernel_h, n_cblocks, run = w_packed.shape[:4]

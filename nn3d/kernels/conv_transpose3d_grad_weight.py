@@ -21,8 +21,7 @@ from .register_tile import (BLOCK_C, BLOCK_J, UINT, fma16, fma_tile4, fma_tile8,
 
 
 # float32 values a grad-weight chunk's data may take so that its sweeps stay in one core's L2: 512 KiB
-# (all of Zen 2's L2, half of a 1 MiB one). Measured on one Zen 4 core, up1 at 64^3: 2.5 ms at 512 KiB
-# (12 chunks), 3.2 ms at 1 MiB (6 chunks), 3.5 ms at 2 MiB.
+# (all of Zen 2's L2, half of a 1 MiB one; larger chunks are slower, docs/performance.md).
 L2_VALUES = 131072
 
 
@@ -58,7 +57,7 @@ def conv_transpose3d_blocks_grad_weight_kernel(x, grad_output, rows_per_chunk, b
     of 16 values of dy (the voxel's block, offset (kz, ky, kx)) and broadcasts its 8 (or 4) inputs x.
     The sweep is ONE loop over the chunk's voxels, whose dy offsets are listed first (g_voxels): with
     a loop over rows and one over the voxels of a row, LLVM takes the tile apart into scalars and
-    rebuilds it at every step (measured 10-15 GFLOP/s instead of 90-145 on one core).
+    rebuilds it at every step, several times slower (docs/performance.md).
     """
     n_chunks, cin, kernel_d, kernel_h, kernel_w, cout_padded = partial.shape
     n_batch, in_d, in_h, in_w = x.shape[:4]

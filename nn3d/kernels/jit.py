@@ -64,8 +64,8 @@ def inlined_tile_helper(function):
     atomic operations per array per call) and hides its arithmetic from the caller's vectoriser.
     The helpers it calls in turn stay plain `tile_helper`s: LLVM inlines those into it and drops
     their reference counting, while every level of Numba inlining copies the whole IR of the level
-    below (nested three deep in the Winograd transforms, that took 5 minutes to compile instead
-    of 40 s, for the same machine code)."""
+    below (nested three deep, as in the Winograd transforms, compilation takes several times
+    longer for the same machine code: docs/performance.md)."""
     return numba.njit(inline="always", **FMA_OPTIONS)(function)
 
 
