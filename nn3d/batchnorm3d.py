@@ -47,8 +47,11 @@ and (B1)-(B3) with dy = dL/dy. The mask needs r, which the next layer keeps anyw
 BatchNorm keeps: the cache grows by a reference, not an array. The masked sums are channel_sums(...,
 mask=r); the kernels take the flag and apply it per element.
 
-Reference: batchnorm_affine_reference, batchnorm_backward_input_reference and channel_sums_reference
-in nn3d/kernels/reference.py compute (F), (B3) and the sums (S1), (S2), (B1), (B2) in plain NumPy.
+Reference: batchnorm3d_reference in nn3d/kernels/reference.py is this whole layer in training mode
+in fifteen lines of NumPy, x -> y and dy -> dx, dgamma, dbeta straight from (S1)-(B3): read it first.
+batchnorm_affine_reference, batchnorm_backward_input_reference and channel_sums_reference there
+compute the kernels' steps, (F), (B3) from precomputed per-channel numbers and the sums (S1), (S2),
+(B1), (B2).
 
 Memory: activations are channels-last, so an (N, C, D, H, W) view is a flat (P, C) array with
 P = N*D*H*W; the kernels (nn3d/kernels/batchnorm3d.py) work on that. Backward saves the input x and

@@ -4,48 +4,48 @@ Shapes. x (N, Cin, D, H, W); weight w (Cout, Cin, kD, kH, kW); bias b (Cout,); s
 zero padding (pd, ph, pw). x_pad is x with the zeros in place: (N, Cin, D+2pd, H+2ph, W+2pw).
 Output size per axis: Do = (D + 2pd - kD) // sd + 1 (and Ho, Wo alike).
 Index names: (od, oh, ow) an output voxel, (id, ih, iw) an input voxel (of x_pad unless said),
-(kz, ky, kx) a kernel offset, ci / co an input / output channel. Letters x, y, w, b, G, S are tensors.
+(kz, ky, kx) a kernel offset, ci / co an input / output channel. Letters x, y, w, b, dy, S are tensors.
 
 Forward (an index like od*sd + kz runs over the padded input):
 
  (1) y[n, co, od, oh, ow] = b[co] + sum_{ci, kz, ky, kx} w[co, ci, kz, ky, kx]
                               * x_pad[n, ci, od*sd + kz, oh*sh + ky, ow*sw + kx]      # (N, Cout, Do, Ho, Wo)
 
-Backward. G = dL/dy, (N, Cout, Do, Ho, Wo). y is linear in each of x_pad, w, b, so every gradient
-is "the coefficient that multiplies the variable, times G, summed over every place it appears":
+Backward. dy = dL/dy, (N, Cout, Do, Ho, Wo). y is linear in each of x_pad, w, b, so every gradient
+is "the coefficient that multiplies the variable, times dy, summed over every place it appears":
 
   grad_input: x_pad[n, ci, id, ih, iw] is read by every output voxel (od, oh, ow) and offset
   (kz, ky, kx) with od*sd + kz = id, oh*sh + ky = ih, ow*sw + kx = iw (the scatter form):
  (2) dL/dx_pad[n, ci, id, ih, iw] = sum_{co, kz, ky, kx; od*sd+kz=id, oh*sh+ky=ih, ow*sw+kx=iw}
-                                    G[n, co, od, oh, ow] * w[co, ci, kz, ky, kx]    # (N, Cin, D+2pd, H+2ph, W+2pw)
+                                    dy[n, co, od, oh, ow] * w[co, ci, kz, ky, kx]   # (N, Cin, D+2pd, H+2ph, W+2pw)
      dL/dx = dL/dx_pad with the padding cut off                                      # (N, Cin, D, H, W)
-  The gather form, which conv3d_grad_input computes. Spread G by the stride into S, zeros in between:
-     S[n, co, od*sd + kD-1-pd, oh*sh + kH-1-ph, ow*sw + kW-1-pw] = G[n, co, od, oh, ow], 0 elsewhere
+  The gather form, which conv3d_grad_input computes. Spread dy by the stride into S, zeros in between:
+     S[n, co, od*sd + kD-1-pd, oh*sh + kH-1-ph, ow*sw + kW-1-pw] = dy[n, co, od, oh, ow], 0 elsewhere
                                                                   # S: (N, Cout, D+kD-1, H+kH-1, W+kW-1)
   In (2) substitute kz = kD-1-kz' (the flipped kernel) and write x's own index id - pd as id:
   od*sd + kz = id + pd  becomes  od*sd + kD-1-pd = id + kz',  i.e. "S's index = id + kz'", so
  (3) dL/dx[n, ci, id, ih, iw] = sum_{co, kz', ky', kx'} S[n, co, id+kz', ih+ky', iw+kx']
                                 * w[co, ci, kD-1-kz', kH-1-ky', kW-1-kx']             # (N, Cin, D, H, W)
   a stride-1 convolution (1) of S with the flipped kernel whose in/out channels are swapped.
-  Stride 1: S is G zero-padded by k-1-p on each side, and (3) costs exactly what (1) costs.
-  Stride 2, worked along one axis (D = 5, kD = 3, pd = 1, so Do = 3, S has length 7): G's entries
-  od = 0, 1, 2 land at S indices 2*od + 1 = 1, 3, 5; S = [0, G0, 0, G1, 0, G2, 0]. Input voxel id = 2
-  sums S[2..4] * (flipped w) = G1 * w[kz = 1], the one output (od = 1, kz = 1) that read x[2] in (1);
-  input voxel id = 3 sums S[3..5] = G1 * w[kz = 2] + G2 * w[kz = 0], the two outputs that read x[3].
-  Every S value between two G values is a zero the kernel multiplies anyway (s^3 - 1 of s^3 in 3-D).
+  Stride 1: S is dy zero-padded by k-1-p on each side, and (3) costs exactly what (1) costs.
+  Stride 2, worked along one axis (D = 5, kD = 3, pd = 1, so Do = 3, S has length 7): dy's entries
+  od = 0, 1, 2 land at S indices 2*od + 1 = 1, 3, 5; S = [0, dy0, 0, dy1, 0, dy2, 0]. Input voxel id = 2
+  sums S[2..4] * (flipped w) = dy1 * w[kz = 1], the one output (od = 1, kz = 1) that read x[2] in (1);
+  input voxel id = 3 sums S[3..5] = dy1 * w[kz = 2] + dy2 * w[kz = 0], the two outputs that read x[3].
+  Every S value between two dy values is a zero the kernel multiplies anyway (s^3 - 1 of s^3 in 3-D).
 
   grad_weight: w[co, ci, kz, ky, kx] multiplies x_pad[n, ci, od*sd+kz, ...] in output y[n, co, od, oh, ow]:
- (4) dL/dw[co, ci, kz, ky, kx] = sum_{n, od, oh, ow} G[n, co, od, oh, ow]
+ (4) dL/dw[co, ci, kz, ky, kx] = sum_{n, od, oh, ow} dy[n, co, od, oh, ow]
                                  * x_pad[n, ci, od*sd + kz, oh*sh + ky, ow*sw + kx]  # (Cout, Cin, kD, kH, kW)
-     (the forward sum with the roles of w and G exchanged: a "convolution" of x_pad by G.)
+     (the forward sum with the roles of w and dy exchanged: a "convolution" of x_pad by dy.)
 
   grad_bias: b[co] is added to every output voxel of channel co:
- (5) dL/db[co] = sum_{n, od, oh, ow} G[n, co, od, oh, ow]                               # (Cout,)
+ (5) dL/db[co] = sum_{n, od, oh, ow} dy[n, co, od, oh, ow]                              # (Cout,)
      summed in float64 (2^18 terms at 64^3; float32 would keep only ~4 significant digits).
      A conv bias followed by a training-mode BatchNorm (as in the U-Net) gets a zero gradient in
      exact arithmetic: BatchNorm subtracts the channel mean, so adding b[co] to every voxel changes
-     nothing, and the G it passes back sums to zero over each channel ((B3) in
-     nn3d/batchnorm3d.py); computed, it is rounding noise, tiny next to G. PyTorch keeps such biases too, so the state_dicts match.
+     nothing, and the dy it passes back sums to zero over each channel ((B3) in
+     nn3d/batchnorm3d.py); computed, it is rounding noise, tiny next to dy. PyTorch keeps such biases too, so the state_dicts match.
 
 Input gradient on demand. `requires_input_grad = False` skips (2)-(3) and makes backward return
 None (like a PyTorch input that does not require grad): the U-Net's first convolution reads the
@@ -173,9 +173,9 @@ class Conv3d(Module):
         return conv3d_forward(x_pad, weight, bias, self.stride, relu=relu), None
 
     # forward (1): y[n,co,od,oh,ow] = b[co] + sum_{ci,kz,ky,kx} w[co,ci,kz,ky,kx] x_pad[n,ci,od*sd+kz,oh*sh+ky,ow*sw+kx]
-    # gives:   (3) dL/dx = (spread, padded G = S) convolved with the flipped, in/out-swapped w
-    #          (4) dL/dw[co,ci,kz,ky,kx] = sum_{n,od,oh,ow} G[n,co,od,oh,ow] x_pad[n,ci,od*sd+kz,oh*sh+ky,ow*sw+kx]
-    #          (5) dL/db[co] = sum_{n,od,oh,ow} G[n,co,od,oh,ow]   (float64 sum)
+    # gives:   (3) dL/dx = (spread, padded dy = S) convolved with the flipped, in/out-swapped w
+    #          (4) dL/dw[co,ci,kz,ky,kx] = sum_{n,od,oh,ow} dy[n,co,od,oh,ow] x_pad[n,ci,od*sd+kz,oh*sh+ky,ow*sw+kx]
+    #          (5) dL/db[co] = sum_{n,od,oh,ow} dy[n,co,od,oh,ow]  (float64 sum)
     def backward(self, grad_output):
         check_forward_ran(self._cache, "Conv3d")
         inputs_cl, input_shape, output_shape, weight_transform = self._cache

@@ -4,7 +4,7 @@ Shapes. x (N, Cin, D, H, W); weight w (Cin, Cout, kD, kH, kW) (PyTorch's layout:
 bias b (Cout,); stride (sd, sh, sw); padding (pd, ph, pw).
 Output size per axis: Do = (D - 1)*sd - 2*pd + kD (Ho, Wo alike).
 Index names: (id, ih, iw) an input voxel (of x), (od, oh, ow) an output voxel, (kz, ky, kx) a kernel
-offset, ci / co an input / output channel. Letters x, y, w, b, G are tensors.
+offset, ci / co an input / output channel. Letters x, y, w, b, dy are tensors.
 
 Forward: every input voxel adds a weighted copy of the kernel into the output (a scatter):
 
@@ -14,29 +14,29 @@ Forward: every input voxel adds a weighted copy of the kernel into the output (a
 
 Why "transposed". Let conv be Conv3d with weight w read as (Cout_conv = Cin, Cin_conv = Cout), the
 same stride and padding: it maps v (N, Cout, Do, Ho, Wo) to u (N, Cin, D, H, W) by (1) of
-nn3d/conv3d.py, u = A v, A a matrix. For any x (N, Cin, D, H, W) and G (N, Cout, Do, Ho, Wo),
+nn3d/conv3d.py, u = A v, A a matrix. For any x (N, Cin, D, H, W) and dy (N, Cout, Do, Ho, Wo),
 expanding both sides with that formula gives the same quadruple sum over (n, ci, co, voxel, offset):
 
- (A) <x, A G> = sum x[n, ci, id, ih, iw] w[ci, co, kz, ky, kx] G_full[n, co, id*sd + kz, ...] = <A^T x, G>
-     (G_full: G zero-padded back to y_full's size, see (3); <u, v> = sum of u * v over all entries)
+ (A) <x, A dy> = sum x[n, ci, id, ih, iw] w[ci, co, kz, ky, kx] dy_full[n, co, id*sd + kz, ...] = <A^T x, dy>
+     (dy_full: dy zero-padded back to y_full's size, see (3); <u, v> = sum of u * v over all entries)
 
 so the map x -> (1) without b is A^T, the adjoint of that convolution, whose input gradient is also
-A^T (Conv3d's (2)-(3)). The gradients of a linear map y = A^T x + b follow from (A): dL/dx = A G.
-With G = dL/dy (N, Cout, Do, Ho, Wo):
+A^T (Conv3d's (2)-(3)). The gradients of a linear map y = A^T x + b follow from (A): dL/dx = A dy.
+With dy = dL/dy (N, Cout, Do, Ho, Wo):
 
  (2) forward:      y = A^T x + b   = Conv3d's grad-input (3) applied to x, plus b      # (N, Cout, Do, Ho, Wo)
- (3) grad_input:   dL/dx = A G     = Conv3d's forward (1) applied to G_full, no bias    # (N, Cin, D, H, W)
-     where G_full is G zero-padded by (pd, ph, pw) back to y_full's size:
-     G_full[n, co, od + pd, oh + ph, ow + pw] = G[n, co, od, oh, ow], 0 in the border
-                                         # G_full: (N, Cout, (D-1)*sd + kD, (H-1)*sh + kH, (W-1)*sw + kW)
+ (3) grad_input:   dL/dx = A dy    = Conv3d's forward (1) applied to dy_full, no bias  # (N, Cin, D, H, W)
+     where dy_full is dy zero-padded by (pd, ph, pw) back to y_full's size:
+     dy_full[n, co, od + pd, oh + ph, ow + pw] = dy[n, co, od, oh, ow], 0 in the border
+                                         # dy_full: (N, Cout, (D-1)*sd + kD, (H-1)*sh + kH, (W-1)*sw + kW)
  (4) grad_weight:  dL/dw[ci, co, kz, ky, kx] = sum_{n, id, ih, iw} x[n, ci, id, ih, iw]
-                                               * G_full[n, co, id*sd + kz, ih*sh + ky, iw*sw + kx]
-                   = Conv3d's grad-weight (4) with the roles of its input (here G_full) and its
+                                               * dy_full[n, co, id*sd + kz, ih*sh + ky, iw*sw + kx]
+                   = Conv3d's grad-weight (4) with the roles of its input (here dy_full) and its
                    grad_output (here x) exchanged                                        # (Cin, Cout, kD, kH, kW)
- (5) grad_bias:    dL/db[co] = sum_{n, od, oh, ow} G[n, co, od, oh, ow], summed in float64  # (Cout,)
+ (5) grad_bias:    dL/db[co] = sum_{n, od, oh, ow} dy[n, co, od, oh, ow], summed in float64  # (Cout,)
 
 (3) and (4) also follow from (1) directly: y is linear in x and w, and differentiating the scatter
-gives the gather dL/dx[n, ci, id, ih, iw] = sum_{co, kz, ky, kx} G_full[n, co, id*sd+kz, ih*sh+ky,
+gives the gather dL/dx[n, ci, id, ih, iw] = sum_{co, kz, ky, kx} dy_full[n, co, id*sd+kz, ih*sh+ky,
 iw*sw+kx] w[ci, co, kz, ky, kx], which is Conv3d's forward formula.
 
 Reference: conv_transpose3d_forward_reference, conv_transpose3d_grad_input_reference and
@@ -46,8 +46,8 @@ plain NumPy, any kernel / stride / padding.
 Fast path (the U-Net's up-sampling, kernel == stride, padding 0): y_full is y and the output blocks
 of different input voxels do not overlap, so (1) writes each input voxel's kD x kH x kW block as
 x[n, :, id, ih, iw] (1, Cin) @ w_matrix (Cin, kD*kH*kW*Cout), w_matrix[ci, (kz, ky, kx, co)] =
-w[ci, co, kz, ky, kx]; (3) reads each block back, dL/dx[n, :, id, ih, iw] = (its block of G) @ w_matrix^T
-(Conv3d's forward (1) with stride = kernel size); (4) sums x[voxel]^T (its block of G) over the
+w[ci, co, kz, ky, kx]; (3) reads each block back, dL/dx[n, :, id, ih, iw] = (its block of dy) @ w_matrix^T
+(Conv3d's forward (1) with stride = kernel size); (4) sums x[voxel]^T (its block of dy) over the
 voxels. Register-tiled kernels that read and write the blocks in place: nn3d/kernels/conv_transpose3d.py.
 """
 from typing import NamedTuple
@@ -110,9 +110,9 @@ class ConvTranspose3d(Module):
         return from_channels_last(y_cl)                                   # (N, Cout, Do, Ho, Wo) view
 
     # forward (1): y_full[n,co,id*sd+kz,ih*sh+ky,iw*sw+kx] += sum_ci x[n,ci,id,ih,iw] w[ci,co,kz,ky,kx]; y = crop(y_full) + b
-    # gives: (3) dL/dx[n,ci,id,ih,iw] = sum_{co,kz,ky,kx} G_full[n,co,id*sd+kz,...] w[ci,co,kz,ky,kx]  (Conv3d forward of G_full)
-    #        (4) dL/dw[ci,co,kz,ky,kx] = sum_{n,id,ih,iw} x[n,ci,id,ih,iw] G_full[n,co,id*sd+kz,...]   (Conv3d grad-weight)
-    #        (5) dL/db[co] = sum_{n,od,oh,ow} G[n,co,od,oh,ow]   (float64 sum)
+    # gives: (3) dL/dx[n,ci,id,ih,iw] = sum_{co,kz,ky,kx} dy_full[n,co,id*sd+kz,...] w[ci,co,kz,ky,kx]  (Conv3d forward of dy_full)
+    #        (4) dL/dw[ci,co,kz,ky,kx] = sum_{n,id,ih,iw} x[n,ci,id,ih,iw] dy_full[n,co,id*sd+kz,...]  (Conv3d grad-weight)
+    #        (5) dL/db[co] = sum_{n,od,oh,ow} dy[n,co,od,oh,ow]  (float64 sum)
     def backward(self, grad_output):
         check_forward_ran(self._cache, "ConvTranspose3d")
         x_cl, out_size = self._cache

@@ -1,18 +1,18 @@
 """Gradient checking by central finite differences: proof of a backward pass without PyTorch.
 
-For a layer y = f(x) and a fixed random upstream gradient G = dL/dy, the scalar
+For a layer y = f(x) and a fixed random upstream gradient dy = dL/dy, the scalar
 
-    L(x) = sum(f(x) * G)
+    L(x) = sum(f(x) * dy)
 
-has dL/dx = backward(G). Central differences estimate each component:
+has dL/dx = backward(dy). Central differences estimate each component:
 
     dL/dx[i] ~ (L(x + eps e_i) - L(x - eps e_i)) / (2 eps)        error O(eps^2)
 
 In float64 with eps = 1e-6 the truncation error (~eps^2 * f''') and the rounding error
 (~1e-16 * |L| / eps) are both near 1e-10 relative, so a correct backward matches to ~1e-7 or better
-and a wrong one (a flipped kernel, a missing term) is off by far more (1e-2 and up). A random G
-matters: with G = 1 many wrong gradients (a transposed weight, a flipped kernel) still sum to the
-right number, and for BatchNorm G = 1 gives dL/dx = 0 exactly, whatever the variance term says.
+and a wrong one (a flipped kernel, a missing term) is off by far more (1e-2 and up). A random dy
+matters: with dy = 1 many wrong gradients (a transposed weight, a flipped kernel) still sum to the
+right number, and for BatchNorm dy = 1 gives dL/dx = 0 exactly, whatever the variance term says.
 
 float32: the rounding error ~6e-8 * |L| / eps dominates unless eps is large (the CLI uses 1e-2 and
 accepts 5e-2 relative), and a large eps straddles kinks (an input within eps of 0 before a ReLU,
@@ -71,7 +71,7 @@ def check_layer(layer, inputs, eps=1e-6, seed=0):
     """
     rng = np.random.default_rng(seed)
     output = layer.forward(*inputs)
-    grad_output = rng.standard_normal(output.shape).astype(output.dtype)  # random G: see above
+    grad_output = rng.standard_normal(output.shape).astype(output.dtype)  # random dy: see above
 
     def loss():
         return float(np.sum(layer.forward(*inputs) * grad_output))
@@ -180,7 +180,7 @@ def torch_comparison(layer, torch_module, inputs, seed=0):
         return [("loss", np.array(loss), reference.detach().numpy()),
                 ("grad pred", layer.backward(), tensors[0].grad.numpy())]
     output = layer.forward(*inputs)
-    grad_output = np.random.default_rng(seed).standard_normal(output.shape).astype(output.dtype)  # G
+    grad_output = np.random.default_rng(seed).standard_normal(output.shape).astype(output.dtype)  # dy
     reference.backward(torch.from_numpy(grad_output))
     layer.zero_grad()
     grads = layer.backward(grad_output)

@@ -5,9 +5,8 @@ is needed for speed; importing nn3d changes no thread setting of the process.
 
 One thread pool at a time. An OpenBLAS left at its default (one thread per core) keeps its threads
 busy-waiting for a while after each product, on the very cores Numba's threads need next; called
-inside Numba's threads it would start its own threads in each of them (measured at 64^3 when the
-up-convolutions still called np.dot in their prange loops: a training step 0.50 s -> 0.92 s, and
-OpenBLAS printed "Detect OpenMP Loop"). So nn3d calls no BLAS at all, neither inside its kernels
+inside Numba's threads it starts its own threads in each of them (docs/performance.md has what
+that cost a training step). So nn3d calls no BLAS at all, neither inside its kernels
 nor between them (Winograd's filter transform, the last product, is a kernel of its own): the user's
 own NumPy products keep whatever BLAS threads they had (docs/performance.md, "One thread pool at a
 time").

@@ -17,7 +17,7 @@ import pytest
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 import nn3d  # noqa: E402
 
-nn3d.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))  # also: every BLAS single-threaded
+nn3d.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))  # Numba's threads only; BLAS is left alone
 
 # Preprocessed scans are cached (mri2ct.data.preprocess): keep the suite's cache out of ~/.cache.
 if "MRI2CT_CACHE" not in os.environ:
@@ -30,6 +30,28 @@ def conv_algorithm(request, monkeypatch):
     so every 3x3x3 stride-1 padding-1 convolution takes that path, whatever its channel count."""
     monkeypatch.setenv("NN3D_CONV", request.param)
     return request.param
+
+
+@pytest.fixture
+def on_one_and_two_threads():
+    """run(function, *args) -> (its result on 1 Numba thread, on 2), for the tests that a kernel gives
+    the same bits on any thread count. Skipped where Numba has fewer than 2 threads (a one-core
+    runner): comparing 1 thread with 1 would pass whatever the kernel does."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip(f"needs 2 Numba threads to compare with 1; NUMBA_NUM_THREADS is "
+                    f"{numba.config.NUMBA_NUM_THREADS}")
+
+    def run(function, *args):
+        threads = nn3d.get_num_threads()
+        try:
+            nn3d.set_num_threads(1)
+            one = function(*args)
+            nn3d.set_num_threads(2)
+            two = function(*args)
+        finally:
+            nn3d.set_num_threads(threads)
+        return one, two
+    return run
 
 
 @pytest.fixture

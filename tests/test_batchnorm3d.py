@@ -104,6 +104,35 @@ def test_kernels_match_references(relu):
         np.testing.assert_allclose(grad_input, grad_input_ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("relu", [False, True])
+def test_whole_layer_reference_matches_the_layer_and_torch(relu):
+    """reference.batchnorm3d_reference, the layer in fifteen lines, against BatchNorm3d (float64: the
+    same formulas summed in another order, 1e-12) and against PyTorch's autograd (float64)."""
+    rng = np.random.default_rng(7)
+    shape = (2, 3, 4, 5, 6)                                              # (N, C, D, H, W)
+    layer = BatchNorm3d(3, relu=relu).to(np.float64)
+    layer.weight.data[...] = rng.uniform(0.5, 1.5, 3)
+    layer.bias.data[...] = rng.standard_normal(3)
+    x = 3 + 2 * rng.standard_normal(shape)
+    grad_output = rng.standard_normal(shape)
+    flat = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 4, 1)).reshape(-1, 3)   # (P, C)
+    y, grad_input, grad_gamma, grad_beta = reference.batchnorm3d_reference(
+        flat(x), layer.weight.data, layer.bias.data, flat(grad_output), layer.eps, relu)
+    ours = {"output": flat(layer.forward(x)), "grad_input": flat(layer.backward(grad_output)),
+            "grad_gamma": layer.weight.grad, "grad_beta": layer.bias.grad}
+    x_torch = torch.from_numpy(x).requires_grad_(True)
+    twin = load_into_torch((BatchNormReLU(3) if relu else torch.nn.BatchNorm3d(3)).double(), layer)
+    y_torch = twin(x_torch)
+    y_torch.backward(torch.from_numpy(grad_output))
+    theirs = {"output": flat(y_torch.detach().numpy()), "grad_input": flat(x_torch.grad.numpy()),
+              "grad_gamma": twin.weight.grad.numpy(), "grad_beta": twin.bias.grad.numpy()}
+    if relu:
+        assert (y == 0).any()                                            # the ReLU acted
+    for name, value in zip(ours, (y, grad_input, grad_gamma, grad_beta)):
+        assert max_relative_error(value, ours[name]) < 1e-12, f"{name} vs the layer"
+        assert max_relative_error(value, theirs[name]) < 1e-12, f"{name} vs PyTorch"
+
+
 class BatchNormReLU(torch.nn.BatchNorm3d):
     """torch's BatchNorm3d then ReLU, with BatchNorm3d's parameters and keys (the fused layer's twin)."""
 

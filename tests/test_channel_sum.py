@@ -2,11 +2,9 @@
 independence of the thread count."""
 import math
 
-import numba
 import numpy as np
 import pytest
 
-import nn3d
 from nn3d.kernels import reference
 from nn3d.kernels.channel_sum import ROWS_PER_CHUNK, channel_sums
 
@@ -40,15 +38,8 @@ def test_sums_in_float64():
     assert channel_sums(a)[0] == pytest.approx(exact, rel=1e-13)
 
 
-def test_same_bits_on_any_thread_count():
+def test_same_bits_on_any_thread_count(on_one_and_two_threads):
     a = np.random.default_rng(2).standard_normal((10 * ROWS_PER_CHUNK + 5, 4)).astype(np.float32)
-    threads = nn3d.get_num_threads()
-    try:
-        nn3d.set_num_threads(1)
-        one = channel_sums(a, a)
-        nn3d.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))   # conftest's count
-        two = channel_sums(a, a)
-    finally:
-        nn3d.set_num_threads(threads)
+    one, two = on_one_and_two_threads(channel_sums, a, a)
     for x, y in zip(one, two):
         np.testing.assert_array_equal(x, y)

@@ -1,6 +1,7 @@
 """Conv3d against PyTorch, the fast kernels against their NumPy references, and every gradient
 against central finite differences in float64."""
-import numba
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +12,7 @@ from nn3d.gradcheck import check_layer, max_relative_error
 from nn3d.kernels import conv3d as kernels, reference
 from nn3d.kernels.conv3d_grad_weight import conv3d_grad_weight, grad_weight_chunks
 from nn3d.kernels.padding import embed_strided, pad_channels_last
-from nn3d.kernels.register_tile import BLOCK_W, compiling_for, tile_width
+from nn3d.kernels.register_tile import BLOCK_W, tile_width
 from nn3d.layout import from_channels_last, is_channels_last
 from torch_reference import assert_matches_torch, load_into_torch
 
@@ -90,7 +91,20 @@ def test_kernels_match_references(cin, cout, size, kernel, stride, padding, bloc
 def test_tile_width_follows_the_cpu():
     assert tile_width("+sse4.2,+avx,+avx2,+fma,-avx512f") == 4           # Zen 2
     assert tile_width("+avx2,+fma,+avx512f,+avx512bw,+avx512vl") == 8      # Zen 4, Skylake-X
-    assert BLOCK_W == tile_width(compiling_for())
+
+
+def test_block_width_is_this_cpus():
+    """BLOCK_W against the CPU's own flags, read from /proc/cpuinfo rather than through LLVM as
+    register_tile.py reads them: 8 on a CPU with AVX-512F, 4 without."""
+    if os.environ.get("NUMBA_CPU_FEATURES") or os.environ.get("NUMBA_CPU_NAME"):
+        pytest.skip("NUMBA_CPU_FEATURES / NUMBA_CPU_NAME: Numba compiles for another CPU than this one")
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    with open("/proc/cpuinfo", encoding="utf-8") as file:
+        flags = next((line.split(":", 1)[1].split() for line in file if line.startswith("flags")), None)
+    if flags is None:
+        pytest.skip("/proc/cpuinfo lists no flags (not an x86 CPU)")
+    assert BLOCK_W == (8 if "avx512f" in flags else 4)
 
 
 def test_input_gradient_can_be_skipped():
@@ -157,7 +171,7 @@ def test_state_dict_round_trip_with_torch():
     assert list(Conv3d(3, 4, 1, bias=False).state_dict()) == ["weight"]
 
 
-def test_grad_weight_has_32_work_items_and_same_bits_on_any_thread_count():
+def test_grad_weight_has_32_work_items_and_same_bits_on_any_thread_count(on_one_and_two_threads):
     """Grad-weight is split into (row chunk, 16 output channels) items fixed by the shapes: at least 32
     of them (so 32 cores can share the pass), and the chunks are added in a fixed order, so 1 and 2
     threads give the same bits."""
@@ -166,12 +180,5 @@ def test_grad_weight_has_32_work_items_and_same_bits_on_any_thread_count():
     rng = np.random.default_rng(5)
     x_pad = rng.standard_normal((1, 10, 10, 10, 16)).astype(np.float32)
     grad_output = rng.standard_normal((1, 8, 8, 8, 32)).astype(np.float32)
-    threads = nn3d.get_num_threads()
-    try:
-        nn3d.set_num_threads(1)
-        one = conv3d_grad_weight(x_pad, grad_output, (3, 3, 3), (1, 1, 1))
-        nn3d.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))   # conftest's count
-        two = conv3d_grad_weight(x_pad, grad_output, (3, 3, 3), (1, 1, 1))
-    finally:
-        nn3d.set_num_threads(threads)
+    one, two = on_one_and_two_threads(conv3d_grad_weight, x_pad, grad_output, (3, 3, 3), (1, 1, 1))
     np.testing.assert_array_equal(one, two)

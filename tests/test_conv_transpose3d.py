@@ -75,20 +75,15 @@ def test_blocks_kernels_match_references(batch, cin, cout, size, kernel, block_w
         rtol=0, atol=1e-11)
 
 
-def test_blocks_grad_weight_is_the_same_on_any_thread_count():
+def test_blocks_grad_weight_is_the_same_on_any_thread_count(on_one_and_two_threads):
     """Grad-weight's chunks come from the shapes, and their partial sums are added in chunk order:
     the same bits on 1 thread and 2. (A split by thread count, or a race, changes the last bits.)"""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((1, 4, 8, 8, 16), dtype=np.float32)              # (N, D, H, W, Cin)
     grad_output = rng.standard_normal((1, 8, 16, 16, 16), dtype=np.float32)
     assert grad_weight_partition(x.shape, (2, 2, 2), 16)[0] > 1       # several partial sums
-    threads = nn3d.get_num_threads()
-    try:
-        nn3d.set_num_threads(1)
-        one = conv_transpose3d_blocks_grad_weight(x, grad_output, (2, 2, 2), 16)
-    finally:
-        nn3d.set_num_threads(threads)
-    np.testing.assert_array_equal(conv_transpose3d_blocks_grad_weight(x, grad_output, (2, 2, 2), 16), one)
+    one, two = on_one_and_two_threads(conv_transpose3d_blocks_grad_weight, x, grad_output, (2, 2, 2), 16)
+    np.testing.assert_array_equal(one, two)
 
 
 def test_blocks_grad_weight_has_work_for_32_cores_on_the_unet():

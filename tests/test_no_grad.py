@@ -76,13 +76,19 @@ def test_backward_after_no_grad_forward_raises():
 
 
 def test_backward_works_again_after_the_block():
-    model = network()
+    """After a no_grad forward, forward + backward give the gradients of a model that never saw the
+    block (the same seeded weights; training mode, so the running statistics the first forward
+    moved do not enter)."""
     x = volume((1, 2, 8, 8, 8), 5)
+    model, fresh = network(), network()
     with nn3d.no_grad():
         model.forward(x)
-    y = model.forward(x)
-    grad_input = model.backward(volume(y.shape, 6))
-    assert grad_input.shape == x.shape
+    grad_output = volume(model.forward(x).shape, 6)
+    grad_input = model.backward(grad_output)
+    fresh.forward(x)
+    np.testing.assert_array_equal(grad_input, fresh.backward(grad_output))
+    for (name, parameter), (_, expected) in zip(model.named_parameters(), fresh.named_parameters()):
+        np.testing.assert_array_equal(parameter.grad, expected.grad, err_msg=name)
 
 
 def test_flag_restored_after_exception_and_nesting():

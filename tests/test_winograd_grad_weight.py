@@ -1,7 +1,6 @@
 """Grad-weight by the transposed F(2^3, 3^3) (nn3d/kernels/winograd/grad_weight.py): the plain reference
 against the direct-convolution reference, the fast kernel against both (float64, both register
 tiles), against PyTorch and the direct kernel in float32, and the same bits on 1 and 2 threads."""
-import numba
 import numpy as np
 import pytest
 import torch
@@ -98,17 +97,10 @@ def test_float32_kernel_is_close_to_pytorch_and_the_direct_kernel(block_rows):
     assert max_relative_error(fast, exact) < 10 * max(max_relative_error(direct, exact), 1e-7)
 
 
-def test_same_bits_on_one_and_two_threads():
+def test_same_bits_on_one_and_two_threads(on_one_and_two_threads):
     """The chunks, and the order their partial sums are added in, depend on the shapes only."""
     x, grad_output = random_pair(np.random.default_rng(4), 2, 16, 32, (9, 8, 7), np.float32)   # 2 chunks
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = winograd_grad_weight((x,), grad_output)
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = winograd_grad_weight((x,), grad_output)
-    finally:
-        numba.set_num_threads(threads)
+    one, two = on_one_and_two_threads(winograd_grad_weight, (x,), grad_output)
     np.testing.assert_array_equal(one, two)
 
 

@@ -3,8 +3,8 @@
 Why. Every layer allocates its output, and every backward its gradients and temporaries. glibc's
 malloc serves a request above its mmap threshold (at most 32 MB) with a fresh `mmap` and returns it
 with `munmap` when freed; the kernel zeroes and faults in every page again on first touch. A 96^3 x
-16-channel float32 activation is 57 MB, so at 96^3 and 128^3 every pass paid that for each of its ~50
-big arrays: measured at 128^3, 3.7 s of system time in a 8.5 s training step. (Changing malloc's
+16-channel float32 activation is 57 MB, so at 96^3 and 128^3 every pass would pay that for each of
+its ~50 big arrays, seconds of system time per training step (docs/performance.md). (Changing malloc's
 thresholds for the whole process would also fix it, but a library must not change the process it is
 imported into.)
 
@@ -23,11 +23,10 @@ buffers of other sizes (an activation, its zero-padded copy, the next level's sm
 each other and the arena holds few distinct buffers.
 The arena never holds more than GROWTH times the most bytes ever in use at once: a request that
 would exceed that first drops the free buffers used longest ago (after a change of input size, the
-old sizes go). `release()` drops every free buffer now. Measured on the U-Net (3 passes): a training
-step at 64^3, 96^3, 128^3 leaves the arena holding 1.00-1.01x the bytes in use at the step's peak, an
-eval forward 1.06-1.11x, with no new buffer from the second pass on. (FIT = 2.5 held 1.04-1.05x in
-training; exact sizes held with GROWTH = 1.0 took ~30 fresh buffers per 128^3 step again, 1 s of
-system time: the cost the arena exists to remove.)
+old sizes go). `release()` drops every free buffer now. On the U-Net the arena then holds about the
+bytes in use at the step's peak, with no new buffer from the second pass on; a GROWTH of 1.0 would
+bring fresh buffers back at every step, the cost the arena exists to remove (docs/performance.md
+has the numbers).
 Arrays below MIN_BYTES come from NumPy directly: malloc keeps those in its heap and recycles them
 without system calls anyway.
 """

@@ -24,8 +24,7 @@ is bit-for-bit the same on 1 thread or 64.
 Why 4096 rows. Big enough that a chunk's fixed costs (its partial row, the loop start, the final
 sum over chunks) vanish next to its 4096 * C loads; small enough that a 64^3 volume gives 64 chunks,
 which keeps every core busy on any machine we run on, and that the partial sums stay a few KiB.
-Measured on this project's machine, 2048 and 4096 rows time the same within noise (sum x and
-sum x^2 of a (64^3, 16) float32 array: 1.7-1.8 ms on 1 thread; docs/performance.md).
+Smaller chunks gain nothing: 2048 rows time the same as 4096 (docs/performance.md).
 
 The plain NumPy versions are `channel_sums_reference` in nn3d/kernels/reference.py.
 """

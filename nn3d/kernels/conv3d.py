@@ -8,7 +8,7 @@ input / output channel; x_pad, y, weight, grad_output, S are tensors.
 
     x_pad        (N, Dp, Hp, Wp, Cin)    input with its zero halo already in memory
     weight       (Cout, Cin, kD, kH, kW) PyTorch's layout
-    grad_output  (N, Do, Ho, Wo, Cout)   G = dL/dy
+    grad_output  (N, Do, Ho, Wo, Cout)   dy = dL/dy
 
     (1) y[n, od, oh, ow, co] = b[co] + sum_{kz, ky, kx, ci} x_pad[n, od*sd+kz, oh*sh+ky, ow*sw+kx, ci]
                                                              * weight[co, ci, kz, ky, kx]   # (N, Do, Ho, Wo, Cout)
@@ -69,8 +69,8 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
     nn3d/batchnorm_folding.py). Each prange iteration owns one block of 16 output channels of one
     output row, y[n, od, oh, :, 16cb:16cb+16], the blocks outermost: Numba gives each thread a
     contiguous range of iterations, so a thread runs all rows for one block's weights (27 * Cin * 16
-    values, in L2) before the next block's. With rows outermost every row streamed all the weights
-    from L3: 1.7 MiB per row at the U-Net's 8^3, 128 -> 128 layer, which two cores could not share.
+    values, in L2) before the next block's. Rows outermost would stream all the weights from L3 for
+    every row: 1.7 MiB per row at the U-Net's 8^3, 128 -> 128 layer, more than two cores can share.
     Differs from conv3d_forward_reference in loop order only: the (kx, ci) loops are one loop over
     the contiguous run j, and a tile of neighbouring voxels x BLOCK_C = 16 output channels of y stays
     in registers for the whole reduction over (kz, ky, j): 8 voxels (acc0..acc7) when block_w == 8,

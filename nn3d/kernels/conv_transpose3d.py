@@ -8,7 +8,7 @@ names: (id, ih, iw) an input voxel, (kz, ky, kx) a kernel offset, ci / co an inp
     x            (N, D, H, W, Cin)
     weight       (Cin, Cout, kD, kH, kW)   PyTorch's layout
     y            (N, D*kD, H*kH, W*kW, Cout)
-    grad_output  (N, D*kD, H*kH, W*kW, Cout)   G = dL/dy
+    grad_output  (N, D*kD, H*kH, W*kW, Cout)   dy = dL/dy
 
 With kernel == stride and no padding, y_full is y and the kD x kH x kW blocks of different input
 voxels do not overlap: input voxel (id, ih, iw) owns the output block
@@ -17,10 +17,10 @@ and lines (1), (3), (4) become per-voxel products with the weight seen as a matr
 w_matrix[ci, (kz, ky, kx, co)] = weight[ci, co, kz, ky, kx]                (Cin, kD*kH*kW*Cout):
 
     (1) y[n, id*kD+kz, ih*kH+ky, iw*kW+kx, co] = bias[co] + sum_ci x[n, id, ih, iw, ci] * weight[ci, co, kz, ky, kx]
-    (3) grad_x[n, id, ih, iw, ci] = sum_{kz, ky, kx, co} G[n, id*kD+kz, ih*kH+ky, iw*kW+kx, co] * weight[ci, co, kz, ky, kx]
-    (4) grad_weight[ci, co, kz, ky, kx] = sum_{n, id, ih, iw} x[n, id, ih, iw, ci] * G[n, id*kD+kz, ih*kH+ky, iw*kW+kx, co]
+    (3) grad_x[n, id, ih, iw, ci] = sum_{kz, ky, kx, co} dy[n, id*kD+kz, ih*kH+ky, iw*kW+kx, co] * weight[ci, co, kz, ky, kx]
+    (4) grad_weight[ci, co, kz, ky, kx] = sum_{n, id, ih, iw} x[n, id, ih, iw, ci] * dy[n, id*kD+kz, ih*kH+ky, iw*kW+kx, co]
 
-The kernels read and write the blocks where they lie in y and G (no gathered copy of the blocks),
+The kernels read and write the blocks where they lie in y and dy (no gathered copy of the blocks),
 with the register tiles of nn3d/kernels/register_tile.py (`load16`, `fma16`): 16 values of one axis carried
 as a 16-tuple (one AVX-512 vector, two AVX2 vectors), times BLOCK_W (8 on AVX-512, 4 on AVX2) values of
 another axis, one accumulator each. The width is an argument, so the tests run both widths on any
@@ -33,8 +33,8 @@ machine, and the 8-wide loop is followed by 4-wide and single tails.
   owns the kD x kH output rows of its blocks.
 - Grad-input (3), `conv_transpose3d_blocks_grad_input_kernel`: a tile is BLOCK_W neighbouring input
   voxels x 16 input channels; for each (kz, ky) it runs over the contiguous run of kW*Cout values
-  (kx, co) of each voxel's block row in G (one 16-weight load, one broadcast of G per voxel, one FMA
-  per voxel). (3) is also Conv3d's forward of G with stride = kernel size (identity (A) of the layer
+  (kx, co) of each voxel's block row in dy (one 16-weight load, one broadcast of dy per voxel, one FMA
+  per voxel). (3) is also Conv3d's forward of dy with stride = kernel size (identity (A) of the layer
   file); this kernel differs from Conv3d's in keeping the tile in registers for one run at a time
   (see its docstring). One prange iteration per input row (n, id, ih), which owns that row of grad_x.
 - Grad-weight (4): conv_transpose3d_grad_weight.py.
@@ -70,7 +70,7 @@ def pack_weight_columns(weight):
     w_packed[kz, ky, kx, cb, ci, c] = weight[ci, 16*cb + c, kz, ky, kx], zeros for the padding
     channels. The 16 weights that one step of the forward kernel's loop over ci needs are adjacent,
     and so are the Cin steps of one tile's column (kz, ky, kx, cb). A parallel kernel, as Conv3d's
-    `pack_weight`: NumPy's one-thread copy was a tenth of the 8^3 layer's 0.25 ms pass."""
+    `pack_weight`, so that no one-thread copy holds up the short 8^3 pass."""
     cin, cout, kernel_d, kernel_h, kernel_w = weight.shape
     w_packed = np.empty((kernel_d, kernel_h, kernel_w, padded_channels(cout) // BLOCK_C, cin, BLOCK_C),
                         weight.dtype)
@@ -178,16 +178,16 @@ def conv_transpose3d_blocks_grad_input_kernel(grad_output, w_packed, block_w, gr
     block_w = BLOCK_W (8 or 4).
 
     Each prange iteration owns one row grad_input[n, id, ih]. For a fixed (kz, ky), the block rows
-    G[n, id*kD+kz, ih*kH+ky, iw*kW + kx, co] of voxel iw, all (kx, co), are ONE contiguous run of
-    kW*Cout values (index j = kx*Cout + co), starting at element iw*kW*Cout of that row of G.
+    dy[n, id*kD+kz, ih*kH+ky, iw*kW + kx, co] of voxel iw, all (kx, co), are ONE contiguous run of
+    kW*Cout values (index j = kx*Cout + co), starting at element iw*kW*Cout of that row of dy.
     A tile of neighbouring voxels x 16 input channels runs over j (one 16-weight load, one
-    broadcast of G per voxel, one FMA per voxel). Why (kz, ky) is outside the tile: a tile kept in
+    broadcast of dy per voxel, one FMA per voxel). Why (kz, ky) is outside the tile: a tile kept in
     registers across two nested loops is taken apart into scalars and rebuilt at every exit of the
     inner loop (LLVM's SLP vectoriser does not carry it as a vector there), which costs more than
     loading and storing the 8 accumulators: so the row of grad_input is zeroed first, and for each
-    (kz, ky) the tile is loaded from it, runs over j, and is stored back (the row stays in L1).
-    Measured on one core: 1.3x the rate of Conv3d's forward kernel on the same (3), which keeps
-    its tile across (kz, ky).
+    (kz, ky) the tile is loaded from it, runs over j, and is stored back (the row stays in L1);
+    on the same (3) it is faster than Conv3d's forward kernel, which keeps its tile across (kz, ky)
+    (docs/performance.md).
     """
     n_batch, in_d, in_h, in_w, cin_padded = grad_input.shape
     kernel_d, kernel_h, n_cblocks, run = w_packed.shape[:4]

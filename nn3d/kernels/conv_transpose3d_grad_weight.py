@@ -5,7 +5,7 @@ nn3d/kernels/reference.py.
 
 Grad-weight (4), `conv_transpose3d_blocks_grad_weight_kernel`: a tile is BLOCK_J input channels ci
   x 16 output channels of one kernel offset; it runs over the voxels of a chunk (one load of 16
-  values of G, BLOCK_J broadcasts of x, BLOCK_J FMAs per voxel). A work item is (chunk of input rows,
+  values of dy, BLOCK_J broadcasts of x, BLOCK_J FMAs per voxel). A work item is (chunk of input rows,
   offset (kz, ky, kx), block of 16 output channels): it writes its own slice of the chunk's partial
   sum. The chunks are fixed by the shapes (`grad_weight_partition`), never by the thread count, and
   `sum_partials` adds them in chunk order in parallel: the same bits on any number of threads.
@@ -21,8 +21,7 @@ from .register_tile import (BLOCK_C, BLOCK_J, UINT, fma16, fma_tile4, fma_tile8,
 
 
 # float32 values a grad-weight chunk's data may take so that its sweeps stay in one core's L2: 512 KiB
-# (all of Zen 2's L2, half of a 1 MiB one). Measured on one Zen 4 core, up1 at 64^3: 2.5 ms at 512 KiB
-# (12 chunks), 3.2 ms at 1 MiB (6 chunks), 3.5 ms at 2 MiB.
+# (all of Zen 2's L2, half of a 1 MiB one; larger chunks are slower, docs/performance.md).
 L2_VALUES = 131072
 
 
@@ -43,7 +42,7 @@ def unpack_grad_weight_kernel(total, grad_weight):
 def conv_transpose3d_blocks_grad_weight_kernel(x, grad_output, rows_per_chunk, block_j, partial):
     """Line (4) for kernel == stride, padding 0, as per-chunk partial sums:
     partial[chunk, ci, kz, ky, kx, co] = sum over the voxels of the input rows (n, id, ih) of chunk
-    `chunk` (rows_per_chunk consecutive rows) of x[n, id, ih, iw, ci] * G[n, id*kD+kz, ih*kH+ky, iw*kW+kx, co].
+    `chunk` (rows_per_chunk consecutive rows) of x[n, id, ih, iw, ci] * dy[n, id*kD+kz, ih*kH+ky, iw*kW+kx, co].
 
     x (N, D, H, W, Cin) C-contiguous; grad_output (N, D*kD, H*kH, W*kW, Cout_padded) C-contiguous,
     its channels padded with zeros to a multiple of 16; partial (n_chunks, Cin, kD, kH, kW,
@@ -52,13 +51,13 @@ def conv_transpose3d_blocks_grad_weight_kernel(x, grad_output, rows_per_chunk, b
     Differs from conv_transpose3d_grad_weight_reference in loop order only: a tile of input channels
     x 16 output channels stays in registers while the loop runs over every voxel of the chunk: 8
     channels ci0..ci0+7 (`tile8`) when block_j == 8, then 4 while at least 4 are left, then single
-    channels. Why this order: the chunk (its x rows and this column of its G rows) is sized to stay in
+    channels. Why this order: the chunk (its x rows and this column of its dy rows) is sized to stay in
     L2 (`grad_weight_partition`), so the sweeps of the tiles after the first read it from cache; the
     accumulators are written once per sweep, not per voxel. For each voxel, the tile reads one vector
-    of 16 values of G (the voxel's block, offset (kz, ky, kx)) and broadcasts its 8 (or 4) inputs x.
-    The sweep is ONE loop over the chunk's voxels, whose G offsets are listed first (g_voxels): with
+    of 16 values of dy (the voxel's block, offset (kz, ky, kx)) and broadcasts its 8 (or 4) inputs x.
+    The sweep is ONE loop over the chunk's voxels, whose dy offsets are listed first (g_voxels): with
     a loop over rows and one over the voxels of a row, LLVM takes the tile apart into scalars and
-    rebuilds it at every step (measured 10-15 GFLOP/s instead of 90-145 on one core).
+    rebuilds it at every step, several times slower (docs/performance.md).
     """
     n_chunks, cin, kernel_d, kernel_h, kernel_w, cout_padded = partial.shape
     n_batch, in_d, in_h, in_w = x.shape[:4]
@@ -84,7 +83,7 @@ def conv_transpose3d_blocks_grad_weight_kernel(x, grad_output, rows_per_chunk, b
         cb = column % n_cblocks
         first_row = chunk * rows_per_chunk
         chunk_rows = min(rows_per_chunk, n_rows - first_row)
-        # g_voxels[p]: the g_tiles row of G[n, id*kD+kz, ih*kH+ky, iw*kW+kx, 16cb] for the chunk's
+        # g_voxels[p]: the g_tiles row of dy[n, id*kD+kz, ih*kH+ky, iw*kW+kx, 16cb] for the chunk's
         # p-th voxel (n, id, ih, iw); the chunk's inputs are consecutive in x, from x_flat[x_start]
         g_voxels = np.empty(chunk_rows * in_w, dtype=np.uint64)
         for r in range(chunk_rows):
@@ -122,7 +121,7 @@ def grad_weight_partition(input_shape, kernel_size, cout):
     alone (never the thread count, so the sums are the same on any machine): (n_chunks,
     rows_per_chunk, n_columns), n_chunks * n_columns items. Enough chunks of input rows for
     WORK_ITEMS items, so that 32 cores have work on every up-convolution of the U-Net, and enough
-    that a chunk's x rows and one column of its G rows (W*(Cin + 16) values per row) fit in
+    that a chunk's x rows and one column of its dy rows (W*(Cin + 16) values per row) fit in
     L2_VALUES; at most one per row. 64^3 U-Net: up3 1 chunk x 32 columns, up2 3 x 16, up1 12 x 8
     (128^3: 5 x 32, 20 x 16, 96 x 8)."""
     n_batch, d, h, w, cin = input_shape

@@ -4,7 +4,6 @@ Every kernel in nn3d is compiled through one of the decorators below, so that
 `NUMBA_DISABLE_JIT=1 python ...` turns all of them into plain Python you can step through in a
 debugger, and `NUMBA_BOUNDSCHECK=1` checks every index.
 
-- `kernel`:           serial, for small loops that are not worth threads.
 - `parallel_kernel`:  `prange` loops split across Numba's threads; each iteration owns its slice
                       of the output (no two iterations write the same element).
 - `blocked_kernel`:   a `parallel_kernel` compiled with LLVM's loop vectoriser off and its SLP
@@ -28,10 +27,6 @@ from numba.core import config
 from numba.core.compiler_lock import global_compiler_lock
 
 JIT_OPTIONS = dict(cache=True, fastmath=False)
-
-
-def kernel(function):
-    return numba.njit(**JIT_OPTIONS)(function)
 
 
 def parallel_kernel(function):
@@ -64,8 +59,8 @@ def inlined_tile_helper(function):
     atomic operations per array per call) and hides its arithmetic from the caller's vectoriser.
     The helpers it calls in turn stay plain `tile_helper`s: LLVM inlines those into it and drops
     their reference counting, while every level of Numba inlining copies the whole IR of the level
-    below (nested three deep in the Winograd transforms, that took 5 minutes to compile instead
-    of 40 s, for the same machine code)."""
+    below (nested three deep, as in the Winograd transforms, compilation takes several times
+    longer for the same machine code: docs/performance.md)."""
     return numba.njit(inline="always", **FMA_OPTIONS)(function)
 
 

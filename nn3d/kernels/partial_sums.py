@@ -8,9 +8,9 @@ writes its own partial result, partial[chunk]. The result is then
 
 always in this order, so it is bit-for-bit the same on 1 thread or 64 (which threads computed the
 chunks does not matter). Done by NumPy (`total = partial[0].copy(); total += partial[c]` for each
-chunk) this runs on one core: at the U-Net's 8^3 bottleneck, where a grad-weight pass takes ~1.5 ms,
-that serial sum (and zeroing the partials beforehand) held the pass to a 1.6x speed-up on 2 threads.
-Here every element's sum is independent, so the elements are split across the threads.
+chunk) it would run on one core, a serial part that caps the speed-up of the short 8^3 grad-weight
+passes (docs/performance.md). Every element's sum is independent, so here the elements are split
+across the threads.
 """
 import numpy as np
 from numba import prange

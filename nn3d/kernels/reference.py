@@ -1,20 +1,43 @@
 """Plain NumPy references: every kernel's arithmetic, written the obvious way.
 
-Read these first. Each fast kernel in this package computes exactly what its reference here
-computes, with the same loop and variable names; it differs only where its docstring says why
-(loop order, register tiles, threads). The tests compare every kernel with its reference, and the
-layer docstrings point here. Arrays are channels-last, (N, D, H, W, C); the numbered lines are
-those of the layer files (nn3d/conv3d.py, ...). Most references compute in float64 and return the
-input's dtype.
+Read these first. The tests compare every fast kernel with its reference here, and the layer
+docstrings point here. Arrays are channels-last, (N, D, H, W, C); the numbered lines are those of
+the layer files (nn3d/conv3d.py, ...). Most references compute in float64 and return the input's
+dtype.
 
     Conv3d           (1) forward, (2) grad-input (the scatter form), (4) grad-weight
     ConvTranspose3d  (1) forward, (3) grad-input, (4) grad-weight, any kernel / stride / padding,
                      written as the Conv3d references they equal (identity (A) of its layer file)
-    BatchNorm3d      (F) the affine map, (B3) the input gradient, each with the fused ReLU (R) or not
+    BatchNorm3d      the whole layer in training mode, x -> y and dy -> dx, dgamma, dbeta, from the
+                     formulas alone; then the kernels' two steps: (F) the affine map and (B3) the
+                     input gradient from precomputed per-channel numbers, each with the fused ReLU (R)
     MaxPool3d        (F), (A) forward with argmax, (B) backward
     ReLU             (F) forward, (B) backward
     channel_sums     every float64 sum over voxels (BatchNorm (S1), (S2), (B1), (B2); conv bias
                      gradients (5); MSELoss (F))
+    Winograd         its references sit with its derivation: nn3d/kernels/winograd/algorithm.py
+                     (forward, filter transform) and winograd/grad_weight.py (grad-weight)
+
+Names. The references and the kernels share the names of arrays (x_pad, weight, grad_output,
+grad_input, argmax, ...) and of indices (n; (od, oh, ow) an output voxel; (kz, ky, kx) a kernel or
+window offset; ci, co, c channels; p a voxel of a flat (P, C) array). Their loops are the same for
+BatchNorm3d, ReLU and channel_sums (one element, or one row p, at a time; the references write the
+row loop as a NumPy expression over all rows) and for MaxPool3d (the same scan of each window,
+ties to the first maximum; the kernels put the channel loop inside the window loop). For the
+convolutions they differ, as follows:
+- Conv3d forward (1) and grad-weight (4): the references loop over the kernel offsets (kz, ky, kx)
+  and do one matrix product over all voxels per offset. The kernels (conv3d.py,
+  conv3d_grad_weight.py) loop over output rows (n, od, oh) and blocks cb of 16 output channels,
+  fuse kx and ci into one index j = kx*Cin + ci (for a fixed (kz, ky) the kW*Cin input values of
+  one output voxel are one contiguous run), read the weight packed to match (w_packed[kz, ky, cb,
+  j, c] = weight[16*cb + c, ci, kz, ky, kx], weight_packing.py), and keep a register tile of
+  BLOCK_W voxels (forward) or BLOCK_J positions j (grad-weight) x 16 output channels.
+- Conv3d grad-input: the reference computes the scatter (2); the kernels compute the gather (3),
+  the forward kernel applied to the spread output gradient S with the flipped, in/out-swapped
+  weight. nn3d/conv3d.py derives (3) from (2); the tests check that the two agree.
+- ConvTranspose3d: the kernels handle kernel == stride, padding 0 only (the U-Net's), as one
+  product per input voxel written into (or read from) its own block (conv_transpose3d.py); the
+  references are the general Conv3d sums above.
 """
 import numpy as np
 
@@ -96,19 +119,39 @@ def conv_transpose3d_grad_full(grad_output, padding):
 
 
 def conv_transpose3d_grad_input_reference(grad_output, weight, stride, padding):
-    """Line (3): dL/dx = A G, Conv3d's forward (1) of G_full by the same weight, no bias: every input
+    """Line (3): dL/dx = A dy, Conv3d's forward (1) of dy_full by the same weight, no bias: every input
     voxel gathers grad_full @ weight[:, :, kz, ky, kx]^T from the output voxels it was added into."""
     return conv3d_forward_reference(conv_transpose3d_grad_full(grad_output, padding), weight, None, stride)
 
 
 def conv_transpose3d_grad_weight_reference(x, grad_output, kernel_size, stride, padding):
-    """Line (4): Conv3d's grad-weight (4) with G_full as its input and x as its output gradient:
+    """Line (4): Conv3d's grad-weight (4) with dy_full as its input and x as its output gradient:
     for each kernel offset, x^T @ (the output-gradient voxels it was added into)."""
     grad_full = conv_transpose3d_grad_full(grad_output, padding)
     return conv3d_grad_weight_reference(grad_full, x, kernel_size, stride).astype(x.dtype)
 
 
 # ---- BatchNorm3d (nn3d/batchnorm3d.py; fast kernels in batchnorm3d.py) ----------------------------
+def batchnorm3d_reference(x, gamma, beta, grad_output, eps=1e-5, relu=False):
+    """The whole layer in training mode, from its formulas alone: x -> y, then grad_output ->
+    (grad_input, grad_gamma, grad_beta), in float64. x, grad_output: (P, C), the M = P voxels of
+    each channel in a column; gamma, beta: (C,). The layer computes the same from channel_sums and
+    the two kernels below."""
+    x, dy = x.astype(np.float64), grad_output.astype(np.float64)            # (P, C)
+    mean = x.mean(axis=0)                                                   # (S1) (C,)
+    var = ((x - mean) ** 2).mean(axis=0)                                    # (S2) biased (C,)
+    inv_std = 1 / np.sqrt(var + eps)                                        # (C,)
+    x_hat = (x - mean) * inv_std                                            # (P, C)
+    y = gamma * x_hat + beta                                                # (F) (P, C)
+    if relu:
+        y = np.maximum(y, 0)                                                # (R)
+        dy = np.where(y > 0, dy, 0)                                         # ReLU's backward first
+    grad_beta = dy.sum(axis=0)                                              # (B1) (C,)
+    grad_gamma = (dy * x_hat).sum(axis=0)                                   # (B2) (C,)
+    grad_input = gamma * inv_std * (dy - dy.mean(axis=0) - x_hat * (dy * x_hat).mean(axis=0))   # (B3)
+    return y, grad_input, grad_gamma, grad_beta
+
+
 def batchnorm_affine_reference(x, scale, shift, relu, y):
     """(F): y[p, c] = x[p, c] * scale[c] + shift[c]; with relu, (R): y = max(0, that)."""
     y[...] = x * scale + shift

@@ -9,8 +9,8 @@ with the output channels padded with zeros up to a multiple of BLOCK_C = 16 (j i
 run of kW*Cin input values that the kernels read per (kz, ky): the header of conv3d.py).
 
 Packing and unpacking run once per pass on every layer, as parallel kernels: at the 8^3 bottleneck
-(128 -> 128 channels, 1.7 MiB of weights) NumPy's one-thread transposes took 0.3 ms (pack) and
-0.7 ms (unpack) of 1-3 ms passes, time that no second core could share.
+(128 -> 128 channels, 1.7 MiB of weights) a one-thread transpose would be a large share of a 1-3 ms
+pass that no second core could share (docs/performance.md).
 """
 import numpy as np
 from numba import prange

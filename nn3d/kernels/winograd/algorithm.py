@@ -42,13 +42,13 @@ nn3d/kernels/winograd/ are the fast kernels (their order: __init__.py).
    is, for fixed (j, k), a 1-D correlation along z, and the 1-D identity holds for every (j, k) and
    every (q, r); applying it along z, then y, then x turns each matrix into its tensor product:
 
-       U[a, b, c]   = sum_{i,j,k} G[a, i] G[b, j] G[c, k] g[i, j, k]              (4, 4, 4)  filter transform
-       V[a, b, c]   = sum_{i,j,k} B^T[a, i] B^T[b, j] B^T[c, k] d[i, j, k]        (4, 4, 4)  input transform
-       M[a, b, c]   = U[a, b, c] * V[a, b, c]                                     64 multiplications
-       y[p, q, r]   = sum_{a,b,c} A^T[p, a] A^T[q, b] A^T[r, c] M[a, b, c]        (2, 2, 2)  output transform
+       U[az, ay, ax] = sum_{i,j,k} G[az, i] G[ay, j] G[ax, k] g[i, j, k]            (4, 4, 4)  filter transform
+       V[az, ay, ax] = sum_{i,j,k} B^T[az, i] B^T[ay, j] B^T[ax, k] d[i, j, k]      (4, 4, 4)  input transform
+       M[az, ay, ax] = U[az, ay, ax] * V[az, ay, ax]                                64 multiplications
+       y[p, q, r]    = sum_{az,ay,ax} A^T[p, az] A^T[q, ay] A^T[r, ax] M[az, ay, ax]  (2, 2, 2)  output transform
 
    With channels, the 64 products become 64 independent matrix products, one per transformed
-   position xi = (a, b, c): M[xi][t, co] = sum_ci V[xi][t, ci] U[xi][ci, co] over all tiles t.
+   position xi = (az, ay, ax): M[xi][t, co] = sum_ci V[xi][t, ci] U[xi][ci, co] over all tiles t.
 
 3. The count. Per 2x2x2 output tile and (ci, co) pair: 4^3 = 64 multiplications against
    2^3 * 3^3 = 216 direct, 3.375x fewer. The transforms are additions only (entries 0, +-1, and the
@@ -68,21 +68,27 @@ nn3d/kernels/winograd/ are the fast kernels (their order: __init__.py).
    it). F(2, 3) is the most accurate Winograd variant: its points 0, +-1 keep every coefficient 0,
    +-1 or 1/2; larger tiles (F(4, 3): points +-2, +-1/2) lose far more.
 
-Notation, here and in every file of this package:
+Notation, here and in every file of this package (no letter means two things: the transformed
+positions are az, ay, ax, never a channel c or a bias b; the output gradient is dy, never G or w;
+G is only the filter matrix):
 
-    g         a 3x3x3 filter: weight[co, ci] of a weight (Cout, Cin, 3, 3, 3); i, j, k its taps
-    d         a 4x4x4 input tile, i, j, k its voxels; tiles overlap by 2 (a halo of 1 each side)
-    y, e      a 2x2x2 output tile and its output gradient dL/dy; p, q, r their voxels
-    t         a tile's number, ((n * tiles_d + td) * tiles_h + th) * tiles_w + tw
+    g            a 3x3x3 filter: weight[co, ci] of a weight (Cout, Cin, 3, 3, 3); i, j, k its taps
+    d            a 4x4x4 input tile, i, j, k its voxels; tiles overlap by 2 (a halo of 1 each side)
+    y, dy        a 2x2x2 output tile and its output gradient dL/dy; p, q, r their voxels
+    t            a tile's number, ((n * tiles_d + td) * tiles_h + th) * tiles_w + tw
     B^T, G, A^T  the 1-D input, filter and output transforms (B_T, G, A_T below); A = (A^T)^T
-    a, b, c   the points (0, 1, -1, infinity) along z, y and x of a transformed tile
-    xi        a transformed position (a*4 + b)*4 + c, 0 <= xi < TILE_VALUES = 64
-    U         the filter transform, G along each axis of g: (4, 4, 4) per (co, ci) pair
-    V         the input transform, B^T along each axis of d: (4, 4, 4) per tile and ci
-    M         the products M[xi][t, co] = sum_ci V[xi][t, ci] U[xi][ci, co]; y = A^T along each axis of M
-    W         the output-gradient transform, A along each axis of e (grad_weight.py)
-    dU        dL/dU[xi][ci, co] = sum_t V[xi][t, ci] W[xi][t, co] (grad_weight.py)
-    cb        a block of BLOCK_C = 16 output channels, the width of a register tile
+    az, ay, ax   a transformed position's points (0, 1, -1, infinity) along z, y and x (as kz, ky, kx
+                 are a kernel offset's)
+    xi           a transformed position (az*4 + ay)*4 + ax, 0 <= xi < TILE_VALUES = 64
+    U            the filter transform, G along each axis of g: (4, 4, 4) per (co, ci) pair
+    V            the input transform, B^T along each axis of d: (4, 4, 4) per tile and ci
+    M            the products M[xi][t, co] = sum_ci V[xi][t, ci] U[xi][ci, co]; y = A^T along each axis of M
+    dM           dL/dM, the output-gradient transform: A along each axis of dy (grad_weight.py)
+    dU           dL/dU[xi][ci, co] = sum_t V[xi][t, ci] dM[xi][t, co] (grad_weight.py)
+    cb, c        a block of BLOCK_C = 16 output channels (a register tile), and a lane of it
+
+(The kernels of products.py and grad_weight.py still hold dM in arrays named w and w_matrix, and
+one row of it in e: read those as dM.)
 """
 import numpy as np
 
@@ -91,14 +97,14 @@ B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], dtyp
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)        # (4, 3)
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, 1]], dtype=np.float64)                                  # (2, 4)
 G_KRON = np.kron(np.kron(G, G), G)                                  # (64, 27): G along three axes at once
-TILE_VALUES = 64       # 4 x 4 x 4 transformed positions xi = (a*4 + b)*4 + c
+TILE_VALUES = 64       # 4 x 4 x 4 transformed positions xi = (az*4 + ay)*4 + ax
 
 
 def filter_transform_reference(weight):
-    """U[a, b, c, co, ci] = sum_{i,j,k} G[a, i] G[b, j] G[c, k] weight[co, ci, i, j, k] plainly, in
-    float64: G along kz, ky and kx at once, as one (64, 27) @ (27, Cout*Cin) product with the
-    Kronecker product G (x) G (x) G, whose row a*16 + b*4 + c, column i*9 + j*3 + k is
-    G[a,i] G[b,j] G[c,k]. weight (Cout, Cin, 3, 3, 3) -> U (4, 4, 4, Cout, Cin). The kernels use
+    """U[az, ay, ax, co, ci] = sum_{i,j,k} G[az, i] G[ay, j] G[ax, k] weight[co, ci, i, j, k] plainly,
+    in float64: G along kz, ky and kx at once, as one (64, 27) @ (27, Cout*Cin) product with the
+    Kronecker product G (x) G (x) G, whose row az*16 + ay*4 + ax, column i*9 + j*3 + k is
+    G[az, i] G[ay, j] G[ax, k]. weight (Cout, Cin, 3, 3, 3) -> U (4, 4, 4, Cout, Cin). The kernels use
     `filter_transform`, tested against this."""
     cout, cin = weight.shape[:2]
     u = G_KRON @ weight.reshape(cout * cin, 27).astype(np.float64).T       # (64, Cout*Cin)
@@ -106,15 +112,15 @@ def filter_transform_reference(weight):
 
 
 POINTS_FLIPPED = [3, 1, 2, 0]   # G applied to (g2, g1, g0): the points 0 and infinity trade places
-POSITIONS_FLIPPED = np.array([(POINTS_FLIPPED[a] * 4 + POINTS_FLIPPED[b]) * 4 + POINTS_FLIPPED[c]   # xi -> xi'
-                              for a in range(4) for b in range(4) for c in range(4)])
+POSITIONS_FLIPPED = np.array([(POINTS_FLIPPED[az] * 4 + POINTS_FLIPPED[ay]) * 4 + POINTS_FLIPPED[ax]   # xi -> xi'
+                              for az in range(4) for ay in range(4) for ax in range(4)])
 
 
 def flipped_transposed_transform_reference(u):
     """The filter transform of grad-input's kernel (nn3d/conv3d.py (3): the weight flipped along
     every axis, in/out channels swapped), from the forward's U instead of from the weights: G applied
     to the flipped filter (g2, g1, g0) gives (g2, (g0+g1+g2)/2, (g0-g1+g2)/2, g0), which is
-    ((G g)[3], (G g)[1], (G g)[2], (G g)[0]); so per axis U'[a] = U[POINTS_FLIPPED[a]], and the
+    ((G g)[3], (G g)[1], (G g)[2], (G g)[0]); so per axis U'[az] = U[POINTS_FLIPPED[az]], and the
     channel matrices are transposed. U (4, 4, 4, Cout, Cin) -> U' (4, 4, 4, Cin, Cout), plainly
     (`flipped_transposed_transform` is the kernels' version, on the packed layout)."""
     cout, cin = u.shape[3:]
@@ -125,7 +131,8 @@ def winograd_forward_reference(x, weight, bias):
     """F(2^3, 3^3) plainly, in float64: x (N, D, H, W, Cin) channels-last, unpadded; weight
     (Cout, Cin, 3, 3, 3); bias (Cout,) or None -> y (N, D, H, W, Cout), the stride-1, padding-1
     convolution (1) of nn3d/conv3d.py. Odd sizes: the last tile is partial (zeros beyond the halo,
-    outputs beyond the volume dropped)."""
+    outputs beyond the volume dropped). In the einsum strings a, b, c stand for az, ay, ax (one
+    letter per index), o and x for co and ci."""
     n_batch, *size, cin = x.shape
     cout = weight.shape[0]
     tiles = [(s + 1) // 2 for s in size]                                    # tiles_d, tiles_h, tiles_w

@@ -70,9 +70,9 @@ def winograd_kernel(x0, x1, u_packed, bias, relu, tiles_per_block, block_rows, n
 
 def tiles_per_block_for(cin, cout_padded):
     """Tiles per block: V and M of a block, 64 * tiles * (Cin + Cout) values, in about 128 KiB of
-    float32, in whole register tiles (8..64). Measured at the U-Net's shapes on 2 threads: smaller
-    blocks were faster down to 8 tiles (buffers that stay in L1/L2 while the three phases pass over
-    them; many blocks to share between threads at 8^3), larger ones up to 2x slower."""
+    float32, in whole register tiles (8..64). At the U-Net's shapes smaller blocks are faster, down
+    to 8 tiles (buffers that stay in L1/L2 while the three phases pass over them; many blocks to
+    share between threads at 8^3), and larger ones up to 2x slower (docs/performance.md)."""
     cin_padded = -(-cin // BLOCK_C) * BLOCK_C
     return int(min(64, max(8, 512 // (cin_padded + cout_padded) // 8 * 8)))
 

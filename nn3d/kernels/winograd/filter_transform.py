@@ -6,9 +6,9 @@ The filter transform U is computed once per training step: forward computes it f
 in/out-swapped weights, has the transform U with its channels swapped and its points 0 and infinity
 exchanged along each axis (`flipped_transposed_transform`).
 
-Both run once per layer and step as parallel kernels writing the packed layout directly (one-thread
-NumPy took 0.6-1.3 ms for the U-Net's 64- and 128-channel layers, 20-30 % of their 16^3 and 8^3
-passes on two threads).
+Both run once per layer and step as parallel kernels writing the packed layout directly: at the
+U-Net's 64- and 128-channel layers a one-thread transform would be a fifth to a third of their
+short 16^3 and 8^3 passes on two threads (docs/performance.md).
 """
 import numba
 import numpy as np
@@ -28,11 +28,11 @@ def filter_points(g0, g1, g2):
 
 @parallel_kernel
 def filter_transform_kernel(weight, n_workers, u_packed):
-    """u_packed[xi, cb, ci, c] = U[xi, 16cb + c, ci], with xi = (a*4 + b)*4 + c' and U =
+    """u_packed[xi, cb, ci, c] = U[xi, 16cb + c, ci], with xi = (az*4 + ay)*4 + ax and U =
     filter_transform_reference(weight), computed in float64 (exact but for the final rounding) and
     stored in u_packed's dtype; zeros for the padding output channels. Work items (cb, ci), dealt to
     n_workers workers with their own float64 scratch, 16 output channels side by side in each: G
-    along kx (along_x[i, j, cx, c], cx the point c'), then ky (along_y[i, b, cx, c]), then kz
+    along kx (along_x[i, j, ax, c]), then ky (along_y[i, ay, ax, c]), then kz
     (algorithm.py, section 2: the order does not matter)."""
     cout, cin = weight.shape[:2]
     n_cblocks = u_packed.shape[1]
@@ -51,19 +51,19 @@ def filter_transform_kernel(weight, n_workers, u_packed):
                             filter_points(np.float64(weight[co, ci, i, j, 0]), np.float64(weight[co, ci, i, j, 1]),
                                           np.float64(weight[co, ci, i, j, 2]))
             for i in range(3):
-                for cx in range(4):
+                for ax in range(4):
                     for c in range(BLOCK_C):
-                        along_y[i, 0, cx, c], along_y[i, 1, cx, c], along_y[i, 2, cx, c], along_y[i, 3, cx, c] = \
-                            filter_points(along_x[i, 0, cx, c], along_x[i, 1, cx, c], along_x[i, 2, cx, c])
-            for b in range(4):
-                for cx in range(4):
+                        along_y[i, 0, ax, c], along_y[i, 1, ax, c], along_y[i, 2, ax, c], along_y[i, 3, ax, c] = \
+                            filter_points(along_x[i, 0, ax, c], along_x[i, 1, ax, c], along_x[i, 2, ax, c])
+            for ay in range(4):
+                for ax in range(4):
                     for c in range(BLOCK_C):
-                        u0, u1, u2, u3 = filter_points(along_y[0, b, cx, c], along_y[1, b, cx, c],
-                                                       along_y[2, b, cx, c])
-                        u_packed[b * 4 + cx, cb, ci, c] = u0
-                        u_packed[16 + b * 4 + cx, cb, ci, c] = u1
-                        u_packed[32 + b * 4 + cx, cb, ci, c] = u2
-                        u_packed[48 + b * 4 + cx, cb, ci, c] = u3
+                        u0, u1, u2, u3 = filter_points(along_y[0, ay, ax, c], along_y[1, ay, ax, c],
+                                                       along_y[2, ay, ax, c])
+                        u_packed[ay * 4 + ax, cb, ci, c] = u0
+                        u_packed[16 + ay * 4 + ax, cb, ci, c] = u1
+                        u_packed[32 + ay * 4 + ax, cb, ci, c] = u2
+                        u_packed[48 + ay * 4 + ax, cb, ci, c] = u3
 
 
 def filter_transform(weight):

@@ -7,48 +7,47 @@ algorithm.py first: B^T, G, A^T, U, V, xi and the tiles are the same here).
        y_t = A^T [ U * V_t ]        U = G g G^T (the filter),   V_t = B^T d_t B (the input tile)
 
    so y_t[p] = sum_xi A^T[p, xi] U[xi] V_t[xi], with p over the tile's 8 voxels, xi over the 64
-   transformed positions and A^T[p, xi] = A^T[p0, a] A^T[p1, b] A^T[p2, c]. Let e_t = dL/dy_t be the
-   output gradient's tile (2, 2, 2). The weights reach L only through the y_t, and linearly:
+   transformed positions and A^T[p, xi] = A^T[p0, az] A^T[p1, ay] A^T[p2, ax]. Let dy_t = dL/dy_t be
+   the output gradient's tile (2, 2, 2). The weights reach L only through the y_t, and linearly:
 
-       dL/dU[xi] = sum_t sum_p e_t[p] A^T[p, xi] V_t[xi] = sum_t W_t[xi] V_t[xi],
-       W_t[xi]   = sum_p A^T[p, xi] e_t[p]          (4, 4, 4): A e_t A^T along each axis
+       dL/dU[xi] = sum_t sum_p dy_t[p] A^T[p, xi] V_t[xi] = sum_t dM_t[xi] V_t[xi],
+       dM_t[xi]  = sum_p A^T[p, xi] dy_t[p]         (4, 4, 4): A dy_t A^T along each axis, = dL/dM_t
 
-   One axis of A = (A^T)^T maps the two gradients (e0, e1) to the four values (e0, e0 + e1, e0 - e1,
-   e1): additions only, like B^T. And U[xi] = sum_k G_KRON[xi, k] g[k] over the 27 taps k = (i, j, k)
+   One axis of A = (A^T)^T maps the two gradients (dy0, dy1) to the four values (dy0, dy0 + dy1,
+   dy0 - dy1, dy1): additions only, like B^T. And U[xi] = sum_k G_KRON[xi, k] g[k] over the 27 taps k = (i, j, k)
    (filter_transform.py), so
 
-       dL/dg[i, j, k] = sum_{a,b,c} G[a, i] G[b, j] G[c, k] dL/dU[a, b, c]          G^T along each axis
+       dL/dg[i, j, k] = sum_{az,ay,ax} G[az, i] G[ay, j] G[ax, k] dL/dU[az, ay, ax]   G^T along each axis
 
-2. With channels U[xi] is (Cin, Cout), V_t[xi] has Cin values and W_t[xi] Cout:
+2. With channels U[xi] is (Cin, Cout), V_t[xi] has Cin values and dM_t[xi] Cout:
 
-       dU[xi][ci, co] = sum_t V[xi][t, ci] W[xi][t, co]      64 products (Cin x T) @ (T x Cout)
+       dU[xi][ci, co] = sum_t V[xi][t, ci] dM[xi][t, co]     64 products (Cin x T) @ (T x Cout)
        dw[co, ci, i, j, k] = sum_xi G_KRON[xi, (i, j, k)] dU[xi][ci, co]      (Cout, Cin, 3, 3, 3)
 
    The first line is the work: 64 multiply-adds per tile and channel pair, where the direct sum (4)
    does 8 voxels x 27 taps = 216, the same 3.375x as the forward. The second is one (27, 64) @
    (64, Cin*Cout) product per call, 27/T of the first line's multiplications, in float64. (It runs
-   in the parallel kernel that adds the chunks' partial dU, `sum_chunks_and_transform`: as a BLAS
-   call with its transposes it took 2.9 ms at 128 -> 128 channels, more than the rest of an 8^3
-   layer's grad-weight.)
+   in the parallel kernel that adds the chunks' partial dU, `sum_chunks_and_transform`, which reads
+   every dU entry anyway: no BLAS call, no transposed copies, every core busy.)
 
 3. Why the transposed F(2, 3), and no F(3, 2). Grad-weight is itself a correlation, of the input
-   with the output gradient: along one axis, dg_i = sum_o d_{o+i} e_o, three taps from a 2-wide
-   tile of e, for which one could derive a minimal algorithm F(3, 2) of its own. It is not needed:
+   with the output gradient: along one axis, dg_i = sum_o d_{o+i} dy_o, three taps from a 2-wide
+   tile of dy, for which one could derive a minimal algorithm F(3, 2) of its own. It is not needed:
    the forward computes y = A^T [(G g) * (B^T d)], linear in g, with one multiplication per
    transformed position; the gradient of a linear map is its transpose, and the transpose of this
    program (read backwards: A^T becomes A, G becomes G^T, the element-wise product stays) is
-   dg = G^T [(A e) * (B^T d)], with the same 4 multiplications per tile in 1-D, 64 in 3-D. That is
+   dg = G^T [(A dy) * (B^T d)], with the same 4 multiplications per tile in 1-D, 64 in 3-D. That is
    an F(3, 2) algorithm (Winograd's transposition principle), read off the forward one, and it
    reuses the forward's input transform V unchanged. Edges need nothing new: the input's halo is
    the forward's zeros, and where an odd size leaves the last tile partial, the forward dropped the
-   outputs beyond the volume, so their gradient is zero: e_t is padded with zeros.
+   outputs beyond the volume, so their gradient is zero: dy_t is padded with zeros.
 
-4. Where the float32 error comes from. The transforms add at most 8 values each (V, W; exact
+4. Where the float32 error comes from. The transforms add at most 8 values each (V, dM; exact
    coefficients 0, +-1); the long sum is the one over tiles, T = N*D*H*W/8 (32768 at 64^3), in three
    short levels: a register accumulator runs over the tiles of one block (<= 64), the blocks of a
    chunk add into the chunk's own partial dU, and the chunks' partials are added in float64, in
    chunk order (no float32 chain runs over all tiles, and the result does not depend on the thread
-   count). G^T then runs in float64. The dU entries are larger than the dw they make (each V and W
+   count). G^T then runs in float64. The dU entries are larger than the dw they make (each V and dM
    sums up to 8 values, and G^T subtracts them), so their rounding errors count relative to |dU|,
    not |dw|; against that, no float32 sum is long. Measured (python -m benchmarks.winograd_accuracy,
    U-Net layers at 64^3, max error relative to the gradient's scale vs float64): 2.7e-7 .. 4.7e-7,
@@ -62,9 +61,9 @@ than 32 chunks (a 16^3 volume has 8) a chunk and one group of its output-channel
 those columns of the chunk's dU: every dU entry is still summed over the same tiles in the same
 order, whatever the grouping, and the items' cost is the input transform done once per group. Within
 an item a worker goes block by block (`tiles_per_block` tiles): V (64, rows, Cin_padded) by tile_transforms.py's
-`transform_input_block`, W (64, Cout_padded/16, rows, 16) by `transform_grad_output_block`, then
-`accumulate_block_products` adds V[xi]^T W[xi] into the chunk's dU, a register tile of block_rows
-input channels x 16 output channels at a time running over the block's tiles. V and W (8x the
+`transform_input_block`, dM (64, Cout_padded/16, rows, 16) by `transform_grad_output_block`, then
+`accumulate_block_products` adds V[xi]^T dM[xi] into the chunk's dU, a register tile of block_rows
+input channels x 16 output channels at a time running over the block's tiles. V and dM (8x the
 block's input and output gradient) stay in the worker's buffers: they never travel through main
 memory. `sum_chunks_and_transform` then adds the chunks' partials and applies G^T, in float64, in
 parallel over the input channels.

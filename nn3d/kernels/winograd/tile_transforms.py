@@ -1,6 +1,6 @@
 """The transforms of one block of tiles, 16 channels at a time: the input transform V = B^T along
 each axis of d (`transform_input_block`), the output transform y = A^T along each axis of M plus the
-bias (`transform_output_block`) and the output-gradient transform W = A along each axis of e
+bias (`transform_output_block`) and the output-gradient transform dM = A along each axis of dy
 (`transform_grad_output_block`, grad_weight.py's). Tiles at the volume's faces are first staged with
 their zeros into a small buffer (`tile_source`, `stage_edge_tile`); every other tile is read where it
 lies, so no padded copy of the input is made. The notation is algorithm.py's.
@@ -26,9 +26,10 @@ def output_transform_1d(m0, m1, m2, m3):
 
 
 @tile_helper
-def grad_output_transform_1d(e0, e1):
-    """A (e0, e1) = (e0, e0 + e1, e0 - e1, e1) on 16-channel vectors (A = (A^T)^T: grad_weight.py, section 1)."""
-    return e0, add16(e0, e1), sub16(e0, e1), e1
+def grad_output_transform_1d(dy0, dy1):
+    """A (dy0, dy1) = (dy0, dy0 + dy1, dy0 - dy1, dy1) on 16-channel vectors (A = (A^T)^T: grad_weight.py,
+    section 1)."""
+    return dy0, add16(dy0, dy1), sub16(dy0, dy1), dy1
 
 
 def tile_count(shape):
@@ -50,46 +51,45 @@ def tile_position(tile, tiles_d, tiles_h, tiles_w):
 # 16-channel vectors does not fit in the 32 vector registers, one plane of it does: each plane of the
 # transformed tile is B^T along z for its 16 positions, read straight from the tile's voxels, then
 # B^T along y and along x in registers, stored once. Per tile and 16 channels that is 128 vector
-# loads and 64 stores, where one pass per axis through two scratch tiles took 192 loads and 192
-# stores.
+# loads and 64 stores (one pass per axis through scratch tiles would take 192 of each).
 @tile_helper
-def input_voxel_along_z(source, voxel, plane, a):
-    """(B^T d[:, j, k])[a] for the tile's column (j, k), whose d[i, j, k] is at source[voxel + i*plane]
-    (unsigned). `a` is a constant where this is inlined: the loads and sums of B^T's other rows
+def input_voxel_along_z(source, voxel, plane, az):
+    """(B^T d[:, j, k])[az] for the tile's column (j, k), whose d[i, j, k] is at source[voxel + i*plane]
+    (unsigned). `az` is a constant where this is inlined: the loads and sums of B^T's other rows
     compile to nothing."""
     return input_transform_1d(load16_at(source, voxel), load16_at(source, voxel + plane),
                               load16_at(source, voxel + UINT[2] * plane),
-                              load16_at(source, voxel + UINT[3] * plane))[a]
+                              load16_at(source, voxel + UINT[3] * plane))[az]
 
 
 @tile_helper
-def input_row_along_z(source, row, plane, voxel_step, a):
+def input_row_along_z(source, row, plane, voxel_step, az):
     """input_voxel_along_z for the four columns (j, k), k = 0..3, of the row whose d[0, j, 0] is at
     source[row] (voxels voxel_step apart)."""
-    return (input_voxel_along_z(source, row, plane, a), input_voxel_along_z(source, row + voxel_step, plane, a),
-            input_voxel_along_z(source, row + UINT[2] * voxel_step, plane, a),
-            input_voxel_along_z(source, row + UINT[3] * voxel_step, plane, a))
+    return (input_voxel_along_z(source, row, plane, az), input_voxel_along_z(source, row + voxel_step, plane, az),
+            input_voxel_along_z(source, row + UINT[2] * voxel_step, plane, az),
+            input_voxel_along_z(source, row + UINT[3] * voxel_step, plane, az))
 
 
 @tile_helper
-def input_tile_plane(source, at, plane, row_length, voxel_step, a, v, to, xi_step):
-    """V[xi = (a*4 + b)*4 + c] = sum_{i,j,k} B^T[a, i] B^T[b, j] B^T[c, k] d[i, j, k] for b, c = 0..3
-    (plane a of the transformed tile), stored at v[to + xi * xi_step]; d[i, j, k] at
+def input_tile_plane(source, at, plane, row_length, voxel_step, az, v, to, xi_step):
+    """V[xi = (az*4 + ay)*4 + ax] = sum_{i,j,k} B^T[az, i] B^T[ay, j] B^T[ax, k] d[i, j, k] for
+    ay, ax = 0..3 (plane az of the transformed tile), stored at v[to + xi * xi_step]; d[i, j, k] at
     source[at + i*plane + j*row_length + k*voxel_step] (all unsigned)."""
-    e0 = input_row_along_z(source, at, plane, voxel_step, a)                   # e_j[k]: z done, j = 0
-    e1 = input_row_along_z(source, at + row_length, plane, voxel_step, a)
-    e2 = input_row_along_z(source, at + UINT[2] * row_length, plane, voxel_step, a)
-    e3 = input_row_along_z(source, at + UINT[3] * row_length, plane, voxel_step, a)
-    f0 = input_transform_1d(e0[0], e1[0], e2[0], e3[0])                        # f_k[b]: y done, k = 0
-    f1 = input_transform_1d(e0[1], e1[1], e2[1], e3[1])
-    f2 = input_transform_1d(e0[2], e1[2], e2[2], e3[2])
-    f3 = input_transform_1d(e0[3], e1[3], e2[3], e3[3])
-    plane_at = to + np.uint64(16 * a) * xi_step                              # V[a, 0, 0]
-    b_step = UINT[4] * xi_step                                                  # V[a, b] to V[a, b + 1]
-    store4x16_at(v, plane_at, xi_step, input_transform_1d(f0[0], f1[0], f2[0], f3[0]))      # x done, b = 0
-    store4x16_at(v, plane_at + b_step, xi_step, input_transform_1d(f0[1], f1[1], f2[1], f3[1]))
-    store4x16_at(v, plane_at + UINT[2] * b_step, xi_step, input_transform_1d(f0[2], f1[2], f2[2], f3[2]))
-    store4x16_at(v, plane_at + UINT[3] * b_step, xi_step, input_transform_1d(f0[3], f1[3], f2[3], f3[3]))
+    z0 = input_row_along_z(source, at, plane, voxel_step, az)                   # z0[k] = row j = 0, B^T along z done
+    z1 = input_row_along_z(source, at + row_length, plane, voxel_step, az)
+    z2 = input_row_along_z(source, at + UINT[2] * row_length, plane, voxel_step, az)
+    z3 = input_row_along_z(source, at + UINT[3] * row_length, plane, voxel_step, az)
+    zy0 = input_transform_1d(z0[0], z1[0], z2[0], z3[0])                        # zy0[ay] = column k = 0, along y done
+    zy1 = input_transform_1d(z0[1], z1[1], z2[1], z3[1])
+    zy2 = input_transform_1d(z0[2], z1[2], z2[2], z3[2])
+    zy3 = input_transform_1d(z0[3], z1[3], z2[3], z3[3])
+    plane_at = to + np.uint64(16 * az) * xi_step                                # V[az, 0, 0]
+    ay_step = UINT[4] * xi_step                                                 # V[az, ay] to V[az, ay + 1]
+    store4x16_at(v, plane_at, xi_step, input_transform_1d(zy0[0], zy1[0], zy2[0], zy3[0]))  # x done, ay = 0
+    store4x16_at(v, plane_at + ay_step, xi_step, input_transform_1d(zy0[1], zy1[1], zy2[1], zy3[1]))
+    store4x16_at(v, plane_at + UINT[2] * ay_step, xi_step, input_transform_1d(zy0[2], zy1[2], zy2[2], zy3[2]))
+    store4x16_at(v, plane_at + UINT[3] * ay_step, xi_step, input_transform_1d(zy0[3], zy1[3], zy2[3], zy3[3]))
 
 
 @inlined_tile_helper
@@ -172,18 +172,19 @@ def transform_input_block(x0, x1, first, count, rows, v, staged):
 # transform: A^T along z for the plane's 16 positions, read straight from M, then A^T along y and along
 # x in registers, plus the bias, stored to y (per tile and 16 channels 96 vector loads and 8 stores).
 @tile_helper
-def output_row_along_z(m, row, a_step, xi_step, p):
-    """(A^T M[:, b, c])[p] for c = 0..3, the row (b) whose M[a, b, c] is at m[row + a*a_step + c*xi_step]
+def output_row_along_z(m, row, az_step, xi_step, p):
+    """(A^T M[:, ay, ax])[p] for ax = 0..3, the row (ay) whose M[az, ay, ax] is at
+    m[row + az*az_step + ax*xi_step]
     (all unsigned). `p` is a constant where this is inlined: the other row of A^T compiles to nothing."""
-    c1, c2, c3 = row + xi_step, row + UINT[2] * xi_step, row + UINT[3] * xi_step
-    return (output_transform_1d(load16_at(m, row), load16_at(m, row + a_step),
-                                load16_at(m, row + UINT[2] * a_step), load16_at(m, row + UINT[3] * a_step))[p],
-            output_transform_1d(load16_at(m, c1), load16_at(m, c1 + a_step),
-                                load16_at(m, c1 + UINT[2] * a_step), load16_at(m, c1 + UINT[3] * a_step))[p],
-            output_transform_1d(load16_at(m, c2), load16_at(m, c2 + a_step),
-                                load16_at(m, c2 + UINT[2] * a_step), load16_at(m, c2 + UINT[3] * a_step))[p],
-            output_transform_1d(load16_at(m, c3), load16_at(m, c3 + a_step),
-                                load16_at(m, c3 + UINT[2] * a_step), load16_at(m, c3 + UINT[3] * a_step))[p])
+    ax1, ax2, ax3 = row + xi_step, row + UINT[2] * xi_step, row + UINT[3] * xi_step
+    return (output_transform_1d(load16_at(m, row), load16_at(m, row + az_step),
+                                load16_at(m, row + UINT[2] * az_step), load16_at(m, row + UINT[3] * az_step))[p],
+            output_transform_1d(load16_at(m, ax1), load16_at(m, ax1 + az_step),
+                                load16_at(m, ax1 + UINT[2] * az_step), load16_at(m, ax1 + UINT[3] * az_step))[p],
+            output_transform_1d(load16_at(m, ax2), load16_at(m, ax2 + az_step),
+                                load16_at(m, ax2 + UINT[2] * az_step), load16_at(m, ax2 + UINT[3] * az_step))[p],
+            output_transform_1d(load16_at(m, ax3), load16_at(m, ax3 + az_step),
+                                load16_at(m, ax3 + UINT[2] * az_step), load16_at(m, ax3 + UINT[3] * az_step))[p])
 
 
 @tile_helper
@@ -199,24 +200,24 @@ def store_output_pair(y_flat, to, voxel_step, pair, b16, relu, r1_inside):
 
 @inlined_tile_helper
 def output_tile_plane(m, at, xi_step, p, b16, relu, y_flat, to, row_length, voxel_step, q1_inside, r1_inside):
-    """y[p, q, r] = sum_{a,b,c} A^T[p, a] A^T[q, b] A^T[r, c] M[(a*4 + b)*4 + c] + bias (then max(0, .) if
+    """y[p, q, r] = sum_{az,ay,ax} A^T[p, az] A^T[q, ay] A^T[r, ax] M[(az*4 + ay)*4 + ax] + bias (then max(0, .) if
     relu) for q, r = 0, 1 (plane p of the output tile), M[xi] at m[at + xi * xi_step], for the voxels
     that exist: y[p, 0, 0] at y_flat[to], y[p, q, r] at to + q*row_length + r*voxel_step if q1_inside
     (for q = 1) and r1_inside (for r = 1)."""
-    a_step = np.uint64(16) * xi_step                                         # M[a, b, c] to M[a + 1, b, c]
-    b_step = UINT[4] * xi_step                                                  # M[a, b, c] to M[a, b + 1, c]
-    e0 = output_row_along_z(m, at, a_step, xi_step, p)                       # e_b[c]: z done, b = 0
-    e1 = output_row_along_z(m, at + b_step, a_step, xi_step, p)
-    e2 = output_row_along_z(m, at + UINT[2] * b_step, a_step, xi_step, p)
-    e3 = output_row_along_z(m, at + UINT[3] * b_step, a_step, xi_step, p)
-    f0 = output_transform_1d(e0[0], e1[0], e2[0], e3[0])                     # f_c[q]: y done, c = 0
-    f1 = output_transform_1d(e0[1], e1[1], e2[1], e3[1])
-    f2 = output_transform_1d(e0[2], e1[2], e2[2], e3[2])
-    f3 = output_transform_1d(e0[3], e1[3], e2[3], e3[3])
-    store_output_pair(y_flat, to, voxel_step, output_transform_1d(f0[0], f1[0], f2[0], f3[0]), b16, relu,
+    az_step = np.uint64(16) * xi_step                                           # M[az, ay, ax] to M[az + 1, ay, ax]
+    ay_step = UINT[4] * xi_step                                                 # M[az, ay, ax] to M[az, ay + 1, ax]
+    z0 = output_row_along_z(m, at, az_step, xi_step, p)  # z0[ax] = row ay = 0, A^T along z done
+    z1 = output_row_along_z(m, at + ay_step, az_step, xi_step, p)
+    z2 = output_row_along_z(m, at + UINT[2] * ay_step, az_step, xi_step, p)
+    z3 = output_row_along_z(m, at + UINT[3] * ay_step, az_step, xi_step, p)
+    zy0 = output_transform_1d(z0[0], z1[0], z2[0], z3[0])                       # zy0[q] = column ax = 0, along y done
+    zy1 = output_transform_1d(z0[1], z1[1], z2[1], z3[1])
+    zy2 = output_transform_1d(z0[2], z1[2], z2[2], z3[2])
+    zy3 = output_transform_1d(z0[3], z1[3], z2[3], z3[3])
+    store_output_pair(y_flat, to, voxel_step, output_transform_1d(zy0[0], zy1[0], zy2[0], zy3[0]), b16, relu,
                       r1_inside)                                             # x done, q = 0
     if q1_inside:
-        store_output_pair(y_flat, to + row_length, voxel_step, output_transform_1d(f0[1], f1[1], f2[1], f3[1]),
+        store_output_pair(y_flat, to + row_length, voxel_step, output_transform_1d(zy0[1], zy1[1], zy2[1], zy3[1]),
                           b16, relu, r1_inside)
 
 
@@ -257,36 +258,36 @@ def transform_output_block(m, bias, relu, first, count, rows, y0, y1):
 # tile at a time like the input transform (A along z read straight from the tile's voxels,
 # then along y and x in registers, stored once: per tile 24 vector loads and 64 stores).
 @tile_helper
-def grad_output_row_along_z(source, row, plane, voxel_step, a):
-    """(A e[:, q, r])[a] for r = 0, 1, the row (q) of the tile whose e[p, q, r] is at
-    source[row + p*plane + r*voxel_step] (all unsigned); `a` a constant where this is inlined."""
-    return (grad_output_transform_1d(load16_at(source, row), load16_at(source, row + plane))[a],
+def grad_output_row_along_z(source, row, plane, voxel_step, az):
+    """(A dy[:, q, r])[az] for r = 0, 1, the row (q) of the tile whose dy[p, q, r] is at
+    source[row + p*plane + r*voxel_step] (all unsigned); `az` a constant where this is inlined."""
+    return (grad_output_transform_1d(load16_at(source, row), load16_at(source, row + plane))[az],
             grad_output_transform_1d(load16_at(source, row + voxel_step),
-                                     load16_at(source, row + voxel_step + plane))[a])
+                                     load16_at(source, row + voxel_step + plane))[az])
 
 
 @inlined_tile_helper
-def grad_output_tile_plane(source, at, plane, row_length, voxel_step, a, w, to, xi_step):
-    """W[xi = (a*4 + b)*4 + c] = sum_{p,q,r} A[a, p] A[b, q] A[c, r] e[p, q, r] for b, c = 0..3 (plane a of
-    the transformed tile), stored at w[to + xi * xi_step]; e[p, q, r] at
+def grad_output_tile_plane(source, at, plane, row_length, voxel_step, az, dm, to, xi_step):
+    """dM[xi = (az*4 + ay)*4 + ax] = sum_{p,q,r} A[az, p] A[ay, q] A[ax, r] dy[p, q, r] for ay, ax = 0..3
+    (plane az of the transformed tile), stored at dm[to + xi * xi_step]; dy[p, q, r] at
     source[at + p*plane + q*row_length + r*voxel_step] (all unsigned)."""
-    e0 = grad_output_row_along_z(source, at, plane, voxel_step, a)              # e_q[r]: z done, q = 0
-    e1 = grad_output_row_along_z(source, at + row_length, plane, voxel_step, a)
-    f0 = grad_output_transform_1d(e0[0], e1[0])                                 # f_r[b]: y done, r = 0
-    f1 = grad_output_transform_1d(e0[1], e1[1])
-    plane_at = to + np.uint64(16 * a) * xi_step                               # W[a, 0, 0]
-    b_step = UINT[4] * xi_step                                                   # W[a, b] to W[a, b + 1]
-    store4x16_at(w, plane_at, xi_step, grad_output_transform_1d(f0[0], f1[0]))          # x done, b = 0
-    store4x16_at(w, plane_at + b_step, xi_step, grad_output_transform_1d(f0[1], f1[1]))
-    store4x16_at(w, plane_at + UINT[2] * b_step, xi_step, grad_output_transform_1d(f0[2], f1[2]))
-    store4x16_at(w, plane_at + UINT[3] * b_step, xi_step, grad_output_transform_1d(f0[3], f1[3]))
+    z0 = grad_output_row_along_z(source, at, plane, voxel_step, az)             # z0[r] = row q = 0, A along z done
+    z1 = grad_output_row_along_z(source, at + row_length, plane, voxel_step, az)
+    zy0 = grad_output_transform_1d(z0[0], z1[0])                                # zy0[ay] = column r = 0, along y done
+    zy1 = grad_output_transform_1d(z0[1], z1[1])
+    plane_at = to + np.uint64(16 * az) * xi_step                                # dM[az, 0, 0]
+    ay_step = UINT[4] * xi_step                                                 # dM[az, ay] to dM[az, ay + 1]
+    store4x16_at(dm, plane_at, xi_step, grad_output_transform_1d(zy0[0], zy1[0]))  # x done, ay = 0
+    store4x16_at(dm, plane_at + ay_step, xi_step, grad_output_transform_1d(zy0[1], zy1[1]))
+    store4x16_at(dm, plane_at + UINT[2] * ay_step, xi_step, grad_output_transform_1d(zy0[2], zy1[2]))
+    store4x16_at(dm, plane_at + UINT[3] * ay_step, xi_step, grad_output_transform_1d(zy0[3], zy1[3]))
 
 
 @tile_helper
-def transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_end, w, staged):
-    """W[xi, cb, t, :] = (A e_t A^T along each axis) of the output-gradient tiles first + t, t < count,
+def transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_end, dm, staged):
+    """dM[xi, cb, t, :] = (A dy_t A^T along each axis) of the output-gradient tiles first + t, t < count,
     for the output-channel blocks cb_first <= cb < cb_end (16 channels each).
-    grad_output (N, D, H, W, Cout); w (64, Cout_padded/16, rows, 16) flat; staged (4 * 4 * 4 * 16,).
+    grad_output (N, D, H, W, Cout); dm (64, Cout_padded/16, rows, 16) flat; staged (4 * 4 * 4 * 16,).
     A tile sticking out of an odd-sized volume, and the last block of channels when Cout is not a
     multiple of 16, are read from `staged` (`tile_source`: a 4x4x4 window with zeros
     outside the volume, whose first 2x2x2 voxels are the tile)."""
@@ -294,7 +295,7 @@ def transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_en
     tiles_d, tiles_h, tiles_w = (size_d + 1) // 2, (size_h + 1) // 2, (size_w + 1) // 2
     n_cblocks = (cout + BLOCK_C - 1) // BLOCK_C
     g_flat = grad_output.reshape(grad_output.size)
-    xi_step = np.uint64(n_cblocks * rows * BLOCK_C)        # from W[xi] to W[xi + 1]
+    xi_step = np.uint64(n_cblocks * rows * BLOCK_C)                             # from dM[xi] to dM[xi + 1]
     for t in range(count):
         n, td, th, tw = tile_position(first + t, tiles_d, tiles_h, tiles_w)
         iz0, iy0, ix0 = 2 * td, 2 * th, 2 * tw             # the tile's first voxel
@@ -303,7 +304,7 @@ def transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_en
             source, at, plane, row_length, voxel_step = tile_source(grad_output, g_flat, n, iz0, iy0, ix0,
                                                                     cb * BLOCK_C, whole, staged)
             to = np.uint64((cb * rows + t) * BLOCK_C)
-            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 0, w, to, xi_step)
-            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 1, w, to, xi_step)
-            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 2, w, to, xi_step)
-            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 3, w, to, xi_step)
+            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 0, dm, to, xi_step)
+            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 1, dm, to, xi_step)
+            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 2, dm, to, xi_step)
+            grad_output_tile_plane(source, at, plane, row_length, voxel_step, 3, dm, to, xi_step)
