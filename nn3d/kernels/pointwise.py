@@ -9,10 +9,11 @@ With a 1x1x1 kernel, stride 1 and no padding, the lines of nn3d/conv3d.py become
 
 The register-blocked kernels of conv3d.py compute 16 output channels at a time; for Cout = 1 they
 would do 16 times the work and pad the output gradient to 16 channels (a full 16-channel volume).
-These kernels loop over the Cout channels that exist. All three are memory-bound (about one read of
-x per pass). (4) sums 2^18 products at 64^3: it is summed per chunk of ROWS_PER_CHUNK voxels in
-float64, and the chunks are added in a fixed order (the same bits on any thread count), as in
-channel_sum.py. References: the conv3d references with a 1x1x1 kernel (nn3d/kernels/reference.py).
+These kernels loop over the Cout channels that exist. Each reads x about once; forward is slower than
+a read of x (it sums each voxel's channels across vector lanes: docs/performance.md, "AVX2").
+(4) sums 2^18 products at 64^3: it is summed per chunk of ROWS_PER_CHUNK voxels in float64, and the
+chunks are added in a fixed order (the same bits on any thread count), as in channel_sum.py.
+References: the conv3d references with a 1x1x1 kernel (nn3d/kernels/reference.py).
 """
 import numpy as np
 from numba import prange
@@ -29,6 +30,11 @@ def is_pointwise(kernel_size, stride, cout):
 
 
 VOXELS_PER_ITEM = 256     # forward's work items: 1024 at 64^3
+
+
+def pointwise_forward_work_items(n_voxels):
+    """The parallel work items of `pointwise_forward` for P = n_voxels: blocks of VOXELS_PER_ITEM."""
+    return -(-n_voxels // VOXELS_PER_ITEM)
 
 
 @inlined_tile_helper
