@@ -47,7 +47,7 @@ from ..core import arena
 from ..core.shapes import window_output_size
 from .jit import blocked_kernel, tile_helper
 from .padding import embed_strided, pad_channels_last
-from .pointwise import is_pointwise, pointwise_forward, pointwise_grad_input
+from .pointwise import is_pointwise, pointwise_forward, pointwise_forward_work_items, pointwise_grad_input
 from .register_tile import BLOCK_C, BLOCK_W, fma16, load16
 from .weight_packing import flipped_transposed, pack_weight
 
@@ -189,11 +189,11 @@ def conv3d_forward(x_pad, weight, bias, stride, block_w=BLOCK_W, relu=False):
 
 def conv3d_forward_work_items(output_shape, kernel_size, stride):
     """The parallel work items (prange iterations) of `conv3d_forward` for an output
-    (N, Do, Ho, Wo, Cout): one per voxel in the pointwise kernel, else one per (block of 16 output
+    (N, Do, Ho, Wo, Cout): the pointwise kernel's blocks of voxels, else one per (block of 16 output
     channels, output row (n, od, oh)) in `conv3d_forward_kernel`."""
     n_batch, out_d, out_h, out_w, cout = output_shape
     if is_pointwise(kernel_size, stride, cout):
-        return n_batch * out_d * out_h * out_w
+        return pointwise_forward_work_items(n_batch * out_d * out_h * out_w)
     return -(-cout // BLOCK_C) * n_batch * out_d * out_h
 
 

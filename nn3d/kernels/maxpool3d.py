@@ -2,6 +2,7 @@
 
     maxpool3d_forward(x, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w, y, argmax)
                                                                      (F) and (A) of the derivation
+        (a Python function: it passes the window as a tuple of offsets to maxpool3d_forward_kernel)
     maxpool3d_backward(grad_output, argmax, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w,
                        grad_input)                                                       (B)
     maxpool3d_backward_tiled(grad_output, argmax, kernel_d, kernel_h, kernel_w, grad_input)
@@ -21,35 +22,55 @@ from numba import prange
 from .jit import parallel_kernel
 
 
-@parallel_kernel
-def maxpool3d_forward(x, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w, y, argmax):
-    """x: (N, D, H, W, C); y: (N, Do, Ho, Wo, C) same dtype; argmax: (N, Do, Ho, Wo, C) uint8.
+def window_offsets(x_shape, kernel_d, kernel_h, kernel_w):
+    """The flat offsets of a window's voxels from its first voxel in a C-contiguous (N, D, H, W, C)
+    array of shape x_shape, in scan order (position a = (kz * kernel_h + ky) * kernel_w + kx): a tuple
+    of unsigned integers, so its length (the window's size) is a compile-time constant of the kernel."""
+    _, _, in_h, in_w, channels = x_shape
+    return tuple(np.uint64(((kz * in_h + ky) * in_w + kx) * channels)
+                 for kz in range(kernel_d) for ky in range(kernel_h) for kx in range(kernel_w))
 
-    Each prange iteration owns one output row y[n, od, oh] (and argmax's). The channel loop is
-    innermost, so the comparisons run over contiguous memory.
+
+def maxpool3d_forward(x, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w, y, argmax):
+    """x: (N, D, H, W, C) C-contiguous; y: (N, Do, Ho, Wo, C) same dtype; argmax: (N, Do, Ho, Wo, C)
+    uint8; both C-contiguous."""
+    maxpool3d_forward_kernel(x, window_offsets(x.shape, kernel_d, kernel_h, kernel_w),
+                             stride_d, stride_h, stride_w, y, argmax)
+
+
+@parallel_kernel
+def maxpool3d_forward_kernel(x, window, stride_d, stride_h, stride_w, y, argmax):
+    """(F) and (A) with the window given as `window_offsets`. Each prange iteration owns one output
+    row y[n, od, oh] (and argmax's).
+
+    The channel loop is innermost and the running maximum and its position stay in registers while
+    the scan goes over the window: `window` is a tuple, so LLVM unrolls the scan and vectorises the
+    channel loop (8 channels per AVX2 compare-and-blend), and each output is stored once. Every
+    offset is unsigned (no negative-index fix-ups, which turned the vector loads into one-lane
+    inserts).
     """
     n_batch, out_d, out_h, out_w, channels = y.shape
+    in_d, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
+    x_flat, y_flat, argmax_flat = x.reshape(-1), y.reshape(-1), argmax.reshape(-1)
+    channels_u = np.uint64(channels)
     for job in prange(n_batch * out_d * out_h):
         n = job // (out_d * out_h)
         od = job // out_h % out_d
         oh = job % out_h
-        for ow in range(out_w):
-            d0 = od * stride_d
-            h0 = oh * stride_h
-            w0 = ow * stride_w
-            for c in range(channels):                       # window position a = 0 starts the scan
-                y[n, od, oh, ow, c] = x[n, d0, h0, w0, c]
-                argmax[n, od, oh, ow, c] = 0
-            a = 0
-            for kz in range(kernel_d):
-                for ky in range(kernel_h):
-                    for kx in range(kernel_w):
-                        for c in range(channels):
-                            value = x[n, d0 + kz, h0 + ky, w0 + kx, c]
-                            if value > y[n, od, oh, ow, c] or value != value:   # strict: first max wins
-                                y[n, od, oh, ow, c] = value
-                                argmax[n, od, oh, ow, c] = a
-                        a += 1
+        row = np.uint64(((n * in_d + od * stride_d) * in_h + oh * stride_h) * in_w)   # x[n, d0, h0, 0]
+        for ow in range(np.uint64(out_w)):
+            start = (row + ow * np.uint64(stride_w)) * channels_u                     # x[n, d0, h0, w0, 0]
+            out = (np.uint64(job) * np.uint64(out_w) + ow) * channels_u               # y[n, od, oh, ow, 0]
+            for c in range(channels_u):
+                best = x_flat[start + c]                                              # position a = 0
+                at = np.uint8(0)
+                for a in range(1, len(window)):
+                    value = x_flat[start + window[a] + c]
+                    take = (value > best) | (value != value)      # strict: the first maximum wins
+                    best = value if take else best
+                    at = np.uint8(a) if take else at
+                y_flat[out + c] = best
+                argmax_flat[out + c] = at
 
 
 @parallel_kernel

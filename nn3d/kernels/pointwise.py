@@ -9,10 +9,11 @@ With a 1x1x1 kernel, stride 1 and no padding, the lines of nn3d/conv3d.py become
 
 The register-blocked kernels of conv3d.py compute 16 output channels at a time; for Cout = 1 they
 would do 16 times the work and pad the output gradient to 16 channels (a full 16-channel volume).
-These kernels loop over the Cout channels that exist. All three are memory-bound (about one read of
-x per pass). (4) sums 2^18 products at 64^3: it is summed per chunk of ROWS_PER_CHUNK voxels in
-float64, and the chunks are added in a fixed order (the same bits on any thread count), as in
-channel_sum.py. References: the conv3d references with a 1x1x1 kernel (nn3d/kernels/reference.py).
+These kernels loop over the Cout channels that exist. Each reads x about once; forward is slower than
+a read of x (it sums each voxel's channels across vector lanes: docs/performance.md, "AVX2").
+(4) sums 2^18 products at 64^3: it is summed per chunk of ROWS_PER_CHUNK voxels in float64, and the
+chunks are added in a fixed order (the same bits on any thread count), as in channel_sum.py.
+References: the conv3d references with a 1x1x1 kernel (nn3d/kernels/reference.py).
 """
 import numpy as np
 from numba import prange
@@ -28,36 +29,57 @@ def is_pointwise(kernel_size, stride, cout):
     return tuple(kernel_size) == (1, 1, 1) and tuple(stride) == (1, 1, 1) and cout < BLOCK_C
 
 
+VOXELS_PER_ITEM = 256     # forward's work items: 1024 at 64^3
+
+
+def pointwise_forward_work_items(n_voxels):
+    """The parallel work items of `pointwise_forward` for P = n_voxels: blocks of VOXELS_PER_ITEM."""
+    return -(-n_voxels // VOXELS_PER_ITEM)
+
+
 @inlined_tile_helper
-def dot16(x, p, c0, weight, co):
-    """sum_{q < 16} x[p, c0 + q] weight[co, c0 + q], added as a balanced tree: a fixed order (the same
-    bits on every run), which the SLP vectoriser turns into one vector multiply and a few
-    shuffle-adds, where a left-to-right chain makes every voxel wait for 16 dependent additions."""
-    t0 = x[p, c0] * weight[co, c0] + x[p, c0 + 8] * weight[co, c0 + 8]
-    t1 = x[p, c0 + 1] * weight[co, c0 + 1] + x[p, c0 + 9] * weight[co, c0 + 9]
-    t2 = x[p, c0 + 2] * weight[co, c0 + 2] + x[p, c0 + 10] * weight[co, c0 + 10]
-    t3 = x[p, c0 + 3] * weight[co, c0 + 3] + x[p, c0 + 11] * weight[co, c0 + 11]
-    t4 = x[p, c0 + 4] * weight[co, c0 + 4] + x[p, c0 + 12] * weight[co, c0 + 12]
-    t5 = x[p, c0 + 5] * weight[co, c0 + 5] + x[p, c0 + 13] * weight[co, c0 + 13]
-    t6 = x[p, c0 + 6] * weight[co, c0 + 6] + x[p, c0 + 14] * weight[co, c0 + 14]
-    t7 = x[p, c0 + 7] * weight[co, c0 + 7] + x[p, c0 + 15] * weight[co, c0 + 15]
+def dot16(x, p, weight, w):
+    """sum_{q < 16} x[p + q] weight[w + q] on flat arrays, added as a balanced tree: a fixed order
+    (the same bits on every run) whose additions do not wait for each other, where a left-to-right
+    chain makes every voxel wait for 16 dependent additions."""
+    t0 = x[p] * weight[w] + x[p + 8] * weight[w + 8]
+    t1 = x[p + 1] * weight[w + 1] + x[p + 9] * weight[w + 9]
+    t2 = x[p + 2] * weight[w + 2] + x[p + 10] * weight[w + 10]
+    t3 = x[p + 3] * weight[w + 3] + x[p + 11] * weight[w + 11]
+    t4 = x[p + 4] * weight[w + 4] + x[p + 12] * weight[w + 12]
+    t5 = x[p + 5] * weight[w + 5] + x[p + 13] * weight[w + 13]
+    t6 = x[p + 6] * weight[w + 6] + x[p + 14] * weight[w + 14]
+    t7 = x[p + 7] * weight[w + 7] + x[p + 15] * weight[w + 15]
     return ((t0 + t4) + (t2 + t6)) + ((t1 + t5) + (t3 + t7))
 
 
 @blocked_kernel
 def pointwise_forward(x, weight, bias, y):
-    """(1): x (P, Cin), weight (Cout, Cin), bias (Cout,), y (P, Cout). Each iteration owns y[p].
-    The sum over ci runs in blocks of 16 channels (`dot16`), then the channels left over."""
-    cout, cin = weight.shape
-    whole_blocks = cin // 16 * 16
-    for p in prange(x.shape[0]):
+    """(1): x (P, Cin), weight (Cout, Cin), bias (Cout,), y (P, Cout), all C-contiguous. Each
+    iteration owns the rows y[p] of VOXELS_PER_ITEM voxels.
+
+    Per voxel the sum is bias[co], plus `dot16` of each block of 16 input channels, plus the
+    channels left over one by one, in that order. The voxel loop is the innermost one: y[p, co]
+    holds the running sum of the item's voxels (in L1) while one block of channels at a time is
+    added, so the loop body is the same straight-line code for every voxel, with no per-voxel loops
+    over blocks and channels (half the time of a voxel-by-voxel loop at Cin = 16, Cout = 1).
+    Offsets are unsigned (no negative-index fix-ups)."""
+    n_voxels = x.shape[0]
+    cout, cin = np.uint64(weight.shape[0]), np.uint64(weight.shape[1])
+    x_flat, w_flat, y_flat = x.reshape(-1), weight.reshape(-1), y.reshape(-1)
+    whole_blocks = cin // np.uint64(16) * np.uint64(16)
+    for item in prange((n_voxels + VOXELS_PER_ITEM - 1) // VOXELS_PER_ITEM):
+        first = np.uint64(item) * np.uint64(VOXELS_PER_ITEM)
+        last = min(first + np.uint64(VOXELS_PER_ITEM), np.uint64(n_voxels))
         for co in range(cout):
-            total = bias[co]
-            for c0 in range(0, whole_blocks, 16):
-                total += dot16(x, p, c0, weight, co)
+            for p in range(first, last):
+                y_flat[p * cout + co] = bias[co]
+            for c0 in range(np.uint64(0), whole_blocks, np.uint64(16)):
+                for p in range(first, last):
+                    y_flat[p * cout + co] += dot16(x_flat, p * cin + c0, w_flat, co * cin + c0)
             for ci in range(whole_blocks, cin):
-                total += x[p, ci] * weight[co, ci]
-            y[p, co] = total
+                for p in range(first, last):
+                    y_flat[p * cout + co] += x_flat[p * cin + ci] * w_flat[co * cin + ci]
 
 
 @parallel_kernel
