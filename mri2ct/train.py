@@ -15,11 +15,15 @@ import argparse
 import contextlib
 import math
 import os
+import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 import nn3d
+from nn3d.kernels.jit import compile_notice
+from nn3d.kernels.register_tile import BLOCK_W
 from mri2ct.common import distributed, errors, flags
 from mri2ct.common.atomic import remove_stray_temporaries
 from mri2ct.data import PatientSet, choose_split, generate_cohort, native_spacing, open_data_folder
@@ -33,6 +37,11 @@ from mri2ct.training.run_folder import (MIN_PATCH, UNET_MULTIPLE, run_config, st
 
 DEFAULT_DATA = os.path.join("data", "cohort")
 DEFAULT_OUT = os.path.join("checkpoints", "run")
+# A fresh install's compilation before the first step, measured on 2 cores: 55 s with AVX-512 (the
+# 8-wide register tiles), 155 s with AVX2 (docs/performance.md, "Compilation").
+COMPILE_SECONDS = 60 if BLOCK_W == 8 else 150
+COMPILE_NOTICE = (f"compiling nn3d's kernels for this CPU (first run only, about {COMPILE_SECONDS} s; "
+                  f"then cached in __pycache__) ...")
 
 
 def parse_args(argv=None):
@@ -115,7 +124,14 @@ def main(argv=None):
         with lock_folder(args.out) if world.is_root else contextlib.nullcontext():
             if world.is_root:
                 remove_stray_temporaries(args.out)
-            run_training(args, threads, world)
+            with compile_notice(announce_compilation) if world.is_root else contextlib.nullcontext():
+                run_training(args, threads, world)
+
+
+def announce_compilation():
+    """The one line a run prints when its first step has to wait for Numba (nn3d/kernels/jit.py)."""
+    tqdm.write(COMPILE_NOTICE)                    # above the progress bar, when one is showing
+    sys.stdout.flush()
 
 
 def run_training(args, threads, world):

@@ -1,5 +1,6 @@
 """nn3d.kernels.jit: every signature of a blocked kernel is compiled with the SLP vectoriser on and the
-loop vectoriser off, whichever signature comes first.
+loop vectoriser off, whichever signature comes first; `compile_notice` speaks once, before the first
+compilation, and not at all when nothing is compiled.
 
 The check reads the optimised LLVM IR of the float32 signature of a small register-tile kernel
 (the same fma16 / load16 tiles as the convolutions): with SLP it holds vector float operations
@@ -56,3 +57,23 @@ def test_float32_kernel_is_slp_vectorised_whatever_compiles_first(tmp_path):
     float64_first = vector_float_operations(tmp_path, "float64,float32")
     assert float32_first > 0
     assert float64_first == float32_first
+
+
+def test_compile_notice_speaks_once_before_the_first_compilation():
+    import numba
+
+    from nn3d.kernels.jit import compile_notice
+
+    @numba.njit                                     # not cached: it compiles in every test run
+    def add_one(x):
+        return x + 1
+
+    said = []
+    with compile_notice(lambda: said.append(add_one.signatures[:])):
+        add_one(1)                                  # compiles: the notice comes before it
+        add_one(2.0)                                # compiles again: silent
+    assert said == [[]]
+    said.clear()
+    with compile_notice(lambda: said.append("compiling")):
+        add_one(3)                                  # already compiled: no notice
+    assert said == []

@@ -19,11 +19,16 @@ compilation. (The cache does not notice edits in helper functions imported from 
 delete `__pycache__` if a kernel looks stale.) fastmath stays off: it would reorder sums and hide NaNs.
 The one exception is FMA contraction in `blocked_kernel` and `tile_helper`: a*b + c becomes one fused
 multiply-add (one rounding instead of two; no reordering, NaN and inf behave as before).
+
+`compile_notice` lets a program say so when it waits for compilation: Numba compiles a signature
+only when its cache holds no machine code for it on this CPU (a fresh install, another CPU, an
+edited kernel), and announces each such compilation as a "numba:compile" event; a cache load
+announces nothing.
 """
 import contextlib
 
 import numba
-from numba.core import config
+from numba.core import config, event
 from numba.core.compiler_lock import global_compiler_lock
 
 JIT_OPTIONS = dict(cache=True, fastmath=False)
@@ -81,3 +86,28 @@ def blocked_kernel(function):
 
     dispatcher.compile = compile_with_slp
     return dispatcher
+
+
+class _FirstCompilation(event.Listener):
+    """Calls `say()` at the start of the first compilation it hears of, then stays silent."""
+
+    def __init__(self, say):
+        self.say = say
+        self.said = False
+
+    def on_start(self, ev):
+        if not self.said:
+            self.said = True
+            self.say()
+
+    def on_end(self, ev):
+        pass
+
+
+@contextlib.contextmanager
+def compile_notice(say):
+    """Inside this block, `say()` is called once, just before the first kernel compilation (none when
+    every kernel the block runs comes from the cache). E.g. the trainer prints one line, so a first
+    run says why its first step waits."""
+    with event.install_listener("numba:compile", _FirstCompilation(say)):
+        yield
