@@ -71,11 +71,12 @@ nn3d/kernels/reference.py compute (1), (2) and (4) in plain NumPy; read them bef
 Algorithm: 3x3x3, stride-1, padding-1 convolutions of 16 or more channels compute (1), (3) and (4)
 by Winograd's F(2^3, 3^3) (nn3d/kernels/winograd/: 64 multiplications per 2x2x2 output tile and
 channel pair instead of 216; (4) by its transpose, nn3d/kernels/winograd/grad_weight.py);
-`conv_algorithm` (nn3d/kernels/conv_algorithm.py) decides, and NN3D_CONV=direct|winograd forces
-one. (5) is a channel sum either way. Winograd reads its inputs unpadded and in place, a decoder's
+`conv_algorithm` (nn3d/kernels/conv_algorithm.py) decides per pass, and NN3D_CONV=direct|winograd
+forces one for all three. (5) is a channel sum either way. Winograd reads its inputs unpadded and in place, a decoder's
 two side by side as if concatenated (so backward makes no x_pad), and computes (3) for all of them
 in one pass whose output comes out split into the inputs' bands. The filter transform it needs (U,
-from the weights) is computed once, in forward, and kept for backward.
+from the weights) is computed once, in forward, and kept for backward (computed in backward when
+grad-input runs by Winograd after a direct forward).
 
 Memory: activations are channels-last (nn3d/layout.py); the kernels (nn3d/kernels/conv3d.py and
 conv3d_grad_weight.py) work on (N, D, H, W, C) arrays, cite the line numbers above and use the same
@@ -165,7 +166,7 @@ class Conv3d(Module):
         (N, Cin, D, H, W), with `weight` and `bias` (the layer's own, or a folded BatchNorm's:
         nn3d/batchnorm_folding.py), max(0, y) if relu, by the algorithm `conv_algorithm` picks.
         -> (y (N, Do, Ho, Wo, Cout) channels-last, Winograd's packed U or None)."""
-        if self._algorithm(input_shape) == "winograd":                    # reads the inputs in place
+        if self._algorithm(input_shape, "forward") == "winograd":         # reads the inputs in place
             weight_transform = filter_transform(weight)                   # U (64, Cout_padded/16, Cin, 16)
             return (winograd_forward(inputs_cl, weight_transform, bias, self.out_channels, relu=relu),
                     weight_transform)
@@ -182,7 +183,7 @@ class Conv3d(Module):
         check_grad_output(grad_output, output_shape, inputs_cl[0].dtype, "Conv3d")
         self._cache = None                                                # consumed: x goes after (4)
         grad_output_cl = to_channels_last(grad_output)                    # (N, Do, Ho, Wo, Cout)
-        if weight_transform is not None:                                  # Winograd: the inputs in place
+        if self._algorithm(input_shape, "grad_weight") == "winograd":     # the inputs in place
             self.weight.grad += winograd_grad_weight(inputs_cl, grad_output_cl)   # (4) (Cout, Cin, 3, 3, 3)
         else:
             x_pad = pad_and_concatenate(inputs_cl, self.padding)          # (N, D+2pd, H+2ph, W+2pw, Cin)
@@ -197,7 +198,9 @@ class Conv3d(Module):
         if not self.requires_input_grad:
             return None
         bands = list(zip(bands[:-1], bands[1:]))                          # input j: channels [start, stop)
-        if weight_transform is not None:                                  # Winograd: all inputs at once
+        if self._algorithm(input_shape, "grad_input") == "winograd":      # all inputs at once
+            if weight_transform is None:                                  # forward ran direct
+                weight_transform = filter_transform(self.weight.data)
             grads = tuple(from_channels_last(grad_cl) for grad_cl in      # (N, C_j, D, H, W) views
                           winograd_grad_input(grad_output_cl, weight_transform,
                                               tuple(stop - start for start, stop in bands)))   # (3)
@@ -210,11 +213,11 @@ class Conv3d(Module):
                 for start, stop in bands)
         return grads[0] if len(grads) == 1 else grads
 
-    def _algorithm(self, input_shape):
-        """'direct' or 'winograd' for (1) and (3) on an input of input_shape (N, Cin, D, H, W):
-        nn3d/kernels/conv_algorithm.py."""
+    def _algorithm(self, input_shape, pass_name="forward"):
+        """'direct' or 'winograd' for the pass (1) 'forward', (3) 'grad_input' or (4) 'grad_weight'
+        on an input of input_shape (N, Cin, D, H, W): nn3d/kernels/conv_algorithm.py."""
         return conv_algorithm(self.kernel_size, self.stride, self.padding, self.in_channels,
-                              self.out_channels, input_shape)
+                              self.out_channels, input_shape, pass_name)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

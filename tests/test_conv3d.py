@@ -182,3 +182,34 @@ def test_grad_weight_has_32_work_items_and_same_bits_on_any_thread_count(on_one_
     grad_output = rng.standard_normal((1, 8, 8, 8, 32)).astype(np.float32)
     one, two = on_one_and_two_threads(conv3d_grad_weight, x_pad, grad_output, (3, 3, 3), (1, 1, 1))
     np.testing.assert_array_equal(one, two)
+
+
+# (forward, grad_input, grad_weight): every way the per-pass rule may mix the two algorithms
+PASS_MIXES = [("winograd", "direct", "direct"), ("direct", "winograd", "winograd"),
+              ("winograd", "winograd", "direct"), ("direct", "direct", "winograd")]
+
+
+@pytest.mark.parametrize("mix", PASS_MIXES)
+def test_each_pass_may_take_its_own_algorithm(mix, monkeypatch):
+    """conv_algorithm.py chooses per pass: forward by one algorithm and grad-input or grad-weight by
+    the other (grad-input by Winograd computes the filter transform a direct forward did not;
+    grad-weight direct pads x itself) gives PyTorch's output and gradients, for one input and for
+    a decoder's two."""
+    import nn3d.kernels.conv_algorithm as rule
+    monkeypatch.delenv("NN3D_CONV", raising=False)
+    chosen = dict(zip(rule.PASSES, mix))
+    monkeypatch.setattr(rule, "winograd_wins", lambda isa, pass_name, cin, cout, tiles: chosen[pass_name] == "winograd")
+    layer = Conv3d(32, 16, 3, padding=1)
+    assert [layer._algorithm((1, 32, 6, 7, 8), name) for name in rule.PASSES] == list(mix)
+    x = np.random.default_rng(6).standard_normal((1, 32, 6, 7, 8)).astype(np.float32)
+    assert_matches_torch(layer, torch.nn.Conv3d(32, 16, 3, padding=1), [x], FLOAT32_TOLERANCE)
+    grad_output = np.random.default_rng(7).standard_normal((1, 16, 6, 7, 8)).astype(np.float32)
+    layer.zero_grad()
+    layer.forward(x[:, :16], x[:, 16:])                                    # (up, skip) read in place
+    grads = layer.backward(grad_output)
+    two_inputs = np.concatenate(grads, axis=1), layer.weight.grad.copy()
+    layer.zero_grad()
+    layer.forward(x)
+    one_input = layer.backward(grad_output), layer.weight.grad.copy()
+    for ours, expected in zip(two_inputs, one_input):
+        assert max_relative_error(ours, expected) < FLOAT32_TOLERANCE

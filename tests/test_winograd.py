@@ -10,6 +10,12 @@ from nn3d.kernels.winograd.algorithm import (A_T, B_T, G, filter_transform_refer
 from nn3d.kernels.winograd.convolution import winograd_forward, winograd_grad_input
 from nn3d.kernels.winograd.filter_transform import filter_transform, flipped_transposed_transform
 
+from nn3d.kernels.register_tile import BLOCK_W
+
+# the products' register tiles (winograd/products.py): AVX-512's 8 rows (16-tuples), AVX2's 6 rows
+# then 4 (vectors), and 4 alone
+WIDTHS = [4, 6, 8]
+
 
 def test_one_dimensional_f23_is_the_correlation():
     rng = np.random.default_rng(0)
@@ -42,7 +48,7 @@ KERNEL_SHAPES = [(2, 3, 5, (5, 6, 7)), (1, 1, 1, (3, 4, 1)), (1, 17, 33, (4, 3, 
 
 
 @pytest.mark.parametrize("batch, cin, cout, size", KERNEL_SHAPES)
-@pytest.mark.parametrize("block_rows", [4, 8])     # both register tiles (AVX2, AVX-512), on any CPU
+@pytest.mark.parametrize("block_rows", WIDTHS)     # every register tile, on any CPU
 def test_kernel_matches_reference(batch, cin, cout, size, block_rows):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((batch, *size, cin))                            # (N, D, H, W, Cin)
@@ -67,7 +73,7 @@ TWO_INPUT_CHANNELS = [((16, 16), 16), ((32, 5), 17), ((3, 16), 16), ((17, 2), 4)
 
 
 @pytest.mark.parametrize("channels, cout", TWO_INPUT_CHANNELS)
-@pytest.mark.parametrize("block_rows", [4, 8])
+@pytest.mark.parametrize("block_rows", WIDTHS)
 def test_two_inputs_are_convolved_as_their_concatenation(channels, cout, block_rows):
     rng = np.random.default_rng(5)
     size = (3, 6, 5)                                                        # odd and non-cubic
@@ -85,6 +91,24 @@ def test_two_inputs_are_convolved_as_their_concatenation(channels, cout, block_r
     assert all(g.flags.c_contiguous for g in grads)
     np.testing.assert_allclose(np.concatenate(grads, axis=4), full, rtol=0, atol=1e-11)
 
+
+
+@pytest.mark.parametrize("tiles_per_block", [8, 16, 64])      # rows 8 = 4 + 4, 16 = 6 + 6 + 4, 64 = 6 * 10 + 4
+def test_every_register_tile_gives_the_same_bits(tiles_per_block):
+    """Each product M[xi][t, co] sums over ci in the same order whatever the tile: AVX2's 6 and 4 rows
+    of vectors (one fused multiply-add each) give the bits of AVX-512's 8 rows of 16-tuples (FMA
+    contraction), forward and grad-input, float32 with channel tails."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 9, 10, 11, 35)).astype(np.float32)
+    weight = rng.standard_normal((33, 35, 3, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(33).astype(np.float32)
+    grad_output = rng.standard_normal((1, 9, 10, 11, 33)).astype(np.float32)
+    u = filter_transform(weight)
+    outputs = {rows: winograd_forward((x,), u, bias, 33, rows, tiles_per_block) for rows in WIDTHS}
+    grads = {rows: winograd_grad_input(grad_output, u, (35,), rows)[0] for rows in WIDTHS}
+    for rows in WIDTHS:
+        np.testing.assert_array_equal(outputs[rows], outputs[8])
+        np.testing.assert_array_equal(grads[rows], grads[8])
 
 @pytest.mark.parametrize("cout, cin", [(5, 3), (17, 20), (16, 32)])    # tails of 16 either way
 def test_grad_input_transform_comes_from_the_forward_one(cout, cin):
@@ -146,19 +170,63 @@ def test_packed_filter_transform_matches_the_reference(dtype, tolerance):
 
 
 def test_rule_sends_thin_small_and_other_shapes_direct(monkeypatch):
-    """conv_algorithm.py's rule: Winograd for 3x3x3 / stride 1 / padding 1 with >= 16 channels both
-    ways and >= 512 output tiles; NN3D_CONV forces either path where Winograd applies, never elsewhere."""
+    """conv_algorithm.py's rule on AVX-512 (as it always was): Winograd for 3x3x3 / stride 1 /
+    padding 1 with >= 16 channels both ways and >= 512 output tiles; NN3D_CONV forces either path
+    where Winograd applies, never elsewhere."""
     from nn3d.kernels.conv_algorithm import conv_algorithm
     monkeypatch.delenv("NN3D_CONV", raising=False)
     k3, s1, p1 = (3, 3, 3), (1, 1, 1), (1, 1, 1)
-    assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64)) == "winograd"
-    assert conv_algorithm(k3, s1, p1, 64, 128, (1, 64, 16, 16, 16)) == "winograd"     # 512 tiles
-    assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8)) == "direct"       # 64 tiles
-    assert conv_algorithm(k3, s1, p1, 128, 128, (8, 128, 8, 8, 8)) == "winograd"     # batch 8: 512
-    assert conv_algorithm(k3, s1, p1, 1, 16, (1, 1, 64, 64, 64)) == "direct"         # thin
-    assert conv_algorithm(k3, (2, 2, 2), p1, 16, 16, (1, 16, 64, 64, 64)) == "direct"
+    rule = lambda *args: conv_algorithm(*args, "forward", "avx512")
+    assert rule(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64)) == "winograd"
+    assert rule(k3, s1, p1, 64, 128, (1, 64, 16, 16, 16)) == "winograd"     # 512 tiles
+    assert rule(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8)) == "direct"       # 64 tiles
+    assert rule(k3, s1, p1, 128, 128, (8, 128, 8, 8, 8)) == "winograd"     # batch 8: 512
+    assert rule(k3, s1, p1, 1, 16, (1, 1, 64, 64, 64)) == "direct"         # thin
+    assert rule(k3, (2, 2, 2), p1, 16, 16, (1, 16, 64, 64, 64)) == "direct"
     monkeypatch.setenv("NN3D_CONV", "winograd")
-    assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8)) == "winograd"
-    assert conv_algorithm((1, 1, 1), s1, (0, 0, 0), 16, 16, (1, 16, 8, 8, 8)) == "direct"
+    assert rule(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8)) == "winograd"
+    assert rule((1, 1, 1), s1, (0, 0, 0), 16, 16, (1, 16, 8, 8, 8)) == "direct"
     monkeypatch.setenv("NN3D_CONV", "direct")
-    assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64)) == "direct"
+    assert rule(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64)) == "direct"
+
+def test_rule_is_a_function_of_the_instruction_set_the_pass_and_the_shape(monkeypatch):
+    """conv_algorithm.py's rule, for both instruction sets on any machine (`winograd_wins` is pure):
+    never Winograd below 16 channels either way or 512 output tiles; the U-Net's other layers as
+    measured on each (docs/performance.md); conv_algorithm follows the ISA it is given and, by
+    default, the one this process's tiles are compiled for."""
+    from nn3d.kernels.conv_algorithm import (COMPILED_FOR, PASSES, conv_algorithm, instruction_set,
+                                             winograd_wins)
+    monkeypatch.delenv("NN3D_CONV", raising=False)
+    assert instruction_set(8) == "avx512" and instruction_set(4) == "avx2"
+    assert COMPILED_FOR == instruction_set(BLOCK_W)
+    unet_64 = [(16, 16, 32768), (16, 32, 4096), (32, 32, 4096), (32, 64, 512), (64, 64, 512),
+               (128, 64, 512), (64, 32, 4096), (32, 16, 32768)]        # (Cin, Cout, tiles) at 64^3
+    for isa in ("avx2", "avx512"):
+        for pass_name in PASSES:
+            assert not winograd_wins(isa, pass_name, 1, 16, 32768)       # thin
+            assert not winograd_wins(isa, pass_name, 16, 1, 32768)
+            assert not winograd_wins(isa, pass_name, 128, 128, 8)        # a 4^3 bottleneck
+            for cin, cout, tiles in unet_64:
+                assert winograd_wins(isa, pass_name, cin, cout, tiles), (isa, pass_name, cin, cout)
+            # the 8^3 bottleneck: direct on AVX-512 (1.5-2x faster there), Winograd on AVX2
+            for cin, cout in ((64, 128), (128, 128)):
+                assert winograd_wins(isa, pass_name, cin, cout, 64) == (isa == "avx2")
+    with pytest.raises(ValueError, match="instruction set"):
+        winograd_wins("sse2", "forward", 16, 16, 512)
+    k3, s1, p1 = (3, 3, 3), (1, 1, 1), (1, 1, 1)
+    for isa in ("avx2", "avx512"):
+        for pass_name in PASSES:
+            assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64), pass_name, isa) == "winograd"
+            assert conv_algorithm(k3, s1, p1, 1, 16, (1, 1, 64, 64, 64), pass_name, isa) == "direct"
+            expected = "winograd" if isa == "avx2" else "direct"
+            assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), pass_name, isa) == expected
+    for pass_name in PASSES:                                              # default: this process's ISA
+        assert (conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), pass_name)
+                == conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), pass_name, COMPILED_FOR))
+    for forced in ("direct", "winograd"):
+        monkeypatch.setenv("NN3D_CONV", forced)
+        for isa in ("avx2", "avx512"):
+            for pass_name in PASSES:
+                assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), pass_name, isa) == forced
+                assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64), pass_name, isa) == forced
+                assert conv_algorithm(k3, (2, 2, 2), p1, 16, 16, (1, 16, 64, 64, 64), pass_name, isa) == "direct"

@@ -61,7 +61,7 @@ def test_every_unet_layer_has_32_work_items():
 
 
 @pytest.mark.parametrize("batch, cin, cout, size", KERNEL_SHAPES)
-@pytest.mark.parametrize("block_rows", [4, 8])     # both register tiles (AVX2, AVX-512), on any CPU
+@pytest.mark.parametrize("block_rows", [4, 6, 8])     # every register tile (products.py), on any CPU
 def test_kernel_matches_references(batch, cin, cout, size, block_rows):
     x, grad_output = random_pair(np.random.default_rng(1), batch, cin, cout, size)
     expected = direct_reference(x, grad_output)
@@ -78,7 +78,7 @@ def torch_grad_weight(x, grad_output):
                                        padding=1).numpy()
 
 
-@pytest.mark.parametrize("block_rows", [4, 8])
+@pytest.mark.parametrize("block_rows", [4, 6, 8])
 def test_float32_kernel_is_close_to_pytorch_and_the_direct_kernel(block_rows):
     """float32 on a U-Net-like layer (32 -> 16, an odd non-cubic volume, batch 2). Each entry sums
     ~1000 products x*g. Measured relative to the gradient's scale (max |dw|, float64 truth): this
@@ -104,6 +104,19 @@ def test_same_bits_on_one_and_two_threads(on_one_and_two_threads):
     np.testing.assert_array_equal(one, two)
 
 
+
+def test_every_register_tile_gives_the_same_bits():
+    """dU sums over the tiles of a block, then the blocks of a chunk, in one order whatever the tile
+    of input channels: AVX2's 6 and 4 rows of vectors give the bits of AVX-512's 8 rows of 16-tuples
+    (float32, 48 and 40 input channels: 6 x 8 and 6 x 6 + 4, two inputs, a channel tail)."""
+    rng = np.random.default_rng(8)
+    for channels, cout in (((32, 16), 20), ((16, 24), 16)):
+        inputs = tuple(rng.standard_normal((1, 7, 8, 9, c)).astype(np.float32) for c in channels)
+        grad_output = rng.standard_normal((1, 7, 8, 9, cout)).astype(np.float32)
+        grads = {rows: winograd_grad_weight(inputs, grad_output, rows) for rows in (4, 6, 8)}
+        np.testing.assert_array_equal(grads[4], grads[8])
+        np.testing.assert_array_equal(grads[6], grads[8])
+
 def test_mismatched_grad_output_is_one_clear_error():
     x, grad_output = random_pair(np.random.default_rng(5), 1, 2, 3, (4, 4, 4))
     with pytest.raises(ValueError, match="grad_output"):
@@ -113,7 +126,7 @@ def test_mismatched_grad_output_is_one_clear_error():
 # (channels of the two inputs, Cout): the decoder's case (first input a multiple of 16: read in place)
 # and the fallback (a first band of 3 channels: one concatenated copy)
 @pytest.mark.parametrize("channels, cout", [((16, 16), 16), ((16, 5), 17), ((3, 16), 4)])
-@pytest.mark.parametrize("block_rows", [4, 8])
+@pytest.mark.parametrize("block_rows", [4, 6, 8])
 def test_two_inputs_give_the_gradient_of_their_concatenation(channels, cout, block_rows):
     rng = np.random.default_rng(6)
     inputs = tuple(rng.standard_normal((2, 3, 6, 5, c)) for c in channels)   # odd, non-cubic, batch 2

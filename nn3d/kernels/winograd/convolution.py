@@ -25,7 +25,7 @@ from ..padding import pad_and_concatenate
 from ..register_tile import BLOCK_C, BLOCK_W
 from .algorithm import TILE_VALUES
 from .filter_transform import flipped_transposed_transform
-from .products import multiply_block
+from .products import PRODUCT_ROWS, multiply_block
 from .tile_transforms import tile_count, transform_input_block, transform_output_block
 
 
@@ -38,8 +38,8 @@ def winograd_kernel(x0, x1, u_packed, bias, relu, tiles_per_block, block_rows, n
     or the split of its input gradient, costs nothing).
 
     x0, x1 (N, D, H, W, C) unpadded; u_packed (64, Cout_padded/16, Cin, 16) from
-    `filter_transform`; bias (Cout_padded,); y0, y1 (N, D, H, W, C); block_rows = BLOCK_W
-    (8 or 4 tiles per register tile). A block is `tiles_per_block` consecutive tiles; one worker owns
+    `filter_transform`; bias (Cout_padded,); y0, y1 (N, D, H, W, C); block_rows = PRODUCT_ROWS
+    (tiles per register tile: 8 on AVX-512, 6 on AVX2, products.py). A block is `tiles_per_block` consecutive tiles; one worker owns
     a block's tiles and their output voxels, and computes what winograd_forward_reference computes,
     in the input's dtype, reordered: `transform_input_block`, `multiply_block`, `transform_output_block`
     through the block's own V and M (sized for L2). The prange runs over n_workers (the thread
@@ -99,7 +99,7 @@ def kernel_inputs(inputs):
     return inputs[0], inputs[1] if len(inputs) == 2 else no_channels(inputs[0])
 
 
-def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, tiles_per_block=None,
+def winograd_convolution(inputs, u, bias, output_channels, block_rows=PRODUCT_ROWS, tiles_per_block=None,
                          relu=False):
     """The 3x3x3, stride-1, padding-1 convolution of the channel concatenation of `inputs` (a tuple
     of channels-last arrays (N, D, H, W, C_j), unpadded) by F(2^3, 3^3), with the packed transformed
@@ -108,7 +108,7 @@ def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, t
     to Cout): a tuple of C-contiguous (N, D, H, W, C) arrays. Two inputs whose first has a multiple
     of 16 channels are read in place, and two output bands whose first is a multiple of 16 are
     written in place; anything else goes through one concatenated (or split) copy. block_rows: the
-    register tile (this CPU's BLOCK_W; the tests pass 4 and 8); tiles_per_block: None for
+    register tile (this CPU's PRODUCT_ROWS; the tests pass 4, 6 and 8); tiles_per_block: None for
     `tiles_per_block_for`; relu: max(0, output)."""
     x0, x1 = kernel_inputs(inputs)
     cout = sum(output_channels)
@@ -133,7 +133,7 @@ def winograd_convolution(inputs, u, bias, output_channels, block_rows=BLOCK_W, t
                  else arena.copy(y[..., :channels]) for y, channels in zip(outputs, output_channels))
 
 
-def winograd_forward(inputs, u, bias, cout, block_rows=BLOCK_W, tiles_per_block=None, relu=False):
+def winograd_forward(inputs, u, bias, cout, block_rows=PRODUCT_ROWS, tiles_per_block=None, relu=False):
     """Line (1) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1: inputs, a tuple of
     channels-last unpadded arrays (N, D, H, W, C_j) (one, or a decoder's two, convolved as their
     channel concatenation) -> y (N, D, H, W, Cout). u = filter_transform(weight) for a weight of
@@ -141,7 +141,7 @@ def winograd_forward(inputs, u, bias, cout, block_rows=BLOCK_W, tiles_per_block=
     return winograd_convolution(inputs, u, bias, (cout,), block_rows, tiles_per_block, relu)[0]
 
 
-def winograd_grad_input(grad_output, u, input_channels, block_rows=BLOCK_W):
+def winograd_grad_input(grad_output, u, input_channels, block_rows=PRODUCT_ROWS):
     """Line (3) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1: the output gradient
     (N, D, H, W, Cout), padded by k - 1 - p = 1, convolved with the flipped, in/out-swapped kernel
     (whose transform comes from the forward's u = filter_transform(weight), no new transform): the

@@ -78,7 +78,7 @@ from ..partial_sums import WORK_ITEMS
 from ..register_tile import BLOCK_C, BLOCK_W
 from .algorithm import A_T, B_T, G, G_KRON, TILE_VALUES
 from .convolution import kernel_inputs
-from .products import accumulate_block_products
+from .products import PRODUCT_ROWS, accumulate_block_products
 from .tile_transforms import tile_count, transform_grad_output_block, transform_input_block
 
 
@@ -110,8 +110,8 @@ def winograd_grad_weight_kernel(x0, x1, grad_output, tiles_per_chunk, tiles_per_
 
     x0, x1 (N, D, H, W, C) unpadded: the input x is the two side by side along the channels, read in
     place (`transform_input_block`; x1 may have no channels); grad_output (N, D, H, W, Cout); partial (n_chunks,
-    64 * Cin_padded * Cout_padded), any values on entry; block_rows = BLOCK_W (8 or 4 input channels
-    per register tile). Work items: (chunk, group of output-channel blocks), n_groups groups per
+    64 * Cin_padded * Cout_padded), any values on entry; block_rows = PRODUCT_ROWS (input channels
+    per register tile: 8 on AVX-512, 6 on AVX2, products.py). Work items: (chunk, group of output-channel blocks), n_groups groups per
     chunk. The prange runs over n_workers (the thread count) workers, each with its own V, W and
     scratch buffers (allocated once per call), taking items worker, worker + n_workers, ...; an item
     sums its chunk block by block in one order whichever worker takes it: deterministic."""
@@ -202,13 +202,13 @@ def winograd_grad_weight_work_items(shape, cin, cout):
     return n_chunks * n_groups
 
 
-def winograd_grad_weight(inputs, grad_output, block_rows=BLOCK_W):
+def winograd_grad_weight(inputs, grad_output, block_rows=PRODUCT_ROWS):
     """Line (4) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1, by the transposed
     F(2^3, 3^3): inputs, a tuple of channels-last unpadded arrays (N, D, H, W, C_j) (one, or a
     decoder's two, whose channel concatenation is x; two whose first has a multiple of 16 channels
     are read in place, anything else through one concatenated copy), grad_output (N, D, H, W, Cout)
     -> dL/dweight (Cout, Cin, 3, 3, 3) in x's dtype. block_rows: input channels per register tile
-    (this CPU's BLOCK_W; the tests pass 4 and 8)."""
+    (this CPU's PRODUCT_ROWS; the tests pass 4, 6 and 8)."""
     if any(x.shape[:4] != grad_output.shape[:4] for x in inputs):
         raise ValueError(f"winograd_grad_weight: grad_output {grad_output.shape} does not match the "
                          f"input {inputs[0].shape} outside the channel axis")
