@@ -8,7 +8,8 @@ a layer's backward pass, this is for the kernels under it.
 Each kernel runs through the public function the layers call, on small odd shapes (non-cubic, odd
 sizes, batch 2, C = 1 where it means something, channel counts that are not multiples of 16), in
 float32 and float64, and the convolutions at every register-tile width (`tile_widths`: 8 and 4;
-the width is an argument of the kernels, so both run on any CPU). Its reference runs in float64 on
+Winograd's products `PRODUCT_WIDTHS`: 8, 6 and 4 rows; the width is an argument of the kernels, so
+every one runs on any CPU). Its reference runs in float64 on
 the same values (float32 inputs widened exactly), so the error shown is the kernel's own, against
 exact arithmetic: max |kernel - reference| and that over max |reference| (gradcheck's measure).
 Exit status: 0 when every row passes, 1 when one fails, 2 for a name that is not a kernel.
@@ -64,6 +65,11 @@ def tile_widths():
     return tuple(sorted({register_tile.tile_width(features) for features in CPU_FEATURES}, reverse=True))
 
 
+# Winograd's products tile rows of their own (winograd/products.py): AVX-512's 8 rows, AVX2's 6 rows
+# then 4, and 4 alone; the `block_rows` argument selects one, so all three run on any CPU.
+PRODUCT_WIDTHS = (8, 6, 4)
+
+
 def tolerance(dtype, length):
     """The largest relative error that passes for an output of `dtype` whose entries are float32 (or
     float64) sums of `length` terms; length 0: the kernel only moves values, which must be exact."""
@@ -81,7 +87,8 @@ KERNELS = {}    # name -> kernel (a SimpleNamespace: name, family, source, refer
 def checks(name, family, source, reference_name, cases, tiled=False, outputs=(None,)):
     """Register `run(case, dtype, width, rng)` as the check of kernel `name`: it returns a list of
     (output name, the kernel's result, the float64 reference's, L for `tolerance`), one per name in
-    `outputs` (None: the kernel's one output). tiled: run at every register-tile width."""
+    `outputs` (None: the kernel's one output). tiled: True to run at every register-tile width
+    (`tile_widths`), or the tuple of widths the kernel takes (Winograd's PRODUCT_WIDTHS)."""
     def register(run):
         KERNELS[name] = types.SimpleNamespace(name=name, family=family, source=source,
                                               reference=reference_name, cases=tuple(cases), tiled=tiled,
@@ -203,7 +210,7 @@ def winograd_data(case, dtype, rng):
 
 
 @checks("winograd_forward", "winograd", "winograd/convolution.py",
-        "winograd/algorithm.py: winograd_forward_reference", WINOGRAD_FORWARD_CASES, tiled=True)
+        "winograd/algorithm.py: winograd_forward_reference", WINOGRAD_FORWARD_CASES, tiled=PRODUCT_WIDTHS)
 def check_winograd_forward(case, dtype, width, rng):
     inputs, weight, bias, _ = winograd_data(case, dtype, rng)
     u = winograd_filter_transform.filter_transform(weight)
@@ -216,7 +223,7 @@ def check_winograd_forward(case, dtype, width, rng):
 
 
 @checks("winograd_grad_input", "winograd", "winograd/convolution.py", "reference.py: conv3d_grad_input_reference",
-        WINOGRAD_CASES, tiled=True)
+        WINOGRAD_CASES, tiled=PRODUCT_WIDTHS)
 def check_winograd_grad_input(case, dtype, width, rng):
     _, weight, _, grad_output = winograd_data(case, dtype, rng)
     u = winograd_filter_transform.filter_transform(weight)
@@ -226,7 +233,7 @@ def check_winograd_grad_input(case, dtype, width, rng):
 
 
 @checks("winograd_grad_weight", "winograd", "winograd/grad_weight.py",
-        "winograd/grad_weight.py: winograd_grad_weight_reference", WINOGRAD_CASES, tiled=True)
+        "winograd/grad_weight.py: winograd_grad_weight_reference", WINOGRAD_CASES, tiled=PRODUCT_WIDTHS)
 def check_winograd_grad_weight(case, dtype, width, rng):
     inputs, _, _, grad_output = winograd_data(case, dtype, rng)
     ours = winograd_grad_weight.winograd_grad_weight(inputs, grad_output, width)
@@ -515,7 +522,7 @@ def check_channel_sums(case, dtype, width, rng):
 def rows_of(kernel):
     """(case number, case, dtype, width) for every row of a kernel; width None for kernels without a
     register tile. Every row of a case draws the same random numbers (float32 gets them rounded)."""
-    widths = tile_widths() if kernel.tiled else (None,)
+    widths = kernel.tiled if isinstance(kernel.tiled, tuple) else tile_widths() if kernel.tiled else (None,)
     return [(number, case, dtype, width) for number, case in enumerate(kernel.cases)
             for dtype in DTYPES for width in widths]
 
