@@ -62,3 +62,9 @@ def dead_pid():
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def pytest_collection_modifyitems(items):
+    """The bounds-checked run of the kernel tests first: it is the longest (a second compilation of every
+    kernel, in a process of its own), so one worker starts it while the other runs everything else."""
+    items.sort(key=lambda item: item.path.name != "test_boundscheck.py")

@@ -17,7 +17,7 @@ KERNEL_TESTS = ["test_conv3d.py", "test_conv_transpose3d.py", "test_batchnorm3d.
 def test_kernel_tests_pass_with_bounds_checking(tmp_path):
     here = os.path.dirname(os.path.abspath(__file__))
     environment = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
                *(os.path.join(here, name) for name in KERNEL_TESTS)]
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=1200)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

@@ -86,9 +86,6 @@ G is only the filter matrix):
     dM           dL/dM, the output-gradient transform: A along each axis of dy (grad_weight.py)
     dU           dL/dU[xi][ci, co] = sum_t V[xi][t, ci] dM[xi][t, co] (grad_weight.py)
     cb, c        a block of BLOCK_C = 16 output channels (a register tile), and a lane of it
-
-(The kernels of products.py and grad_weight.py still hold dM in arrays named w and w_matrix, and
-one row of it in e: read those as dM.)
 """
 import numpy as np
 

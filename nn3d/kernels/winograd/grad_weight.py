@@ -92,12 +92,12 @@ def winograd_grad_weight_reference(x, grad_output):
     x_pad[:, 1:size[0] + 1, 1:size[1] + 1, 1:size[2] + 1] = x
     d = np.lib.stride_tricks.sliding_window_view(x_pad, (4, 4, 4), axis=(1, 2, 3))[:, ::2, ::2, ::2]
     # d: (N, tiles_d, tiles_h, tiles_w, Cin, 4, 4, 4), input tiles overlapping by 2
-    e = np.zeros((n_batch, *(2 * t for t in tiles), cout))       # output gradient, zeros past odd edges
-    e[:, :size[0], :size[1], :size[2]] = grad_output
-    e = e.reshape(n_batch, tiles_d, 2, tiles_h, 2, tiles_w, 2, cout)    # (N, td, p, th, q, tw, r, Cout)
+    dy = np.zeros((n_batch, *(2 * t for t in tiles), cout))      # output gradient, zeros past odd edges
+    dy[:, :size[0], :size[1], :size[2]] = grad_output
+    dy = dy.reshape(n_batch, tiles_d, 2, tiles_h, 2, tiles_w, 2, cout)  # (N, td, p, th, q, tw, r, Cout)
     v = np.einsum("ai,bj,ck,ntuvxijk->ntuvabcx", B_T, B_T, B_T, d, optimize=True)   # (..., 4, 4, 4, Cin)
-    w = np.einsum("pa,qb,rc,ntpuqvro->ntuvabco", A_T, A_T, A_T, e, optimize=True)   # (..., 4, 4, 4, Cout)
-    du = np.einsum("ntuvabcx,ntuvabco->abcxo", v, w, optimize=True)                 # (4, 4, 4, Cin, Cout)
+    dm = np.einsum("pa,qb,rc,ntpuqvro->ntuvabco", A_T, A_T, A_T, dy, optimize=True)  # (..., 4, 4, 4, Cout)
+    du = np.einsum("ntuvabcx,ntuvabco->abcxo", v, dm, optimize=True)                 # (4, 4, 4, Cin, Cout)
     return np.einsum("ai,bj,ck,abcxo->oxijk", G, G, G, du, optimize=True)          # (Cout, Cin, 3, 3, 3)
 
 
@@ -112,7 +112,7 @@ def winograd_grad_weight_kernel(x0, x1, grad_output, tiles_per_chunk, tiles_per_
     place (`transform_input_block`; x1 may have no channels); grad_output (N, D, H, W, Cout); partial (n_chunks,
     64 * Cin_padded * Cout_padded), any values on entry; block_rows = PRODUCT_ROWS (input channels
     per register tile: 8 on AVX-512, 6 on AVX2, products.py). Work items: (chunk, group of output-channel blocks), n_groups groups per
-    chunk. The prange runs over n_workers (the thread count) workers, each with its own V, W and
+    chunk. The prange runs over n_workers (the thread count) workers, each with its own V, dM and
     scratch buffers (allocated once per call), taking items worker, worker + n_workers, ...; an item
     sums its chunk block by block in one order whichever worker takes it: deterministic."""
     n_batch, size_d, size_h, size_w, cin0 = x0.shape
@@ -122,11 +122,11 @@ def winograd_grad_weight_kernel(x0, x1, grad_output, tiles_per_chunk, tiles_per_
     cin_padded = (cin + BLOCK_C - 1) // BLOCK_C * BLOCK_C
     n_cblocks = (grad_output.shape[4] + BLOCK_C - 1) // BLOCK_C
     blocks_per_group = (n_cblocks + n_groups - 1) // n_groups
-    rows = tiles_per_block + 1     # V, W rows: one spare, so V[xi] and W[xi] are not a power of two apart
+    rows = tiles_per_block + 1     # V, dM rows: one spare, so V[xi] and dM[xi] are not a power of two apart
     for worker in prange(n_workers):
         v = np.empty(TILE_VALUES * rows * cin_padded, dtype=partial.dtype)           # V (64, rows, Cin_p)
-        w = np.empty(TILE_VALUES * n_cblocks * rows * BLOCK_C, dtype=partial.dtype)  # W (64, Cout_p/16, rows, 16)
-        w_matrix = w.reshape(TILE_VALUES * n_cblocks * rows, BLOCK_C)                # rows (xi, cb, t)
+        dm = np.empty(TILE_VALUES * n_cblocks * rows * BLOCK_C, dtype=partial.dtype)  # dM (64, Cout_p/16, rows, 16)
+        dm_matrix = dm.reshape(TILE_VALUES * n_cblocks * rows, BLOCK_C)                # rows (xi, cb, t)
         staged = np.empty(TILE_VALUES * BLOCK_C, dtype=partial.dtype)                # a tile at a face
         zeros = np.zeros((1, BLOCK_C), dtype=partial.dtype)                          # a zero register tile
         for item in range(worker, n_chunks * n_groups, n_workers):
@@ -139,8 +139,8 @@ def winograd_grad_weight_kernel(x0, x1, grad_output, tiles_per_chunk, tiles_per_
             for first in range(chunk_first, chunk_end, tiles_per_block):
                 count = min(tiles_per_block, chunk_end - first)
                 transform_input_block(x0, x1, first, count, rows, v, staged)
-                transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_end, w, staged)
-                accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, cb_first, cb_end,
+                transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_end, dm, staged)
+                accumulate_block_products(v, dm_matrix, count, rows, cin_padded, n_cblocks, cb_first, cb_end,
                                           block_rows, du, first == chunk_first, zeros)
 
 
@@ -176,7 +176,7 @@ MIN_CHUNK_TILES = 64       # a chunk's tiles: its arithmetic must outweigh zeroi
 
 def grad_weight_partition(n_tiles, cin_padded, cout_padded):
     """(tiles_per_block, tiles_per_chunk, n_chunks, n_groups) for n_tiles tiles, from the shapes only
-    (never the thread count: the sums are the same on any machine). Blocks: V and W of a block,
+    (never the thread count: the sums are the same on any machine). Blocks: V and dM of a block,
     64 * tiles * (Cin + Cout) values, in about 1 MiB of float32 (half of this machine's L2): 16, 32 or
     64 tiles, a power of two (which divides the tile counts of power-of-two volumes into equal chunks).
     Chunks: WORK_ITEMS (32) when there are enough tiles, at least MIN_CHUNK_TILES tiles each, and

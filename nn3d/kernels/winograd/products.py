@@ -1,7 +1,7 @@
 """The 64 matrix products of a block of tiles, one per transformed position xi (algorithm.py's
 notation), register-blocked like the direct kernels (a tile of rows x 16 output channels in local
 variables): the forward's M[xi] = V[xi] U[xi] (`multiply_block`) and grad-weight's
-dU[xi] += V[xi]^T W[xi] (`accumulate_block_products`).
+dU[xi] += V[xi]^T dM[xi] (`accumulate_block_products`).
 
 The tile per CPU (`PRODUCT_ROWS`, from the tile width the kernels compile for): on AVX-512, 8 rows of
 16-tuples (8 zmm accumulators, what the SLP vectoriser makes of `fma16`); on AVX2, 6 rows of
@@ -60,15 +60,15 @@ def multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros):
                 v_7 = v_6 + step
                 acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(zeros, 0)
                 for ci in range(cin_u):
-                    w = load16(u_matrix, u_0 + ci)
-                    acc0 = fma16(acc0, v[v_0 + ci], w)
-                    acc1 = fma16(acc1, v[v_1 + ci], w)
-                    acc2 = fma16(acc2, v[v_2 + ci], w)
-                    acc3 = fma16(acc3, v[v_3 + ci], w)
-                    acc4 = fma16(acc4, v[v_4 + ci], w)
-                    acc5 = fma16(acc5, v[v_5 + ci], w)
-                    acc6 = fma16(acc6, v[v_6 + ci], w)
-                    acc7 = fma16(acc7, v[v_7 + ci], w)
+                    u_row = load16(u_matrix, u_0 + ci)
+                    acc0 = fma16(acc0, v[v_0 + ci], u_row)
+                    acc1 = fma16(acc1, v[v_1 + ci], u_row)
+                    acc2 = fma16(acc2, v[v_2 + ci], u_row)
+                    acc3 = fma16(acc3, v[v_3 + ci], u_row)
+                    acc4 = fma16(acc4, v[v_4 + ci], u_row)
+                    acc5 = fma16(acc5, v[v_5 + ci], u_row)
+                    acc6 = fma16(acc6, v[v_6 + ci], u_row)
+                    acc7 = fma16(acc7, v[v_7 + ci], u_row)
                 to = np.uint64((m_0 + t0) * BLOCK_C)
                 store16_at(m, to, acc0)
                 store16_at(m, to + np.uint64(BLOCK_C), acc1)
@@ -87,13 +87,13 @@ def multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros):
                 v_5 = v_4 + step
                 acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = load16v(zeros_flat, UINT[0])
                 for ci in range(cin_u):
-                    w = load16v(u_flat, (u_0 + ci) * SIXTEEN)
-                    acc0 = fma_v(acc0, v[v_0 + ci], w)
-                    acc1 = fma_v(acc1, v[v_1 + ci], w)
-                    acc2 = fma_v(acc2, v[v_2 + ci], w)
-                    acc3 = fma_v(acc3, v[v_3 + ci], w)
-                    acc4 = fma_v(acc4, v[v_4 + ci], w)
-                    acc5 = fma_v(acc5, v[v_5 + ci], w)
+                    u_row = load16v(u_flat, (u_0 + ci) * SIXTEEN)
+                    acc0 = fma_v(acc0, v[v_0 + ci], u_row)
+                    acc1 = fma_v(acc1, v[v_1 + ci], u_row)
+                    acc2 = fma_v(acc2, v[v_2 + ci], u_row)
+                    acc3 = fma_v(acc3, v[v_3 + ci], u_row)
+                    acc4 = fma_v(acc4, v[v_4 + ci], u_row)
+                    acc5 = fma_v(acc5, v[v_5 + ci], u_row)
                 to = np.uint64((m_0 + t0) * BLOCK_C)
                 store16v(m, to, acc0)
                 store16v(m, to + SIXTEEN, acc1)
@@ -108,11 +108,11 @@ def multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros):
                 v_3 = v_2 + step
                 acc0 = acc1 = acc2 = acc3 = load16v(zeros_flat, UINT[0])
                 for ci in range(cin_u):
-                    w = load16v(u_flat, (u_0 + ci) * SIXTEEN)
-                    acc0 = fma_v(acc0, v[v_0 + ci], w)
-                    acc1 = fma_v(acc1, v[v_1 + ci], w)
-                    acc2 = fma_v(acc2, v[v_2 + ci], w)
-                    acc3 = fma_v(acc3, v[v_3 + ci], w)
+                    u_row = load16v(u_flat, (u_0 + ci) * SIXTEEN)
+                    acc0 = fma_v(acc0, v[v_0 + ci], u_row)
+                    acc1 = fma_v(acc1, v[v_1 + ci], u_row)
+                    acc2 = fma_v(acc2, v[v_2 + ci], u_row)
+                    acc3 = fma_v(acc3, v[v_3 + ci], u_row)
                 to = np.uint64((m_0 + t0) * BLOCK_C)
                 store16v(m, to, acc0)
                 store16v(m, to + SIXTEEN, acc1)
@@ -140,41 +140,41 @@ def add_into16v(flat, at, v, fresh):
 
 
 @tile_helper
-def accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, cb_first, cb_end, block_rows,
+def accumulate_block_products(v, dm_matrix, count, rows, cin_padded, n_cblocks, cb_first, cb_end, block_rows,
                               du, fresh, zeros):
-    """dU[xi, ci, 16cb:16cb+16] += sum_{t < count} V[xi, t, ci] W[xi, cb, t, :] for the 64 positions xi
+    """dU[xi, ci, 16cb:16cb+16] += sum_{t < count} V[xi, t, ci] dM[xi, cb, t, :] for the 64 positions xi
     and the output-channel blocks cb_first <= cb < cb_end:
     (Cin x count) @ (count x 16) per output-channel block cb, a register tile of block_rows = 8
     input channels (16-tuples, AVX-512), or 6 then 4 (vectors, AVX2) x 16 output channels that
-    runs over the block's tiles (per tile: one load of 16 W values, a broadcast of V and an FMA per
+    runs over the block's tiles (per tile: one load of 16 dM values, a broadcast of V and an FMA per
     row), then is added into dU. The tiles are spelled out, like `multiply_block`'s: written as
     tuples of 16-tuples (one helper for both widths), the accumulators compiled to shuffles and
-    stack spills around every FMA. v (64, rows, Cin_padded) flat; w_matrix rows (xi, cb, t) of 16;
+    stack spills around every FMA. v (64, rows, Cin_padded) flat; dm_matrix rows (xi, cb, t) of 16;
     du (64, Cin_padded, Cout_padded) flat."""
     row_u = np.uint64(cin_padded)                          # from V[xi, t] to V[xi, t + 1]
     du_row = np.uint64(n_cblocks * BLOCK_C)                # from dU[xi, ci] to dU[xi, ci + 1]
     count_u = np.uint64(count)
     end8 = cin_padded if block_rows == 8 else 0
     end6 = end8 if block_rows == 8 else end_of_6_tiles(cin_padded, block_rows)
-    w_flat = w_matrix.reshape(w_matrix.size)
+    dm_flat = dm_matrix.reshape(dm_matrix.size)
     zeros_flat = zeros.reshape(zeros.size)
     for xi in range(TILE_VALUES):
         for cb in range(cb_first, cb_end):
-            w_0 = np.uint64((xi * n_cblocks + cb) * rows)
+            dm_0 = np.uint64((xi * n_cblocks + cb) * rows)
             for ci0 in range(0, end8, 8):
                 v_0 = np.uint64(xi * rows * cin_padded + ci0)
                 acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(zeros, 0)
                 for t in range(count_u):
-                    e = load16(w_matrix, w_0 + t)
+                    dm_row = load16(dm_matrix, dm_0 + t)
                     at = v_0 + t * row_u
-                    acc0 = fma16(acc0, v[at], e)
-                    acc1 = fma16(acc1, v[at + UINT[1]], e)
-                    acc2 = fma16(acc2, v[at + UINT[2]], e)
-                    acc3 = fma16(acc3, v[at + UINT[3]], e)
-                    acc4 = fma16(acc4, v[at + UINT[4]], e)
-                    acc5 = fma16(acc5, v[at + UINT[5]], e)
-                    acc6 = fma16(acc6, v[at + UINT[6]], e)
-                    acc7 = fma16(acc7, v[at + UINT[7]], e)
+                    acc0 = fma16(acc0, v[at], dm_row)
+                    acc1 = fma16(acc1, v[at + UINT[1]], dm_row)
+                    acc2 = fma16(acc2, v[at + UINT[2]], dm_row)
+                    acc3 = fma16(acc3, v[at + UINT[3]], dm_row)
+                    acc4 = fma16(acc4, v[at + UINT[4]], dm_row)
+                    acc5 = fma16(acc5, v[at + UINT[5]], dm_row)
+                    acc6 = fma16(acc6, v[at + UINT[6]], dm_row)
+                    acc7 = fma16(acc7, v[at + UINT[7]], dm_row)
                 to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
                 add_into16(du, to, acc0, fresh)
                 add_into16(du, to + du_row, acc1, fresh)
@@ -188,14 +188,14 @@ def accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, c
                 v_0 = np.uint64(xi * rows * cin_padded + ci0)
                 acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = load16v(zeros_flat, UINT[0])
                 for t in range(count_u):
-                    e = load16v(w_flat, (w_0 + t) * SIXTEEN)
+                    dm_row = load16v(dm_flat, (dm_0 + t) * SIXTEEN)
                     at = v_0 + t * row_u
-                    acc0 = fma_v(acc0, v[at], e)
-                    acc1 = fma_v(acc1, v[at + UINT[1]], e)
-                    acc2 = fma_v(acc2, v[at + UINT[2]], e)
-                    acc3 = fma_v(acc3, v[at + UINT[3]], e)
-                    acc4 = fma_v(acc4, v[at + UINT[4]], e)
-                    acc5 = fma_v(acc5, v[at + UINT[5]], e)
+                    acc0 = fma_v(acc0, v[at], dm_row)
+                    acc1 = fma_v(acc1, v[at + UINT[1]], dm_row)
+                    acc2 = fma_v(acc2, v[at + UINT[2]], dm_row)
+                    acc3 = fma_v(acc3, v[at + UINT[3]], dm_row)
+                    acc4 = fma_v(acc4, v[at + UINT[4]], dm_row)
+                    acc5 = fma_v(acc5, v[at + UINT[5]], dm_row)
                 to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
                 add_into16v(du, to, acc0, fresh)
                 add_into16v(du, to + du_row, acc1, fresh)
@@ -207,12 +207,12 @@ def accumulate_block_products(v, w_matrix, count, rows, cin_padded, n_cblocks, c
                 v_0 = np.uint64(xi * rows * cin_padded + ci0)
                 acc0 = acc1 = acc2 = acc3 = load16v(zeros_flat, UINT[0])
                 for t in range(count_u):
-                    e = load16v(w_flat, (w_0 + t) * SIXTEEN)
+                    dm_row = load16v(dm_flat, (dm_0 + t) * SIXTEEN)
                     at = v_0 + t * row_u
-                    acc0 = fma_v(acc0, v[at], e)
-                    acc1 = fma_v(acc1, v[at + UINT[1]], e)
-                    acc2 = fma_v(acc2, v[at + UINT[2]], e)
-                    acc3 = fma_v(acc3, v[at + UINT[3]], e)
+                    acc0 = fma_v(acc0, v[at], dm_row)
+                    acc1 = fma_v(acc1, v[at + UINT[1]], dm_row)
+                    acc2 = fma_v(acc2, v[at + UINT[2]], dm_row)
+                    acc3 = fma_v(acc3, v[at + UINT[3]], dm_row)
                 to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
                 add_into16v(du, to, acc0, fresh)
                 add_into16v(du, to + du_row, acc1, fresh)
