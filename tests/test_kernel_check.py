@@ -43,7 +43,8 @@ def test_one_kernel_of_each_family_passes(capsys):
         expected = {(check.row_name(name, out), case.label, np.dtype(dtype).name, str(width or "-"))
                     for _, case, dtype, width in check.rows_of(kernel) for out in kernel.outputs}
         assert {row[:4] for row in rows if row[0].split(":")[0] == name} == expected, name
-    assert {row[3] for row in rows} == {"-", *map(str, check.tile_widths())}          # 8 and 4 on any CPU
+    widths = {*check.tile_widths(), *check.PRODUCT_WIDTHS}                               # 8, 6 and 4 on any CPU
+    assert {row[3] for row in rows} == {"-", *map(str, widths)}
     assert {row[2] for row in rows} == {"float32", "float64"}
     assert all(row[-1] == "pass" and float(row[5]) <= float(row[6]) for row in rows)
     assert output.rstrip().endswith(f"all {len(rows)} checks pass")

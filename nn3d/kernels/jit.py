@@ -4,6 +4,7 @@ Every kernel in nn3d is compiled through one of the decorators below, so that
 `NUMBA_DISABLE_JIT=1 python ...` turns all of them into plain Python you can step through in a
 debugger, and `NUMBA_BOUNDSCHECK=1` checks every index.
 
+- `kernel`:           serial, for loops not worth threads (the kernel ladders' one-tile helpers).
 - `parallel_kernel`:  `prange` loops split across Numba's threads; each iteration owns its slice
                       of the output (no two iterations write the same element).
 - `blocked_kernel`:   a `parallel_kernel` compiled with LLVM's loop vectoriser off and its SLP
@@ -32,6 +33,10 @@ from numba.core import config, event
 from numba.core.compiler_lock import global_compiler_lock
 
 JIT_OPTIONS = dict(cache=True, fastmath=False)
+
+
+def kernel(function):
+    return numba.njit(**JIT_OPTIONS)(function)
 
 
 def parallel_kernel(function):
