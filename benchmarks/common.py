@@ -87,7 +87,7 @@ def cpu_model():
 def instruction_set():
     """The vector instruction set nn3d's kernels are compiled for, from the same LLVM feature string
     that picks their register-tile width (nn3d/kernels/conv3d.py): "AVX-512", "AVX2" or "other"."""
-    from nn3d.kernels.conv3d import compiling_for
+    from nn3d.kernels.register_tile import compiling_for
 
     features = compiling_for().split(",")
     return "AVX-512" if "+avx512f" in features else "AVX2" if "+avx2" in features else "other"
@@ -104,7 +104,7 @@ def version(package):
 
 
 def machine_info(threads):
-    from nn3d.kernels.conv3d import BLOCK_W
+    from nn3d.kernels.register_tile import BLOCK_W
 
     return {"cpu": platform.machine(), "cpu_model": cpu_model(), "isa": instruction_set(),
             "tile_width": BLOCK_W, "cores": os.cpu_count(), "threads": threads,
