@@ -86,7 +86,7 @@ def cpu_model():
 
 def instruction_set():
     """The vector instruction set nn3d's kernels are compiled for, from the same LLVM feature string
-    that picks their register-tile width (nn3d/kernels/conv3d.py): "AVX-512", "AVX2" or "other"."""
+    that picks their register-tile width (nn3d/kernels/register_tile.py): "AVX-512", "AVX2" or "other"."""
     from nn3d.kernels.register_tile import compiling_for
 
     features = compiling_for().split(",")
