@@ -62,3 +62,14 @@ def test_a_failed_export_leaves_the_onnx_engines_not_run():
     assert all(entry == {"not_run": "ONNX export: RuntimeError: exporter missing"}
                for entry in result["engines"].values())
     assert result["fastest"] is None and result["speedup"] is None
+
+
+def test_machine_info_names_the_instruction_set_the_kernels_compile_for():
+    """The results name the ISA and the tile width of their run (the README keeps one table per ISA)."""
+    from benchmarks.common import machine_info
+    from nn3d.kernels.register_tile import BLOCK_W, compiling_for
+
+    machine = machine_info(THREADS)
+    features = compiling_for().split(",")
+    assert machine["isa"] == ("AVX-512" if "+avx512f" in features else "AVX2" if "+avx2" in features else "other")
+    assert machine["tile_width"] == BLOCK_W and machine["cpu_model"]
