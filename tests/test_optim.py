@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from nn3d import AdamW, BatchNorm3d, CosineAnnealingLR, MSELoss, Parameter, ReLU, Sequential, clip_grad_norm_
+from nn3d import (AdamW, BatchNorm3d, CosineAnnealingLR, MSELoss, Parameter, ReLU, Sequential, clip_grad_norm_,
+                  manual_seed)
 from nn3d.conv3d import Conv3d
 from nn3d.gradcheck import max_relative_error
 from torch_reference import load_into_torch
@@ -80,7 +81,10 @@ def test_clip_grad_norm_matches_torch():
 def small_network(rng):
     """Conv-ReLU-BN-Conv. (Not Conv-BN: BatchNorm removes any per-channel constant, so the bias of a
     convolution right before it has gradient exactly 0 in theory, i.e. rounding noise in practice,
-    which Adam's m / sqrt(v) blows up to steps of +-lr in both libraries independently.)"""
+    which Adam's m / sqrt(v) blows up to steps of +-lr in both libraries independently.) The
+    convolutions' initial weights come from nn3d's generator, seeded here so that they do not depend
+    on which tests ran before in the same process."""
+    manual_seed(0)
     network = Sequential(Conv3d(1, 4, 3, padding=1), ReLU(), BatchNorm3d(4), Conv3d(4, 1, 1))
     network[2].weight.data[...] = rng.uniform(0.5, 1.5, 4)
     network[2].bias.data[...] = rng.standard_normal(4) * 0.1
