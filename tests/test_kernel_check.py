@@ -94,7 +94,8 @@ def shifted_along_w(pad_kernel):
     ("pad_and_concatenate", padding, "pad_kernel", shifted_along_w),
     ("conv_transpose3d_general_forward", conv3d, "conv3d_grad_input", off_in_the_last_element),
     ("conv_transpose3d_general_grad_input", conv3d, "conv3d_forward", off_in_the_last_element),
-    ("conv_transpose3d_general_grad_weight", conv3d_grad_weight, "conv3d_grad_weight", off_in_the_last_element)])
+    ("conv_transpose3d_general_grad_weight", conv3d_grad_weight, "conv3d_grad_weight",
+     off_in_the_last_element)])
 def test_a_wrong_kernel_fails_the_new_checks(name, module, function, wrong, monkeypatch, capsys):
     assert check.main([name]) == 0
     capsys.readouterr()

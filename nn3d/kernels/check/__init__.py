@@ -12,14 +12,15 @@ Winograd's products `PRODUCT_WIDTHS`: 8, 6 and 4 rows; the width is an argument 
 every one runs on any CPU). The transposed convolution runs both of its layer's paths: the
 kernel == stride block kernels, and the general path (any kernel, stride and padding) through the
 direct convolution's functions, called with the transposed convolution's arguments as the layer
-calls them. Its reference runs in float64 on the same values (float32 inputs widened exactly), so the error shown is the kernel's own, against
-exact arithmetic: max |kernel - reference| and that over max |reference| (gradcheck's measure).
+calls them. Its reference runs in float64 on the same values (float32 inputs widened exactly), so
+the error shown is the kernel's own, against exact arithmetic: max |kernel - reference| and that
+over max |reference| (gradcheck's measure).
 Exit status: 0 when every row passes, 1 when one fails, 2 for a name that is not a kernel.
 
 The references: nn3d/kernels/reference.py (direct and transposed convolution, the pointwise head as
-a 1x1x1 convolution, BatchNorm, ReLU, max-pool, channel sums, the zero-haloed buffers of padding.py); nn3d/kernels/winograd/algorithm.py
-(Winograd's forward and its filter transforms); winograd_grad_weight_reference in
-nn3d/kernels/winograd/grad_weight.py. Winograd's grad-input has no reference of its own: it is
+a 1x1x1 convolution, BatchNorm, ReLU, max-pool, channel sums, the zero-haloed buffers of
+padding.py); nn3d/kernels/winograd/algorithm.py (Winograd's forward and its filter transforms);
+winograd_grad_weight_reference in nn3d/kernels/winograd/grad_weight.py. Winograd's grad-input has no reference of its own: it is
 checked against the direct conv3d_grad_input_reference, the convolution it must equal.
 
 Tolerances, on the relative error (`tolerance`):
