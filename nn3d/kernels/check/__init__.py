@@ -20,8 +20,9 @@ Exit status: 0 when every row passes, 1 when one fails, 2 for a name that is not
 The references: nn3d/kernels/reference.py (direct and transposed convolution, the pointwise head as
 a 1x1x1 convolution, BatchNorm, ReLU, max-pool, channel sums, the zero-haloed buffers of
 padding.py); nn3d/kernels/winograd/algorithm.py (Winograd's forward and its filter transforms);
-winograd_grad_weight_reference in nn3d/kernels/winograd/grad_weight.py. Winograd's grad-input has no reference of its own: it is
-checked against the direct conv3d_grad_input_reference, the convolution it must equal.
+winograd_grad_weight_reference in nn3d/kernels/winograd/grad_weight.py. Winograd's grad-input has
+no reference of its own: it is checked against the direct conv3d_grad_input_reference, the
+convolution it must equal.
 
 Tolerances, on the relative error (`tolerance`):
 - float64: 1e-12. A sum of L terms rounds to ~1.1e-16 * sqrt(L) of its scale (measured here: at
