@@ -76,8 +76,9 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
     in registers for the whole reduction over (kz, ky, j): 8 voxels (acc0..acc7) when block_w == 8,
     then 4 (a tuple `tile`, register_tile.fma_tile4) while at least 4 are left in the row, then
     single voxels (acc0). With block_w == 4 the 8-voxel loop is skipped, and its registers are
-    never needed: each loop gets its own register allocation. The input of voxel ow0 + q is read at the unsigned flat offset
-    x_q + j (x_q: where its run starts), so the inner loop has no negative-index checks or views.
+    never needed: each loop gets its own register allocation. The input of voxel ow0 + q is read at
+    the unsigned flat offset x_q + j (x_q: where its run starts), so the inner loop has no
+    negative-index checks or views.
     """
     n_batch, out_d, out_h, out_w, cout_padded = y.shape
     kernel_d, kernel_h, n_cblocks, run, _ = w_packed.shape
@@ -99,6 +100,7 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
         od = row // out_h % out_d
         oh = row % out_h
         row_start = ((n * x_pad.shape[1] + od * stride_d) * x_pad.shape[2] + oh * stride_h) * x_row_length
+        # AVX-512's 8-wide tile stays written out: it cannot be timed on AVX2 (docs/performance.md)
         for ow0 in range(0, end8, 8):
             acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(bias, cb)
             for kz in range(kernel_d):

@@ -37,9 +37,10 @@ def conv3d_grad_weight_kernel(x_pad, grad_output, stride_d, stride_h, stride_w,
     Differs from conv3d_grad_weight_reference in loop order only: a tile of positions j x 16 output
     channels of grad_weight stays in registers while the kernel runs over the voxels of
     rows_per_block rows (data that stays in cache): 8 positions (acc0..acc7) when block_j == 8,
-    then 4 (a tuple `tile`, register_tile.fma_tile4) while at least 4 are left, then single positions. Inside the voxel loop
-    every index is an unsigned offset into flat arrays (row offsets computed once per block), so
-    there are no negative-index checks, divisions or views there; UINT[q] is q as an unsigned number.
+    then 4 (a tuple `tile`, register_tile.fma_tile4) while at least 4 are left, then single
+    positions. Inside the voxel loop every index is an unsigned offset into flat arrays (row offsets
+    computed once per block), so there are no negative-index checks, divisions or views there;
+    UINT[q] is q as an unsigned number.
     """
     n_batch, out_d, out_h, out_w, cout_padded = grad_output.shape
     n_chunks, kernel_d, kernel_h, run, _ = partial.shape
@@ -76,6 +77,7 @@ def conv3d_grad_weight_kernel(x_pad, grad_output, stride_d, stride_h, stride_w,
                 g_offsets[r] = row * out_w * n_cblocks + cb
             for kz in range(kernel_d):
                 for ky in range(kernel_h):
+                    # AVX-512's 8-wide tile stays written out: it cannot be timed on AVX2 (docs/performance.md)
                     for j0 in range(0, end8, 8):
                         shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
                         acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(zero_tile, 0)
