@@ -38,7 +38,9 @@ convolutions they differ, as follows:
   weight. nn3d/conv3d.py derives (3) from (2); the tests check that the two agree.
 - ConvTranspose3d: the kernels handle kernel == stride, padding 0 only (the U-Net's), as one
   product per input voxel written into (or read from) its own block (conv_transpose3d.py); the
-  references are the general Conv3d sums above.
+  references are the general Conv3d sums above. Any other kernel, stride or padding runs the Conv3d
+  kernels with the transposed convolution's arguments (`python -m nn3d.kernels.check
+  conv_transpose3d` checks both).
 """
 import numpy as np
 
