@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from nn3d.kernels import check, conv3d, relu
+from nn3d.kernels import check, conv3d, conv3d_grad_weight, padding, relu
 
 # one kernel per family, the cheapest to compile where a family has several
 SUBSET = ["conv3d_grad_weight", "winograd_forward", "flipped_transposed_transform",
           "conv_transpose3d_blocks_grad_input", "pointwise_grad_weight", "batchnorm_backward_input",
-          "relu_backward", "maxpool3d_forward", "channel_sums"]
+          "relu_backward", "maxpool3d_forward", "channel_sums", "pad_channels_last"]
 
 
 def table_rows(output):
@@ -68,6 +68,43 @@ def test_a_perturbed_kernel_fails_its_rows(monkeypatch, capsys):
     assert {row[-1] for row in rows if row[0] == "relu_forward"} == {"pass"}
     assert len([row for row in rows if row[0] == "conv3d_forward"]) == len(check.rows_of(check.KERNELS["conv3d_forward"]))
     assert output.rstrip().endswith("KERNEL CHECK FAILED: conv3d_forward")
+
+
+def off_in_the_last_element(function):
+    """`function`, its result's last element off by 1e-3 of the result's scale (a tail error)."""
+    def perturbed(*args, **kwargs):
+        y = np.array(function(*args, **kwargs))
+        y.reshape(-1)[-1] += 1e-3 * np.abs(y).max()
+        return y
+    return perturbed
+
+
+def shifted_along_w(pad_kernel):
+    """A wrong `pad_kernel`: every row lands one voxel further along W than it should."""
+    def shifted(x_cl, offset_d, offset_h, offset_w, channel_start, out):
+        pad_kernel(x_cl, offset_d, offset_h, offset_w + 1, channel_start, out)
+    return shifted
+
+
+# the checks added with the padding kernels and the transposed convolution's general path: a wrong
+# version of the function each one calls fails it
+@pytest.mark.parametrize("name, module, function, wrong", [
+    ("embed_strided", padding, "embed_strided", off_in_the_last_element),
+    ("pad_channels_last", padding, "pad_kernel", shifted_along_w),
+    ("pad_and_concatenate", padding, "pad_kernel", shifted_along_w),
+    ("conv_transpose3d_general_forward", conv3d, "conv3d_grad_input", off_in_the_last_element),
+    ("conv_transpose3d_general_grad_input", conv3d, "conv3d_forward", off_in_the_last_element),
+    ("conv_transpose3d_general_grad_weight", conv3d_grad_weight, "conv3d_grad_weight",
+     off_in_the_last_element)])
+def test_a_wrong_kernel_fails_the_new_checks(name, module, function, wrong, monkeypatch, capsys):
+    assert check.main([name]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(module, function, wrong(getattr(module, function)))
+    assert check.main([name]) == 1
+    output = capsys.readouterr().out
+    results = [row[-1] for row in table_rows(output)]
+    assert len(results) == len(check.rows_of(check.KERNELS[name])) and "FAIL" in results
+    assert output.rstrip().endswith(f"KERNEL CHECK FAILED: {name}")
 
 
 def test_a_kernel_that_raises_is_a_failed_row(monkeypatch, capsys):

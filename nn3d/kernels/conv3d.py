@@ -48,7 +48,7 @@ from ..core.shapes import window_output_size
 from .jit import blocked_kernel, tile_helper
 from .padding import embed_strided, pad_channels_last
 from .pointwise import is_pointwise, pointwise_forward, pointwise_forward_work_items, pointwise_grad_input
-from .register_tile import BLOCK_C, BLOCK_W, fma16, load16
+from .register_tile import BLOCK_C, BLOCK_W, fma16, fma_tile4, load16
 from .weight_packing import flipped_transposed, pack_weight
 
 
@@ -74,10 +74,11 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
     Differs from conv3d_forward_reference in loop order only: the (kx, ci) loops are one loop over
     the contiguous run j, and a tile of neighbouring voxels x BLOCK_C = 16 output channels of y stays
     in registers for the whole reduction over (kz, ky, j): 8 voxels (acc0..acc7) when block_w == 8,
-    then 4 (acc0..acc3) while at least 4 are left in the row, then single voxels (acc0). With
-    block_w == 4 the 8-voxel loop is skipped, and its registers are never needed: each loop gets
-    its own register allocation. The input of voxel ow0 + q is read at the unsigned flat offset
-    x_q + j (x_q: where its run starts), so the inner loop has no negative-index checks or views.
+    then 4 (a tuple `tile`, register_tile.fma_tile4) while at least 4 are left in the row, then
+    single voxels (acc0). With block_w == 4 the 8-voxel loop is skipped, and its registers are
+    never needed: each loop gets its own register allocation. The input of voxel ow0 + q is read at
+    the unsigned flat offset x_q + j (x_q: where its run starts), so the inner loop has no
+    negative-index checks or views.
     """
     n_batch, out_d, out_h, out_w, cout_padded = y.shape
     kernel_d, kernel_h, n_cblocks, run, _ = w_packed.shape
@@ -88,6 +89,7 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
     x_row_length = x_pad.shape[3] * cin
     x_plane_length = x_pad.shape[2] * x_row_length
     step = stride_w * cin                      # distance between neighbouring output voxels in a row
+    step_u = np.uint64(step)
     run_u = np.uint64(run)
     end8 = out_w // 8 * 8 if block_w == 8 else 0          # voxels [0, end8) in tiles of 8
     end4 = end8 + (out_w - end8) // 4 * 4                 # [end8, end4) in tiles of 4, then singles
@@ -98,6 +100,7 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
         od = row // out_h % out_d
         oh = row % out_h
         row_start = ((n * x_pad.shape[1] + od * stride_d) * x_pad.shape[2] + oh * stride_h) * x_row_length
+        # AVX-512's 8-wide tile stays written out: it cannot be timed on AVX2 (docs/performance.md)
         for ow0 in range(0, end8, 8):
             acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(bias, cb)
             for kz in range(kernel_d):
@@ -131,25 +134,19 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
                 y_tiles[n, od, oh, ow0 + 6, cb, c] = rectified(acc6[c], relu)
                 y_tiles[n, od, oh, ow0 + 7, cb, c] = rectified(acc7[c], relu)
         for ow0 in range(end8, end4, 4):
-            acc0 = acc1 = acc2 = acc3 = load16(bias, cb)
+            b = load16(bias, cb)
+            tile = (b, b, b, b)                                   # voxels ow0 .. ow0 + 3
             for kz in range(kernel_d):
                 for ky in range(kernel_h):
                     x_0 = np.uint64(row_start + kz * x_plane_length + ky * x_row_length + ow0 * step)
-                    x_1 = x_0 + np.uint64(step)
-                    x_2 = x_1 + np.uint64(step)
-                    x_3 = x_2 + np.uint64(step)
                     w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
                     for j in range(run_u):
-                        w = load16(w_matrix, w_0 + j)
-                        acc0 = fma16(acc0, x_flat[x_0 + j], w)
-                        acc1 = fma16(acc1, x_flat[x_1 + j], w)
-                        acc2 = fma16(acc2, x_flat[x_2 + j], w)
-                        acc3 = fma16(acc3, x_flat[x_3 + j], w)
+                        tile = fma_tile4(tile, x_flat, x_0 + j, step_u, load16(w_matrix, w_0 + j))
             for c in range(BLOCK_C):
-                y_tiles[n, od, oh, ow0, cb, c] = rectified(acc0[c], relu)
-                y_tiles[n, od, oh, ow0 + 1, cb, c] = rectified(acc1[c], relu)
-                y_tiles[n, od, oh, ow0 + 2, cb, c] = rectified(acc2[c], relu)
-                y_tiles[n, od, oh, ow0 + 3, cb, c] = rectified(acc3[c], relu)
+                y_tiles[n, od, oh, ow0, cb, c] = rectified(tile[0][c], relu)
+                y_tiles[n, od, oh, ow0 + 1, cb, c] = rectified(tile[1][c], relu)
+                y_tiles[n, od, oh, ow0 + 2, cb, c] = rectified(tile[2][c], relu)
+                y_tiles[n, od, oh, ow0 + 3, cb, c] = rectified(tile[3][c], relu)
         for ow0 in range(end4, out_w):
             acc0 = load16(bias, cb)
             for kz in range(kernel_d):

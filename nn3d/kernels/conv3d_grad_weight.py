@@ -17,7 +17,7 @@ from ..core import arena
 from .jit import blocked_kernel
 from .partial_sums import WORK_ITEMS, sum_partials
 from .pointwise import is_pointwise, pointwise_grad_weight, pointwise_grad_weight_chunks
-from .register_tile import BLOCK_C, BLOCK_J, UINT, fma16, load16
+from .register_tile import BLOCK_C, BLOCK_J, UINT, fma16, fma_tile4, load16
 from .weight_packing import unpack_weight
 
 
@@ -37,9 +37,10 @@ def conv3d_grad_weight_kernel(x_pad, grad_output, stride_d, stride_h, stride_w,
     Differs from conv3d_grad_weight_reference in loop order only: a tile of positions j x 16 output
     channels of grad_weight stays in registers while the kernel runs over the voxels of
     rows_per_block rows (data that stays in cache): 8 positions (acc0..acc7) when block_j == 8,
-    then 4 (acc0..acc3) while at least 4 are left, then single positions. Inside the voxel loop
-    every index is an unsigned offset into flat arrays (row offsets computed once per block), so
-    there are no negative-index checks, divisions or views there; UINT[q] is q as an unsigned number.
+    then 4 (a tuple `tile`, register_tile.fma_tile4) while at least 4 are left, then single
+    positions. Inside the voxel loop every index is an unsigned offset into flat arrays (row offsets
+    computed once per block), so there are no negative-index checks, divisions or views there;
+    UINT[q] is q as an unsigned number.
     """
     n_batch, out_d, out_h, out_w, cout_padded = grad_output.shape
     n_chunks, kernel_d, kernel_h, run, _ = partial.shape
@@ -76,6 +77,7 @@ def conv3d_grad_weight_kernel(x_pad, grad_output, stride_d, stride_h, stride_w,
                 g_offsets[r] = row * out_w * n_cblocks + cb
             for kz in range(kernel_d):
                 for ky in range(kernel_h):
+                    # AVX-512's 8-wide tile stays written out: it cannot be timed on AVX2 (docs/performance.md)
                     for j0 in range(0, end8, 8):
                         shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
                         acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(zero_tile, 0)
@@ -105,23 +107,20 @@ def conv3d_grad_weight_kernel(x_pad, grad_output, stride_d, stride_h, stride_w,
                             partial[chunk, kz, ky, j0 + 7, co] += acc7[c]
                     for j0 in range(end8, end4, 4):
                         shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
-                        acc0 = acc1 = acc2 = acc3 = load16(zero_tile, 0)
+                        zero = load16(zero_tile, 0)
+                        tile = (zero, zero, zero, zero)               # positions j0 .. j0 + 3
                         for r in range(np.uint64(block_rows)):
                             x_offset = x_offsets[r] + shift
                             g_offset = g_offsets[r]
                             for ow in range(width):
-                                g = load16(g_matrix, g_offset + ow * g_step)
-                                at = x_offset + ow * step
-                                acc0 = fma16(acc0, x_flat[at], g)
-                                acc1 = fma16(acc1, x_flat[at + UINT[1]], g)
-                                acc2 = fma16(acc2, x_flat[at + UINT[2]], g)
-                                acc3 = fma16(acc3, x_flat[at + UINT[3]], g)
+                                tile = fma_tile4(tile, x_flat, x_offset + ow * step, UINT[1],
+                                                 load16(g_matrix, g_offset + ow * g_step))
                         for c in range(BLOCK_C):
                             co = cb * BLOCK_C + c
-                            partial[chunk, kz, ky, j0, co] += acc0[c]
-                            partial[chunk, kz, ky, j0 + 1, co] += acc1[c]
-                            partial[chunk, kz, ky, j0 + 2, co] += acc2[c]
-                            partial[chunk, kz, ky, j0 + 3, co] += acc3[c]
+                            partial[chunk, kz, ky, j0, co] += tile[0][c]
+                            partial[chunk, kz, ky, j0 + 1, co] += tile[1][c]
+                            partial[chunk, kz, ky, j0 + 2, co] += tile[2][c]
+                            partial[chunk, kz, ky, j0 + 3, co] += tile[3][c]
                     for j0 in range(end4, run):
                         shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
                         acc0 = load16(zero_tile, 0)

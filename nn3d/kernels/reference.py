@@ -15,6 +15,7 @@ dtype.
     ReLU             (F) forward, (B) backward
     channel_sums     every float64 sum over voxels (BatchNorm (S1), (S2), (B1), (B2); conv bias
                      gradients (5); MSELoss (F))
+    padding          a strided, offset copy into zeros (every convolution's zero-haloed input)
     Winograd         its references sit with its derivation: nn3d/kernels/winograd/algorithm.py
                      (forward, filter transform) and winograd/grad_weight.py (grad-weight)
 
@@ -37,7 +38,9 @@ convolutions they differ, as follows:
   weight. nn3d/conv3d.py derives (3) from (2); the tests check that the two agree.
 - ConvTranspose3d: the kernels handle kernel == stride, padding 0 only (the U-Net's), as one
   product per input voxel written into (or read from) its own block (conv_transpose3d.py); the
-  references are the general Conv3d sums above.
+  references are the general Conv3d sums above. Any other kernel, stride or padding runs the Conv3d
+  kernels with the transposed convolution's arguments (`python -m nn3d.kernels.check
+  conv_transpose3d` checks both).
 """
 import numpy as np
 
@@ -129,6 +132,19 @@ def conv_transpose3d_grad_weight_reference(x, grad_output, kernel_size, stride, 
     for each kernel offset, x^T @ (the output-gradient voxels it was added into)."""
     grad_full = conv_transpose3d_grad_full(grad_output, padding)
     return conv3d_grad_weight_reference(grad_full, x, kernel_size, stride).astype(x.dtype)
+
+
+# ---- zero-haloed buffers (fast kernels in padding.py) ---------------------------------------------
+def embed_strided_reference(x, stride, offset, length):
+    """x (N, D, H, W, C) placed into zeros (N, *length, C), one voxel at a time: voxel (o_d, o_h, o_w)
+    goes to (o_d*s_d + offset_d, ...) where that lies inside `length`, and is dropped where it does
+    not. Zero padding by p is the case stride 1, offset p, length D + 2p."""
+    out = np.zeros((x.shape[0], *length, x.shape[4]), x.dtype)
+    for voxel in np.ndindex(*x.shape[1:4]):
+        target = tuple(o * s + f for o, s, f in zip(voxel, stride, offset))
+        if all(0 <= t < size for t, size in zip(target, length)):
+            out[(slice(None), *target)] = x[(slice(None), *voxel)]
+    return out
 
 
 # ---- BatchNorm3d (nn3d/batchnorm3d.py; fast kernels in batchnorm3d.py) ----------------------------

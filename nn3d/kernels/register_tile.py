@@ -128,9 +128,10 @@ def padded_channels(cout):
 
 # ---- tiles of 4 and 8 accumulators -----------------------------------------------------------------
 # A register tile is a tuple of 4 (or 8) accumulators, each a 16-tuple (`load16`). The transposed
-# convolution's kernels differ only in where the broadcast values and the 16-vectors come from; these
-# helpers are the arithmetic they share (an 8-tile is two 4-tiles). Inlined, they leave the loops as
-# vector loads, broadcast FMAs and vector stores.
+# convolution's kernels, and the 4-wide tiles of the direct forward and grad-weight kernels, differ
+# only in where the broadcast values and the 16-vectors come from; these helpers are the arithmetic
+# they share (an 8-tile is two 4-tiles). Inlined, they leave the loops as vector loads, broadcast
+# FMAs and vector stores: the same machine code as four accumulators written out (docs/performance.md).
 @inlined_tile_helper
 def store16(matrix, i, tile):
     """matrix[i, 0:16] = tile, a 16-tuple: one vector store once inlined (a loop `for c in

@@ -139,6 +139,22 @@ def add_into16v(flat, at, v, fresh):
         store16v(flat, at, add_v(load16v(flat, at), v))
 
 
+@inlined_tile_helper
+def fma_rows4(tile, v, at, dm_row):
+    """tile[q] + v[at + q] * dm_row for q < 4: a 4-row tile of simd.py vectors, each v value broadcast."""
+    return (fma_v(tile[0], v[at], dm_row), fma_v(tile[1], v[at + UINT[1]], dm_row),
+            fma_v(tile[2], v[at + UINT[2]], dm_row), fma_v(tile[3], v[at + UINT[3]], dm_row))
+
+
+@inlined_tile_helper
+def add_rows4_into(flat, at, row_step, tile, fresh):
+    """`add_into16v` of tile[q] at flat[at + q*row_step] for q < 4."""
+    add_into16v(flat, at, tile[0], fresh)
+    add_into16v(flat, at + row_step, tile[1], fresh)
+    add_into16v(flat, at + UINT[2] * row_step, tile[2], fresh)
+    add_into16v(flat, at + UINT[3] * row_step, tile[3], fresh)
+
+
 @tile_helper
 def accumulate_block_products(v, dm_matrix, count, rows, cin_padded, n_cblocks, cb_first, cb_end, block_rows,
                               du, fresh, zeros):
@@ -161,6 +177,7 @@ def accumulate_block_products(v, dm_matrix, count, rows, cin_padded, n_cblocks, 
     for xi in range(TILE_VALUES):
         for cb in range(cb_first, cb_end):
             dm_0 = np.uint64((xi * n_cblocks + cb) * rows)
+            # AVX-512's 8-row tile stays written out: it cannot be timed on AVX2 (docs/performance.md)
             for ci0 in range(0, end8, 8):
                 v_0 = np.uint64(xi * rows * cin_padded + ci0)
                 acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = load16(zeros, 0)
@@ -205,16 +222,9 @@ def accumulate_block_products(v, dm_matrix, count, rows, cin_padded, n_cblocks, 
                 add_into16v(du, to + UINT[5] * du_row, acc5, fresh)
             for ci0 in range(end6, cin_padded, 4):
                 v_0 = np.uint64(xi * rows * cin_padded + ci0)
-                acc0 = acc1 = acc2 = acc3 = load16v(zeros_flat, UINT[0])
+                zero = load16v(zeros_flat, UINT[0])
+                tile = (zero, zero, zero, zero)                    # input channels ci0 .. ci0 + 3
                 for t in range(count_u):
-                    dm_row = load16v(dm_flat, (dm_0 + t) * SIXTEEN)
-                    at = v_0 + t * row_u
-                    acc0 = fma_v(acc0, v[at], dm_row)
-                    acc1 = fma_v(acc1, v[at + UINT[1]], dm_row)
-                    acc2 = fma_v(acc2, v[at + UINT[2]], dm_row)
-                    acc3 = fma_v(acc3, v[at + UINT[3]], dm_row)
+                    tile = fma_rows4(tile, v, v_0 + t * row_u, load16v(dm_flat, (dm_0 + t) * SIXTEEN))
                 to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
-                add_into16v(du, to, acc0, fresh)
-                add_into16v(du, to + du_row, acc1, fresh)
-                add_into16v(du, to + UINT[2] * du_row, acc2, fresh)
-                add_into16v(du, to + UINT[3] * du_row, acc3, fresh)
+                add_rows4_into(du, to, du_row, tile, fresh)
