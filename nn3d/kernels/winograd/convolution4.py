@@ -1,5 +1,6 @@
 """The forward of a 3x3x3, stride-1, padding-1 convolution by Winograd's F(4^3, 3^3) (algorithm4.py):
-the filter transform, the block kernel, the blocking rule and the input and output bands.
+the block kernel, the blocking rule and the input and output bands (the filter transform is
+filter_transform4.py).
 
 The kernel (`winograd4_kernel`) has convolution.py's structure with 6x6x6 input tiles and 4x4x4
 output tiles: channels-last x (N, D, H, W, Cin) read in place (tiles at the faces staged with their
@@ -19,26 +20,10 @@ from numba import prange
 from ...core import arena
 from ..jit import blocked_kernel
 from ..register_tile import BLOCK_C
-from .algorithm4 import G4, TILE_VALUES_4
+from .algorithm4 import TILE_VALUES_4
 from .convolution import kernel_inputs, no_channels
 from .products import PRODUCT_ROWS, multiply_block
 from .tile_transforms4 import tile_count4, transform_input_block4, transform_output_block4
-
-
-def filter_transform4(weight):
-    """U = G4 along each axis of each 3x3x3 filter (algorithm4.py, section 2), packed for the kernel:
-    weight (Cout, Cin, 3, 3, 3) -> u_packed (216, Cout_padded/16, Cin, 16) in the weight's dtype,
-    u_packed[xi, cb, ci, c] = U[xi, 16cb + c, ci] (zeros for the padding channels). Computed in
-    float64 one axis at a time (three small matrix products), rounded once."""
-    cout, cin = weight.shape[:2]
-    n_cblocks = -(-cout // BLOCK_C)
-    w = np.zeros((n_cblocks * BLOCK_C, cin, 3, 3, 3))
-    w[:cout] = weight
-    along_x = w @ G4.T                                                   # (Co_p, Cin, i, j, ax)
-    along_y = np.einsum("bj,ocijx->ocibx", G4, along_x)                  # (Co_p, Cin, i, ay, ax)
-    u = np.einsum("ai,ocibx->abxoc", G4, along_y)                        # (az, ay, ax, Co_p, Cin)
-    u = u.reshape(TILE_VALUES_4, n_cblocks, BLOCK_C, cin).transpose(0, 1, 3, 2)
-    return np.ascontiguousarray(u, dtype=weight.dtype)
 
 
 @blocked_kernel
@@ -46,7 +31,7 @@ def winograd4_kernel(x0, x1, u_packed, bias, relu, tiles_per_block, block_rows, 
     """y = conv(x, weight) + bias for 3x3x3, stride 1, padding 1, by F(4^3, 3^3), max(0, y) if relu;
     x is x0 and x1 side by side along the channels, y is y0 and y1 (as convolution.py's
     winograd_kernel). x0, x1 (N, D, H, W, C) unpadded; u_packed (216, Cout_padded/16, Cin, 16) from
-    `filter_transform4`; bias (Cout_padded,); block_rows: the product tile (products.py). Workers
+    filter_transform4.py; bias (Cout_padded,); block_rows: the product tile (products.py). Workers
     take blocks worker, worker + n_workers, ... with their own buffers; which worker computes a tile
     does not change its value."""
     n_batch, size_d, size_h, size_w, cin0 = x0.shape
@@ -72,33 +57,30 @@ def winograd4_kernel(x0, x1, u_packed, bias, relu, tiles_per_block, block_rows, 
             transform_output_block4(m, bias, relu, first, count, rows, y0, y1, scratch_z, scratch_zy)
 
 
-def tiles_per_block4_for(cin, cout_padded):
-    """Tiles per block: 8 (one whole register tile of rows; 512 output voxels, as F(2^3, 3^3)'s
-    64-tile blocks), 16 when both channel counts are below 32: V and M of 8 tiles,
-    216 * 8 * (Cin + Cout) values, are then 221 KiB of float32 at 16 + 16 channels."""
-    cin_padded = -(-cin // BLOCK_C) * BLOCK_C
-    return 16 if cin_padded + cout_padded <= 32 else 8
+TILES_PER_BLOCK_4 = 8   # one register tile of rows; 512 output voxels, as F(2^3, 3^3)'s 64-tile blocks
 
 
 def winograd4_work_items(shape, cin, cout):
     """The parallel work items of `winograd4_forward`: its blocks of tiles, for inputs
     (N, D, H, W, ...) = shape of Cin channels in all and Cout output channels."""
-    return -(-tile_count4(shape) // tiles_per_block4_for(cin, -(-cout // BLOCK_C) * BLOCK_C))
+    return -(-tile_count4(shape) // TILES_PER_BLOCK_4)
 
 
 def winograd4_forward(inputs, u, bias, cout, block_rows=PRODUCT_ROWS, tiles_per_block=None, relu=False):
     """Line (1) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1, by F(4^3, 3^3): inputs, a
     tuple of channels-last unpadded arrays (N, D, H, W, C_j) (one, or a decoder's two, convolved as
     their channel concatenation; two are read in place when the first has a multiple of 16
-    channels) -> y (N, D, H, W, Cout). u = filter_transform4(weight); bias (Cout,) or None; relu:
-    max(0, y) as it is stored; block_rows: the product tile (the tests pass 4, 6 and 8)."""
+    channels) -> y (N, D, H, W, Cout). u = filter_transform4(weight) (filter_transform4.py); bias (Cout,) or None; relu:
+    max(0, y) as it is stored; block_rows: the product tile (the tests pass 4, 6 and 8);
+    tiles_per_block: None for TILES_PER_BLOCK_4 (the smallest block of whole register tiles: at the
+    U-Net's shapes 16 tiles ran no faster, one thread, AVX2)."""
     x0, x1 = kernel_inputs(inputs)
     cout_padded = u.shape[1] * BLOCK_C
     bias_padded = np.zeros(cout_padded, dtype=x0.dtype)
     if bias is not None:
         bias_padded[:cout] = bias
     if tiles_per_block is None:
-        tiles_per_block = tiles_per_block4_for(x0.shape[4] + x1.shape[4], cout_padded)
+        tiles_per_block = TILES_PER_BLOCK_4
     y = arena.empty((*x0.shape[:4], cout_padded), x0.dtype)
     winograd4_kernel(x0, x1, u, bias_padded, relu, np.int64(tiles_per_block), np.int64(block_rows),
                      np.int64(numba.get_num_threads()), y, no_channels(x0))
