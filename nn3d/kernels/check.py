@@ -16,7 +16,7 @@ Exit status: 0 when every row passes, 1 when one fails, 2 for a name that is not
 
 The references: nn3d/kernels/reference.py (direct and transposed convolution, the pointwise head as
 a 1x1x1 convolution, BatchNorm, ReLU, max-pool, channel sums); nn3d/kernels/winograd/algorithm.py
-(Winograd's forward and its filter transforms); winograd_grad_weight_reference in
+(Winograd's forward and its filter transforms) and algorithm4.py (F(4^3, 3^3)'s); winograd_grad_weight_reference in
 nn3d/kernels/winograd/grad_weight.py. Winograd's grad-input has no reference of its own: it is
 checked against the direct conv3d_grad_input_reference, the convolution it must equal.
 
@@ -47,6 +47,9 @@ from .padding import pad_channels_last
 from .winograd import algorithm as winograd_algorithm
 from .winograd import convolution as winograd_convolution
 from .winograd import filter_transform as winograd_filter_transform
+from .winograd import algorithm4 as winograd_algorithm4
+from .winograd import convolution4 as winograd_convolution4
+from .winograd import filter_transform4 as winograd_filter_transform4
 from .winograd import grad_weight as winograd_grad_weight
 
 DTYPES = (np.float32, np.float64)
@@ -242,6 +245,28 @@ def check_winograd_grad_weight(case, dtype, width, rng):
     return [(None, ours, expected, math.prod(grad_output.shape[:4]))]
 
 
+# ---- Winograd F(4^3, 3^3) (winograd/convolution4.py): the inference forward on AVX2 ----------------
+# sizes not multiples of 4 with an interior tile (10 and more), a Cout tail, C = 1, two inputs, ReLU
+WINOGRAD4_CASES = (conv_case(2, (3,), 17, (5, 10, 7)), conv_case(2, (1,), 1, (3, 4, 1), relu=True),
+                   conv_case(1, (16, 5), 6, (11, 6, 10)))
+
+
+@checks("winograd4_forward", "winograd", "winograd/convolution4.py",
+        "winograd/algorithm4.py: winograd4_forward_reference", WINOGRAD4_CASES, tiled=PRODUCT_WIDTHS)
+def check_winograd4_forward(case, dtype, width, rng):
+    """L counts each output's 216 products of Cin * 27 ... terms: F(4^3, 3^3)'s transforms (entries up
+    to 5 in B4^T, 8 in A4^T) make intermediate values far larger than the outputs, and its float32
+    error some 60x F(2^3, 3^3)'s (algorithm4.py, section 4); measured here 1e-5, 1/40 of the bound."""
+    inputs, weight, bias, _ = winograd_data(case, dtype, rng)
+    ours = winograd_convolution4.winograd4_forward(inputs, winograd_filter_transform4.filter_transform4(weight), bias,
+                                                   case.cout, width, relu=case.relu)
+    expected = winograd_algorithm4.winograd4_forward_reference(np.concatenate(widen(*inputs), axis=4),
+                                                               *widen(weight, bias))
+    if case.relu:
+        expected = np.maximum(expected, 0)
+    return [(None, ours, expected, sum(case.cin) * 27 * 216)]
+
+
 FILTER_CASES = (case("17->3 weight", cout=17, cin=3), case("5->18 weight", cout=5, cin=18))   # tails either way
 
 
@@ -266,6 +291,16 @@ def check_filter_transform(case, dtype, width, rng):
     weight = normal(rng, (case.cout, case.cin, 3, 3, 3), dtype)
     ours = winograd_filter_transform.filter_transform(weight)
     return [(None, ours, packed(winograd_algorithm.filter_transform_reference(*widen(weight))), 1)]   # one rounding
+
+
+@checks("filter_transform4", "winograd", "winograd/filter_transform4.py",
+        "winograd/algorithm4.py: filter_transform4_reference", FILTER_CASES)
+def check_filter_transform4(case, dtype, width, rng):
+    weight = normal(rng, (case.cout, case.cin, 3, 3, 3), dtype)
+    ours = winograd_filter_transform4.filter_transform4(weight)
+    u = winograd_algorithm4.filter_transform4_reference(*widen(weight)).reshape(216, case.cout, case.cin)
+    u = np.concatenate([u, np.zeros((216, register_tile.padded_channels(case.cout) - case.cout, case.cin))], axis=1)
+    return [(None, ours, u.reshape(216, -1, register_tile.BLOCK_C, case.cin).transpose(0, 1, 3, 2), 1)]
 
 
 @checks("flipped_transposed_transform", "winograd", "winograd/filter_transform.py",
