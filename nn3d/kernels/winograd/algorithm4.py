@@ -49,17 +49,17 @@ that notation, and holds its plain NumPy references. The fast kernel is convolut
    output against F(2^3, 3^3)'s 192 / 8 = 24.
 
 4. Where the float32 error comes from. F(2, 3)'s entries are 0, +-1 and 1/2, exact in binary; here
-   - B^T's 4 and 5: a V entry sums up to 3^3 = 27 ... 6^3 inputs with weights up to 5 * 5 * 5, so V
-     is up to two orders of magnitude larger than the inputs, and its rounding error with it;
-   - G's 1/6, 1/12 and 1/24 are not binary fractions: U is rounded (once: it is computed in
-     float64), and U at the points +-2 is 1/24 of weights scaled by 4;
-   - A^T's 2, 4 and 8 (x_a^3 at +-2): y sums M scaled by up to 8^3 = 512 with signs, products far
+   - B4^T's 4 and 5: a row of B4^T has 3 or 4 nonzero entries, so a V entry sums 27 to 64 inputs
+     with weights up to 5 * 5 * 5 = 125: V is up to two orders of magnitude larger than the
+     inputs, and its rounding error with it;
+   - G4's 1/6, 1/12 and 1/24 are not binary fractions: U is rounded (once: it is computed in
+     float64), and U at the points +-2 is 1/24 of weights scaled by up to 4;
+   - A4^T's 2, 4 and 8 (x_a^3 at +-2): y sums M scaled by up to 8^3 = 512 with signs, products far
      larger than the outputs they make, so their rounding errors (relative to |M|) survive the
      cancellation.
-   Measured against float64 (tests/test_winograd4.py): max error about 5e-6 .. 2e-5 of the
-   output's scale in float32, some 20x F(2^3, 3^3)'s. The points 0, +-1, +-2 are the smallest
-   integers there are; other choices (+-1/2) move the large entries from B^T to G without making
-   them smaller.
+   So the float32 error is some 60x F(2^3, 3^3)'s (docs/performance.md gives the measured figures;
+   tests/test_winograd4.py bounds it). The points 0, +-1, +-2 are the smallest integers there are;
+   other choices (+-1/2) move the large entries from B^T to G without making them smaller.
 
 Notation: algorithm.py's, with these added for F(4^3, 3^3) (each name has this meaning only):
 
