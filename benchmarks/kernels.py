@@ -10,8 +10,8 @@ channels_last_3d; the faster counts. Compute-bound passes report GFLOP/s and the
 NumPy's sgemm rate measured in the same run; the 3x3x3 layers' forward and grad_input rows run the
 direct kernels, the "wino fwd" and "wino grad_in" rows the same passes by Winograd F(2^3, 3^3)
 (nn3d/kernels/winograd/convolution.py), the "wino4 fwd" row the forward by F(4^3, 3^3)
-(nn3d/kernels/winograd/convolution4.py, what AVX2 inference runs), the "wino grad_w" row the grad-weight pass by its transpose
-(nn3d/kernels/winograd/grad_weight.py); their rate is "effective": direct-convolution FLOPs / time.
+(nn3d/kernels/winograd/convolution4.py, what AVX2 inference runs), the "wino grad_w" row the
+grad-weight pass by its transpose (nn3d/kernels/winograd/grad_weight.py); their rate is "effective": direct-convolution FLOPs / time.
 Winograd does 3.4x fewer multiplications, so its effective rate may exceed the sgemm rate (of
 roof > 100%).
 Memory-bound passes report GB/s (bytes of the inputs read once plus the outputs written once)

@@ -73,9 +73,9 @@ by Winograd's F(2^3, 3^3) (nn3d/kernels/winograd/: 64 multiplications per 2x2x2 
 channel pair instead of 216; (4) by its transpose, nn3d/kernels/winograd/grad_weight.py);
 `conv_algorithm` (nn3d/kernels/conv_algorithm.py) decides per pass, and NN3D_CONV=direct|winograd
 forces one for all three. A forward under nn3d.no_grad() (inference) may instead run by F(4^3, 3^3)
-(nn3d/kernels/winograd/convolution4.py, 216 multiplications per 4x4x4 output tile; NN3D_CONV=winograd4
-forces it for every forward). (5) is a channel sum either way. Winograd reads its inputs unpadded and in place, a decoder's
-two side by side as if concatenated (so backward makes no x_pad), and computes (3) for all of them
+(nn3d/kernels/winograd/convolution4.py, 216 multiplications per 4x4x4 output tile;
+NN3D_CONV=winograd4 forces it for every forward). (5) is a channel sum either way. Winograd reads
+its inputs unpadded and in place, a decoder's two side by side as if concatenated (so backward makes no x_pad), and computes (3) for all of them
 in one pass whose output comes out split into the inputs' bands. The filter transform it needs (U,
 from the weights) is computed once, in forward, and kept for backward (computed in backward when
 grad-input runs by Winograd after a direct forward).
