@@ -93,7 +93,7 @@ def tile_count4(shape):
 
 
 # ---- input tiles -----------------------------------------------------------------------------------
-@tile_helper
+@inlined_tile_helper
 def input_tile4(source, at, plane, row_length, voxel_step, v, to, xi_step, scratch_z, scratch_zy):
     """V[xi = (az*6 + ay)*6 + ax] = sum_{i,j,k} B4^T[az, i] B4^T[ay, j] B4^T[ax, k] d[i, j, k] for one
     6x6x6 input tile and 16 channels, stored at v[to + xi * xi_step]; d[i, j, k] at
@@ -168,7 +168,7 @@ def store_output4(y_flat, at, value, b16, relu):
     store16v(y_flat, at, relu_v(biased) if relu else biased)
 
 
-@tile_helper
+@inlined_tile_helper
 def output_tile4(m, at, xi_step, b16, relu, y_flat, to, plane, row_length, voxel_step, nz, ny, nx,
                  scratch_z, scratch_zy):
     """y[p, q, r] = sum_{az,ay,ax} A4^T[p, az] A4^T[q, ay] A4^T[r, ax] M[(az*6 + ay)*6 + ax] + bias
