@@ -64,8 +64,8 @@ KERNEL_SHAPES = [(2, 3, 5, (5, 6, 7)), (1, 1, 1, (3, 4, 1)), (1, 17, 33, (4, 3, 
 @pytest.mark.parametrize("batch, cin, cout, size", KERNEL_SHAPES)
 @pytest.mark.parametrize("block_rows", WIDTHS)
 def test_kernel_matches_reference(batch, cin, cout, size, block_rows):
-    """float64: rounding only, ~1e-13 measured; with bias, ReLU and blocks of 8 (a short last block)
-    or 16 tiles."""
+    """float64: rounding only, ~1e-13 measured; with bias, ReLU, and blocks of the default size (4
+    tiles below 64: V and M rows in one 4-row tile, or one 8-row tile for block_rows 8) or of 16."""
     rng = np.random.default_rng(2)
     x = rng.standard_normal((batch, *size, cin))                            # (N, D, H, W, Cin)
     weight = rng.standard_normal((cout, cin, 3, 3, 3))

@@ -20,10 +20,11 @@ docs/performance.md, "Winograd kernels" and "F(4^3, 3^3) on AVX2"):
 - AVX2 inference ("inference": a forward under nn3d.no_grad() or with a folded eval-mode
   BatchNorm, after which no backward runs): F(4^3, 3^3) from 64 output tiles of 4x4x4 voxels (a
   16^3 volume, 8 blocks of tiles) on. It does 2.37x fewer products than F(2^3, 3^3) and moves 2.37x
-  less transformed data per output; below 64 tiles a block of 8 tiles leaves one of two threads
-  idle, and its filter transform (216 values per channel pair, 3.4x F(2^3, 3^3)'s) is not paid back.
-  Training keeps F(2^3, 3^3) in every pass: its float32 error is some 20x smaller, its grad-input
-  reuses the forward's transform, and no second large kernel is compiled for a training run.
+  less transformed data per output; below 64 tiles (the 8^3 bottleneck) its filter transform (216
+  values per channel pair, 3.4x F(2^3, 3^3)'s, computed at every call) costs more than the kernel
+  saves. Training keeps F(2^3, 3^3) in every pass: its float32 error is some 60x smaller and its
+  grad-input reuses the forward's transform (a training run's validation, under no_grad, runs
+  F(4^3, 3^3)).
 
 The rule depends on the compiled instruction set and the shapes only, so a machine makes the same
 choice, and computes the same bits, on every run and for every thread count (a resumed training run
@@ -32,7 +33,8 @@ computes the filter transform in backward when grad-input runs by Winograd after
 and pads x when grad-weight runs direct after a Winograd forward.
 
 NN3D_CONV=direct, winograd or winograd4, read at every call, forces one algorithm wherever Winograd
-applies (tests run every layer test each way; benchmarks compare them). winograd4 has a forward
+applies (tests run every layer test with direct and with winograd, tests/test_winograd4.py the
+layer with winograd4; benchmarks compare them). winograd4 has a forward
 only: it forces F(4^3, 3^3) for the forward and inference passes and F(2^3, 3^3) for grad-input and
 grad-weight.
 """
