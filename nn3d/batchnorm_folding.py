@@ -51,5 +51,5 @@ def conv_batchnorm_eval(conv, batchnorm, *inputs):
     conv._cache = batchnorm._cache = None         # as their own forward passes under no_grad would
     weight, bias = folded_weight_and_bias(conv, batchnorm)
     y_cl, _ = conv.convolve(tuple(to_channels_last(x) for x in inputs), input_shape, weight, bias,
-                            relu=batchnorm.relu)
+                            relu=batchnorm.relu, inference=True)
     return from_channels_last(y_cl)                                 # (N, Cout, Do, Ho, Wo) view

@@ -72,8 +72,10 @@ Algorithm: 3x3x3, stride-1, padding-1 convolutions of 16 or more channels comput
 by Winograd's F(2^3, 3^3) (nn3d/kernels/winograd/: 64 multiplications per 2x2x2 output tile and
 channel pair instead of 216; (4) by its transpose, nn3d/kernels/winograd/grad_weight.py);
 `conv_algorithm` (nn3d/kernels/conv_algorithm.py) decides per pass, and NN3D_CONV=direct|winograd
-forces one for all three. (5) is a channel sum either way. Winograd reads its inputs unpadded and in place, a decoder's
-two side by side as if concatenated (so backward makes no x_pad), and computes (3) for all of them
+forces one for all three. A forward under nn3d.no_grad() (inference) may instead run by F(4^3, 3^3)
+(nn3d/kernels/winograd/convolution4.py, 216 multiplications per 4x4x4 output tile;
+NN3D_CONV=winograd4 forces it for every forward). (5) is a channel sum either way. Winograd reads
+its inputs unpadded and in place, a decoder's two side by side as if concatenated (so backward makes no x_pad), and computes (3) for all of them
 in one pass whose output comes out split into the inputs' bands. The filter transform it needs (U,
 from the weights) is computed once, in forward, and kept for backward (computed in backward when
 grad-input runs by Winograd after a direct forward).
@@ -95,7 +97,9 @@ from .kernels.conv3d_grad_weight import conv3d_grad_weight
 from .kernels.conv_algorithm import conv_algorithm
 from .kernels.padding import pad_and_concatenate
 from .kernels.winograd.convolution import winograd_forward, winograd_grad_input
+from .kernels.winograd.convolution4 import winograd4_forward
 from .kernels.winograd.filter_transform import filter_transform
+from .kernels.winograd.filter_transform4 import filter_transform4
 from .kernels.winograd.grad_weight import winograd_grad_weight
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
@@ -155,18 +159,24 @@ class Conv3d(Module):
         input_shape = self.check_inputs(inputs)
         inputs_cl = tuple(to_channels_last(x) for x in inputs)            # (N, D, H, W, C_j) each
         bias = None if self.bias is None else self.bias.data
-        y_cl, weight_transform = self.convolve(inputs_cl, input_shape, self.weight.data, bias)   # (1)
+        y_cl, weight_transform = self.convolve(inputs_cl, input_shape, self.weight.data, bias,   # (1)
+                                               inference=not is_grad_enabled())
         y = from_channels_last(y_cl)                                      # (N, Cout, Do, Ho, Wo) view
         self._cache = (Conv3dCache(inputs_cl, input_shape, y.shape, weight_transform)   # no x_pad
                        if is_grad_enabled() else None)
         return y
 
-    def convolve(self, inputs_cl, input_shape, weight, bias, relu=False):
+    def convolve(self, inputs_cl, input_shape, weight, bias, relu=False, inference=False):
         """Line (1) on channels-last inputs (N, D, H, W, C_j) whose concatenation has input_shape
         (N, Cin, D, H, W), with `weight` and `bias` (the layer's own, or a folded BatchNorm's:
-        nn3d/batchnorm_folding.py), max(0, y) if relu, by the algorithm `conv_algorithm` picks.
-        -> (y (N, Do, Ho, Wo, Cout) channels-last, Winograd's packed U or None)."""
-        if self._algorithm(input_shape, "forward") == "winograd":         # reads the inputs in place
+        nn3d/batchnorm_folding.py), max(0, y) if relu, by the algorithm `conv_algorithm` picks for
+        the pass 'inference' (no backward follows) or 'forward'.
+        -> (y (N, Do, Ho, Wo, Cout) channels-last, F(2^3, 3^3)'s packed U for backward, or None)."""
+        algorithm = self._algorithm(input_shape, "inference" if inference else "forward")
+        if algorithm == "winograd4":                                      # F(4^3, 3^3), inputs in place
+            return (winograd4_forward(inputs_cl, filter_transform4(weight), bias, self.out_channels, relu=relu),
+                    None)                                                 # grad-input transforms its own
+        if algorithm == "winograd":                                       # reads the inputs in place
             weight_transform = filter_transform(weight)                   # U (64, Cout_padded/16, Cin, 16)
             return (winograd_forward(inputs_cl, weight_transform, bias, self.out_channels, relu=relu),
                     weight_transform)

@@ -78,6 +78,26 @@ def add_v(typingctx, a, b):
     return a(a, b), lambda context, builder, signature, args: builder.fadd(args[0], args[1])
 
 
+@intrinsic
+def sub_v(typingctx, a, b):
+    """a - b lane by lane."""
+    if not (isinstance(a, Vector) and a == b):
+        return None
+    return a(a, b), lambda context, builder, signature, args: builder.fsub(args[0], args[1])
+
+
+@intrinsic
+def relu_v(typingctx, a):
+    """max(0, a) lane by lane, as register_tile.relu16: 0 where a <= 0, a elsewhere (a NaN stays NaN)."""
+    if not isinstance(a, Vector):
+        return None
+
+    def codegen(context, builder, signature, args):
+        zero = ir.Constant(args[0].type, None)
+        return builder.select(builder.fcmp_ordered("<=", args[0], zero), zero, args[0])
+    return a(a), codegen
+
+
 def _vector_pointer(context, builder, array_type, array, at):
     """flat[at]'s address as a pointer to LANES elements, and that vector type."""
     data = context.make_array(array_type)(context, builder, array).data

@@ -19,7 +19,8 @@ Exit status: 0 when every row passes, 1 when one fails, 2 for a name that is not
 
 The references: nn3d/kernels/reference.py (direct and transposed convolution, the pointwise head as
 a 1x1x1 convolution, BatchNorm, ReLU, max-pool, channel sums, the zero-haloed buffers of
-padding.py); nn3d/kernels/winograd/algorithm.py (Winograd's forward and its filter transforms);
+padding.py); nn3d/kernels/winograd/algorithm.py (Winograd's forward and its filter transforms) and
+algorithm4.py (F(4^3, 3^3)'s);
 winograd_grad_weight_reference in nn3d/kernels/winograd/grad_weight.py. Winograd's grad-input has
 no reference of its own: it is checked against the direct conv3d_grad_input_reference, the
 convolution it must equal.
@@ -40,7 +41,7 @@ The files: registry.py (what a check is: `checks`, `KERNELS`, `tolerance`, the t
 runner.py (running them, the table, `main`), and one module of cases per kernel family.
 """
 # importing a module of cases registers its checks in KERNELS, in this order (the table's and --list's)
-from . import (convolution_cases, winograd_cases, conv_transpose3d_cases, batchnorm_relu_cases,  # noqa: F401
-               maxpool3d_cases, channel_sum_cases, padding_cases)
+from . import (convolution_cases, winograd_cases, winograd4_cases, conv_transpose3d_cases,  # noqa: F401
+               batchnorm_relu_cases, maxpool3d_cases, channel_sum_cases, padding_cases)
 from .registry import KERNELS, PRODUCT_WIDTHS, tile_widths, tolerance  # noqa: F401
 from .runner import main, row_name, rows_of  # noqa: F401

@@ -64,7 +64,7 @@ def winograd_kernel(x0, x1, u_packed, bias, relu, tiles_per_block, block_rows, n
             first = np.int64(block) * tiles_per_block
             count = min(tiles_per_block, n_tiles - first)
             transform_input_block(x0, x1, first, count, rows, v, staged)
-            multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros)
+            multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros, TILE_VALUES)
             transform_output_block(m, bias, relu, first, count, rows, y0, y1)
 
 

@@ -1,5 +1,5 @@
-"""The 64 matrix products of a block of tiles, one per transformed position xi (algorithm.py's
-notation), register-blocked like the direct kernels (a tile of rows x 16 output channels in local
+"""The matrix products of a block of tiles, one per transformed position xi (algorithm.py's
+notation: 64 of them for F(2^3, 3^3), 216 for F(4^3, 3^3)), register-blocked like the direct kernels (a tile of rows x 16 output channels in local
 variables): the forward's M[xi] = V[xi] U[xi] (`multiply_block`) and grad-weight's
 dU[xi] += V[xi]^T dM[xi] (`accumulate_block_products`).
 
@@ -32,12 +32,13 @@ def end_of_6_tiles(rows, block_rows):
 
 
 @tile_helper
-def multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros):
-    """M[xi, cb, t, :] = sum_ci V[xi, t, ci] U[xi, cb, ci, :] for the 64 positions xi: (rows x Cin) @
+def multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros, positions):
+    """M[xi, cb, t, :] = sum_ci V[xi, t, ci] U[xi, cb, ci, :] for the transformed positions
+    xi < positions (TILE_VALUES = 64 for F(2^3, 3^3), TILE_VALUES_4 = 216 for F(4^3, 3^3)): (rows x Cin) @
     (Cin x 16) per output-channel block cb, a register tile of block_rows = 8 tiles (AVX-512's
     16-tuples), or 6 then 4 (AVX2's vectors; 4 alone when block_rows is 4) x 16 output channels
-    at a time. v (64, rows, Cin_padded) and m (64, Cout_padded/16, rows, 16) flat, rows a multiple
-    of 4; u_matrix rows (xi, cb, ci) of 16."""
+    at a time. v (positions, rows, Cin_padded) and m (positions, Cout_padded/16, rows, 16) flat, rows
+    a multiple of 4 (of 8 when block_rows is 8); u_matrix rows (xi, cb, ci) of 16."""
     cin_padded = (cin + BLOCK_C - 1) // BLOCK_C * BLOCK_C
     step = np.uint64(cin_padded)                           # from one V row (tile) to the next
     cin_u = np.uint64(cin)
@@ -45,7 +46,7 @@ def multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros):
     end6 = end8 if block_rows == 8 else end_of_6_tiles(rows, block_rows)
     u_flat = u_matrix.reshape(u_matrix.size)
     zeros_flat = zeros.reshape(zeros.size)
-    for xi in range(TILE_VALUES):
+    for xi in range(positions):
         for cb in range(n_cblocks):
             u_0 = np.uint64((xi * n_cblocks + cb) * cin)
             m_0 = (xi * n_cblocks + cb) * rows
