@@ -1,6 +1,6 @@
-"""Transposed 3-D convolution kernels (channels-last) for kernel == stride, padding 0. Plain NumPy
-versions of lines (1), (3), (4) for any kernel / stride / padding: conv_transpose3d_*_reference in
-nn3d/kernels/reference.py.
+"""Transposed 3-D convolution kernels (channels-last) for kernel == stride, padding 0: forward and
+grad-input. Plain NumPy versions of lines (1), (3), (4) for any kernel / stride / padding:
+conv_transpose3d_*_reference in nn3d/kernels/reference.py.
 
 Notation: the numbered lines of nn3d/conv_transpose3d.py, with the channel index moved last. Index
 names: (id, ih, iw) an input voxel, (kz, ky, kx) a kernel offset, ci / co an input / output channel.
@@ -37,7 +37,9 @@ machine, and the 8-wide loop is followed by 4-wide and single tails.
   per voxel). (3) is also Conv3d's forward of dy with stride = kernel size (identity (A) of the layer
   file); this kernel differs from Conv3d's in keeping the tile in registers for one run at a time
   (see its docstring). One prange iteration per input row (n, id, ih), which owns that row of grad_x.
-- Grad-weight (4): conv_transpose3d_grad_weight.py.
+- Grad-weight (4) has no kernel here: it is Conv3d's grad-weight (nn3d/kernels/conv3d_grad_weight.py)
+  with stride = kernel size, dy in the place of its input and x in the place of its grad_output
+  (identity (4) of the layer file), as fast as a kernel of its own and compiled anyway.
 """
 import numpy as np
 from numba import prange
