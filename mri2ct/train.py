@@ -24,6 +24,7 @@ from tqdm import tqdm
 import nn3d
 from nn3d.kernels.jit import compile_notice
 from nn3d.kernels.register_tile import BLOCK_W
+from nn3d.warm_up import warm_up
 from mri2ct.common import distributed, errors, flags
 from mri2ct.common.atomic import remove_stray_temporaries
 from mri2ct.data import PatientSet, choose_split, generate_cohort, native_spacing, open_data_folder
@@ -141,6 +142,7 @@ def run_training(args, threads, world):
     if world.is_root:             # first and alone: it may generate the cohort, and it fills the cache
         train_set, val_set, split = open_data(args)
         config = run_config(args, train_set, split, world.size)
+        warm_up(np.float32, processes=threads)    # on a cold cache, compiles in `threads` processes
     config = world.broadcast(config)
     if not world.is_root:
         train_set, val_set, _ = open_data(args)
