@@ -8,7 +8,7 @@ import nn3d
 from nn3d import ConvTranspose3d
 from nn3d.gradcheck import check_layer, max_relative_error
 from nn3d.kernels import conv_transpose3d as kernels, reference
-from nn3d.kernels.conv3d_grad_weight import conv3d_grad_weight, conv3d_grad_weight_work_items
+from nn3d.kernels.conv3d_grad_weight import conv3d_grad_weight_work_items
 from nn3d.layout import from_channels_last, is_channels_last
 from torch_reference import assert_matches_torch, load_into_torch
 
@@ -55,8 +55,7 @@ BLOCK_SHAPES = [
 @pytest.mark.parametrize("batch, cin, cout, size, kernel", BLOCK_SHAPES)
 def test_blocks_kernels_match_references(batch, cin, cout, size, kernel, block_w):
     """The kernel == stride fast path, at both register-tile widths (whatever this CPU uses), against
-    the plain scatter/gather references in float64: only the order of the sums differs, so 1e-12.
-    Grad-weight is the layer's call of Conv3d's grad-weight (stride = kernel, dy and x exchanged)."""
+    the plain scatter/gather references in float64: only the order of the sums differs, so 1e-12."""
     rng = np.random.default_rng(2)
     x = rng.standard_normal((batch, *size, cin))                             # (N, D, H, W, Cin)
     weight = rng.standard_normal((cin, cout, *kernel))                       # (Cin, Cout, kD, kH, kW)
@@ -70,7 +69,7 @@ def test_blocks_kernels_match_references(batch, cin, cout, size, kernel, block_w
         reference.conv_transpose3d_grad_input_reference(grad_output, weight, kernel, (0, 0, 0)),
         rtol=0, atol=1e-12)
     np.testing.assert_allclose(
-        conv3d_grad_weight(grad_output, x, kernel, kernel, block_w),
+        kernels.conv_transpose3d_blocks_grad_weight(x, grad_output, kernel, block_w),
         reference.conv_transpose3d_grad_weight_reference(x, grad_output, kernel, kernel, (0, 0, 0)),
         rtol=0, atol=1e-11)
 

@@ -278,7 +278,7 @@ def check_flipped_transposed_transform(case, dtype, width, rng):
     return [(None, ours, expected, 0)]                                                        # a gather
 
 
-# ---- transposed convolution, kernel == stride (conv_transpose3d.py; grad-weight by conv3d_grad_weight.py)
+# ---- transposed convolution, kernel == stride (conv_transpose3d.py) ------------------------------
 def transposed_case(batch, cin, cout, size, kernel):
     kernel = triple(kernel)
     label = f"N{batch} {size_label(size)} {cin}->{cout} k=s{short(kernel)}"
@@ -319,12 +319,11 @@ def check_conv_transpose3d_grad_input(case, dtype, width, rng):
     return [(None, ours, expected, case.cout * math.prod(case.kernel))]
 
 
-@checks("conv_transpose3d_blocks_grad_weight", "conv_transpose3d", "conv3d_grad_weight.py",
+@checks("conv_transpose3d_blocks_grad_weight", "conv_transpose3d", "conv_transpose3d.py",
         "reference.py: conv_transpose3d_grad_weight_reference", TRANSPOSED_CASES, tiled=True)
 def check_conv_transpose3d_grad_weight(case, dtype, width, rng):
-    """ConvTranspose3d's path: Conv3d's grad-weight, stride = kernel, dy and x in each other's places."""
     x, _, _, grad_output = transposed_data(case, dtype, rng)
-    ours = conv3d_grad_weight.conv3d_grad_weight(grad_output, x, case.kernel, case.kernel, width)
+    ours = conv_transpose3d.conv_transpose3d_blocks_grad_weight(x, grad_output, case.kernel, width)
     expected = reference.conv_transpose3d_grad_weight_reference(*widen(x, grad_output), case.kernel, case.kernel,
                                                                 NO_PADDING)
     return [(None, ours, expected, math.prod(x.shape[:4]))]
