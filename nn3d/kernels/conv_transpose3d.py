@@ -1,6 +1,6 @@
-"""Transposed 3-D convolution kernels (channels-last) for kernel == stride, padding 0: forward and
-grad-input. Plain NumPy versions of lines (1), (3), (4) for any kernel / stride / padding:
-conv_transpose3d_*_reference in nn3d/kernels/reference.py.
+"""The transposed 3-D convolution (channels-last) for kernel == stride, padding 0: kernels of its own
+for forward and grad-input, grad-weight through Conv3d's. Plain NumPy versions of lines (1), (3),
+(4) for any kernel / stride / padding: conv_transpose3d_*_reference in nn3d/kernels/reference.py.
 
 Notation: the numbered lines of nn3d/conv_transpose3d.py, with the channel index moved last. Index
 names: (id, ih, iw) an input voxel, (kz, ky, kx) a kernel offset, ci / co an input / output channel.
@@ -48,8 +48,8 @@ from numba import prange
 from ..core import arena
 from .conv3d_grad_weight import conv3d_grad_weight
 from .jit import blocked_kernel, parallel_kernel
-from .register_tile import (BLOCK_C, BLOCK_J, BLOCK_W, UINT, fma16, fma_tile4, fma_tile8, load16, load_tile4, load_tile8,
-                            padded_channels, store16, store_tile4, store_tile8)
+from .register_tile import (BLOCK_C, BLOCK_J, BLOCK_W, UINT, fma16, fma_tile4, fma_tile8, load16, load_tile4,
+                            load_tile8, padded_channels, store16, store_tile4, store_tile8)
 from .weight_packing import pack_weight
 
 
