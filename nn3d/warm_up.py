@@ -111,10 +111,11 @@ TASKS = {"winograd convolution": lambda dtype: convolution_passes("winograd", dt
          "head": head_passes,
          "memory-bound": memory_bound_passes}
 
-# CPU seconds each task compiles on a cold cache (float32, AVX2, Zen 3; docs/performance.md),
-# only their ratios matter: they balance the shares
-COMPILE_SECONDS = {"winograd convolution": 52, "direct convolution": 20, "up-convolution": 23, "head": 5,
-                   "memory-bound": 9}
+# CPU seconds each task compiles on a cold cache (float32, AVX2, Zen 3; docs/performance.md, a
+# kernel that two tasks use counted in the first that compiles it); only their ratios matter: they
+# balance the shares
+COMPILE_SECONDS = {"winograd convolution": 48, "up-convolution": 20, "direct convolution": 17, "memory-bound": 4,
+                   "head": 4}
 
 
 def shares(processes):
