@@ -143,10 +143,9 @@ def up_passes(spec, rng):
     import torch
 
     import nn3d
-    from nn3d.kernels.conv_transpose3d import (conv_transpose3d_blocks_grad_input,
+    from nn3d.kernels.conv3d_grad_weight import conv3d_grad_weight_work_items
+    from nn3d.kernels.conv_transpose3d import (conv_transpose3d_blocks_grad_input, conv_transpose3d_blocks_grad_weight,
                                                conv_transpose3d_blocks_work_items)
-    from nn3d.kernels.conv_transpose3d_grad_weight import (conv_transpose3d_blocks_grad_weight,
-                                                           conv_transpose3d_blocks_grad_weight_work_items)
     from nn3d.layout import to_channels_last
 
     cin, cout, size = spec["cin"], spec["cout"], spec["size"]
@@ -171,10 +170,10 @@ def up_passes(spec, rng):
     ours = dict(
         forward=lambda: layer.forward(x),
         grad_input=lambda: conv_transpose3d_blocks_grad_input(g_cl, layer.weight.data, x_cl.shape[:4]),
-        grad_weight=lambda: conv_transpose3d_blocks_grad_weight(x_cl, g_cl, (2, 2, 2), cout))
+        grad_weight=lambda: conv_transpose3d_blocks_grad_weight(x_cl, g_cl, (2, 2, 2)))
     items = dict(forward=conv_transpose3d_blocks_work_items(x_cl.shape),
                  grad_input=conv_transpose3d_blocks_work_items(x_cl.shape),
-                 grad_weight=conv_transpose3d_blocks_grad_weight_work_items(x_cl.shape, (2, 2, 2), cout))
+                 grad_weight=conv3d_grad_weight_work_items(x_cl.shape, (2, 2, 2), (2, 2, 2)))   # Conv3d's, x as its output
     return {name: (ours[name], formats["ncdhw"][name], formats["cl"][name], flops, None, items[name])
             for name in ("forward", "grad_input", "grad_weight")}
 

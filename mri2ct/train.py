@@ -24,6 +24,7 @@ from tqdm import tqdm
 import nn3d
 from nn3d.kernels.jit import compile_notice
 from nn3d.kernels.register_tile import BLOCK_W
+from nn3d.warm_up import warm_up
 from mri2ct.common import distributed, errors, flags
 from mri2ct.common.atomic import remove_stray_temporaries
 from mri2ct.data import PatientSet, choose_split, generate_cohort, native_spacing, open_data_folder
@@ -37,9 +38,11 @@ from mri2ct.training.run_folder import (MIN_PATCH, UNET_MULTIPLE, run_config, st
 
 DEFAULT_DATA = os.path.join("data", "cohort")
 DEFAULT_OUT = os.path.join("checkpoints", "run")
-# A fresh install's compilation before the first step, measured on 2 cores: 55 s with AVX-512 (the
-# 8-wide register tiles), 155 s with AVX2 (docs/performance.md, "Compilation").
-COMPILE_SECONDS = 60 if BLOCK_W == 8 else 150
+# A fresh install's compilation before the first step on 2 cores, in 2 processes (nn3d/warm_up.py):
+# AVX2 measured at 76 s on a shared machine, 46-51 s of CPU in the longer process (docs/performance.md,
+# "Compilation"); AVX-512 (the 8-wide register tiles) 55 s in one process before the split, about
+# half of that now (not measured since).
+COMPILE_SECONDS = 30 if BLOCK_W == 8 else 60
 COMPILE_NOTICE = (f"compiling nn3d's kernels for this CPU (first run only, about {COMPILE_SECONDS} s; "
                   f"then cached in __pycache__) ...")
 
@@ -141,6 +144,7 @@ def run_training(args, threads, world):
     if world.is_root:             # first and alone: it may generate the cohort, and it fills the cache
         train_set, val_set, split = open_data(args)
         config = run_config(args, train_set, split, world.size)
+        warm_up(np.float32, processes=threads)    # on a cold cache, compiles in `threads` processes
     config = world.broadcast(config)
     if not world.is_root:
         train_set, val_set, _ = open_data(args)

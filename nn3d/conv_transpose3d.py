@@ -47,8 +47,12 @@ Fast path (the U-Net's up-sampling, kernel == stride, padding 0): y_full is y an
 of different input voxels do not overlap, so (1) writes each input voxel's kD x kH x kW block as
 x[n, :, id, ih, iw] (1, Cin) @ w_matrix (Cin, kD*kH*kW*Cout), w_matrix[ci, (kz, ky, kx, co)] =
 w[ci, co, kz, ky, kx]; (3) reads each block back, dL/dx[n, :, id, ih, iw] = (its block of dy) @ w_matrix^T
-(Conv3d's forward (1) with stride = kernel size); (4) sums x[voxel]^T (its block of dy) over the
-voxels. Register-tiled kernels that read and write the blocks in place: nn3d/kernels/conv_transpose3d.py.
+(Conv3d's forward (1) with stride = kernel size). Register-tiled kernels that read and write the
+blocks in place: nn3d/kernels/conv_transpose3d.py. (4) is Conv3d's grad-weight kernel itself
+(nn3d/kernels/conv3d_grad_weight.py) with stride = kernel size, dy in the place of its input and x in
+the place of its grad_output (`conv_transpose3d_blocks_grad_weight`): every Conv3d compiles that
+kernel anyway, and with k = s each window of it is exactly one block, so it wastes no work (as
+fast as a kernel of its own that swept the blocks, docs/performance.md).
 """
 from typing import NamedTuple
 
@@ -60,8 +64,8 @@ from .init import conv_weight_and_bias
 from .kernels.channel_sum import channel_sums
 from .kernels.conv3d import conv3d_forward, conv3d_grad_input
 from .kernels.conv3d_grad_weight import conv3d_grad_weight
-from .kernels.conv_transpose3d import conv_transpose3d_blocks_forward, conv_transpose3d_blocks_grad_input
-from .kernels.conv_transpose3d_grad_weight import conv_transpose3d_blocks_grad_weight
+from .kernels.conv_transpose3d import (conv_transpose3d_blocks_forward, conv_transpose3d_blocks_grad_input,
+                                       conv_transpose3d_blocks_grad_weight)
 from .kernels.padding import pad_channels_last
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
@@ -123,8 +127,7 @@ class ConvTranspose3d(Module):
         if self._blocks():
             grad_input_cl = conv_transpose3d_blocks_grad_input(grad_output_cl, self.weight.data,
                                                                x_cl.shape[:4])
-            grad_weight = conv_transpose3d_blocks_grad_weight(x_cl, grad_output_cl, self.kernel_size,
-                                                              self.out_channels)
+            grad_weight = conv_transpose3d_blocks_grad_weight(x_cl, grad_output_cl, self.kernel_size)
         else:
             grad_full = pad_channels_last(grad_output_cl, self.padding)    # (N, (D-1)*sd+kD, ..., Cout)
             grad_input_cl = conv3d_forward(grad_full, self.weight.data, None, self.stride)

@@ -8,8 +8,7 @@ import nn3d
 from nn3d import ConvTranspose3d
 from nn3d.gradcheck import check_layer, max_relative_error
 from nn3d.kernels import conv_transpose3d as kernels, reference
-from nn3d.kernels.conv_transpose3d_grad_weight import (conv_transpose3d_blocks_grad_weight,
-                                                       grad_weight_partition)
+from nn3d.kernels.conv3d_grad_weight import conv3d_grad_weight_work_items
 from nn3d.layout import from_channels_last, is_channels_last
 from torch_reference import assert_matches_torch, load_into_torch
 
@@ -70,7 +69,7 @@ def test_blocks_kernels_match_references(batch, cin, cout, size, kernel, block_w
         reference.conv_transpose3d_grad_input_reference(grad_output, weight, kernel, (0, 0, 0)),
         rtol=0, atol=1e-12)
     np.testing.assert_allclose(
-        conv_transpose3d_blocks_grad_weight(x, grad_output, kernel, cout, block_w),
+        kernels.conv_transpose3d_blocks_grad_weight(x, grad_output, kernel, block_w),
         reference.conv_transpose3d_grad_weight_reference(x, grad_output, kernel, kernel, (0, 0, 0)),
         rtol=0, atol=1e-11)
 
@@ -79,19 +78,27 @@ def test_blocks_grad_weight_is_the_same_on_any_thread_count(on_one_and_two_threa
     """Grad-weight's chunks come from the shapes, and their partial sums are added in chunk order:
     the same bits on 1 thread and 2. (A split by thread count, or a race, changes the last bits.)"""
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((1, 4, 8, 8, 16), dtype=np.float32)              # (N, D, H, W, Cin)
-    grad_output = rng.standard_normal((1, 8, 16, 16, 16), dtype=np.float32)
-    assert grad_weight_partition(x.shape, (2, 2, 2), 16)[0] > 1       # several partial sums
-    one, two = on_one_and_two_threads(conv_transpose3d_blocks_grad_weight, x, grad_output, (2, 2, 2), 16)
+    layer = ConvTranspose3d(16, 16, 2, stride=2)
+    x = rng.standard_normal((1, 16, 4, 8, 8), dtype=np.float32)              # (N, Cin, D, H, W)
+    grad_output = rng.standard_normal((1, 16, 8, 16, 16), dtype=np.float32)
+    assert conv3d_grad_weight_work_items((1, 4, 8, 8, 16), (2, 2, 2), (2, 2, 2)) > 1   # several partial sums
+
+    def grad_weight():
+        layer.zero_grad()
+        layer.forward(x)
+        layer.backward(grad_output)
+        return layer.weight.grad.copy()
+
+    one, two = on_one_and_two_threads(grad_weight)
     np.testing.assert_array_equal(one, two)
 
 
 def test_blocks_grad_weight_has_work_for_32_cores_on_the_unet():
-    """Every up-convolution of the 64^3 and 128^3 U-Net splits grad-weight into >= 32 work items."""
+    """Every up-convolution of the 64^3 and 128^3 U-Net splits grad-weight into >= 32 work items
+    (Conv3d's grad-weight with x in the place of its output gradient: its rows are x's)."""
     for size in (64, 128):
-        for cin, cout, in_size in ((128, 64, size // 8), (64, 32, size // 4), (32, 16, size // 2)):
-            n_chunks, _, n_columns = grad_weight_partition((1, *[in_size] * 3, cin), (2, 2, 2), cout)
-            assert n_chunks * n_columns >= 32
+        for cin, in_size in ((128, size // 8), (64, size // 4), (32, size // 2)):
+            assert conv3d_grad_weight_work_items((1, *[in_size] * 3, cin), (2, 2, 2), (2, 2, 2)) >= 32
 
 
 @pytest.mark.parametrize("kernel, stride, padding", [(2, 2, 0), (3, 2, 1)])

@@ -1,6 +1,6 @@
-"""Transposed 3-D convolution kernels (channels-last) for kernel == stride, padding 0. Plain NumPy
-versions of lines (1), (3), (4) for any kernel / stride / padding: conv_transpose3d_*_reference in
-nn3d/kernels/reference.py.
+"""The transposed 3-D convolution (channels-last) for kernel == stride, padding 0: kernels of its own
+for forward and grad-input, grad-weight through Conv3d's. Plain NumPy versions of lines (1), (3),
+(4) for any kernel / stride / padding: conv_transpose3d_*_reference in nn3d/kernels/reference.py.
 
 Notation: the numbered lines of nn3d/conv_transpose3d.py, with the channel index moved last. Index
 names: (id, ih, iw) an input voxel, (kz, ky, kx) a kernel offset, ci / co an input / output channel.
@@ -37,15 +37,19 @@ machine, and the 8-wide loop is followed by 4-wide and single tails.
   per voxel). (3) is also Conv3d's forward of dy with stride = kernel size (identity (A) of the layer
   file); this kernel differs from Conv3d's in keeping the tile in registers for one run at a time
   (see its docstring). One prange iteration per input row (n, id, ih), which owns that row of grad_x.
-- Grad-weight (4): conv_transpose3d_grad_weight.py.
+- Grad-weight (4), `conv_transpose3d_blocks_grad_weight`, has no kernel of its own: it is Conv3d's
+  grad-weight kernel (nn3d/kernels/conv3d_grad_weight.py) with stride = kernel size, dy in the place
+  of its input and x in the place of its grad_output (identity (4) of the layer file), as fast as a
+  kernel of its own was, and compiled for every Conv3d anyway.
 """
 import numpy as np
 from numba import prange
 
 from ..core import arena
+from .conv3d_grad_weight import conv3d_grad_weight
 from .jit import blocked_kernel, parallel_kernel
-from .register_tile import (BLOCK_C, BLOCK_W, UINT, fma16, fma_tile4, fma_tile8, load16, load_tile4, load_tile8,
-                            padded_channels, store16, store_tile4, store_tile8)
+from .register_tile import (BLOCK_C, BLOCK_J, BLOCK_W, UINT, fma16, fma_tile4, fma_tile8, load16, load_tile4,
+                            load_tile8, padded_channels, store16, store_tile4, store_tile8)
 from .weight_packing import pack_weight
 
 
@@ -243,3 +247,13 @@ def conv_transpose3d_blocks_grad_input(grad_output, weight, input_shape, block_w
                                               pack_weight(weight.astype(grad_output.dtype, copy=False)),
                                               np.int64(block_w), grad_input)
     return grad_input if cin_padded == cin else arena.copy(grad_input[..., :cin])
+
+
+# ---- grad-weight: line (4) ----------------------------------------------------------------------
+def conv_transpose3d_blocks_grad_weight(x, grad_output, kernel_size, block_j=BLOCK_J):
+    """Line (4), kernel == stride, padding 0: dL/dweight (Cin, Cout, kD, kH, kW) from
+    x (N, D, H, W, Cin) and grad_output (N, D*kD, H*kH, W*kW, Cout). (4) is Conv3d's grad-weight (4)
+    with grad_output as its input and x as its output gradient, stride = kernel size: each window
+    of that convolution is one voxel's block, so it does no extra work. block_j: the register tile
+    width (this CPU's BLOCK_J by default)."""
+    return conv3d_grad_weight(grad_output, x, kernel_size, kernel_size, block_j)

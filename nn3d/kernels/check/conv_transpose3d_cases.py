@@ -1,12 +1,11 @@
 """Checks of the transposed convolution (nn3d/conv_transpose3d.py's two paths): the kernel == stride
-block kernels (conv_transpose3d.py, conv_transpose3d_grad_weight.py), and the general path, which
-runs the direct convolution's functions with the transposed convolution's arguments, as the layer
-calls them: forward y = conv3d_grad_input(x) + b, grad-input conv3d_forward(dy_full), grad-weight
+block kernels (conv_transpose3d.py), and the general path, which runs the direct convolution's
+functions with the transposed convolution's arguments, as the layer calls them: forward y = conv3d_grad_input(x) + b, grad-input conv3d_forward(dy_full), grad-weight
 conv3d_grad_weight(dy_full, x), dy_full = dy zero-padded by the padding (pad_channels_last)."""
 import math
 
 from ...core.shapes import transposed_output_size
-from .. import conv3d, conv3d_grad_weight, conv_transpose3d, conv_transpose3d_grad_weight, padding, reference
+from .. import conv3d, conv3d_grad_weight, conv_transpose3d, padding, reference
 from .registry import case, checks, normal, short, size_label, triple, widen
 
 def transposed_case(batch, cin, cout, size, kernel):
@@ -49,12 +48,11 @@ def check_conv_transpose3d_grad_input(case, dtype, width, rng):
     return [(None, ours, expected, case.cout * math.prod(case.kernel))]
 
 
-@checks("conv_transpose3d_blocks_grad_weight", "conv_transpose3d", "conv_transpose3d_grad_weight.py",
+@checks("conv_transpose3d_blocks_grad_weight", "conv_transpose3d", "conv_transpose3d.py",
         "reference.py: conv_transpose3d_grad_weight_reference", TRANSPOSED_CASES, tiled=True)
 def check_conv_transpose3d_grad_weight(case, dtype, width, rng):
     x, _, _, grad_output = transposed_data(case, dtype, rng)
-    ours = conv_transpose3d_grad_weight.conv_transpose3d_blocks_grad_weight(x, grad_output, case.kernel,
-                                                                            case.cout, width)
+    ours = conv_transpose3d.conv_transpose3d_blocks_grad_weight(x, grad_output, case.kernel, width)
     expected = reference.conv_transpose3d_grad_weight_reference(*widen(x, grad_output), case.kernel, case.kernel,
                                                                 NO_PADDING)
     return [(None, ours, expected, math.prod(x.shape[:4]))]

@@ -1,0 +1,205 @@
+"""Compile the kernels of a U-Net's training step and eval forward before the first step, in several
+processes at once.
+
+Numba compiles one kernel at a time per process (under its compiler lock), and a fresh install
+compiles a training step's ~20 kernels in ~2 minutes of CPU time. The compiled code goes to the
+on-disk cache (`cache=True`, nn3d/kernels/jit.py), which every process on the machine shares. So
+`warm_up(dtype, processes)` runs TASKS, small passes through every layer path a U-Net uses (the
+direct and F(2^3, 3^3) convolutions, F(4^3, 3^3)'s inference forward where the rule runs it, the
+up-convolution, BatchNorm + ReLU, pooling, the 1x1x1 head, the loss and AdamW) on tiny arrays of `dtype`, split into `processes` shares of about equal compile time
+(COMPILE_SECONDS): this process runs the first share, and the moment it hears its first compilation
+(a cold cache; Numba's "numba:compile" event) it starts one worker process per other share
+(`python -m nn3d.warm_up`). A warm cache starts no process: the passes load their kernels, as the
+first step would have. After the warm-up the first step finds every kernel in memory or in the
+cache (tests/test_warm_up.py checks that a U-Net step and eval forward add no compiled signature).
+"""
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+from numba.core import event
+
+from .batchnorm3d import BatchNorm3d
+from .batchnorm_folding import conv_batchnorm_eval
+from .conv3d import Conv3d
+from .conv_transpose3d import ConvTranspose3d
+from .grad_mode import no_grad
+from .kernels.conv_algorithm import COMPILED_FOR, INFERENCE, WINOGRAD4_MIN_TILES, winograd4_wins
+from .loss import MSELoss
+from .maxpool3d import MaxPool3d
+from .optim import AdamW, clip_grad_norm_
+from .schedule import CosineAnnealingLR
+from .threads import set_num_threads
+
+
+@contextlib.contextmanager
+def forced_algorithm(name):
+    """NN3D_CONV=name inside the block (nn3d/kernels/conv_algorithm.py), as it was after it."""
+    saved = os.environ.get("NN3D_CONV")
+    os.environ["NN3D_CONV"] = name
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["NN3D_CONV"]
+        else:
+            os.environ["NN3D_CONV"] = saved
+
+
+def volume(channels, size, dtype, seed=0):
+    """A (1, channels, size, size, size) array of normal values."""
+    return np.random.default_rng(seed).standard_normal((1, channels, size, size, size)).astype(dtype)
+
+
+def convolution_passes(algorithm, dtype):
+    """The 3x3x3 convolutions of a U-Net block by `algorithm`: the first layer (1 input channel, no
+    input gradient), one and two inputs (a decoder's (up, skip)) in training, and the eval forward
+    with its BatchNorm folded in."""
+    with forced_algorithm(algorithm):
+        first = Conv3d(1, 16, 3, padding=1).to(dtype)
+        first.requires_input_grad = False
+        first.backward(first.forward(volume(1, 8, dtype)))
+        single = Conv3d(16, 16, 3, padding=1).to(dtype)
+        single.backward(single.forward(volume(16, 8, dtype)))
+        double = Conv3d(32, 16, 3, padding=1).to(dtype)
+        double.backward(double.forward(volume(16, 8, dtype, 1), volume(16, 8, dtype, 2)))
+        batchnorm = BatchNorm3d(16, relu=True).to(dtype).eval()
+        with no_grad():
+            conv_batchnorm_eval(first, batchnorm, volume(1, 8, dtype))
+            conv_batchnorm_eval(double, batchnorm, volume(16, 8, dtype, 1), volume(16, 8, dtype, 2))
+
+
+def winograd4_inference_passes(dtype):
+    """The eval forward by F(4^3, 3^3), one input and a decoder's two, its BatchNorm folded in: on
+    the CPUs whose rule runs it (nn3d/kernels/conv_algorithm.py: AVX2), nothing elsewhere."""
+    if not winograd4_wins(COMPILED_FOR, INFERENCE, 16, 16, WINOGRAD4_MIN_TILES):
+        return
+    with forced_algorithm("winograd4"), no_grad():
+        batchnorm = BatchNorm3d(16, relu=True).to(dtype).eval()
+        conv_batchnorm_eval(Conv3d(16, 16, 3, padding=1).to(dtype), batchnorm, volume(16, 8, dtype))
+        conv_batchnorm_eval(Conv3d(32, 16, 3, padding=1).to(dtype), batchnorm, volume(16, 8, dtype, 1),
+                            volume(16, 8, dtype, 2))
+
+
+def up_convolution_passes(dtype):
+    up = ConvTranspose3d(32, 16, 2, stride=2).to(dtype)
+    up.backward(up.forward(volume(32, 4, dtype)))
+    with no_grad():
+        up.forward(volume(32, 4, dtype))
+
+
+def head_passes(dtype):
+    """The 1x1x1 head to one channel (the pointwise kernels)."""
+    head = Conv3d(16, 1, 1).to(dtype)
+    head.backward(head.forward(volume(16, 8, dtype)))
+    with no_grad():
+        head.forward(volume(16, 8, dtype))
+
+
+def memory_bound_passes(dtype):
+    """BatchNorm + ReLU (training and eval), max-pooling, the loss, clipping, AdamW, the schedule."""
+    batchnorm = BatchNorm3d(16, relu=True).to(dtype)
+    pool = MaxPool3d(2)
+    y = pool.forward(batchnorm.forward(volume(16, 8, dtype)))
+    batchnorm.backward(pool.backward(np.ones_like(y)))
+    batchnorm.eval()
+    with no_grad():
+        batchnorm.forward(volume(16, 8, dtype))
+    loss = MSELoss()
+    loss.forward(volume(1, 8, dtype, 1), volume(1, 8, dtype, 2))
+    loss.backward()
+    params = list(batchnorm.parameters())
+    optimizer = AdamW(params, lr=1e-3)
+    clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    CosineAnnealingLR(optimizer, T_max=2).step()
+
+
+TASKS = {"winograd convolution": lambda dtype: convolution_passes("winograd", dtype),
+         "direct convolution": lambda dtype: convolution_passes("direct", dtype),
+         "winograd4 inference": winograd4_inference_passes,
+         "up-convolution": up_convolution_passes,
+         "head": head_passes,
+         "memory-bound": memory_bound_passes}
+
+# CPU seconds each task compiles on a cold cache (float32, AVX2, Zen 3; docs/performance.md, a
+# kernel that two tasks use counted in the first that compiles it); only their ratios matter: they
+# balance the shares
+COMPILE_SECONDS = {"winograd convolution": 48, "up-convolution": 20, "direct convolution": 17,
+                   "winograd4 inference": 17, "memory-bound": 4, "head": 4}
+
+
+def shares(processes):
+    """TASKS split into `processes` lists of about equal compile time (longest first, each to the
+    share with the least so far); share 0, this process's, holds the longest task."""
+    lists, loads = [[] for _ in range(processes)], [0] * processes
+    for name in sorted(TASKS, key=lambda name: -COMPILE_SECONDS[name]):
+        least = loads.index(min(loads))
+        lists[least].append(name)
+        loads[least] += COMPILE_SECONDS[name]
+    return [names for names in lists if names]
+
+
+def run_tasks(names, dtype):
+    for name in names:
+        TASKS[name](dtype)
+
+
+def start_worker(names, dtype):
+    """A `python -m nn3d.warm_up` process running the tasks `names`, with this process's environment
+    (the same Numba cache) and this copy of nn3d first on its path."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    return subprocess.Popen([sys.executable, "-m", "nn3d.warm_up", "--dtype", np.dtype(dtype).name,
+                             "--tasks", ",".join(names)], env=environment,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+class _StartWorkersOnFirstCompilation(event.Listener):
+    def __init__(self, start):
+        self.start = start
+        self.started = False
+
+    def on_start(self, ev):
+        if not self.started:
+            self.started = True
+            self.start()
+
+    def on_end(self, ev):
+        pass
+
+
+def warm_up(dtype=np.float32, processes=2):
+    """Load or compile every kernel a U-Net's training step and eval forward use for `dtype`, in up
+    to `processes` processes when the cache is cold (module docstring). Raises RuntimeError, with its
+    error output, if a worker fails."""
+    parts = shares(max(1, int(processes)))
+    workers = []
+
+    def start_workers():
+        workers.extend(start_worker(names, dtype) for names in parts[1:])
+
+    with event.install_listener("numba:compile", _StartWorkersOnFirstCompilation(start_workers)):
+        run_tasks(parts[0], dtype)
+    for worker in workers:
+        _, errors = worker.communicate()
+        if worker.returncode != 0:
+            raise RuntimeError(f"nn3d.warm_up: a worker compiling kernels failed (exit {worker.returncode}):\n"
+                               f"{errors}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m nn3d.warm_up", description=__doc__.split("\n")[0])
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of: {', '.join(TASKS)}")
+    args = parser.parse_args(argv)
+    set_num_threads(1)                              # compilation is serial; the passes are tiny
+    run_tasks(args.tasks.split(","), np.dtype(args.dtype))
+
+
+if __name__ == "__main__":
+    main()
