@@ -176,20 +176,26 @@ class _StartWorkersOnFirstCompilation(event.Listener):
 def warm_up(dtype=np.float32, processes=2):
     """Load or compile every kernel a U-Net's training step and eval forward use for `dtype`, in up
     to `processes` processes when the cache is cold (module docstring). Raises RuntimeError, with its
-    error output, if a worker fails."""
+    error output, if a worker fails; a call that ends by an exception kills the workers it started."""
     parts = shares(max(1, int(processes)))
     workers = []
 
     def start_workers():
         workers.extend(start_worker(names, dtype) for names in parts[1:])
 
-    with event.install_listener("numba:compile", _StartWorkersOnFirstCompilation(start_workers)):
-        run_tasks(parts[0], dtype)
-    for worker in workers:
-        _, errors = worker.communicate()
-        if worker.returncode != 0:
-            raise RuntimeError(f"nn3d.warm_up: a worker compiling kernels failed (exit {worker.returncode}):\n"
-                               f"{errors}")
+    try:
+        with event.install_listener("numba:compile", _StartWorkersOnFirstCompilation(start_workers)):
+            run_tasks(parts[0], dtype)
+        for worker in workers:
+            _, errors = worker.communicate()
+            if worker.returncode != 0:
+                raise RuntimeError(f"nn3d.warm_up: a worker compiling kernels failed (exit {worker.returncode}):\n"
+                                   f"{errors}")
+    finally:                          # interrupted (Ctrl-C, SIGTERM) or failed: no worker outlives the call
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
 
 
 def main(argv=None):

@@ -76,3 +76,26 @@ def test_shares_hold_every_task_once(processes):
 def test_two_shares_are_balanced():
     loads = [sum(warm_up.COMPILE_SECONDS[name] for name in names) for names in warm_up.shares(2)]
     assert max(loads) <= 1.2 * min(loads)
+
+
+def test_an_interrupted_warm_up_leaves_no_worker_running(monkeypatch):
+    """Ctrl-C or SIGTERM (the trainer raises) while this process compiles its share: the workers it
+    started are killed, not left compiling after the trainer has gone."""
+    import numba
+
+    started = []
+
+    def sleeping_worker(names, dtype):
+        started.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+        return started[-1]
+
+    def compile_then_interrupt(names, dtype):
+        numba.njit(lambda value: value + 1)(1)            # a compilation: the listener starts the workers
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(warm_up, "start_worker", sleeping_worker)
+    monkeypatch.setattr(warm_up, "run_tasks", compile_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        warm_up.warm_up(processes=2)
+    assert len(started) == 1
+    assert started[0].poll() is not None                 # killed and reaped
