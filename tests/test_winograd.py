@@ -1,5 +1,6 @@
 """Winograd F(2^3, 3^3) (nn3d/kernels/winograd/): the matrices against the direct 1-D sum, the plain
-reference against the direct-convolution reference, and the fast kernel against both."""
+references (F(2^3, 3^3)'s and F(4^3, 3^3)'s) against the direct-convolution reference, and the fast
+kernel against both."""
 import numpy as np
 import pytest
 
@@ -7,6 +8,7 @@ from nn3d.kernels import reference
 from nn3d.kernels.padding import pad_channels_last
 from nn3d.kernels.winograd.algorithm import (A_T, B_T, G, filter_transform_reference,
                                              flipped_transposed_transform_reference, winograd_forward_reference)
+from nn3d.kernels.winograd.algorithm4 import winograd4_forward_reference
 from nn3d.kernels.winograd.convolution import winograd_forward, winograd_grad_input
 from nn3d.kernels.winograd.filter_transform import filter_transform, flipped_transposed_transform
 
@@ -24,20 +26,23 @@ def test_one_dimensional_f23_is_the_correlation():
     np.testing.assert_allclose(y, [d[0:3] @ g, d[1:4] @ g], rtol=0, atol=1e-14)
 
 
-# (batch, Cin, Cout, (D, H, W)): odd and even sizes (partial last tiles), non-cubic, C = 1, Cin != Cout
-REFERENCE_SHAPES = [(2, 3, 5, (5, 6, 7)), (1, 1, 1, (3, 4, 1)), (1, 4, 2, (2, 9, 4))]
+# (batch, Cin, Cout, (D, H, W)): sizes not multiples of the tile (partial last tiles of F(2^3, 3^3)
+# and F(4^3, 3^3)), non-cubic, C = 1, Cin != Cout
+REFERENCE_SHAPES = [(2, 3, 5, (5, 6, 7)), (1, 1, 1, (3, 4, 1)), (1, 4, 2, (2, 9, 4)), (1, 4, 2, (2, 9, 13))]
+# float64 rounding only: sums of ~100 terms of size ~1, through transforms with entries up to 2^3
+# (F(2^3, 3^3)) and 8^3 (F(4^3, 3^3))
+REFERENCES = [(winograd_forward_reference, 1e-12), (winograd4_forward_reference, 1e-11)]
 
 
+@pytest.mark.parametrize("winograd_reference, atol", REFERENCES, ids=["F(2^3,3^3)", "F(4^3,3^3)"])
 @pytest.mark.parametrize("batch, cin, cout, size", REFERENCE_SHAPES)
-def test_reference_equals_direct_convolution(batch, cin, cout, size):
+def test_reference_equals_direct_convolution(batch, cin, cout, size, winograd_reference, atol):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((batch, *size, cin))                            # (N, D, H, W, Cin)
     weight = rng.standard_normal((cout, cin, 3, 3, 3))
     bias = rng.standard_normal(cout)
     direct = reference.conv3d_forward_reference(pad_channels_last(x, (1, 1, 1)), weight, bias, (1, 1, 1))
-    # float64 rounding only: the sums have ~100 terms of size ~1
-    np.testing.assert_allclose(winograd_forward_reference(x, weight, bias), direct,
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(winograd_reference(x, weight, bias), direct, rtol=0, atol=atol)
 
 
 # ---- the fast kernel: against the reference in float64, against the direct kernel in float32 --

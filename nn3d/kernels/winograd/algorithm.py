@@ -124,26 +124,35 @@ def flipped_transposed_transform_reference(u):
     return u.reshape(TILE_VALUES, cout, cin)[POSITIONS_FLIPPED].transpose(0, 2, 1).reshape(4, 4, 4, cin, cout)
 
 
-def winograd_forward_reference(x, weight, bias):
-    """F(2^3, 3^3) plainly, in float64: x (N, D, H, W, Cin) channels-last, unpadded; weight
-    (Cout, Cin, 3, 3, 3); bias (Cout,) or None -> y (N, D, H, W, Cout), the stride-1, padding-1
-    convolution (1) of nn3d/conv3d.py. Odd sizes: the last tile is partial (zeros beyond the halo,
-    outputs beyond the volume dropped). In the einsum strings a, b, c stand for az, ay, ax (one
+def winograd_reference(x, weight, bias, b_t, g, a_t):
+    """Winograd's convolution plainly, in float64, for the 1-D transforms of any F(e, 3) (e outputs
+    per axis from e + 2 inputs): b_t = B^T (e+2, e+2), g = G (e+2, 3), a_t = A^T (e, e+2); F(2, 3)'s
+    above, algorithm4.py's F(4, 3). x (N, D, H, W, Cin) channels-last, unpadded; weight (Cout, Cin,
+    3, 3, 3); bias (Cout,) or None -> y (N, D, H, W, Cout), the stride-1, padding-1 convolution (1)
+    of nn3d/conv3d.py. Sizes that are not multiples of e: the last tile is partial (zeros beyond the
+    halo, outputs beyond the volume dropped). In the einsum strings a, b, c stand for az, ay, ax (one
     letter per index), o and x for co and ci."""
+    e, e2 = a_t.shape                                                      # e outputs, e + 2 inputs
     n_batch, *size, cin = x.shape
     cout = weight.shape[0]
-    tiles = [(s + 1) // 2 for s in size]                                    # tiles_d, tiles_h, tiles_w
-    x_pad = np.zeros((n_batch, *(2 * t + 2 for t in tiles), cin))          # halo 1, rounded up to even
+    tiles_d, tiles_h, tiles_w = (-(-s // e) for s in size)
+    x_pad = np.zeros((n_batch, e * tiles_d + 2, e * tiles_h + 2, e * tiles_w + 2, cin))   # halo 1, rounded up
     x_pad[:, 1:size[0] + 1, 1:size[1] + 1, 1:size[2] + 1] = x
-    tiles_d, tiles_h, tiles_w = tiles
-    d = np.empty((n_batch, tiles_d, tiles_h, tiles_w, 4, 4, 4, cin))      # input tiles, overlapping by 2
-    for i in range(4):
-        for j in range(4):
-            for k in range(4):
-                d[:, :, :, :, i, j, k] = x_pad[:, i:i + 2 * tiles_d:2, j:j + 2 * tiles_h:2,
-                                               k:k + 2 * tiles_w:2]
-    v = np.einsum("ai,bj,ck,ntuvijkx->ntuvabcx", B_T, B_T, B_T, d, optimize=True)   # (..., 4, 4, 4, Cin)
-    m = np.einsum("ntuvabcx,abcox->ntuvabco", v, filter_transform_reference(weight), optimize=True)
-    y_tiles = np.einsum("pa,qb,rc,ntuvabco->ntpuqvro", A_T, A_T, A_T, m, optimize=True)
-    y = y_tiles.reshape(n_batch, 2 * tiles_d, 2 * tiles_h, 2 * tiles_w, cout)[:, :size[0], :size[1], :size[2]]
+    d = np.empty((n_batch, tiles_d, tiles_h, tiles_w, e2, e2, e2, cin))   # input tiles, overlapping by 2
+    for i in range(e2):
+        for j in range(e2):
+            for k in range(e2):
+                d[:, :, :, :, i, j, k] = x_pad[:, i:i + e * tiles_d:e, j:j + e * tiles_h:e, k:k + e * tiles_w:e]
+    u = np.einsum("ai,bj,ck,oxijk->abcox", g, g, g, weight.astype(np.float64), optimize=True)  # U
+    v = np.einsum("ai,bj,ck,ntuvijkx->ntuvabcx", b_t, b_t, b_t, d, optimize=True)             # V per tile
+    products = np.einsum("ntuvabcx,abcox->ntuvabco", v, u, optimize=True)                    # M per tile
+    y_tiles = np.einsum("pa,qb,rc,ntuvabco->ntpuqvro", a_t, a_t, a_t, products, optimize=True)
+    y = y_tiles.reshape(n_batch, e * tiles_d, e * tiles_h, e * tiles_w, cout)[:, :size[0], :size[1], :size[2]]
     return y + (0 if bias is None else bias)
+
+
+def winograd_forward_reference(x, weight, bias):
+    """F(2^3, 3^3) plainly, in float64 (`winograd_reference` with B^T, G and A^T above): x (N, D, H, W,
+    Cin) channels-last, unpadded; weight (Cout, Cin, 3, 3, 3); bias (Cout,) or None -> y (N, D, H, W,
+    Cout). Its U equals `filter_transform_reference(weight)`."""
+    return winograd_reference(x, weight, bias, B_T, G, A_T)

@@ -72,6 +72,8 @@ Notation: algorithm.py's, with these added for F(4^3, 3^3) (each name has this m
 """
 import numpy as np
 
+from .algorithm import winograd_reference
+
 B4_T = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
                  [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=np.float64)                  # (6, 6)
 G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
@@ -89,25 +91,7 @@ def filter_transform4_reference(weight):
 
 
 def winograd4_forward_reference(x, weight, bias):
-    """F(4^3, 3^3) plainly, in float64: x (N, D, H, W, Cin) channels-last, unpadded; weight
-    (Cout, Cin, 3, 3, 3); bias (Cout,) or None -> y (N, D, H, W, Cout), the stride-1, padding-1
-    convolution (1) of nn3d/conv3d.py. Sizes that are not multiples of 4: the last tile is partial
-    (zeros beyond the halo, outputs beyond the volume dropped). In the einsum strings a, b, c stand
-    for az, ay, ax, o and x for co and ci (as in algorithm.py's winograd_forward_reference)."""
-    n_batch, *size, cin = x.shape
-    cout = weight.shape[0]
-    tiles = [(s + 3) // 4 for s in size]                                    # tiles_d, tiles_h, tiles_w
-    x_pad = np.zeros((n_batch, *(4 * t + 2 for t in tiles), cin))          # halo 1, rounded up to 4
-    x_pad[:, 1:size[0] + 1, 1:size[1] + 1, 1:size[2] + 1] = x
-    tiles_d, tiles_h, tiles_w = tiles
-    d = np.empty((n_batch, tiles_d, tiles_h, tiles_w, 6, 6, 6, cin))      # input tiles, overlapping by 2
-    for i in range(6):
-        for j in range(6):
-            for k in range(6):
-                d[:, :, :, :, i, j, k] = x_pad[:, i:i + 4 * tiles_d:4, j:j + 4 * tiles_h:4,
-                                               k:k + 4 * tiles_w:4]
-    v = np.einsum("ai,bj,ck,ntuvijkx->ntuvabcx", B4_T, B4_T, B4_T, d, optimize=True)   # (..., 6, 6, 6, Cin)
-    m = np.einsum("ntuvabcx,abcox->ntuvabco", v, filter_transform4_reference(weight), optimize=True)
-    y_tiles = np.einsum("pa,qb,rc,ntuvabco->ntpuqvro", A4_T, A4_T, A4_T, m, optimize=True)
-    y = y_tiles.reshape(n_batch, 4 * tiles_d, 4 * tiles_h, 4 * tiles_w, cout)[:, :size[0], :size[1], :size[2]]
-    return y + (0 if bias is None else bias)
+    """F(4^3, 3^3) plainly, in float64: algorithm.py's `winograd_reference` with B4^T, G4 and A4^T.
+    x (N, D, H, W, Cin) channels-last, unpadded; weight (Cout, Cin, 3, 3, 3); bias (Cout,) or None ->
+    y (N, D, H, W, Cout), the stride-1, padding-1 convolution (1) of nn3d/conv3d.py."""
+    return winograd_reference(x, weight, bias, B4_T, G4, A4_T)
