@@ -28,6 +28,7 @@ from .conv3d import Conv3d
 from .conv_transpose3d import ConvTranspose3d
 from .grad_mode import no_grad
 from .kernels.conv_algorithm import COMPILED_FOR, INFERENCE, WINOGRAD4_MIN_TILES, winograd4_wins
+from .kernels.jit import FirstCompilation
 from .loss import MSELoss
 from .maxpool3d import MaxPool3d
 from .optim import AdamW, clip_grad_norm_
@@ -159,20 +160,6 @@ def start_worker(names, dtype):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-class _StartWorkersOnFirstCompilation(event.Listener):
-    def __init__(self, start):
-        self.start = start
-        self.started = False
-
-    def on_start(self, ev):
-        if not self.started:
-            self.started = True
-            self.start()
-
-    def on_end(self, ev):
-        pass
-
-
 def warm_up(dtype=np.float32, processes=2):
     """Load or compile every kernel a U-Net's training step and eval forward use for `dtype`, in up
     to `processes` processes when the cache is cold (module docstring). Raises RuntimeError, with its
@@ -184,7 +171,7 @@ def warm_up(dtype=np.float32, processes=2):
         workers.extend(start_worker(names, dtype) for names in parts[1:])
 
     try:
-        with event.install_listener("numba:compile", _StartWorkersOnFirstCompilation(start_workers)):
+        with event.install_listener("numba:compile", FirstCompilation(start_workers)):
             run_tasks(parts[0], dtype)
         for worker in workers:
             _, errors = worker.communicate()

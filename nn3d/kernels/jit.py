@@ -93,17 +93,18 @@ def blocked_kernel(function):
     return dispatcher
 
 
-class _FirstCompilation(event.Listener):
-    """Calls `say()` at the start of the first compilation it hears of, then stays silent."""
+class FirstCompilation(event.Listener):
+    """Calls `action()` at the start of the first compilation it hears of (installed on Numba's
+    "numba:compile" event), then nothing more."""
 
-    def __init__(self, say):
-        self.say = say
-        self.said = False
+    def __init__(self, action):
+        self.action = action
+        self.heard = False
 
     def on_start(self, ev):
-        if not self.said:
-            self.said = True
-            self.say()
+        if not self.heard:
+            self.heard = True
+            self.action()
 
     def on_end(self, ev):
         pass
@@ -114,5 +115,5 @@ def compile_notice(say):
     """Inside this block, `say()` is called once, just before the first kernel compilation (none when
     every kernel the block runs comes from the cache). E.g. the trainer prints one line, so a first
     run says why its first step waits."""
-    with event.install_listener("numba:compile", _FirstCompilation(say)):
+    with event.install_listener("numba:compile", FirstCompilation(say)):
         yield
