@@ -10,6 +10,8 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -280,3 +282,37 @@ def test_cohort_folders_and_cache_entries_honour_the_umask(tmp_path):
     for folder in (tmp_path / "cohort", tmp_path / "cohort" / "patient_000", entry):
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755, folder
     assert stat.S_IMODE(os.stat(tmp_path / "cohort" / "manifest.json").st_mode) == 0o644
+
+
+BUSY_WORKER_OF_A_DYING_PARENT = """
+import os, time
+from multiprocessing import Pool
+from mri2ct.common.errors import quiet_worker_signals
+pool = Pool(1, initializer=quiet_worker_signals)
+print(pool.apply(os.getpid), flush=True)
+pool.apply_async(time.sleep, (60,))
+time.sleep(0.5)                                  # the worker is busy
+os._exit(0)                                      # the parent ends, as exit_on_signal ends it
+"""
+
+
+def test_a_pool_worker_ends_with_its_parent():
+    """A worker busy when its parent ends (a Ctrl-C's exit_on_signal, or a replacement the Pool forked
+    meanwhile) is killed with it, instead of finishing its task alone and printing a broken pipe."""
+    parent = subprocess.Popen([sys.executable, "-c", BUSY_WORKER_OF_A_DYING_PARENT], stdout=subprocess.PIPE,
+                              text=True)
+    worker = int(parent.stdout.readline())
+    parent.wait(timeout=60)
+    parent.stdout.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{worker}/stat") as process_status:
+                if process_status.read().split(")")[-1].split()[0] in ("Z", "X"):   # dead, not yet reaped
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail(f"pool worker {worker} still running 10 s after its parent ended")

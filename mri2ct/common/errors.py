@@ -21,6 +21,7 @@ ends with
 Anything else is a bug and keeps its traceback. A signal ends the process at once, and with it the
 worker processes it started (multiprocessing's, which say nothing themselves: one line).
 """
+import ctypes
 import errno
 import multiprocessing
 import os
@@ -56,12 +57,22 @@ def exit_on_signal(signal_number, frame):
     os._exit(status)
 
 
+PR_SET_PDEATHSIG = 1        # Linux prctl(2): the signal a process gets when its parent ends
+
+
 def quiet_worker_signals():
     """In a worker process (a Pool's initializer): ignore Ctrl-C, which a terminal sends to the
     parent too, and let SIGTERM end the worker without a word (Pool.terminate sends it); the parent
-    prints the one line and ends its workers (exit_on_signal)."""
+    prints the one line and ends its workers (exit_on_signal). On Linux the worker is also killed
+    when its parent ends: a Pool replaces a killed worker from a thread of its own, and a
+    replacement forked while the parent exits would otherwise run on alone and print a broken pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        parent = multiprocessing.parent_process()
+        if parent is not None and os.getppid() != parent.pid:   # the parent ended before the prctl
+            os._exit(0)
 
 
 def run(main, argv=None):
