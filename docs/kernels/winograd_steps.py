@@ -1,4 +1,4 @@
-"""Winograd's F(2^3, 3^3) convolution, from the einsum reference to nn3d's kernel, one step at a time.
+"""Winograd's F(2^3, 3^3) convolution, from the einsum reference to nn3d's kernels, one step at a time.
 
     python docs/kernels/winograd_steps.py --size 32     # PYTHONPATH=. from a source checkout
 
@@ -9,15 +9,17 @@ d, B^T, G, A^T, U, V, M, the 64 positions xi). GFLOP/s is effective: the direct 
 over the time, so it can beat the machine's peak (Winograd does 64 multiplications per output tile
 and channel pair where the direct sum does 216). What the ladder shows: the products are matrix
 products and want to be done as such (step 2); the rest is keeping the transformed tiles in cache
-and the products in registers (step 3).
+and the products in registers (step 3); then larger tiles do fewer multiplications (step 4).
 
     0 the reference: F(2^3, 3^3) as three einsums over all tiles, in float64 (NumPy)
     1 one tile at a time in plain loops: gather d, B^T along three axes, 64 products per channel
       pair, A^T along three axes (Numba, tiles in parallel)
     2 all tiles at once: the 64 products as 64 (tiles x Cin) @ (Cin x Cout) matrix products (NumPy)
     3 the library's fused, blocked kernel, as nn3d.Conv3d calls it
+    4 F(4^3, 3^3): the same kernel structure with 6x6x6 input tiles, 2.37x fewer products (the
+      library's inference forward on AVX2; nn3d/kernels/winograd/algorithm4.py)
 
-Steps 1-3 use every core (Numba's threads, or NumPy's BLAS threads in step 2). Steps 0 and 2 hold
+Steps 1-4 use every core (Numba's threads, or NumPy's BLAS threads in step 2). Steps 0 and 2 hold
 every transformed tile in memory (8x the input, and float64 in step 0), and step 0 is slow (0.1-0.6
 GFLOP/s; most of it the einsum of the input transform, 10x its products at 32^3): above 32^3 it runs
 on a 32^3 crop, and the other steps' errors are measured where that crop's output is exact (the
@@ -32,7 +34,9 @@ from ladder import arguments, run
 from nn3d.kernels.jit import kernel, parallel_kernel
 from nn3d.kernels.winograd.algorithm import A_T, B_T, filter_transform_reference, winograd_forward_reference
 from nn3d.kernels.winograd.convolution import winograd_forward
+from nn3d.kernels.winograd.convolution4 import winograd4_forward
 from nn3d.kernels.winograd.filter_transform import filter_transform
+from nn3d.kernels.winograd.filter_transform4 import filter_transform4
 
 
 def reference(x, weight, bias):
@@ -180,7 +184,19 @@ def library(x, weight, bias):
     return winograd_forward((x,), u_packed, bias, weight.shape[0])              # (N, D, H, W, Cout)
 
 
-STEPS = [(reference, 32), (tile_at_a_time, None), (batched_products, None), (library, None)]
+# ---- step 4 ----------------------------------------------------------------------------------------
+def larger_tiles(x, weight, bias):
+    """Step 4, nn3d's winograd4_forward (after filter_transform4): F(4^3, 3^3), 216 products per 4x4x4
+    output tile and channel pair where step 3 does 64 per 2x2x2 tile, so 2.37x fewer products, and
+    2.37x less transformed data per output to carry through V and M; the transforms cost about as
+    much per output as step 3's. The price is accuracy: B4^T's and A4^T's entries up to 5 and 8 make
+    intermediate values larger than the outputs, and the float32 error some 60x step 3's (still far
+    inside the tolerance; algorithm4.py, section 4). nn3d runs it for the inference forward on AVX2,
+    where the layer needs no backward."""
+    return winograd4_forward((x,), filter_transform4(weight), bias, weight.shape[0])   # (N, D, H, W, Cout)
+
+
+STEPS = [(reference, 32), (tile_at_a_time, None), (batched_products, None), (library, None), (larger_tiles, None)]
 
 if __name__ == "__main__":
     sys.exit(run("3x3x3 convolution, Winograd F(2^3, 3^3)", STEPS, arguments(__doc__.splitlines()[0])))
