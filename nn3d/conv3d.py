@@ -45,7 +45,8 @@ is "the coefficient that multiplies the variable, times dy, summed over every pl
      A conv bias followed by a training-mode BatchNorm (as in the U-Net) gets a zero gradient in
      exact arithmetic: BatchNorm subtracts the channel mean, so adding b[co] to every voxel changes
      nothing, and the dy it passes back sums to zero over each channel ((B3) in
-     nn3d/batchnorm3d.py); computed, it is rounding noise, tiny next to dy. PyTorch keeps such biases too, so the state_dicts match.
+     nn3d/batchnorm3d.py); computed, it is rounding noise, tiny next to dy. PyTorch keeps such
+     biases too, so the state_dicts match.
 
 Input gradient on demand. `requires_input_grad = False` skips (2)-(3) and makes backward return
 None (like a PyTorch input that does not require grad): the U-Net's first convolution reads the
@@ -75,10 +76,10 @@ channel pair instead of 216; (4) by its transpose, nn3d/kernels/winograd/grad_we
 forces one for all three. A forward under nn3d.no_grad() (inference) may instead run by F(4^3, 3^3)
 (nn3d/kernels/winograd/convolution4.py, 216 multiplications per 4x4x4 output tile;
 NN3D_CONV=winograd4 forces it for every forward). (5) is a channel sum either way. Winograd reads
-its inputs unpadded and in place, a decoder's two side by side as if concatenated (so backward makes no x_pad), and computes (3) for all of them
-in one pass whose output comes out split into the inputs' bands. The filter transform it needs (U,
-from the weights) is computed once, in forward, and kept for backward (computed in backward when
-grad-input runs by Winograd after a direct forward).
+its inputs unpadded and in place, a decoder's two side by side as if concatenated (so backward makes
+no x_pad), and computes (3) for all of them in one pass whose output comes out split into the
+inputs' bands. The filter transform it needs (U, from the weights) is computed once, in forward, and
+kept for backward (computed in backward when grad-input runs by Winograd after a direct forward).
 
 Memory: activations are channels-last (nn3d/layout.py); the kernels (nn3d/kernels/conv3d.py and
 conv3d_grad_weight.py) work on (N, D, H, W, C) arrays, cite the line numbers above and use the same

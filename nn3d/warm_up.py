@@ -2,16 +2,17 @@
 processes at once.
 
 Numba compiles one kernel at a time per process (under its compiler lock), and a fresh install
-compiles a training step's ~20 kernels in ~2 minutes of CPU time. The compiled code goes to the
+compiles a training step's ~20 kernels in a minute or two of CPU time. The compiled code goes to the
 on-disk cache (`cache=True`, nn3d/kernels/jit.py), which every process on the machine shares. So
 `warm_up(dtype, processes)` runs TASKS, small passes through every layer path a U-Net uses (the
 direct and F(2^3, 3^3) convolutions, F(4^3, 3^3)'s inference forward where the rule runs it, the
-up-convolution, BatchNorm + ReLU, pooling, the 1x1x1 head, the loss and AdamW) on tiny arrays of `dtype`, split into `processes` shares of about equal compile time
-(COMPILE_SECONDS): this process runs the first share, and the moment it hears its first compilation
-(a cold cache; Numba's "numba:compile" event) it starts one worker process per other share
-(`python -m nn3d.warm_up`). A warm cache starts no process: the passes load their kernels, as the
-first step would have. After the warm-up the first step finds every kernel in memory or in the
-cache (tests/test_warm_up.py checks that a U-Net step and eval forward add no compiled signature).
+up-convolution, BatchNorm + ReLU, pooling, the 1x1x1 head, the loss and AdamW) on tiny arrays of
+`dtype`, split into `processes` shares of about equal compile time (COMPILE_SECONDS): this process
+runs the first share, and the moment it hears its first compilation (a cold cache; Numba's
+"numba:compile" event) it starts one worker process per other share (`python -m nn3d.warm_up`). A
+warm cache starts no process: the passes load their kernels, as the first step would have. After the
+warm-up the first step finds every kernel in memory or in the cache (tests/test_warm_up.py checks
+that a U-Net step and eval forward add no compiled signature).
 """
 import argparse
 import contextlib

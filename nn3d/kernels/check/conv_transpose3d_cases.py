@@ -1,6 +1,7 @@
 """Checks of the transposed convolution (nn3d/conv_transpose3d.py's two paths): the kernel == stride
 block kernels (conv_transpose3d.py), and the general path, which runs the direct convolution's
-functions with the transposed convolution's arguments, as the layer calls them: forward y = conv3d_grad_input(x) + b, grad-input conv3d_forward(dy_full), grad-weight
+functions with the transposed convolution's arguments, as the layer calls them: forward y =
+conv3d_grad_input(x) + b, grad-input conv3d_forward(dy_full), grad-weight
 conv3d_grad_weight(dy_full, x), dy_full = dy zero-padded by the padding (pad_channels_last)."""
 import math
 

@@ -1,7 +1,7 @@
-"""The matrix products of a block of tiles, one per transformed position xi (algorithm.py's
-notation: 64 of them for F(2^3, 3^3), 216 for F(4^3, 3^3)), register-blocked like the direct kernels (a tile of rows x 16 output channels in local
-variables): the forward's M[xi] = V[xi] U[xi] (`multiply_block`) and grad-weight's
-dU[xi] += V[xi]^T dM[xi] (`accumulate_block_products`).
+"""The matrix products of a block of tiles, one per transformed position xi (algorithm.py's notation:
+64 of them for F(2^3, 3^3), 216 for F(4^3, 3^3)), register-blocked like the direct kernels (a tile
+of rows x 16 output channels in local variables): the forward's M[xi] = V[xi] U[xi]
+(`multiply_block`) and grad-weight's dU[xi] += V[xi]^T dM[xi] (`accumulate_block_products`).
 
 The tile per CPU (`PRODUCT_ROWS`, from the tile width the kernels compile for): on AVX-512, 8 rows of
 16-tuples (8 zmm accumulators, what the SLP vectoriser makes of `fma16`); on AVX2, 6 rows of

@@ -5,12 +5,13 @@ transform y = A4^T along each axis of M plus the bias, with the ReLU folded in
 
 A 6x6x6 tile of 16-channel vectors is 216 vectors; AVX2 has 16 vector registers (8 such vectors),
 AVX-512 32. So each axis is one pass over the tile: a pass reads a line of 6 vectors (a column of
-the tile along the pass's axis), transforms it in registers (six vectors and four temporaries,
-12 + 8 ymm on AVX2: LLVM's schedule of one line of B4^T is 12 vector loads, 20 arithmetic
-instructions, 12 vector stores and 4-5 stack accesses, for the broadcast constants 4 and -5 that
-no register is left for), and writes the line into a small scratch tile (216 x 16 values, 13.5 KiB in float32: the two scratch tiles stay in L1). The
-last pass writes V (or y) directly. Per tile and 16 channels: 3 * 216 vector loads and stores,
-against F(2^3, 3^3)'s 8 * (128 loads + 64 stores) for the same 64 output voxels.
+the tile along the pass's axis), transforms it in registers (six vectors and four temporaries, 12 +
+8 ymm on AVX2: LLVM's schedule of one line of B4^T is 12 vector loads, 20 arithmetic instructions,
+12 vector stores and 4-5 stack accesses, for the broadcast constants 4 and -5 that no register is
+left for), and writes the line into a small scratch tile (216 x 16 values, 13.5 KiB in float32: the
+two scratch tiles stay in L1). The last pass writes V (or y) directly. Per tile and 16 channels: 3 *
+216 vector loads and stores, against F(2^3, 3^3)'s 8 * (128 loads + 64 stores) for the same 64
+output voxels.
 
 The vectors are simd.py's explicit `Vector`s (one LLVM vector value each), so no vectoriser has to
 find them; every index below is a plain integer (the vector loads and stores have no negative-index
