@@ -3,8 +3,8 @@ loop vectoriser off, whichever signature comes first; `compile_notice` speaks on
 compilation, and not at all when nothing is compiled.
 
 The check reads the optimised LLVM IR of the float32 signature of a small register-tile kernel
-(the same fma16 / load16 tiles as the convolutions): with SLP it holds vector float operations
-(<16 x float> on AVX-512, <8 x float> on AVX2); compiled with Numba's defaults it holds none (measured:
+whose tile is a tuple of 8 scalars (as docs/kernels/conv3d_steps.py's step 3): with SLP it holds
+vector float operations (<8 x float>); compiled with Numba's defaults it holds none (measured:
 0, the bug this guards against, where a float64 compile first left float32 without SLP). Each order
 runs in a fresh process with its own cache, so nothing is loaded from an earlier compilation.
 """
@@ -14,17 +14,28 @@ import sys
 
 KERNEL = '''
 from numba import prange
-from nn3d.kernels.jit import blocked_kernel
-from nn3d.kernels.register_tile import fma16, load16
+from nn3d.kernels.jit import blocked_kernel, tile_helper
+
+
+@tile_helper
+def load8(matrix, i):
+    return (matrix[i, 0], matrix[i, 1], matrix[i, 2], matrix[i, 3], matrix[i, 4], matrix[i, 5], matrix[i, 6],
+            matrix[i, 7])
+
+
+@tile_helper
+def fma8(acc, value, w):
+    return (acc[0] + value * w[0], acc[1] + value * w[1], acc[2] + value * w[2], acc[3] + value * w[3],
+            acc[4] + value * w[4], acc[5] + value * w[5], acc[6] + value * w[6], acc[7] + value * w[7])
 
 
 @blocked_kernel
 def rows_times_matrix(x, w, out):
     for i in prange(x.shape[0]):
-        acc = load16(out, i)
+        acc = load8(out, i)
         for j in range(x.shape[1]):
-            acc = fma16(acc, x[i, j], load16(w, j))
-        for c in range(16):
+            acc = fma8(acc, x[i, j], load8(w, j))
+        for c in range(8):
             out[i, c] = acc[c]
 '''
 
@@ -35,7 +46,7 @@ import tile_kernel
 
 for name in sys.argv[1].split(","):
     dtype = np.dtype(name)
-    tile_kernel.rows_times_matrix(np.ones((4, 3), dtype), np.ones((3, 16), dtype), np.zeros((4, 16), dtype))
+    tile_kernel.rows_times_matrix(np.ones((4, 3), dtype), np.ones((3, 8), dtype), np.zeros((4, 8), dtype))
 float32 = [s for s in tile_kernel.rows_times_matrix.signatures if str(s[0].dtype) == "float32"][0]
 print(tile_kernel.rows_times_matrix.inspect_llvm(float32).count(" x float>"))
 '''

@@ -14,8 +14,8 @@ from nn3d.kernels.winograd.filter_transform import filter_transform, flipped_tra
 
 from nn3d.kernels.register_tile import BLOCK_W
 
-# the products' register tiles (winograd/products.py): AVX-512's 8 rows (16-tuples), AVX2's 6 rows
-# then 4 (vectors), and 4 alone
+# the products' register tiles (winograd/products.py): AVX-512's 8 rows, AVX2's 6 rows then 4, and
+# 4 alone
 WIDTHS = [4, 6, 8]
 
 
@@ -101,8 +101,7 @@ def test_two_inputs_are_convolved_as_their_concatenation(channels, cout, block_r
 @pytest.mark.parametrize("tiles_per_block", [8, 16, 64])      # rows 8 = 4 + 4, 16 = 6 + 6 + 4, 64 = 6 * 10 + 4
 def test_every_register_tile_gives_the_same_bits(tiles_per_block):
     """Each product M[xi][t, co] sums over ci in the same order whatever the tile: AVX2's 6 and 4 rows
-    of vectors (one fused multiply-add each) give the bits of AVX-512's 8 rows of 16-tuples (FMA
-    contraction), forward and grad-input, float32 with channel tails."""
+    of vectors give the bits of AVX-512's 8 rows (one fused multiply-add each), forward and grad-input, float32 with channel tails."""
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1, 9, 10, 11, 35)).astype(np.float32)
     weight = rng.standard_normal((33, 35, 3, 3, 3)).astype(np.float32)

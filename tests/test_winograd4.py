@@ -84,7 +84,7 @@ def test_two_inputs_are_convolved_as_their_concatenation(channels, cout, block_r
 @pytest.mark.parametrize("tiles_per_block", [8, 16])      # rows 8 = 4 + 4, 16 = 6 + 6 + 4
 def test_every_register_tile_gives_the_same_bits(tiles_per_block):
     """Each product sums over ci in the same order whatever the tile: AVX2's 6 and 4 rows of vectors
-    give the bits of AVX-512's 8 rows of 16-tuples (float32, channel tails, two inputs)."""
+    give the bits of AVX-512's 8 rows (float32, channel tails, two inputs)."""
     rng = np.random.default_rng(7)
     inputs = (rng.standard_normal((1, 9, 10, 11, 16)).astype(np.float32),
               rng.standard_normal((1, 9, 10, 11, 19)).astype(np.float32))

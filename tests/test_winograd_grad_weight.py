@@ -107,7 +107,7 @@ def test_same_bits_on_one_and_two_threads(on_one_and_two_threads):
 
 def test_every_register_tile_gives_the_same_bits():
     """dU sums over the tiles of a block, then the blocks of a chunk, in one order whatever the tile
-    of input channels: AVX2's 6 and 4 rows of vectors give the bits of AVX-512's 8 rows of 16-tuples
+    of input channels: AVX2's 6 and 4 rows of vectors give the bits of AVX-512's 8 rows
     (float32, 48 and 40 input channels: 6 x 8 and 6 x 6 + 4, two inputs, a channel tail)."""
     rng = np.random.default_rng(8)
     for channels, cout in (((32, 16), 20), ((16, 24), 16)):

@@ -48,14 +48,16 @@ from ..core.shapes import window_output_size
 from .jit import blocked_kernel, tile_helper
 from .padding import embed_strided, pad_channels_last
 from .pointwise import is_pointwise, pointwise_forward, pointwise_forward_work_items, pointwise_grad_input
-from .register_tile import BLOCK_C, BLOCK_W, fma16, fma_tile4, load16
+from .register_tile import BLOCK_C, BLOCK_W, UINT, fma_tile4
+from .simd import fma16, load16, relu16, store16
 from .weight_packing import flipped_transposed, pack_weight
 
 
 @tile_helper
-def rectified(value, relu):
-    """max(0, value) if relu, else value; a NaN stays NaN (as ReLU and nn3d/kernels/batchnorm3d.py)."""
-    return 0 if relu and value <= 0 else value
+def store_rectified16(matrix, i, vector, relu):
+    """matrix[i, 0:16] = max(0, vector) if relu, else vector; a NaN stays NaN (as ReLU and
+    nn3d/kernels/batchnorm3d.py)."""
+    store16(matrix, i, relu16(vector) if relu else vector)
 
 
 # ---- forward: line (1) --------------------------------------------------------------------------
@@ -85,7 +87,8 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
     cin = x_pad.shape[4]
     x_flat = x_pad.reshape(x_pad.size)
     w_matrix = w_packed.reshape(w_packed.size // BLOCK_C, BLOCK_C)      # rows (kz, ky, cb, j)
-    y_tiles = y.reshape(n_batch, out_d, out_h, out_w, n_cblocks, BLOCK_C)
+    y_rows = y.reshape(y.size // BLOCK_C, BLOCK_C)                      # rows (n, od, oh, ow, cb)
+    cb_step = np.uint64(n_cblocks)             # y_rows rows between neighbouring voxels
     x_row_length = x_pad.shape[3] * cin
     x_plane_length = x_pad.shape[2] * x_row_length
     step = stride_w * cin                      # distance between neighbouring output voxels in a row
@@ -124,15 +127,15 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
                         acc5 = fma16(acc5, x_flat[x_5 + j], w)
                         acc6 = fma16(acc6, x_flat[x_6 + j], w)
                         acc7 = fma16(acc7, x_flat[x_7 + j], w)
-            for c in range(BLOCK_C):
-                y_tiles[n, od, oh, ow0, cb, c] = rectified(acc0[c], relu)
-                y_tiles[n, od, oh, ow0 + 1, cb, c] = rectified(acc1[c], relu)
-                y_tiles[n, od, oh, ow0 + 2, cb, c] = rectified(acc2[c], relu)
-                y_tiles[n, od, oh, ow0 + 3, cb, c] = rectified(acc3[c], relu)
-                y_tiles[n, od, oh, ow0 + 4, cb, c] = rectified(acc4[c], relu)
-                y_tiles[n, od, oh, ow0 + 5, cb, c] = rectified(acc5[c], relu)
-                y_tiles[n, od, oh, ow0 + 6, cb, c] = rectified(acc6[c], relu)
-                y_tiles[n, od, oh, ow0 + 7, cb, c] = rectified(acc7[c], relu)
+            y_0 = np.uint64((row * out_w + ow0) * n_cblocks + cb)
+            store_rectified16(y_rows, y_0, acc0, relu)
+            store_rectified16(y_rows, y_0 + cb_step, acc1, relu)
+            store_rectified16(y_rows, y_0 + UINT[2] * cb_step, acc2, relu)
+            store_rectified16(y_rows, y_0 + UINT[3] * cb_step, acc3, relu)
+            store_rectified16(y_rows, y_0 + UINT[4] * cb_step, acc4, relu)
+            store_rectified16(y_rows, y_0 + UINT[5] * cb_step, acc5, relu)
+            store_rectified16(y_rows, y_0 + UINT[6] * cb_step, acc6, relu)
+            store_rectified16(y_rows, y_0 + UINT[7] * cb_step, acc7, relu)
         for ow0 in range(end8, end4, 4):
             b = load16(bias, cb)
             tile = (b, b, b, b)                                   # voxels ow0 .. ow0 + 3
@@ -142,11 +145,11 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
                     w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
                     for j in range(run_u):
                         tile = fma_tile4(tile, x_flat, x_0 + j, step_u, load16(w_matrix, w_0 + j))
-            for c in range(BLOCK_C):
-                y_tiles[n, od, oh, ow0, cb, c] = rectified(tile[0][c], relu)
-                y_tiles[n, od, oh, ow0 + 1, cb, c] = rectified(tile[1][c], relu)
-                y_tiles[n, od, oh, ow0 + 2, cb, c] = rectified(tile[2][c], relu)
-                y_tiles[n, od, oh, ow0 + 3, cb, c] = rectified(tile[3][c], relu)
+            y_0 = np.uint64((row * out_w + ow0) * n_cblocks + cb)
+            store_rectified16(y_rows, y_0, tile[0], relu)
+            store_rectified16(y_rows, y_0 + cb_step, tile[1], relu)
+            store_rectified16(y_rows, y_0 + UINT[2] * cb_step, tile[2], relu)
+            store_rectified16(y_rows, y_0 + UINT[3] * cb_step, tile[3], relu)
         for ow0 in range(end4, out_w):
             acc0 = load16(bias, cb)
             for kz in range(kernel_d):
@@ -155,8 +158,7 @@ def conv3d_forward_kernel(x_pad, w_packed, bias, stride_d, stride_h, stride_w, b
                     w_0 = np.uint64(((kz * kernel_h + ky) * n_cblocks + cb) * run)
                     for j in range(run_u):
                         acc0 = fma16(acc0, x_flat[x_0 + j], load16(w_matrix, w_0 + j))
-            for c in range(BLOCK_C):
-                y_tiles[n, od, oh, ow0, cb, c] = rectified(acc0[c], relu)
+            store_rectified16(y_rows, np.uint64((row * out_w + ow0) * n_cblocks + cb), acc0, relu)
 
 
 def conv3d_forward(x_pad, weight, bias, stride, block_w=BLOCK_W, relu=False):

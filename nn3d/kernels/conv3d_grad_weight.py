@@ -14,11 +14,18 @@ import numpy as np
 from numba import prange
 
 from ..core import arena
-from .jit import blocked_kernel
+from .jit import blocked_kernel, tile_helper
 from .partial_sums import WORK_ITEMS, sum_partials
 from .pointwise import is_pointwise, pointwise_grad_weight, pointwise_grad_weight_chunks
-from .register_tile import BLOCK_C, BLOCK_J, UINT, fma16, fma_tile4, load16
+from .register_tile import BLOCK_C, BLOCK_J, UINT, fma_tile4
+from .simd import add16, fma16, load16, load16_at, store16_at
 from .weight_packing import unpack_weight
+
+
+@tile_helper
+def add_into16(flat, at, vector):
+    """flat[at:at + 16] += vector (`at` unsigned)."""
+    store16_at(flat, at, add16(load16_at(flat, at), vector))
 
 
 @blocked_kernel
@@ -57,6 +64,8 @@ def conv3d_grad_weight_kernel(x_pad, grad_output, stride_d, stride_h, stride_w,
     end8 = run // 8 * 8 if block_j == 8 else 0          # positions [0, end8) in tiles of 8
     end4 = end8 + (run - end8) // 4 * 4                 # [end8, end4) in tiles of 4, then singles
     zero_tile = np.zeros((1, BLOCK_C), dtype=partial.dtype)
+    partial_flat = partial.reshape(partial.size)
+    co_step = np.uint64(cout_padded)            # partial_flat offsets between neighbouring positions j
     for item in prange(n_chunks * n_cblocks):
         chunk = item // n_cblocks
         cb = item % n_cblocks
@@ -95,16 +104,16 @@ def conv3d_grad_weight_kernel(x_pad, grad_output, stride_d, stride_h, stride_w,
                                 acc5 = fma16(acc5, x_flat[at + UINT[5]], g)
                                 acc6 = fma16(acc6, x_flat[at + UINT[6]], g)
                                 acc7 = fma16(acc7, x_flat[at + UINT[7]], g)
-                        for c in range(BLOCK_C):
-                            co = cb * BLOCK_C + c
-                            partial[chunk, kz, ky, j0, co] += acc0[c]
-                            partial[chunk, kz, ky, j0 + 1, co] += acc1[c]
-                            partial[chunk, kz, ky, j0 + 2, co] += acc2[c]
-                            partial[chunk, kz, ky, j0 + 3, co] += acc3[c]
-                            partial[chunk, kz, ky, j0 + 4, co] += acc4[c]
-                            partial[chunk, kz, ky, j0 + 5, co] += acc5[c]
-                            partial[chunk, kz, ky, j0 + 6, co] += acc6[c]
-                            partial[chunk, kz, ky, j0 + 7, co] += acc7[c]
+                        at = np.uint64((((chunk * kernel_d + kz) * kernel_h + ky) * run + j0) * cout_padded
+                                       + cb * BLOCK_C)                  # partial[chunk, kz, ky, j0, 16cb]
+                        add_into16(partial_flat, at, acc0)
+                        add_into16(partial_flat, at + co_step, acc1)
+                        add_into16(partial_flat, at + UINT[2] * co_step, acc2)
+                        add_into16(partial_flat, at + UINT[3] * co_step, acc3)
+                        add_into16(partial_flat, at + UINT[4] * co_step, acc4)
+                        add_into16(partial_flat, at + UINT[5] * co_step, acc5)
+                        add_into16(partial_flat, at + UINT[6] * co_step, acc6)
+                        add_into16(partial_flat, at + UINT[7] * co_step, acc7)
                     for j0 in range(end8, end4, 4):
                         shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
                         zero = load16(zero_tile, 0)
@@ -115,12 +124,12 @@ def conv3d_grad_weight_kernel(x_pad, grad_output, stride_d, stride_h, stride_w,
                             for ow in range(width):
                                 tile = fma_tile4(tile, x_flat, x_offset + ow * step, UINT[1],
                                                  load16(g_matrix, g_offset + ow * g_step))
-                        for c in range(BLOCK_C):
-                            co = cb * BLOCK_C + c
-                            partial[chunk, kz, ky, j0, co] += tile[0][c]
-                            partial[chunk, kz, ky, j0 + 1, co] += tile[1][c]
-                            partial[chunk, kz, ky, j0 + 2, co] += tile[2][c]
-                            partial[chunk, kz, ky, j0 + 3, co] += tile[3][c]
+                        at = np.uint64((((chunk * kernel_d + kz) * kernel_h + ky) * run + j0) * cout_padded
+                                       + cb * BLOCK_C)
+                        add_into16(partial_flat, at, tile[0])
+                        add_into16(partial_flat, at + co_step, tile[1])
+                        add_into16(partial_flat, at + UINT[2] * co_step, tile[2])
+                        add_into16(partial_flat, at + UINT[3] * co_step, tile[3])
                     for j0 in range(end4, run):
                         shift = np.uint64(kz * x_plane_length + ky * x_row_length + j0)
                         acc0 = load16(zero_tile, 0)
@@ -130,8 +139,8 @@ def conv3d_grad_weight_kernel(x_pad, grad_output, stride_d, stride_h, stride_w,
                             for ow in range(width):
                                 acc0 = fma16(acc0, x_flat[x_offset + ow * step],
                                              load16(g_matrix, g_offset + ow * g_step))
-                        for c in range(BLOCK_C):
-                            partial[chunk, kz, ky, j0, cb * BLOCK_C + c] += acc0[c]
+                        add_into16(partial_flat, np.uint64((((chunk * kernel_d + kz) * kernel_h + ky) * run + j0)
+                                                           * cout_padded + cb * BLOCK_C), acc0)
 
 
 def grad_weight_chunks(n_rows, cout):

@@ -21,8 +21,8 @@ w_matrix[ci, (kz, ky, kx, co)] = weight[ci, co, kz, ky, kx]                (Cin,
     (4) grad_weight[ci, co, kz, ky, kx] = sum_{n, id, ih, iw} x[n, id, ih, iw, ci] * dy[n, id*kD+kz, ih*kH+ky, iw*kW+kx, co]
 
 The kernels read and write the blocks where they lie in y and dy (no gathered copy of the blocks),
-with the register tiles of nn3d/kernels/register_tile.py (`load16`, `fma16`): 16 values of one axis carried
-as a 16-tuple (one AVX-512 vector, two AVX2 vectors), times BLOCK_W (8 on AVX-512, 4 on AVX2) values of
+with the register tiles of nn3d/kernels/register_tile.py: 16 values of one axis carried as one
+16-lane vector (nn3d/kernels/simd.py: one AVX-512 register, two AVX2 ones), times BLOCK_W (8 on AVX-512, 4 on AVX2) values of
 another axis, one accumulator each. The width is an argument, so the tests run both widths on any
 machine, and the 8-wide loop is followed by 4-wide and single tails.
 
@@ -48,8 +48,9 @@ from numba import prange
 from ..core import arena
 from .conv3d_grad_weight import conv3d_grad_weight
 from .jit import blocked_kernel, parallel_kernel
-from .register_tile import (BLOCK_C, BLOCK_J, BLOCK_W, UINT, fma16, fma_tile4, fma_tile8, load16, load_tile4,
-                            load_tile8, padded_channels, store16, store_tile4, store_tile8)
+from .register_tile import (BLOCK_C, BLOCK_J, BLOCK_W, UINT, fma_tile4, fma_tile8, load_tile4, load_tile8,
+                            padded_channels, store_tile4, store_tile8)
+from .simd import fma16, load16, store16
 from .weight_packing import pack_weight
 
 
@@ -185,13 +186,10 @@ def conv_transpose3d_blocks_grad_input_kernel(grad_output, w_packed, block_w, gr
     dy[n, id*kD+kz, ih*kH+ky, iw*kW + kx, co] of voxel iw, all (kx, co), are ONE contiguous run of
     kW*Cout values (index j = kx*Cout + co), starting at element iw*kW*Cout of that row of dy.
     A tile of neighbouring voxels x 16 input channels runs over j (one 16-weight load, one
-    broadcast of dy per voxel, one FMA per voxel). Why (kz, ky) is outside the tile: a tile kept in
-    registers across two nested loops is taken apart into scalars and rebuilt at every exit of the
-    inner loop (LLVM's SLP vectoriser does not carry it as a vector there), which costs more than
-    loading and storing the 8 accumulators: so the row of grad_input is zeroed first, and for each
-    (kz, ky) the tile is loaded from it, runs over j, and is stored back (the row stays in L1);
-    on the same (3) it is faster than Conv3d's forward kernel, which keeps its tile across (kz, ky)
-    (docs/performance.md).
+    broadcast of dy per voxel, one FMA per voxel). (kz, ky) is outside the tile: the row of
+    grad_input is zeroed first, and for each (kz, ky) the tile is loaded from it, runs over j, and
+    is stored back (the row stays in L1); on the same (3) this was faster than Conv3d's forward
+    kernel, which keeps its tile across (kz, ky) (docs/performance.md).
     """
     n_batch, in_d, in_h, in_w, cin_padded = grad_input.shape
     kernel_d, kernel_h, n_cblocks, run = w_packed.shape[:4]

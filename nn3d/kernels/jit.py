@@ -9,11 +9,14 @@ debugger, and `NUMBA_BOUNDSCHECK=1` checks every index.
                       of the output (no two iterations write the same element).
 - `blocked_kernel`:   a `parallel_kernel` compiled with LLVM's loop vectoriser off and its SLP
                       (straight-line) vectoriser on, for every signature. Register-blocked
-                      convolution kernels keep a few output voxels x many output channels in
-                      local variables; the loop vectoriser mangles that pattern, the SLP
-                      vectoriser turns it into vector FMAs (about 3x faster, see
-                      docs/performance.md). SLP is off by default in Numba because of a past
-                      miscompilation, so every such kernel is tested against a plain reference.
+                      convolution kernels keep a few output voxels x 16 output channels in
+                      local variables (nn3d/kernels/simd.py's vectors); the loop vectoriser
+                      mangles the loops around such tiles, the SLP vectoriser packs the
+                      straight-line scalar code left beside them (and a tile written as a tuple
+                      of scalars, docs/kernels/conv3d_steps.py's step 3, into vector FMAs:
+                      about 3x faster, docs/performance.md). SLP is off by default in Numba
+                      because of a past miscompilation, so every such kernel is tested against
+                      a plain reference.
 
 `cache=True` stores compiled machine code in `__pycache__`, so only the first run pays for
 compilation. (The cache does not notice edits in helper functions imported from other files:

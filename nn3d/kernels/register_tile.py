@@ -1,12 +1,14 @@
 """The register-tile vocabulary every convolution kernel speaks: how many output channels a tile
 holds (BLOCK_C), how many voxels or positions wide it is on this CPU (BLOCK_W, BLOCK_J), unsigned
-offset constants (UINT), and the 16-lane loads, stores and arithmetic on tiles.
+offset constants (UINT), and tiles of 4 and 8 accumulators (the 16-lane vector each accumulator is,
+with its loads, stores and arithmetic: nn3d/kernels/simd.py).
 
-Register tiles. Numba keeps scalars and tuples in registers, never arrays. A BLOCK_C-wide slice of
-output channels is therefore carried as a tuple of 16 numbers; the SLP vectoriser turns the 16
-scalar operations of `fma16` into one AVX-512 vector FMA (float32; two on AVX2). The helpers are
-inlined into the kernels by LLVM (check with NUMBA_DUMP_ASSEMBLY=1: the inner loop of the direct
-forward kernel is one vector load and eight `vfmadd231ps (mem){1to16}, zmm, zmm`).
+Register tiles. Numba keeps scalars, tuples and vectors in registers, never arrays. A BLOCK_C-wide
+slice of output channels is carried as one 16-lane vector (nn3d/kernels/simd.py: one AVX-512
+register of float32, two AVX2 ones), and a tile of 4 (or 8) voxels x 16 channels as a tuple of 4
+(or 8) such vectors, each an accumulator. Check with NUMBA_DUMP_ASSEMBLY=1: the inner loop of the
+direct forward kernel is one vector load and eight `vfmadd231ps (mem){1to16}, zmm, zmm` on
+AVX-512, two vector loads and eight `vfmadd231ps ymm` on AVX2.
 
 Tile width per CPU. Numba compiles for the CPU it runs on (and keys its cache by CPU), so the tile
 is chosen at import from the features Numba compiles for (`tile_width`): on AVX-512 (32 vector
@@ -23,7 +25,8 @@ literal is signed, and those checks stop vectorisation).
 """
 import numpy as np
 
-from .jit import inlined_tile_helper, tile_helper
+from .jit import tile_helper
+from .simd import fma16, load16, store16, store16_at
 
 
 BLOCK_C = 16   # output channels per register tile: one AVX-512 (two AVX2) registers of float32
@@ -50,69 +53,6 @@ UINT = tuple(np.uint64(q) for q in range(BLOCK_C))  # unsigned constants: offset
 
 
 @tile_helper
-def load16(matrix, i):
-    """matrix[i, 0:16] as a tuple (a register tile). With `i` unsigned (or a loop counter LLVM
-    knows is >= 0) there are no negative-index checks and the 16 loads become one vector load."""
-    return (matrix[i, 0], matrix[i, 1], matrix[i, 2], matrix[i, 3], matrix[i, 4], matrix[i, 5],
-            matrix[i, 6], matrix[i, 7], matrix[i, 8], matrix[i, 9], matrix[i, 10], matrix[i, 11],
-            matrix[i, 12], matrix[i, 13], matrix[i, 14], matrix[i, 15])
-
-
-@tile_helper
-def fma16(acc, value, w):
-    """acc + value * w, element-wise on 16-tuples."""
-    return (acc[0] + value * w[0], acc[1] + value * w[1], acc[2] + value * w[2], acc[3] + value * w[3],
-            acc[4] + value * w[4], acc[5] + value * w[5], acc[6] + value * w[6], acc[7] + value * w[7],
-            acc[8] + value * w[8], acc[9] + value * w[9], acc[10] + value * w[10], acc[11] + value * w[11],
-            acc[12] + value * w[12], acc[13] + value * w[13], acc[14] + value * w[14],
-            acc[15] + value * w[15])
-
-
-@tile_helper
-def load16_at(flat, at):
-    """flat[at:at + 16] as a 16-tuple; `at` unsigned and every offset an unsigned constant (at + 1
-    with a plain int literal would be signed, with negative-index checks that stop vectorisation)."""
-    return (flat[at], flat[at + UINT[1]], flat[at + UINT[2]], flat[at + UINT[3]], flat[at + UINT[4]],
-            flat[at + UINT[5]], flat[at + UINT[6]], flat[at + UINT[7]], flat[at + UINT[8]], flat[at + UINT[9]],
-            flat[at + UINT[10]], flat[at + UINT[11]], flat[at + UINT[12]], flat[at + UINT[13]],
-            flat[at + UINT[14]], flat[at + UINT[15]])
-
-
-@tile_helper
-def store16_at(flat, at, v):
-    """flat[at:at + 16] = the 16-tuple v (one vector store; `at` unsigned, offsets unsigned constants)."""
-    flat[at], flat[at + UINT[1]], flat[at + UINT[2]], flat[at + UINT[3]] = v[0], v[1], v[2], v[3]
-    flat[at + UINT[4]], flat[at + UINT[5]], flat[at + UINT[6]], flat[at + UINT[7]] = v[4], v[5], v[6], v[7]
-    flat[at + UINT[8]], flat[at + UINT[9]], flat[at + UINT[10]], flat[at + UINT[11]] = v[8], v[9], v[10], v[11]
-    flat[at + UINT[12]], flat[at + UINT[13]], flat[at + UINT[14]], flat[at + UINT[15]] = v[12], v[13], v[14], v[15]
-
-
-@tile_helper
-def add16(u, v):
-    return (u[0] + v[0], u[1] + v[1], u[2] + v[2], u[3] + v[3], u[4] + v[4], u[5] + v[5], u[6] + v[6],
-            u[7] + v[7], u[8] + v[8], u[9] + v[9], u[10] + v[10], u[11] + v[11], u[12] + v[12],
-            u[13] + v[13], u[14] + v[14], u[15] + v[15])
-
-
-@tile_helper
-def sub16(u, v):
-    return (u[0] - v[0], u[1] - v[1], u[2] - v[2], u[3] - v[3], u[4] - v[4], u[5] - v[5], u[6] - v[6],
-            u[7] - v[7], u[8] - v[8], u[9] - v[9], u[10] - v[10], u[11] - v[11], u[12] - v[12],
-            u[13] - v[13], u[14] - v[14], u[15] - v[15])
-
-
-@tile_helper
-def relu16(v):
-    """max(0, v) element-wise on a 16-tuple; a NaN stays NaN (as ReLU)."""
-    return (0 if v[0] <= 0 else v[0], 0 if v[1] <= 0 else v[1], 0 if v[2] <= 0 else v[2],
-            0 if v[3] <= 0 else v[3], 0 if v[4] <= 0 else v[4], 0 if v[5] <= 0 else v[5],
-            0 if v[6] <= 0 else v[6], 0 if v[7] <= 0 else v[7], 0 if v[8] <= 0 else v[8],
-            0 if v[9] <= 0 else v[9], 0 if v[10] <= 0 else v[10], 0 if v[11] <= 0 else v[11],
-            0 if v[12] <= 0 else v[12], 0 if v[13] <= 0 else v[13], 0 if v[14] <= 0 else v[14],
-            0 if v[15] <= 0 else v[15])
-
-
-@tile_helper
 def store4x16_at(flat, at, step, vectors):
     """flat[at + c*step : ... + 16] = vectors[c] for c = 0..3: four 16-channel vectors, `step` apart."""
     store16_at(flat, at, vectors[0])
@@ -127,36 +67,26 @@ def padded_channels(cout):
 
 
 # ---- tiles of 4 and 8 accumulators -----------------------------------------------------------------
-# A register tile is a tuple of 4 (or 8) accumulators, each a 16-tuple (`load16`). The transposed
+# A register tile is a tuple of 4 (or 8) accumulators, each a 16-lane vector. The transposed
 # convolution's kernels, and the 4-wide tiles of the direct forward and grad-weight kernels, differ
 # only in where the broadcast values and the 16-vectors come from; these helpers are the arithmetic
-# they share (an 8-tile is two 4-tiles). Inlined, they leave the loops as vector loads, broadcast
-# FMAs and vector stores: the same machine code as four accumulators written out (docs/performance.md).
-@inlined_tile_helper
-def store16(matrix, i, tile):
-    """matrix[i, 0:16] = tile, a 16-tuple: one vector store once inlined (a loop `for c in
-    range(16): matrix[i, c] = tile[c]` indexes the tuple at run time: 16 scalar stores via a jump table)."""
-    matrix[i, 0], matrix[i, 1], matrix[i, 2], matrix[i, 3] = tile[0], tile[1], tile[2], tile[3]
-    matrix[i, 4], matrix[i, 5], matrix[i, 6], matrix[i, 7] = tile[4], tile[5], tile[6], tile[7]
-    matrix[i, 8], matrix[i, 9], matrix[i, 10], matrix[i, 11] = tile[8], tile[9], tile[10], tile[11]
-    matrix[i, 12], matrix[i, 13], matrix[i, 14], matrix[i, 15] = tile[12], tile[13], tile[14], tile[15]
-
-
-@inlined_tile_helper
+# they share (an 8-tile is two 4-tiles). LLVM inlines them: the loops are vector loads, broadcast
+# FMAs and vector stores, as if the accumulators were written out (docs/performance.md).
+@tile_helper
 def load_tile4(matrix, i, step):
     """(matrix[i + q*step, 0:16] for q < 4): step 0 repeats one row (a bias, or zeros)."""
     return (load16(matrix, i), load16(matrix, i + step), load16(matrix, i + UINT[2] * step),
             load16(matrix, i + UINT[3] * step))
 
 
-@inlined_tile_helper
+@tile_helper
 def fma_tile4(tile, values, at, step, w):
-    """tile[q] + values[at + q*step] * w for q < 4: w a 16-tuple, each value broadcast."""
+    """tile[q] + values[at + q*step] * w for q < 4: w a 16-lane vector, each value broadcast."""
     return (fma16(tile[0], values[at], w), fma16(tile[1], values[at + step], w),
             fma16(tile[2], values[at + UINT[2] * step], w), fma16(tile[3], values[at + UINT[3] * step], w))
 
 
-@inlined_tile_helper
+@tile_helper
 def store_tile4(matrix, i, step, tile):
     """matrix[i + q*step, 0:16] = tile[q] for q < 4."""
     store16(matrix, i, tile[0])
@@ -165,19 +95,19 @@ def store_tile4(matrix, i, step, tile):
     store16(matrix, i + UINT[3] * step, tile[3])
 
 
-@inlined_tile_helper
+@tile_helper
 def load_tile8(matrix, i, step):
     """`load_tile4` for q < 8."""
     return load_tile4(matrix, i, step) + load_tile4(matrix, i + UINT[4] * step, step)
 
 
-@inlined_tile_helper
+@tile_helper
 def fma_tile8(tile, values, at, step, w):
     """`fma_tile4` for q < 8."""
     return fma_tile4(tile[:4], values, at, step, w) + fma_tile4(tile[4:], values, at + UINT[4] * step, step, w)
 
 
-@inlined_tile_helper
+@tile_helper
 def store_tile8(matrix, i, step, tile):
     """`store_tile4` for q < 8."""
     store_tile4(matrix, i, step, tile[:4])

@@ -1,37 +1,38 @@
-"""Explicit SIMD vectors for register tiles that LLVM's SLP vectoriser does not keep in registers by
-itself: an LLVM vector value (<16 x float>, or double) that Numba carries as one local variable.
+"""The 16-lane vector every register tile is made of: 16 channels (or 16 values of any axis) of
+float32 or float64 in one LLVM vector value (<16 x float>) that Numba carries as one local variable,
+and the operations the kernels apply to it: loads and stores (`load16`, `load16_at`, `store16`,
+`store16_at`), `fma16`, `add16`, `sub16`, `relu16`.
 
-The register tiles elsewhere are tuples of 16 scalars, which the SLP vectoriser turns into vector
-registers (nn3d/kernels/jit.py, register_tile.py). That works for tiles of 8 vectors of accumulators
-(AVX-512: 8 x 16 = 8 zmm; AVX2: 4 x 16 = 8 ymm), but on AVX2 (16 ymm registers of 8 floats), read
-from the assembly (docs/performance.md, "AVX2 (Zen 2/3)"):
-- a tile of 6 rows x 16 channels, the classic AVX2 matrix-product tile (12 ymm accumulators, 2 for
-  the 16 weights, 1 broadcast), came out with its accumulators taken apart into scalars and put
-  back together around every FMA (`vinsertps`, 100-180 stack accesses per loop iteration); so did
-  5 x 16, 3 x 32 and 8 x 16 (the SLP vectoriser keeps loop-carried tuples in vectors only for some
-  accumulator counts);
-- Winograd grad-weight's 4 x 16 tile had its accumulators permuted by shuffles on every iteration
-  (8x slower than the forward's 4 x 16 products at the same FLOPs).
-A `Vector` accumulator is a vector PHI from the start, which LLVM keeps in 2 ymm registers (1 zmm on
-AVX-512) with no vectoriser having to find it: the 6 x 16 loop compiles to 2 vector loads, 6
-broadcasts and 12 `vfmadd231ps ymm` with no stack access.
+Why a vector type of our own. Numba keeps scalars and tuples in registers, never arrays, so a tile
+could also be a tuple of 16 scalars, which LLVM's SLP vectoriser packs into vector registers
+(docs/kernels/conv3d_steps.py, steps 2-3, shows how). Written as vectors from the start:
+- every accumulator is a vector PHI that LLVM keeps in registers (1 zmm on AVX-512, 2 ymm on AVX2)
+  with no vectoriser having to find it. Tuples were found only for some accumulator counts: on AVX2
+  a 6 x 16 tile of tuples came out taken apart into scalars around every FMA (`vinsertps`, 100-180
+  stack accesses per loop iteration), Winograd grad-weight's 4 x 16 tile permuted by shuffles;
+  the vectors compile to 2 vector loads, 6 broadcasts and 12 `vfmadd231ps ymm` with no stack access;
+- a kernel compiles about 3x faster: one operation per vector instead of 16 scalar ones for Numba
+  to type and lower and for LLVM to vectorise again (docs/performance.md, "Compilation").
 
-`load16v` and `store16v` are one vector load or store each (`at` unsigned, on a 1-D C-contiguous
-array); under NUMBA_BOUNDSCHECK=1 they first read the vector's first and last elements through
-Numba's checked indexing, so the bounds-checked test run covers them. The multiply-add is
-`llvm.fma` (one rounding): the value the contracted acc + value * w of `fma16` gives (jit.py's FMA
-contraction), so the same product computed with either kind of tile has the same bits.
+`load16*` and `store16*` are one vector load or store each (offsets unsigned, arrays C-contiguous);
+under NUMBA_BOUNDSCHECK=1 they first read the vector's first and last elements through Numba's
+checked indexing, so the bounds-checked test run covers them. The multiply-add is `llvm.fma` (one
+rounding), as FMA contraction makes of a scalar acc + value * w (nn3d/kernels/jit.py), so a
+product has the same bits in a tile as in a reference loop compiled with contraction.
 """
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils, config
 from numba.extending import intrinsic, models, register_model
 
+import numpy as np
+
 from .jit import tile_helper
-from .register_tile import UINT
 
 LANES = 16
 CHECKED = bool(config.BOUNDSCHECK)       # NUMBA_BOUNDSCHECK=1: every vector access is checked too
+LAST = np.uint64(LANES - 1)              # a vector's last lane, unsigned
+LANES_U = np.uint64(LANES)
 
 
 class Vector(types.Type):
@@ -55,7 +56,7 @@ def _splat(builder, vector_type, scalar):
 
 
 @intrinsic
-def fma_v(typingctx, acc, value, w):
+def fma16(typingctx, acc, value, w):
     """acc + value * w lane by lane, fused (llvm.fma: one rounding); the scalar `value` broadcast."""
     if not (isinstance(acc, Vector) and acc == w and isinstance(value, (types.Float, types.Integer))):
         return None
@@ -71,7 +72,7 @@ def fma_v(typingctx, acc, value, w):
 
 
 @intrinsic
-def add_v(typingctx, a, b):
+def add16(typingctx, a, b):
     """a + b lane by lane."""
     if not (isinstance(a, Vector) and a == b):
         return None
@@ -79,7 +80,7 @@ def add_v(typingctx, a, b):
 
 
 @intrinsic
-def sub_v(typingctx, a, b):
+def sub16(typingctx, a, b):
     """a - b lane by lane."""
     if not (isinstance(a, Vector) and a == b):
         return None
@@ -87,8 +88,8 @@ def sub_v(typingctx, a, b):
 
 
 @intrinsic
-def relu_v(typingctx, a):
-    """max(0, a) lane by lane, as register_tile.relu16: 0 where a <= 0, a elsewhere (a NaN stays NaN)."""
+def relu16(typingctx, a):
+    """max(0, a) lane by lane: 0 where a <= 0, a elsewhere (a NaN stays NaN, as nn3d's ReLU)."""
     if not isinstance(a, Vector):
         return None
 
@@ -108,13 +109,14 @@ def _vector_pointer(context, builder, array_type, array, at):
 
 
 def _is_flat(flat):
-    return (isinstance(flat, types.Array) and flat.ndim == 1 and flat.layout == "C"
-            and flat.dtype in (types.float32, types.float64))
+    """A C-contiguous float array: its elements are read as one flat run."""
+    return isinstance(flat, types.Array) and flat.layout == "C" and flat.dtype in (types.float32, types.float64)
 
 
 @intrinsic
 def vector_load(typingctx, flat, at):
-    """flat[at:at + LANES] as a Vector: one unaligned vector load, no bounds check."""
+    """flat[at:at + LANES] (flat: a C-contiguous array read as 1-D) as a Vector: one unaligned
+    vector load, no bounds check."""
     if not (_is_flat(flat) and isinstance(at, types.Integer)):
         return None
 
@@ -126,7 +128,7 @@ def vector_load(typingctx, flat, at):
 
 @intrinsic
 def vector_store(typingctx, flat, at, vector):
-    """flat[at:at + LANES] = vector: one unaligned vector store, no bounds check."""
+    """flat[at:at + LANES] = vector (flat read as 1-D): one unaligned vector store, no bounds check."""
     if not (_is_flat(flat) and isinstance(at, types.Integer) and vector == Vector(flat.dtype)):
         return None
 
@@ -138,16 +140,32 @@ def vector_store(typingctx, flat, at, vector):
 
 
 @tile_helper
-def load16v(flat, at):
+def load16_at(flat, at):
     """flat[at:at + 16] as a Vector (flat 1-D C-contiguous, `at` unsigned)."""
     if CHECKED:
-        flat[at] + flat[at + UINT[15]]
+        flat[at] + flat[at + LAST]
     return vector_load(flat, at)
 
 
 @tile_helper
-def store16v(flat, at, vector):
+def store16_at(flat, at, vector):
     """flat[at:at + 16] = vector (flat 1-D C-contiguous, `at` unsigned)."""
     if CHECKED:
-        flat[at] + flat[at + UINT[15]]
+        flat[at] + flat[at + LAST]
     vector_store(flat, at, vector)
+
+
+@tile_helper
+def load16(matrix, i):
+    """matrix[i, 0:16] as a Vector (matrix (rows, 16) C-contiguous, `i` unsigned or a loop counter)."""
+    if CHECKED:
+        matrix[i, 0] + matrix[i, 15]
+    return vector_load(matrix, np.uint64(i) * LANES_U)
+
+
+@tile_helper
+def store16(matrix, i, vector):
+    """matrix[i, 0:16] = vector (matrix (rows, 16) C-contiguous)."""
+    if CHECKED:
+        matrix[i, 0] + matrix[i, 15]
+    vector_store(matrix, np.uint64(i) * LANES_U, vector)

@@ -3,18 +3,17 @@
 of rows x 16 output channels in local variables): the forward's M[xi] = V[xi] U[xi]
 (`multiply_block`) and grad-weight's dU[xi] += V[xi]^T dM[xi] (`accumulate_block_products`).
 
-The tile per CPU (`PRODUCT_ROWS`, from the tile width the kernels compile for): on AVX-512, 8 rows of
-16-tuples (8 zmm accumulators, what the SLP vectoriser makes of `fma16`); on AVX2, 6 rows of
-nn3d/kernels/simd.py's explicit vectors (12 ymm accumulators, the 16 weights in 2 more, one
-broadcast: 15 of the 16 registers), then 4-row tiles for the rows a 6-row tile leaves (a multiple of
+The tile per CPU (`PRODUCT_ROWS`, from the tile width the kernels compile for), rows of
+nn3d/kernels/simd.py's 16-lane vectors: on AVX-512, 8 rows (8 zmm accumulators); on AVX2, 6 rows
+(12 ymm accumulators, the 16 weights in 2 more, one broadcast: 15 of the 16 registers), then 4-row tiles for the rows a 6-row tile leaves (a multiple of
 16 or 8 rows is 6k, 6k + 4 or 6k + 2 = 6(k - 1) + 4 + 4). Each product sums over the same index in
 the same order whatever the tile, so every tile gives the same bits (tests/test_winograd.py).
 """
 import numpy as np
 
 from ..jit import inlined_tile_helper, tile_helper
-from ..register_tile import BLOCK_C, BLOCK_W, UINT, add16, fma16, load16, load16_at, store16_at
-from ..simd import add_v, fma_v, load16v, store16v
+from ..register_tile import BLOCK_C, BLOCK_W, UINT
+from ..simd import add16, fma16, load16, load16_at, store16_at
 from .algorithm import TILE_VALUES
 
 PRODUCT_ROWS = 8 if BLOCK_W == 8 else 6   # rows of a product tile on this CPU: AVX-512 8, AVX2 6
@@ -36,7 +35,7 @@ def multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros, posi
     """M[xi, cb, t, :] = sum_ci V[xi, t, ci] U[xi, cb, ci, :] for the transformed positions
     xi < positions (TILE_VALUES = 64 for F(2^3, 3^3), TILE_VALUES_4 = 216 for F(4^3, 3^3)): (rows x Cin) @
     (Cin x 16) per output-channel block cb, a register tile of block_rows = 8 tiles (AVX-512's
-    16-tuples), or 6 then 4 (AVX2's vectors; 4 alone when block_rows is 4) x 16 output channels
+    zmm vectors), or 6 then 4 (AVX2; 4 alone when block_rows is 4) x 16 output channels
     at a time. v (positions, rows, Cin_padded) and m (positions, Cout_padded/16, rows, 16) flat, rows
     a multiple of 4 (of 8 when block_rows is 8); u_matrix rows (xi, cb, ci) of 16."""
     cin_padded = (cin + BLOCK_C - 1) // BLOCK_C * BLOCK_C
@@ -86,45 +85,45 @@ def multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros, posi
                 v_3 = v_2 + step
                 v_4 = v_3 + step
                 v_5 = v_4 + step
-                acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = load16v(zeros_flat, UINT[0])
+                acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = load16_at(zeros_flat, UINT[0])
                 for ci in range(cin_u):
-                    u_row = load16v(u_flat, (u_0 + ci) * SIXTEEN)
-                    acc0 = fma_v(acc0, v[v_0 + ci], u_row)
-                    acc1 = fma_v(acc1, v[v_1 + ci], u_row)
-                    acc2 = fma_v(acc2, v[v_2 + ci], u_row)
-                    acc3 = fma_v(acc3, v[v_3 + ci], u_row)
-                    acc4 = fma_v(acc4, v[v_4 + ci], u_row)
-                    acc5 = fma_v(acc5, v[v_5 + ci], u_row)
+                    u_row = load16_at(u_flat, (u_0 + ci) * SIXTEEN)
+                    acc0 = fma16(acc0, v[v_0 + ci], u_row)
+                    acc1 = fma16(acc1, v[v_1 + ci], u_row)
+                    acc2 = fma16(acc2, v[v_2 + ci], u_row)
+                    acc3 = fma16(acc3, v[v_3 + ci], u_row)
+                    acc4 = fma16(acc4, v[v_4 + ci], u_row)
+                    acc5 = fma16(acc5, v[v_5 + ci], u_row)
                 to = np.uint64((m_0 + t0) * BLOCK_C)
-                store16v(m, to, acc0)
-                store16v(m, to + SIXTEEN, acc1)
-                store16v(m, to + UINT[2] * SIXTEEN, acc2)
-                store16v(m, to + UINT[3] * SIXTEEN, acc3)
-                store16v(m, to + UINT[4] * SIXTEEN, acc4)
-                store16v(m, to + UINT[5] * SIXTEEN, acc5)
+                store16_at(m, to, acc0)
+                store16_at(m, to + SIXTEEN, acc1)
+                store16_at(m, to + UINT[2] * SIXTEEN, acc2)
+                store16_at(m, to + UINT[3] * SIXTEEN, acc3)
+                store16_at(m, to + UINT[4] * SIXTEEN, acc4)
+                store16_at(m, to + UINT[5] * SIXTEEN, acc5)
             for t0 in range(end6, rows, 4):
                 v_0 = np.uint64((xi * rows + t0) * cin_padded)
                 v_1 = v_0 + step
                 v_2 = v_1 + step
                 v_3 = v_2 + step
-                acc0 = acc1 = acc2 = acc3 = load16v(zeros_flat, UINT[0])
+                acc0 = acc1 = acc2 = acc3 = load16_at(zeros_flat, UINT[0])
                 for ci in range(cin_u):
-                    u_row = load16v(u_flat, (u_0 + ci) * SIXTEEN)
-                    acc0 = fma_v(acc0, v[v_0 + ci], u_row)
-                    acc1 = fma_v(acc1, v[v_1 + ci], u_row)
-                    acc2 = fma_v(acc2, v[v_2 + ci], u_row)
-                    acc3 = fma_v(acc3, v[v_3 + ci], u_row)
+                    u_row = load16_at(u_flat, (u_0 + ci) * SIXTEEN)
+                    acc0 = fma16(acc0, v[v_0 + ci], u_row)
+                    acc1 = fma16(acc1, v[v_1 + ci], u_row)
+                    acc2 = fma16(acc2, v[v_2 + ci], u_row)
+                    acc3 = fma16(acc3, v[v_3 + ci], u_row)
                 to = np.uint64((m_0 + t0) * BLOCK_C)
-                store16v(m, to, acc0)
-                store16v(m, to + SIXTEEN, acc1)
-                store16v(m, to + UINT[2] * SIXTEEN, acc2)
-                store16v(m, to + UINT[3] * SIXTEEN, acc3)
+                store16_at(m, to, acc0)
+                store16_at(m, to + SIXTEEN, acc1)
+                store16_at(m, to + UINT[2] * SIXTEEN, acc2)
+                store16_at(m, to + UINT[3] * SIXTEEN, acc3)
 
 
-@inlined_tile_helper
+@tile_helper
 def add_into16(flat, at, v, fresh):
-    """flat[at:at + 16] += the 16-tuple v (`at` unsigned); = v when `fresh` (its first sum: the
-    partial dU is never zeroed)."""
+    """flat[at:at + 16] += the vector v (`at` unsigned); = v when `fresh` (its first sum: the partial
+    dU is never zeroed)."""
     if fresh:
         store16_at(flat, at, v)
     else:
@@ -132,28 +131,19 @@ def add_into16(flat, at, v, fresh):
 
 
 @inlined_tile_helper
-def add_into16v(flat, at, v, fresh):
-    """`add_into16` for a simd.Vector."""
-    if fresh:
-        store16v(flat, at, v)
-    else:
-        store16v(flat, at, add_v(load16v(flat, at), v))
-
-
-@inlined_tile_helper
 def fma_rows4(tile, v, at, dm_row):
     """tile[q] + v[at + q] * dm_row for q < 4: a 4-row tile of simd.py vectors, each v value broadcast."""
-    return (fma_v(tile[0], v[at], dm_row), fma_v(tile[1], v[at + UINT[1]], dm_row),
-            fma_v(tile[2], v[at + UINT[2]], dm_row), fma_v(tile[3], v[at + UINT[3]], dm_row))
+    return (fma16(tile[0], v[at], dm_row), fma16(tile[1], v[at + UINT[1]], dm_row),
+            fma16(tile[2], v[at + UINT[2]], dm_row), fma16(tile[3], v[at + UINT[3]], dm_row))
 
 
 @inlined_tile_helper
 def add_rows4_into(flat, at, row_step, tile, fresh):
-    """`add_into16v` of tile[q] at flat[at + q*row_step] for q < 4."""
-    add_into16v(flat, at, tile[0], fresh)
-    add_into16v(flat, at + row_step, tile[1], fresh)
-    add_into16v(flat, at + UINT[2] * row_step, tile[2], fresh)
-    add_into16v(flat, at + UINT[3] * row_step, tile[3], fresh)
+    """`add_into16` of tile[q] at flat[at + q*row_step] for q < 4."""
+    add_into16(flat, at, tile[0], fresh)
+    add_into16(flat, at + row_step, tile[1], fresh)
+    add_into16(flat, at + UINT[2] * row_step, tile[2], fresh)
+    add_into16(flat, at + UINT[3] * row_step, tile[3], fresh)
 
 
 @tile_helper
@@ -162,11 +152,9 @@ def accumulate_block_products(v, dm_matrix, count, rows, cin_padded, n_cblocks, 
     """dU[xi, ci, 16cb:16cb+16] += sum_{t < count} V[xi, t, ci] dM[xi, cb, t, :] for the 64 positions xi
     and the output-channel blocks cb_first <= cb < cb_end:
     (Cin x count) @ (count x 16) per output-channel block cb, a register tile of block_rows = 8
-    input channels (16-tuples, AVX-512), or 6 then 4 (vectors, AVX2) x 16 output channels that
-    runs over the block's tiles (per tile: one load of 16 dM values, a broadcast of V and an FMA per
-    row), then is added into dU. The tiles are spelled out, like `multiply_block`'s: written as
-    tuples of 16-tuples (one helper for both widths), the accumulators compiled to shuffles and
-    stack spills around every FMA. v (64, rows, Cin_padded) flat; dm_matrix rows (xi, cb, t) of 16;
+    input channels (AVX-512), or 6 then 4 (AVX2) x 16 output channels that runs over the block's
+    tiles (per tile: one load of 16 dM values, a broadcast of V and an FMA per row), then is added
+    into dU. v (64, rows, Cin_padded) flat; dm_matrix rows (xi, cb, t) of 16;
     du (64, Cin_padded, Cout_padded) flat."""
     row_u = np.uint64(cin_padded)                          # from V[xi, t] to V[xi, t + 1]
     du_row = np.uint64(n_cblocks * BLOCK_C)                # from dU[xi, ci] to dU[xi, ci + 1]
@@ -204,28 +192,28 @@ def accumulate_block_products(v, dm_matrix, count, rows, cin_padded, n_cblocks, 
                 add_into16(du, to + UINT[7] * du_row, acc7, fresh)
             for ci0 in range(end8, end6, 6):
                 v_0 = np.uint64(xi * rows * cin_padded + ci0)
-                acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = load16v(zeros_flat, UINT[0])
+                acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = load16_at(zeros_flat, UINT[0])
                 for t in range(count_u):
-                    dm_row = load16v(dm_flat, (dm_0 + t) * SIXTEEN)
+                    dm_row = load16_at(dm_flat, (dm_0 + t) * SIXTEEN)
                     at = v_0 + t * row_u
-                    acc0 = fma_v(acc0, v[at], dm_row)
-                    acc1 = fma_v(acc1, v[at + UINT[1]], dm_row)
-                    acc2 = fma_v(acc2, v[at + UINT[2]], dm_row)
-                    acc3 = fma_v(acc3, v[at + UINT[3]], dm_row)
-                    acc4 = fma_v(acc4, v[at + UINT[4]], dm_row)
-                    acc5 = fma_v(acc5, v[at + UINT[5]], dm_row)
+                    acc0 = fma16(acc0, v[at], dm_row)
+                    acc1 = fma16(acc1, v[at + UINT[1]], dm_row)
+                    acc2 = fma16(acc2, v[at + UINT[2]], dm_row)
+                    acc3 = fma16(acc3, v[at + UINT[3]], dm_row)
+                    acc4 = fma16(acc4, v[at + UINT[4]], dm_row)
+                    acc5 = fma16(acc5, v[at + UINT[5]], dm_row)
                 to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
-                add_into16v(du, to, acc0, fresh)
-                add_into16v(du, to + du_row, acc1, fresh)
-                add_into16v(du, to + UINT[2] * du_row, acc2, fresh)
-                add_into16v(du, to + UINT[3] * du_row, acc3, fresh)
-                add_into16v(du, to + UINT[4] * du_row, acc4, fresh)
-                add_into16v(du, to + UINT[5] * du_row, acc5, fresh)
+                add_into16(du, to, acc0, fresh)
+                add_into16(du, to + du_row, acc1, fresh)
+                add_into16(du, to + UINT[2] * du_row, acc2, fresh)
+                add_into16(du, to + UINT[3] * du_row, acc3, fresh)
+                add_into16(du, to + UINT[4] * du_row, acc4, fresh)
+                add_into16(du, to + UINT[5] * du_row, acc5, fresh)
             for ci0 in range(end6, cin_padded, 4):
                 v_0 = np.uint64(xi * rows * cin_padded + ci0)
-                zero = load16v(zeros_flat, UINT[0])
+                zero = load16_at(zeros_flat, UINT[0])
                 tile = (zero, zero, zero, zero)                    # input channels ci0 .. ci0 + 3
                 for t in range(count_u):
-                    tile = fma_rows4(tile, v, v_0 + t * row_u, load16v(dm_flat, (dm_0 + t) * SIXTEEN))
+                    tile = fma_rows4(tile, v, v_0 + t * row_u, load16_at(dm_flat, (dm_0 + t) * SIXTEEN))
                 to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
                 add_rows4_into(du, to, du_row, tile, fresh)

@@ -8,7 +8,8 @@ lies, so no padded copy of the input is made. The notation is algorithm.py's.
 import numpy as np
 
 from ..jit import inlined_tile_helper, tile_helper
-from ..register_tile import BLOCK_C, UINT, add16, load16_at, relu16, store16_at, store4x16_at, sub16
+from ..register_tile import BLOCK_C, UINT, store4x16_at
+from ..simd import add16, load16_at, relu16, store16_at, sub16
 from .algorithm import TILE_VALUES
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..jit import inlined_tile_helper, tile_helper
 from ..register_tile import BLOCK_C
-from ..simd import add_v, fma_v, load16v, relu_v, store16v, sub_v
+from ..simd import add16, fma16, load16_at, relu16, store16_at, sub16
 from .tile_transforms import tile_position
 
 LINE = 6 * BLOCK_C            # one line of 6 vectors in a scratch tile, from one position to the next along y
@@ -35,58 +35,58 @@ PLANE = 36 * BLOCK_C          # one plane of 36 vectors, from one position to th
 def input_transform4_1d(d0, d1, d2, d3, d4, d5):
     """B4^T (d0, ..., d5) on 16-channel vectors, factored into 12 operations (algorithm4.py, section 1):
     rows 1 and 2 share (d4 - 4 d2) and (d3 - 4 d1), rows 3 and 4 share (d4 - d2) and (d3 - d1)."""
-    four_d2 = fma_v(d4, -4.0, d2)                     # d4 - 4 d2
-    four_d1 = fma_v(d3, -4.0, d1)                     # d3 - 4 d1
-    even = sub_v(d4, d2)
-    odd = sub_v(d3, d1)
-    return (fma_v(fma_v(d4, 4.0, d0), -5.0, d2),       # 4 d0 - 5 d2 + d4
-            add_v(four_d2, four_d1), sub_v(four_d2, four_d1),
-            fma_v(even, 2.0, odd), fma_v(even, -2.0, odd),
-            fma_v(fma_v(d5, 4.0, d1), -5.0, d3))       # 4 d1 - 5 d3 + d5
+    four_d2 = fma16(d4, -4.0, d2)                     # d4 - 4 d2
+    four_d1 = fma16(d3, -4.0, d1)                     # d3 - 4 d1
+    even = sub16(d4, d2)
+    odd = sub16(d3, d1)
+    return (fma16(fma16(d4, 4.0, d0), -5.0, d2),       # 4 d0 - 5 d2 + d4
+            add16(four_d2, four_d1), sub16(four_d2, four_d1),
+            fma16(even, 2.0, odd), fma16(even, -2.0, odd),
+            fma16(fma16(d5, 4.0, d1), -5.0, d3))       # 4 d1 - 5 d3 + d5
 
 
 @tile_helper
 def output_transform4_1d(m0, m1, m2, m3, m4, m5):
     """A4^T (m0, ..., m5) on 16-channel vectors: with a = m1 + m2, b = m1 - m2, c = m3 + m4,
     e = m3 - m4: (m0 + a + c, b + 2e, a + 4c, b + 8e + m5)."""
-    a = add_v(m1, m2)
-    b = sub_v(m1, m2)
-    c = add_v(m3, m4)
-    e = sub_v(m3, m4)
-    return add_v(add_v(m0, a), c), fma_v(b, 2.0, e), fma_v(a, 4.0, c), add_v(fma_v(b, 8.0, e), m5)
+    a = add16(m1, m2)
+    b = sub16(m1, m2)
+    c = add16(m3, m4)
+    e = sub16(m3, m4)
+    return add16(add16(m0, a), c), fma16(b, 2.0, e), fma16(a, 4.0, c), add16(fma16(b, 8.0, e), m5)
 
 
 @tile_helper
 def input_line(source, at, step, to_flat, to, to_step):
     """to_flat[to + a*to_step : ... + 16] = (B4^T line)[a] for a < 6, the line's vector i at
     source[at + i*step]."""
-    r = input_transform4_1d(load16v(source, at), load16v(source, at + step), load16v(source, at + 2 * step),
-                            load16v(source, at + 3 * step), load16v(source, at + 4 * step),
-                            load16v(source, at + 5 * step))
-    store16v(to_flat, to, r[0])
-    store16v(to_flat, to + to_step, r[1])
-    store16v(to_flat, to + 2 * to_step, r[2])
-    store16v(to_flat, to + 3 * to_step, r[3])
-    store16v(to_flat, to + 4 * to_step, r[4])
-    store16v(to_flat, to + 5 * to_step, r[5])
+    r = input_transform4_1d(load16_at(source, at), load16_at(source, at + step), load16_at(source, at + 2 * step),
+                            load16_at(source, at + 3 * step), load16_at(source, at + 4 * step),
+                            load16_at(source, at + 5 * step))
+    store16_at(to_flat, to, r[0])
+    store16_at(to_flat, to + to_step, r[1])
+    store16_at(to_flat, to + 2 * to_step, r[2])
+    store16_at(to_flat, to + 3 * to_step, r[3])
+    store16_at(to_flat, to + 4 * to_step, r[4])
+    store16_at(to_flat, to + 5 * to_step, r[5])
 
 
 @tile_helper
 def output_line(source, at, step):
     """A4^T of the line whose vector a (a < 6) is at source[at + a*step]: four vectors."""
-    return output_transform4_1d(load16v(source, at), load16v(source, at + step), load16v(source, at + 2 * step),
-                                load16v(source, at + 3 * step), load16v(source, at + 4 * step),
-                                load16v(source, at + 5 * step))
+    return output_transform4_1d(load16_at(source, at), load16_at(source, at + step), load16_at(source, at + 2 * step),
+                                load16_at(source, at + 3 * step), load16_at(source, at + 4 * step),
+                                load16_at(source, at + 5 * step))
 
 
 @tile_helper
 def output_line_to(source, at, step, to_flat, to, to_step):
     """to_flat[to + p*to_step : ... + 16] = (A4^T line)[p] for p < 4 (`output_line`)."""
     r = output_line(source, at, step)
-    store16v(to_flat, to, r[0])
-    store16v(to_flat, to + to_step, r[1])
-    store16v(to_flat, to + 2 * to_step, r[2])
-    store16v(to_flat, to + 3 * to_step, r[3])
+    store16_at(to_flat, to, r[0])
+    store16_at(to_flat, to + to_step, r[1])
+    store16_at(to_flat, to + 2 * to_step, r[2])
+    store16_at(to_flat, to + 3 * to_step, r[3])
 
 
 def tile_count4(shape):
@@ -124,7 +124,7 @@ def stage_edge_tile4(x, x_flat, n, iz0, iy0, ix0, c0, staged):
                 to = ((i * 6 + j) * 6 + k) * BLOCK_C
                 at = (((n * size_d + iz0 + i) * size_h + iy0 + j) * size_w + ix0 + k) * cin + c0
                 if width == BLOCK_C:
-                    store16v(staged, to, load16v(x_flat, at))
+                    store16_at(staged, to, load16_at(x_flat, at))
                 else:
                     for q in range(width):
                         staged[to + q] = x_flat[at + q]
@@ -166,8 +166,8 @@ def transform_input_block4(x0, x1, first, count, rows, v, staged, scratch_z, scr
 @tile_helper
 def store_output4(y_flat, at, value, b16, relu):
     """y_flat[at : at + 16] = value + bias, max(0, .) of it if relu."""
-    biased = add_v(value, b16)
-    store16v(y_flat, at, relu_v(biased) if relu else biased)
+    biased = add16(value, b16)
+    store16_at(y_flat, at, relu16(biased) if relu else biased)
 
 
 @inlined_tile_helper
@@ -214,7 +214,7 @@ def transform_output_block4(m, bias, relu, first, count, rows, y0, y1, scratch_z
         for cb in range(n_cblocks):
             target_flat, channels, channel = ((y0_flat, cout0, cb * BLOCK_C) if cb * BLOCK_C < cout0
                                               else (y1_flat, y1.shape[4], cb * BLOCK_C - cout0))
-            b16 = load16v(bias, cb * BLOCK_C)
+            b16 = load16_at(bias, cb * BLOCK_C)
             output_tile4(m, (cb * rows + t) * BLOCK_C, xi_step, b16, relu, target_flat,
                          corner_voxel * channels + channel, size_h * size_w * channels, size_w * channels, channels,
                          nz, ny, nx, scratch_z, scratch_zy)
