@@ -13,6 +13,11 @@ runs the first share, and the moment it hears its first compilation (a cold cach
 warm cache starts no process: the passes load their kernels, as the first step would have. After the
 warm-up the first step finds every kernel in memory or in the cache (tests/test_warm_up.py checks
 that a U-Net step and eval forward add no compiled signature).
+
+A training run needs the inference-only kernels (F(4^3, 3^3), VALIDATION_TASKS) only at its first
+validation, so `warm_up_for_training` compiles the step's tasks before the first step and, on a
+cold cache, the validation's tasks in one more worker process while training runs;
+`DeferredWarmUp.wait` holds the first validation until that worker is done.
 """
 import argparse
 import contextlib
@@ -130,15 +135,21 @@ TASKS = {"winograd convolution": lambda dtype: convolution_passes("winograd", dt
 # CPU seconds each task compiles on a cold cache (float32, AVX2, Zen 3; docs/performance.md, a
 # kernel that two tasks use counted in the first that compiles it); only their ratios matter: they
 # balance the shares
-COMPILE_SECONDS = {"winograd convolution": 48, "up-convolution": 20, "direct convolution": 17,
-                   "winograd4 inference": 17, "memory-bound": 4, "head": 4}
+COMPILE_SECONDS = {"winograd convolution": 44, "direct convolution": 15, "winograd4 inference": 14,
+                   "up-convolution": 7, "memory-bound": 6, "head": 5}
 
 
-def shares(processes):
-    """TASKS split into `processes` lists of about equal compile time (longest first, each to the
-    share with the least so far); share 0, this process's, holds the longest task."""
+# the tasks only an inference forward needs, which a training run first runs at its validation:
+# F(4^3, 3^3) where the rule runs it (AVX2), none elsewhere
+VALIDATION_TASKS = (("winograd4 inference",) if winograd4_wins(COMPILED_FOR, INFERENCE, 16, 16, WINOGRAD4_MIN_TILES)
+                    else ())
+
+
+def shares(processes, tasks=None):
+    """`tasks` (default: TASKS) split into `processes` lists of about equal compile time (longest
+    first, each to the share with the least so far); share 0, this process's, holds the longest task."""
     lists, loads = [[] for _ in range(processes)], [0] * processes
-    for name in sorted(TASKS, key=lambda name: -COMPILE_SECONDS[name]):
+    for name in sorted(TASKS if tasks is None else tasks, key=lambda name: -COMPILE_SECONDS[name]):
         least = loads.index(min(loads))
         lists[least].append(name)
         loads[least] += COMPILE_SECONDS[name]
@@ -161,29 +172,80 @@ def start_worker(names, dtype):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def warm_up(dtype=np.float32, processes=2):
-    """Load or compile every kernel a U-Net's training step and eval forward use for `dtype`, in up
-    to `processes` processes when the cache is cold (module docstring). Raises RuntimeError, with its
+def warm_up(dtype=np.float32, processes=2, tasks=None):
+    """Load or compile every kernel of `tasks` (default: TASKS, what a U-Net's training step and eval
+    forward use) for `dtype`, in up to `processes` processes when the cache is cold (module
+    docstring). Returns True if anything was compiled (a cold cache). Raises RuntimeError, with its
     error output, if a worker fails; a call that ends by an exception kills the workers it started."""
-    parts = shares(max(1, int(processes)))
+    parts = shares(max(1, int(processes)), tasks)
     workers = []
-
-    def start_workers():
-        workers.extend(start_worker(names, dtype) for names in parts[1:])
-
+    listener = FirstCompilation(lambda: workers.extend(start_worker(names, dtype) for names in parts[1:]))
     try:
-        with event.install_listener("numba:compile", FirstCompilation(start_workers)):
-            run_tasks(parts[0], dtype)
+        with event.install_listener("numba:compile", listener):
+            run_tasks(parts[0] if parts else [], dtype)
         for worker in workers:
-            _, errors = worker.communicate()
-            if worker.returncode != 0:
-                raise RuntimeError(f"nn3d.warm_up: a worker compiling kernels failed (exit {worker.returncode}):\n"
-                                   f"{errors}")
+            finish(worker)
     finally:                          # interrupted (Ctrl-C, SIGTERM) or failed: no worker outlives the call
         for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+            stop(worker)
+    return listener.heard
+
+
+def finish(worker):
+    """Wait for a worker; RuntimeError with its error output if it failed."""
+    _, errors = worker.communicate()
+    if worker.returncode != 0:
+        raise RuntimeError(f"nn3d.warm_up: a worker compiling kernels failed (exit {worker.returncode}):\n"
+                           f"{errors}")
+
+
+def stop(worker):
+    if worker.poll() is None:
+        worker.kill()
+        worker.wait()
+
+
+class DeferredWarmUp:
+    """Tasks compiling in a worker process while the caller goes on (`warm_up_for_training`).
+    `wait(say)` returns once they are compiled, calling `say()` first if it has to wait; leaving the
+    `with` block (or `stop()`) kills a worker still running."""
+
+    def __init__(self, names, dtype):
+        self.worker = start_worker(names, dtype) if names else None
+
+    def wait(self, say=None):
+        if self.worker is None:
+            return
+        if self.worker.poll() is None and say is not None:
+            say()
+        worker, self.worker = self.worker, None
+        finish(worker)
+
+    def stop(self):
+        if self.worker is not None:
+            stop(self.worker)
+            self.worker = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+
+def warm_up_for_training(dtype=np.float32, processes=2, defer=True):
+    """With `defer`: `warm_up` of the training step's tasks now, then VALIDATION_TASKS in a
+    DeferredWarmUp if the step's compiled anything (a cold cache), else now (a warm cache only
+    loads them). Without: `warm_up` of every task now. Returns the DeferredWarmUp (one with no
+    worker when nothing is deferred)."""
+    if not defer:
+        warm_up(dtype, processes)
+        return DeferredWarmUp([], dtype)
+    cold = warm_up(dtype, processes, [name for name in TASKS if name not in VALIDATION_TASKS])
+    if cold:
+        return DeferredWarmUp(list(VALIDATION_TASKS), dtype)
+    run_tasks(VALIDATION_TASKS, dtype)
+    return DeferredWarmUp([], dtype)
 
 
 def main(argv=None):
