@@ -39,10 +39,10 @@ from mri2ct.training.run_folder import (MIN_PATCH, UNET_MULTIPLE, run_config, st
 DEFAULT_DATA = os.path.join("data", "cohort")
 DEFAULT_OUT = os.path.join("checkpoints", "run")
 # A fresh install's compilation before the first step on 2 cores, in 2 processes (nn3d/warm_up.py):
-# AVX2 measured at 76 s on a shared machine, 46-51 s of CPU in the longer process (docs/performance.md,
-# "Compilation"); AVX-512 (the 8-wide register tiles) 55 s in one process before the split, about
-# half of that now (not measured since).
-COMPILE_SECONDS = 30 if BLOCK_W == 8 else 60
+# AVX2 measured at 45 s on a Zen 3 with half the usual sgemm rate (docs/performance.md, "Register tiles
+# as vectors"); AVX-512 (the 8-wide register tiles) 55 s in one process before the split and the
+# vector tiles, less now (not measured since).
+COMPILE_SECONDS = 30 if BLOCK_W == 8 else 45
 COMPILE_NOTICE = (f"compiling nn3d's kernels for this CPU (first run only, about {COMPILE_SECONDS} s; "
                   f"then cached in __pycache__) ...")
 

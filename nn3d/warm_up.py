@@ -35,6 +35,8 @@ from .conv_transpose3d import ConvTranspose3d
 from .grad_mode import no_grad
 from .kernels.conv_algorithm import COMPILED_FOR, INFERENCE, WINOGRAD4_MIN_TILES, winograd4_wins
 from .kernels.jit import FirstCompilation
+from .kernels.winograd.filter_transform import filter_transform, flipped_transposed_transform
+from .kernels.winograd.grad_weight import winograd_grad_weight
 from .loss import MSELoss
 from .maxpool3d import MaxPool3d
 from .optim import AdamW, clip_grad_norm_
@@ -77,6 +79,25 @@ def convolution_passes(algorithm, dtype):
         with no_grad():
             conv_batchnorm_eval(first, batchnorm, volume(1, 8, dtype))
             conv_batchnorm_eval(double, batchnorm, volume(16, 8, dtype, 1), volume(16, 8, dtype, 2))
+
+
+def winograd_filter_transform_passes(dtype):
+    """Winograd's filter transforms alone (the forward's, and grad-input's made from it), on a 16 -> 16
+    weight. A task of its own, run first in a share without the Winograd convolutions (`shares`), so
+    that its kernels are in the cache by the time `winograd_passes`, in another process, needs them."""
+    u_packed = filter_transform(Conv3d(16, 16, 3, padding=1).to(dtype).weight.data)
+    flipped_transposed_transform(u_packed, 16)
+
+
+def winograd_passes(dtype):
+    """Winograd's grad-weight first, called directly (it needs no filter transform; one input and a
+    decoder's two, channels-last), then the layer passes of `convolution_passes`, which find the
+    filter transforms compiled by the other share's first task and grad-weight compiled here."""
+    x0, x1, grad_output = (np.ascontiguousarray(volume(16, 8, dtype, seed).transpose(0, 2, 3, 4, 1))
+                           for seed in (1, 2, 3))
+    winograd_grad_weight((x0,), grad_output)
+    winograd_grad_weight((x0, x1), grad_output)
+    convolution_passes("winograd", dtype)
 
 
 def winograd4_inference_passes(dtype):
@@ -125,7 +146,8 @@ def memory_bound_passes(dtype):
     CosineAnnealingLR(optimizer, T_max=2).step()
 
 
-TASKS = {"winograd convolution": lambda dtype: convolution_passes("winograd", dtype),
+TASKS = {"winograd filter transforms": winograd_filter_transform_passes,
+         "winograd convolution": winograd_passes,
          "direct convolution": lambda dtype: convolution_passes("direct", dtype),
          "winograd4 inference": winograd4_inference_passes,
          "up-convolution": up_convolution_passes,
@@ -135,8 +157,8 @@ TASKS = {"winograd convolution": lambda dtype: convolution_passes("winograd", dt
 # CPU seconds each task compiles on a cold cache (float32, AVX2, Zen 3; docs/performance.md, a
 # kernel that two tasks use counted in the first that compiles it); only their ratios matter: they
 # balance the shares
-COMPILE_SECONDS = {"winograd convolution": 44, "direct convolution": 15, "winograd4 inference": 14,
-                   "up-convolution": 7, "memory-bound": 6, "head": 5}
+COMPILE_SECONDS = {"winograd convolution": 39, "direct convolution": 15, "winograd4 inference": 14,
+                   "up-convolution": 7, "memory-bound": 6, "head": 5, "winograd filter transforms": 5}
 
 
 # the tasks only an inference forward needs, which a training run first runs at its validation:
@@ -147,13 +169,15 @@ VALIDATION_TASKS = (("winograd4 inference",) if winograd4_wins(COMPILED_FOR, INF
 
 def shares(processes, tasks=None):
     """`tasks` (default: TASKS) split into `processes` lists of about equal compile time (longest
-    first, each to the share with the least so far); share 0, this process's, holds the longest task."""
+    first, each to the share with the least so far); share 0, this process's, holds the longest task.
+    Each share runs its tasks in TASKS's order: "winograd filter transforms" first wherever it goes,
+    so that another share's "winograd convolution" finds it compiled (`winograd_passes`)."""
     lists, loads = [[] for _ in range(processes)], [0] * processes
     for name in sorted(TASKS if tasks is None else tasks, key=lambda name: -COMPILE_SECONDS[name]):
         least = loads.index(min(loads))
         lists[least].append(name)
         loads[least] += COMPILE_SECONDS[name]
-    return [names for names in lists if names]
+    return [sorted(names, key=list(TASKS).index) for names in lists if names]
 
 
 def run_tasks(names, dtype):

@@ -22,8 +22,8 @@ w_matrix[ci, (kz, ky, kx, co)] = weight[ci, co, kz, ky, kx]                (Cin,
 
 The kernels read and write the blocks where they lie in y and dy (no gathered copy of the blocks),
 with the register tiles of nn3d/kernels/register_tile.py: 16 values of one axis carried as one
-16-lane vector (nn3d/kernels/simd.py: one AVX-512 register, two AVX2 ones), times BLOCK_W (8 on AVX-512, 4 on AVX2) values of
-another axis, one accumulator each. The width is an argument, so the tests run both widths on any
+16-lane vector (nn3d/kernels/simd.py: one AVX-512 register, two AVX2 ones), times BLOCK_W (8 on
+AVX-512, 4 on AVX2) values of another axis, one accumulator each. The width is an argument, so the tests run both widths on any
 machine, and the 8-wide loop is followed by 4-wide and single tails.
 
 - Forward (1), `conv_transpose3d_blocks_forward_kernel`: a tile is BLOCK_W neighbouring input voxels

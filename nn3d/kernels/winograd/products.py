@@ -5,8 +5,9 @@ of rows x 16 output channels in local variables): the forward's M[xi] = V[xi] U[
 
 The tile per CPU (`PRODUCT_ROWS`, from the tile width the kernels compile for), rows of
 nn3d/kernels/simd.py's 16-lane vectors: on AVX-512, 8 rows (8 zmm accumulators); on AVX2, 6 rows
-(12 ymm accumulators, the 16 weights in 2 more, one broadcast: 15 of the 16 registers), then 4-row tiles for the rows a 6-row tile leaves (a multiple of
-16 or 8 rows is 6k, 6k + 4 or 6k + 2 = 6(k - 1) + 4 + 4). Each product sums over the same index in
+(12 ymm accumulators, the 16 weights in 2 more, one broadcast: 15 of the 16 registers), then 4-row
+tiles for the rows a 6-row tile leaves (a multiple of 16 or 8 rows is 6k, 6k + 4 or
+6k + 2 = 6(k - 1) + 4 + 4). Each product sums over the same index in
 the same order whatever the tile, so every tile gives the same bits (tests/test_winograd.py).
 """
 import numpy as np
