@@ -14,18 +14,12 @@ import numpy as np
 from numba import prange
 
 from ..core import arena
-from .jit import blocked_kernel, tile_helper
+from .jit import blocked_kernel
 from .partial_sums import WORK_ITEMS, sum_partials
 from .pointwise import is_pointwise, pointwise_grad_weight, pointwise_grad_weight_chunks
 from .register_tile import BLOCK_C, BLOCK_J, UINT, fma_tile4
-from .simd import add16, fma16, load16, load16_at, store16_at
+from .simd import add_into16, fma16, load16
 from .weight_packing import unpack_weight
-
-
-@tile_helper
-def add_into16(flat, at, vector):
-    """flat[at:at + 16] += vector (`at` unsigned)."""
-    store16_at(flat, at, add16(load16_at(flat, at), vector))
 
 
 @blocked_kernel

@@ -1,7 +1,7 @@
 """The 16-lane vector every register tile is made of: 16 channels (or 16 values of any axis) of
 float32 or float64 in one LLVM vector value (<16 x float>) that Numba carries as one local variable,
 and the operations the kernels apply to it: loads and stores (`load16`, `load16_at`, `store16`,
-`store16_at`), `fma16`, `add16`, `sub16`, `relu16`.
+`store16_at`, `add_into16`), `fma16`, `add16`, `sub16`, `relu16`.
 
 Why a vector type of our own. Numba keeps scalars and tuples in registers, never arrays, so a tile
 could also be a tuple of 16 scalars, which LLVM's SLP vectoriser packs into vector registers
@@ -14,7 +14,7 @@ could also be a tuple of 16 scalars, which LLVM's SLP vectoriser packs into vect
 - a kernel compiles about 3x faster: one operation per vector instead of 16 scalar ones for Numba
   to type and lower and for LLVM to vectorise again (docs/performance.md, "Compilation").
 
-`load16*` and `store16*` are one vector load or store each (offsets unsigned, arrays C-contiguous);
+`load16*` and `store16*` are one vector load or store each (`add_into16` one of each) (offsets unsigned, arrays C-contiguous);
 under NUMBA_BOUNDSCHECK=1 they first read the vector's first and last elements through Numba's
 checked indexing, so the bounds-checked test run covers them. The multiply-add is `llvm.fma` (one
 rounding), as FMA contraction makes of a scalar acc + value * w (nn3d/kernels/jit.py), so a
@@ -169,3 +169,9 @@ def store16(matrix, i, vector):
     if CHECKED:
         matrix[i, 0] + matrix[i, 15]
     vector_store(matrix, np.uint64(i) * LANES_U, vector)
+
+
+@tile_helper
+def add_into16(flat, at, vector):
+    """flat[at:at + 16] += vector (flat 1-D C-contiguous, `at` unsigned)."""
+    store16_at(flat, at, add16(load16_at(flat, at), vector))

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..jit import inlined_tile_helper, tile_helper
 from ..register_tile import BLOCK_C, BLOCK_W, UINT
-from ..simd import add16, fma16, load16, load16_at, store16_at
+from ..simd import add_into16, fma16, load16, load16_at, store16_at
 from .algorithm import TILE_VALUES
 
 PRODUCT_ROWS = 8 if BLOCK_W == 8 else 6   # rows of a product tile on this CPU: AVX-512 8, AVX2 6
@@ -122,13 +122,13 @@ def multiply_block(v, u_matrix, rows, cin, n_cblocks, block_rows, m, zeros, posi
 
 
 @tile_helper
-def add_into16(flat, at, v, fresh):
+def add_or_store16(flat, at, v, fresh):
     """flat[at:at + 16] += the vector v (`at` unsigned); = v when `fresh` (its first sum: the partial
     dU is never zeroed)."""
     if fresh:
         store16_at(flat, at, v)
     else:
-        store16_at(flat, at, add16(load16_at(flat, at), v))
+        add_into16(flat, at, v)
 
 
 @inlined_tile_helper
@@ -140,11 +140,11 @@ def fma_rows4(tile, v, at, dm_row):
 
 @inlined_tile_helper
 def add_rows4_into(flat, at, row_step, tile, fresh):
-    """`add_into16` of tile[q] at flat[at + q*row_step] for q < 4."""
-    add_into16(flat, at, tile[0], fresh)
-    add_into16(flat, at + row_step, tile[1], fresh)
-    add_into16(flat, at + UINT[2] * row_step, tile[2], fresh)
-    add_into16(flat, at + UINT[3] * row_step, tile[3], fresh)
+    """`add_or_store16` of tile[q] at flat[at + q*row_step] for q < 4."""
+    add_or_store16(flat, at, tile[0], fresh)
+    add_or_store16(flat, at + row_step, tile[1], fresh)
+    add_or_store16(flat, at + UINT[2] * row_step, tile[2], fresh)
+    add_or_store16(flat, at + UINT[3] * row_step, tile[3], fresh)
 
 
 @tile_helper
@@ -183,14 +183,14 @@ def accumulate_block_products(v, dm_matrix, count, rows, cin_padded, n_cblocks, 
                     acc6 = fma16(acc6, v[at + UINT[6]], dm_row)
                     acc7 = fma16(acc7, v[at + UINT[7]], dm_row)
                 to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
-                add_into16(du, to, acc0, fresh)
-                add_into16(du, to + du_row, acc1, fresh)
-                add_into16(du, to + UINT[2] * du_row, acc2, fresh)
-                add_into16(du, to + UINT[3] * du_row, acc3, fresh)
-                add_into16(du, to + UINT[4] * du_row, acc4, fresh)
-                add_into16(du, to + UINT[5] * du_row, acc5, fresh)
-                add_into16(du, to + UINT[6] * du_row, acc6, fresh)
-                add_into16(du, to + UINT[7] * du_row, acc7, fresh)
+                add_or_store16(du, to, acc0, fresh)
+                add_or_store16(du, to + du_row, acc1, fresh)
+                add_or_store16(du, to + UINT[2] * du_row, acc2, fresh)
+                add_or_store16(du, to + UINT[3] * du_row, acc3, fresh)
+                add_or_store16(du, to + UINT[4] * du_row, acc4, fresh)
+                add_or_store16(du, to + UINT[5] * du_row, acc5, fresh)
+                add_or_store16(du, to + UINT[6] * du_row, acc6, fresh)
+                add_or_store16(du, to + UINT[7] * du_row, acc7, fresh)
             for ci0 in range(end8, end6, 6):
                 v_0 = np.uint64(xi * rows * cin_padded + ci0)
                 acc0 = acc1 = acc2 = acc3 = acc4 = acc5 = load16_at(zeros_flat, UINT[0])
@@ -204,12 +204,12 @@ def accumulate_block_products(v, dm_matrix, count, rows, cin_padded, n_cblocks, 
                     acc4 = fma16(acc4, v[at + UINT[4]], dm_row)
                     acc5 = fma16(acc5, v[at + UINT[5]], dm_row)
                 to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
-                add_into16(du, to, acc0, fresh)
-                add_into16(du, to + du_row, acc1, fresh)
-                add_into16(du, to + UINT[2] * du_row, acc2, fresh)
-                add_into16(du, to + UINT[3] * du_row, acc3, fresh)
-                add_into16(du, to + UINT[4] * du_row, acc4, fresh)
-                add_into16(du, to + UINT[5] * du_row, acc5, fresh)
+                add_or_store16(du, to, acc0, fresh)
+                add_or_store16(du, to + du_row, acc1, fresh)
+                add_or_store16(du, to + UINT[2] * du_row, acc2, fresh)
+                add_or_store16(du, to + UINT[3] * du_row, acc3, fresh)
+                add_or_store16(du, to + UINT[4] * du_row, acc4, fresh)
+                add_or_store16(du, to + UINT[5] * du_row, acc5, fresh)
             for ci0 in range(end6, cin_padded, 4):
                 v_0 = np.uint64(xi * rows * cin_padded + ci0)
                 zero = load16_at(zeros_flat, UINT[0])
