@@ -11,14 +11,16 @@ could also be a tuple of 16 scalars, which LLVM's SLP vectoriser packs into vect
   a 6 x 16 tile of tuples came out taken apart into scalars around every FMA (`vinsertps`, 100-180
   stack accesses per loop iteration), Winograd grad-weight's 4 x 16 tile permuted by shuffles;
   the vectors compile to 2 vector loads, 6 broadcasts and 12 `vfmadd231ps ymm` with no stack access;
-- a kernel compiles about 3x faster: one operation per vector instead of 16 scalar ones for Numba
-  to type and lower and for LLVM to vectorise again (docs/performance.md, "Compilation").
+- kernels compile up to about 3x faster (the warm-up's about 2x): one operation per vector instead
+  of 16 scalar ones for Numba to type and lower and for LLVM to vectorise again
+  (docs/performance.md, "Register tiles as vectors").
 
-`load16*` and `store16*` are one vector load or store each (`add_into16` one of each) (offsets unsigned, arrays C-contiguous);
-under NUMBA_BOUNDSCHECK=1 they first read the vector's first and last elements through Numba's
-checked indexing, so the bounds-checked test run covers them. The multiply-add is `llvm.fma` (one
-rounding), as FMA contraction makes of a scalar acc + value * w (nn3d/kernels/jit.py), so a
-product has the same bits in a tile as in a reference loop compiled with contraction.
+`load16*` and `store16*` are one vector load or store each, `add_into16` one of each (offsets
+unsigned, arrays C-contiguous); under NUMBA_BOUNDSCHECK=1 they first read the vector's first and
+last elements through Numba's checked indexing, so the bounds-checked test run covers them. The
+multiply-add is `llvm.fma` (one rounding), as FMA contraction makes of a scalar acc + value * w
+(nn3d/kernels/jit.py), so a product has the same bits in a tile as in a reference loop compiled
+with contraction.
 """
 from llvmlite import ir
 from numba import types
