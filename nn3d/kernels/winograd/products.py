@@ -13,7 +13,7 @@ the same order whatever the tile, so every tile gives the same bits (tests/test_
 import numpy as np
 
 from ..jit import inlined_tile_helper, tile_helper
-from ..register_tile import BLOCK_C, BLOCK_W, UINT
+from ..register_tile import BLOCK_C, BLOCK_W, UINT, fma_tile4
 from ..simd import add_into16, fma16, load16, load16_at, store16_at
 from .algorithm import TILE_VALUES
 
@@ -132,13 +132,6 @@ def add_or_store16(flat, at, v, fresh):
 
 
 @inlined_tile_helper
-def fma_rows4(tile, v, at, dm_row):
-    """tile[q] + v[at + q] * dm_row for q < 4: a 4-row tile of simd.py vectors, each v value broadcast."""
-    return (fma16(tile[0], v[at], dm_row), fma16(tile[1], v[at + UINT[1]], dm_row),
-            fma16(tile[2], v[at + UINT[2]], dm_row), fma16(tile[3], v[at + UINT[3]], dm_row))
-
-
-@inlined_tile_helper
 def add_rows4_into(flat, at, row_step, tile, fresh):
     """`add_or_store16` of tile[q] at flat[at + q*row_step] for q < 4."""
     add_or_store16(flat, at, tile[0], fresh)
@@ -215,6 +208,6 @@ def accumulate_block_products(v, dm_matrix, count, rows, cin_padded, n_cblocks, 
                 zero = load16_at(zeros_flat, UINT[0])
                 tile = (zero, zero, zero, zero)                    # input channels ci0 .. ci0 + 3
                 for t in range(count_u):
-                    tile = fma_rows4(tile, v, v_0 + t * row_u, load16_at(dm_flat, (dm_0 + t) * SIXTEEN))
+                    tile = fma_tile4(tile, v, v_0 + t * row_u, UINT[1], load16_at(dm_flat, (dm_0 + t) * SIXTEEN))
                 to = np.uint64((xi * cin_padded + ci0) * n_cblocks * BLOCK_C + cb * BLOCK_C)
                 add_rows4_into(du, to, du_row, tile, fresh)
