@@ -10,7 +10,7 @@ channels_last_3d; the faster counts. Compute-bound passes report GFLOP/s and the
 NumPy's sgemm rate measured in the same run; the 3x3x3 layers' forward and grad_input rows run the
 direct kernels, the "wino fwd" and "wino grad_in" rows the same passes by Winograd F(2^3, 3^3)
 (nn3d/kernels/winograd/convolution.py), the "wino4 fwd" row the forward by F(4^3, 3^3)
-(nn3d/kernels/winograd/convolution4.py, what AVX2 inference runs), the "wino grad_w" row the
+(nn3d/kernels/winograd/convolution4.py, what inference runs from 16^3 on), the "wino grad_w" row the
 grad-weight pass by its transpose (nn3d/kernels/winograd/grad_weight.py); their rate is "effective": direct-convolution FLOPs / time.
 Winograd does 3.4x fewer multiplications, so its effective rate may exceed the sgemm rate (of
 roof > 100%).
@@ -124,7 +124,7 @@ def conv_passes(kind, spec, rng):
             lambda: winograd_forward(tuple(parts_cl), filter_transform(layer.weight.data), layer.bias.data, cout),
             formats["ncdhw"]["forward"], formats["cl"]["forward"], flops, None,
             winograd_convolution_work_items(volume, cin, cout))
-        passes["wino4 fwd"] = (         # F(4^3, 3^3), the AVX2 inference forward: its filter transform, then the inputs
+        passes["wino4 fwd"] = (         # F(4^3, 3^3), the inference forward: its filter transform, then the inputs
             lambda: winograd4_forward(tuple(parts_cl), filter_transform4(layer.weight.data), layer.bias.data, cout),
             formats["ncdhw"]["forward"], formats["cl"]["forward"], flops, None,
             winograd4_work_items(volume, cin, cout))

@@ -102,7 +102,7 @@ def winograd_passes(dtype):
 
 def winograd4_inference_passes(dtype):
     """The eval forward by F(4^3, 3^3), one input and a decoder's two, its BatchNorm folded in: on
-    the CPUs whose rule runs it (nn3d/kernels/conv_algorithm.py: AVX2), nothing elsewhere."""
+    the CPUs whose rule runs it (nn3d/kernels/conv_algorithm.py: all), nothing elsewhere."""
     if not winograd4_wins(COMPILED_FOR, INFERENCE, 16, 16, WINOGRAD4_MIN_TILES):
         return
     with forced_algorithm("winograd4"), no_grad():
@@ -162,7 +162,7 @@ COMPILE_SECONDS = {"winograd convolution": 39, "direct convolution": 15, "winogr
 
 
 # the tasks only an inference forward needs, which a training run first runs at its validation:
-# F(4^3, 3^3) where the rule runs it (AVX2), none elsewhere
+# F(4^3, 3^3) where the rule runs it (every instruction set today), none elsewhere
 VALIDATION_TASKS = (("winograd4 inference",) if winograd4_wins(COMPILED_FOR, INFERENCE, 16, 16, WINOGRAD4_MIN_TILES)
                     else ())
 

@@ -141,28 +141,29 @@ def test_float32_error_is_bounded():
 
 
 # ---- the rule (nn3d/kernels/conv_algorithm.py) and the layer ----------------------------------------
-def test_rule_takes_f43_for_avx2_inference_only(monkeypatch):
-    from nn3d.kernels.conv_algorithm import INFERENCE, PASSES, conv_algorithm, winograd4_wins
+def test_rule_takes_f43_for_inference_only(monkeypatch):
+    from nn3d.kernels.conv_algorithm import INFERENCE, INSTRUCTION_SETS, PASSES, conv_algorithm, winograd4_wins
     monkeypatch.delenv("NN3D_CONV", raising=False)
     k3, s1, p1 = (3, 3, 3), (1, 1, 1), (1, 1, 1)
-    for pass_name in PASSES:                                                # training: never
-        assert not winograd4_wins("avx2", pass_name, 16, 16, 4096)
-    assert winograd4_wins("avx2", INFERENCE, 16, 16, 4096)                  # 16 -> 16 at 64^3
-    assert winograd4_wins("avx2", INFERENCE, 64, 64, 64)                    # 16^3: 64 tiles
-    assert not winograd4_wins("avx2", INFERENCE, 128, 128, 8)               # 8^3: one block of tiles
-    assert not winograd4_wins("avx2", INFERENCE, 1, 16, 4096)               # thin
-    assert not winograd4_wins("avx512", INFERENCE, 16, 16, 4096)            # unmeasured there
+    for isa in INSTRUCTION_SETS:
+        for pass_name in PASSES:                                            # training: never
+            assert not winograd4_wins(isa, pass_name, 16, 16, 4096)
+        assert winograd4_wins(isa, INFERENCE, 16, 16, 4096)                 # 16 -> 16 at 64^3
+        assert winograd4_wins(isa, INFERENCE, 64, 64, 64)                   # 16^3: 64 tiles
+        assert not winograd4_wins(isa, INFERENCE, 128, 128, 8)              # 8^3: one block of tiles
+        assert not winograd4_wins(isa, INFERENCE, 1, 16, 4096)              # thin
+        for shape, cin, cout in [((1, 16, 64, 64, 64), 16, 16), ((1, 64, 16, 16, 16), 64, 64),
+                                 ((1, 128, 8, 8, 8), 128, 128), ((1, 1, 64, 64, 64), 1, 16)]:
+            for pass_name in PASSES:
+                assert conv_algorithm(k3, s1, p1, cin, cout, shape, pass_name, isa) != "winograd4"
+        assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64), INFERENCE, isa) == "winograd4"
+        assert conv_algorithm(k3, s1, p1, 32, 64, (1, 32, 16, 16, 16), INFERENCE, isa) == "winograd4"
+        assert conv_algorithm(k3, s1, p1, 1, 16, (1, 1, 64, 64, 64), INFERENCE, isa) == "direct"
+    # below 64 tiles of 4^3 the training forward's rule: F(2^3, 3^3) on AVX2, direct on AVX-512
+    assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), INFERENCE, "avx2") == "winograd"
+    assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), INFERENCE, "avx512") == "direct"
     with pytest.raises(ValueError, match="pass"):
         winograd4_wins("avx2", "backward", 16, 16, 4096)
-    for shape, cin, cout in [((1, 16, 64, 64, 64), 16, 16), ((1, 64, 16, 16, 16), 64, 64),
-                             ((1, 128, 8, 8, 8), 128, 128), ((1, 1, 64, 64, 64), 1, 16)]:
-        # AVX-512 keeps its choices: inference is the forward's
-        assert (conv_algorithm(k3, s1, p1, cin, cout, shape, INFERENCE, "avx512")
-                == conv_algorithm(k3, s1, p1, cin, cout, shape, "forward", "avx512"))
-        for pass_name in PASSES:
-            assert conv_algorithm(k3, s1, p1, cin, cout, shape, pass_name, "avx2") != "winograd4"
-    assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64), INFERENCE, "avx2") == "winograd4"
-    assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), INFERENCE, "avx2") == "winograd"
     monkeypatch.setenv("NN3D_CONV", "winograd4")                            # forward passes only
     for isa in ("avx2", "avx512"):
         assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), "forward", isa) == "winograd4"

@@ -6,23 +6,23 @@ Winograd's F(2^3, 3^3) (nn3d/kernels/winograd/, "winograd") or F(4^3, 3^3)
 Winograd applies to 3x3x3 kernels with stride 1 and padding 1 (the U-Net's convolutions); every other
 shape runs direct. Among those, the choice is a pure function of the instruction set the register
 tiles compile for, the pass and the shape (`winograd_wins`, `winograd4_wins`), measured on each
-instruction set (benchmarks/kernels.py, the direct rows against the "wino" rows; the figures are in
-docs/performance.md, "Winograd kernels" and "F(4^3, 3^3) on AVX2"):
+instruction set (benchmarks/kernels.py, the direct rows against the "wino" and "wino4" rows; the
+figures are in docs/performance.md, "Winograd kernels", "F(4^3, 3^3) on AVX2" and "F(4^3, 3^3) on
+AVX-512"):
 
 - Both: Winograd only when both channel counts are at least 16. Below that the products are too
   thin to pay for the transforms (the U-Net's 1 -> 16 input layer).
 - AVX-512 (tile width 8): every pass by F(2^3, 3^3) from 512 output tiles of 2x2x2 voxels (a 16^3
   volume) on; below that (the 8^3 bottleneck: 8 blocks of tiles to share between threads) direct.
-  The inference forward is the training forward. F(4^3, 3^3) is not used: it is unmeasured there.
 - AVX2 (tile width 4): every pass by F(2^3, 3^3) from 64 output tiles (an 8^3 volume) on: the AVX2
   direct kernels (4-voxel tiles) are further from the machine's peak than the AVX-512 ones, so
   Winograd wins even where few blocks are left to share.
-- AVX2 inference ("inference": a forward under nn3d.no_grad() or with a folded eval-mode
+- Inference on both ("inference": a forward under nn3d.no_grad() or with a folded eval-mode
   BatchNorm, after which no backward runs): F(4^3, 3^3) from 64 output tiles of 4x4x4 voxels (a
-  16^3 volume, 8 blocks of tiles) on. It does 2.37x fewer products than F(2^3, 3^3) and moves 2.37x
-  less transformed data per output; below 64 tiles (the 8^3 bottleneck) its filter transform (216
-  values per channel pair, 3.4x F(2^3, 3^3)'s, computed at every call) costs more than the kernel
-  saves. Training keeps F(2^3, 3^3) in every pass: its float32 error is some 60x smaller and its
+  16^3 volume, 8 blocks of tiles) on; below that the rule of the training forward. It does 2.37x
+  fewer products than F(2^3, 3^3) and moves 2.37x less transformed data per output; below 64 tiles
+  (the 8^3 bottleneck) its filter transform (216 values per channel pair, 3.4x F(2^3, 3^3)'s,
+  computed at every call) costs more than the kernel saves. Training keeps F(2^3, 3^3) in every pass: its float32 error is some 60x smaller and its
   grad-input reuses the forward's transform (a training run's validation, under no_grad, runs
   F(4^3, 3^3)).
 
@@ -48,7 +48,7 @@ INFERENCE = "inference"                                # a forward with no backw
 INSTRUCTION_SETS = ("avx2", "avx512")
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_TILES = {"avx512": 512, "avx2": 64}   # 2x2x2 output tiles: a 16^3, an 8^3 volume
-WINOGRAD4_MIN_TILES = 64                            # 4x4x4 output tiles (a 16^3 volume); AVX2 inference
+WINOGRAD4_MIN_TILES = 64                            # 4x4x4 output tiles (a 16^3 volume); inference
 
 
 def instruction_set(width=BLOCK_W):
@@ -84,11 +84,11 @@ def winograd_wins(isa, pass_name, in_channels, out_channels, tiles):
 
 
 def winograd4_wins(isa, pass_name, in_channels, out_channels, tiles4):
-    """True where F(4^3, 3^3) is chosen (measured faster than F(2^3, 3^3) and direct): the inference
-    forward on AVX2, both channel counts at least 16 and at least WINOGRAD4_MIN_TILES 4x4x4 output
-    tiles (`tiles4`); never in training, never on AVX-512 (the rule above)."""
+    """True where F(4^3, 3^3) is chosen (measured faster than F(2^3, 3^3) and direct, on AVX2 and on
+    AVX-512, so `isa` is only checked): the inference forward, both channel counts at least 16 and at
+    least WINOGRAD4_MIN_TILES 4x4x4 output tiles (`tiles4`); never in training (the rule above)."""
     check_rule_arguments("winograd4_wins", isa, pass_name)
-    return (isa == "avx2" and pass_name == INFERENCE and min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS
+    return (pass_name == INFERENCE and min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS
             and tiles4 >= WINOGRAD4_MIN_TILES)
 
 

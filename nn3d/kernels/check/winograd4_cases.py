@@ -1,4 +1,4 @@
-"""Checks of Winograd F(4^3, 3^3) (winograd/convolution4.py, filter_transform4.py): the AVX2 inference
+"""Checks of Winograd F(4^3, 3^3) (winograd/convolution4.py, filter_transform4.py): the inference
 forward at every product width, and its filter transform."""
 import numpy as np
 
