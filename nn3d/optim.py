@@ -152,9 +152,9 @@ def clip_grad_norm_(params, max_norm):
     if max_norm <= 0:
         raise ValueError(f"clip_grad_norm_: max_norm must be positive, got {max_norm}")
     total = 0.0
-    for param in params:
+    for param in params:          # np.sum, not np.dot: a dot product would wake the BLAS threads (nn3d/threads.py)
         g = param.grad.reshape(-1).astype(np.float64)
-        total += float(np.dot(g, g))
+        total += float(np.sum(g * g))
     norm = float(np.sqrt(total))                                   # (N)
     if norm > max_norm:
         coefficient = max_norm / (norm + 1e-6)

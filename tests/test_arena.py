@@ -88,8 +88,8 @@ before = blas_threads()
 import nn3d
 x = np.random.default_rng(0).standard_normal((1, 16, 16, 16, 16)).astype(np.float32)
 up = nn3d.ConvTranspose3d(16, 4, 2, stride=2)
-up.backward(up.forward(x))                       # called BLAS once (np.dot in its kernels)
-conv = nn3d.Conv3d(16, 16, 3, padding=1)         # 16^3: Winograd, whose filter transform did too
+up.backward(up.forward(x))                       # the up-convolution's kernels ran
+conv = nn3d.Conv3d(16, 16, 3, padding=1)         # 16^3: Winograd's too
 conv.backward(conv.forward(x))
 after = blas_threads()
 # glibc's default: a 256 MB block is mmap'ed and returned to the system when freed.

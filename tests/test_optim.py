@@ -59,6 +59,41 @@ def test_cosine_schedule_matches_torch(eta_min):
     assert isinstance(scheduler.get_last_lr(), list)
 
 
+BLAS_ENTRY_POINTS = ("dot", "vdot", "inner", "matmul", "tensordot", "einsum")
+
+
+def test_a_training_step_calls_no_blas(monkeypatch):
+    """nn3d/threads.py: nn3d calls no BLAS, inside its kernels or between them (a BLAS call leaves
+    OpenBLAS's threads busy-waiting on the cores the next kernels need). Every layer kind, the loss,
+    clipping and AdamW, with NumPy's product functions made to fail."""
+    import nn3d
+
+    manual_seed(0)
+    down = Sequential(Conv3d(16, 16, 3, padding=1), BatchNorm3d(16), ReLU(), nn3d.MaxPool3d(2))
+    up = nn3d.ConvTranspose3d(16, 16, 2, stride=2)
+    head = Conv3d(16, 1, 1)
+    layers = (down, up, head)
+    params = [p for layer in layers for p in layer.parameters()]
+    optimizer = AdamW(params, lr=1e-3, weight_decay=1e-2)
+    x = np.random.default_rng(0).standard_normal((1, 16, 16, 16, 16)).astype(np.float32)
+    target = np.zeros((1, 1, 16, 16, 16), np.float32)
+
+    def step():
+        for p in params:
+            p.grad[...] = 0
+        y = head.forward(up.forward(down.forward(x)))
+        criterion = MSELoss()
+        criterion.forward(y, target)
+        down.backward(up.backward(head.backward(criterion.backward())))
+        clip_grad_norm_(params, 1e-3)                    # below the norm: clipping scales
+        optimizer.step()
+
+    step()                                               # compiled before the products are taken away
+    for name in BLAS_ENTRY_POINTS:
+        monkeypatch.setattr(np, name, lambda *args, name=name, **kwargs: pytest.fail(f"np.{name} called"))
+    step()
+
+
 def test_clip_grad_norm_matches_torch():
     rng = np.random.default_rng(1)
     ours, theirs = parameter_pair(rng)
