@@ -73,9 +73,10 @@ Algorithm: 3x3x3, stride-1, padding-1 convolutions of 16 or more channels comput
 by Winograd's F(2^3, 3^3) (nn3d/kernels/winograd/: 64 multiplications per 2x2x2 output tile and
 channel pair instead of 216; (4) by its transpose, nn3d/kernels/winograd/grad_weight.py);
 `conv_algorithm` (nn3d/kernels/conv_algorithm.py) decides per pass, and NN3D_CONV=direct|winograd
-forces one for all three. A forward under nn3d.no_grad() (inference) may instead run by F(4^3, 3^3)
-(nn3d/kernels/winograd/convolution4.py, 216 multiplications per 4x4x4 output tile;
-NN3D_CONV=winograd4 forces it for every forward). (5) is a channel sum either way. Winograd reads
+forces one for all three. A forward under nn3d.no_grad() (inference), and on AVX-512 the training
+forward and (3), may instead run by F(4^3, 3^3) (nn3d/kernels/winograd/convolution4.py, 216
+multiplications per 4x4x4 output tile; NN3D_CONV=winograd4 forces it for every forward and (3); its
+(3) transforms the flipped, in/out-swapped filter itself). (5) is a channel sum either way. Winograd reads
 its inputs unpadded and in place, a decoder's two side by side as if concatenated (so backward makes
 no x_pad), and computes (3) for all of them in one pass whose output comes out split into the
 inputs' bands. The filter transform it needs (U, from the weights) is computed once, in forward, and
@@ -98,7 +99,7 @@ from .kernels.conv3d_grad_weight import conv3d_grad_weight
 from .kernels.conv_algorithm import conv_algorithm
 from .kernels.padding import pad_and_concatenate
 from .kernels.winograd.convolution import winograd_forward, winograd_grad_input
-from .kernels.winograd.convolution4 import winograd4_forward
+from .kernels.winograd.convolution4 import winograd4_forward, winograd4_grad_input
 from .kernels.winograd.filter_transform import filter_transform
 from .kernels.winograd.filter_transform4 import filter_transform4
 from .kernels.winograd.grad_weight import winograd_grad_weight
@@ -209,7 +210,12 @@ class Conv3d(Module):
         if not self.requires_input_grad:
             return None
         bands = list(zip(bands[:-1], bands[1:]))                          # input j: channels [start, stop)
-        if self._algorithm(input_shape, "grad_input") == "winograd":      # all inputs at once
+        grad_input_algorithm = self._algorithm(input_shape, "grad_input")
+        if grad_input_algorithm == "winograd4":                           # all inputs at once
+            grads = tuple(from_channels_last(grad_cl) for grad_cl in      # (N, C_j, D, H, W) views
+                          winograd4_grad_input(grad_output_cl, self.weight.data,
+                                               tuple(stop - start for start, stop in bands)))   # (3)
+        elif grad_input_algorithm == "winograd":                          # all inputs at once
             if weight_transform is None:                                  # forward ran direct
                 weight_transform = filter_transform(self.weight.data)
             grads = tuple(from_channels_last(grad_cl) for grad_cl in      # (N, C_j, D, H, W) views
@@ -225,8 +231,8 @@ class Conv3d(Module):
         return grads[0] if len(grads) == 1 else grads
 
     def _algorithm(self, input_shape, pass_name="forward"):
-        """'direct' or 'winograd' for the pass (1) 'forward', (3) 'grad_input' or (4) 'grad_weight'
-        on an input of input_shape (N, Cin, D, H, W): nn3d/kernels/conv_algorithm.py."""
+        """'direct', 'winograd' or 'winograd4' for the pass (1) 'forward', (3) 'grad_input' or (4)
+        'grad_weight' (or 'inference') on an input of input_shape (N, Cin, D, H, W): nn3d/kernels/conv_algorithm.py."""
         return conv_algorithm(self.kernel_size, self.stride, self.padding, self.in_channels,
                               self.out_channels, input_shape, pass_name)
 

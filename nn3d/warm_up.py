@@ -5,7 +5,7 @@ Numba compiles one kernel at a time per process (under its compiler lock), and a
 compiles a training step's ~20 kernels in a minute or two of CPU time. The compiled code goes to the
 on-disk cache (`cache=True`, nn3d/kernels/jit.py), which every process on the machine shares. So
 `warm_up(dtype, processes)` runs TASKS, small passes through every layer path a U-Net uses (the
-direct and F(2^3, 3^3) convolutions, F(4^3, 3^3)'s inference forward where the rule runs it, the
+direct and F(2^3, 3^3) convolutions, F(4^3, 3^3)'s passes where the rule runs them, the
 up-convolution, BatchNorm + ReLU, pooling, the 1x1x1 head, the loss and AdamW) on tiny arrays of
 `dtype`, split into `processes` shares of about equal compile time (COMPILE_SECONDS): this process
 runs the first share, and the moment it hears its first compilation (a cold cache; Numba's
@@ -14,8 +14,8 @@ warm cache starts no process: the passes load their kernels, as the first step w
 warm-up the first step finds every kernel in memory or in the cache (tests/test_warm_up.py checks
 that a U-Net step and eval forward add no compiled signature).
 
-A training run needs the inference-only kernels (F(4^3, 3^3), VALIDATION_TASKS) only at its first
-validation, so `warm_up_for_training` compiles the step's tasks before the first step and, on a
+A training run needs the inference-only kernels (F(4^3, 3^3) on AVX2, VALIDATION_TASKS) only at its
+first validation, so `warm_up_for_training` compiles the step's tasks before the first step and, on a
 cold cache, the validation's tasks in one more worker process while training runs;
 `DeferredWarmUp.wait` holds the first validation until that worker is done.
 """
@@ -33,9 +33,11 @@ from .batchnorm_folding import conv_batchnorm_eval
 from .conv3d import Conv3d
 from .conv_transpose3d import ConvTranspose3d
 from .grad_mode import no_grad
-from .kernels.conv_algorithm import COMPILED_FOR, INFERENCE, WINOGRAD4_MIN_TILES, winograd4_wins
+from .kernels.conv_algorithm import COMPILED_FOR, WINOGRAD4_MIN_TILES, winograd4_wins
 from .kernels.jit import FirstCompilation
+from .kernels.winograd.convolution4 import winograd4_forward, winograd4_grad_input
 from .kernels.winograd.filter_transform import filter_transform, flipped_transposed_transform
+from .kernels.winograd.filter_transform4 import filter_transform4
 from .kernels.winograd.grad_weight import winograd_grad_weight
 from .loss import MSELoss
 from .maxpool3d import MaxPool3d
@@ -100,16 +102,24 @@ def winograd_passes(dtype):
     convolution_passes("winograd", dtype)
 
 
-def winograd4_inference_passes(dtype):
-    """The eval forward by F(4^3, 3^3), one input and a decoder's two, its BatchNorm folded in: on
-    the CPUs whose rule runs it (nn3d/kernels/conv_algorithm.py: all), nothing elsewhere."""
-    if not winograd4_wins(COMPILED_FOR, INFERENCE, 16, 16, WINOGRAD4_MIN_TILES):
-        return
+def winograd4_passes(dtype):
+    """F(4^3, 3^3): the eval forward, one input and a decoder's two, its BatchNorm folded in, and
+    where the rule trains by it (nn3d/kernels/conv_algorithm.py: AVX-512) the training forward and
+    grad-input, called directly (the layer's backward would also compile F(2^3, 3^3)'s grad-weight,
+    which `winograd_passes` compiles in another share)."""
     with forced_algorithm("winograd4"), no_grad():
         batchnorm = BatchNorm3d(16, relu=True).to(dtype).eval()
         conv_batchnorm_eval(Conv3d(16, 16, 3, padding=1).to(dtype), batchnorm, volume(16, 8, dtype))
         conv_batchnorm_eval(Conv3d(32, 16, 3, padding=1).to(dtype), batchnorm, volume(16, 8, dtype, 1),
                             volume(16, 8, dtype, 2))
+    if not winograd4_wins(COMPILED_FOR, "forward", 16, 16, WINOGRAD4_MIN_TILES):
+        return
+    x0, x1, grad_output = (np.ascontiguousarray(volume(16, 8, dtype, seed).transpose(0, 2, 3, 4, 1))
+                           for seed in (1, 2, 3))
+    for inputs in ((x0,), (x0, x1)):
+        weight = Conv3d(16 * len(inputs), 16, 3, padding=1).to(dtype).weight.data
+        winograd4_forward(inputs, filter_transform4(weight), None, 16)
+        winograd4_grad_input(grad_output, weight, (16,) * len(inputs))
 
 
 def up_convolution_passes(dtype):
@@ -149,7 +159,7 @@ def memory_bound_passes(dtype):
 TASKS = {"winograd filter transforms": winograd_filter_transform_passes,
          "winograd convolution": winograd_passes,
          "direct convolution": lambda dtype: convolution_passes("direct", dtype),
-         "winograd4 inference": winograd4_inference_passes,
+         "winograd4 convolution": winograd4_passes,
          "up-convolution": up_convolution_passes,
          "head": head_passes,
          "memory-bound": memory_bound_passes}
@@ -157,14 +167,14 @@ TASKS = {"winograd filter transforms": winograd_filter_transform_passes,
 # CPU seconds each task compiles on a cold cache (float32, AVX2, Zen 3; docs/performance.md, a
 # kernel that two tasks use counted in the first that compiles it); only their ratios matter: they
 # balance the shares
-COMPILE_SECONDS = {"winograd convolution": 39, "direct convolution": 15, "winograd4 inference": 14,
+COMPILE_SECONDS = {"winograd convolution": 39, "direct convolution": 15, "winograd4 convolution": 14,
                    "up-convolution": 7, "memory-bound": 6, "head": 5, "winograd filter transforms": 5}
 
 
 # the tasks only an inference forward needs, which a training run first runs at its validation:
-# F(4^3, 3^3) where the rule runs it (every instruction set today), none elsewhere
-VALIDATION_TASKS = (("winograd4 inference",) if winograd4_wins(COMPILED_FOR, INFERENCE, 16, 16, WINOGRAD4_MIN_TILES)
-                    else ())
+# F(4^3, 3^3) where the rule runs it for inference only (AVX2), none where training runs it too
+VALIDATION_TASKS = (("winograd4 convolution",) if not winograd4_wins(COMPILED_FOR, "forward", 16, 16,
+                                                                       WINOGRAD4_MIN_TILES) else ())
 
 
 def shares(processes, tasks=None):

@@ -120,15 +120,15 @@ def test_a_cold_cache_defers_the_validation_tasks_to_a_worker(monkeypatch):
     one worker, which `wait` announces while it is still running and waits for, and which leaving
     the block kills if it is still running."""
     ran, started = [], []
-    monkeypatch.setattr(warm_up, "VALIDATION_TASKS", ("winograd4 inference",))
+    monkeypatch.setattr(warm_up, "VALIDATION_TASKS", ("winograd4 convolution",))
     monkeypatch.setattr(warm_up, "warm_up", lambda dtype, processes, tasks=None: ran.append(tasks) or True)
     monkeypatch.setattr(warm_up, "run_tasks", lambda names, dtype: ran.append(list(names)))
     monkeypatch.setattr(warm_up, "start_worker", lambda names, dtype: started.append(names) or sleeping_process(1))
     said = []
     with warm_up.warm_up_for_training(processes=2) as deferred:
         deferred.wait(lambda: said.append("waiting"))
-    assert ran == [[name for name in warm_up.TASKS if name != "winograd4 inference"]]
-    assert started == [["winograd4 inference"]]
+    assert ran == [[name for name in warm_up.TASKS if name != "winograd4 convolution"]]
+    assert started == [["winograd4 convolution"]]
     assert said == ["waiting"]
     with warm_up.warm_up_for_training(processes=2) as deferred:
         worker = deferred.worker
@@ -137,13 +137,13 @@ def test_a_cold_cache_defers_the_validation_tasks_to_a_worker(monkeypatch):
 
 def test_a_warm_cache_loads_the_validation_tasks_at_once(monkeypatch):
     ran = []
-    monkeypatch.setattr(warm_up, "VALIDATION_TASKS", ("winograd4 inference",))
+    monkeypatch.setattr(warm_up, "VALIDATION_TASKS", ("winograd4 convolution",))
     monkeypatch.setattr(warm_up, "warm_up", lambda dtype, processes, tasks=None: ran.append(tasks) or False)
     monkeypatch.setattr(warm_up, "run_tasks", lambda names, dtype: ran.append(list(names)))
     monkeypatch.setattr(warm_up, "start_worker", lambda names, dtype: pytest.fail("a warm cache starts no worker"))
     with warm_up.warm_up_for_training(processes=2) as deferred:
         assert deferred.worker is None
-    assert ran[1] == ["winograd4 inference"]
+    assert ran[1] == ["winograd4 convolution"]
 
 
 def test_without_deferral_every_task_runs_before_the_first_step(monkeypatch):

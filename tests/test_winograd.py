@@ -174,13 +174,14 @@ def test_packed_filter_transform_matches_the_reference(dtype, tolerance):
 
 
 def test_rule_sends_thin_small_and_other_shapes_direct(monkeypatch):
-    """conv_algorithm.py's rule on AVX-512 (as it always was): Winograd for 3x3x3 / stride 1 /
-    padding 1 with >= 16 channels both ways and >= 512 output tiles; NN3D_CONV forces either path
-    where Winograd applies, never elsewhere."""
+    """conv_algorithm.py's F(2^3, 3^3) rule on AVX-512 (grad-weight's there; its forward and
+    grad-input take F(4^3, 3^3) from 64 tiles of 4^3 on, test_winograd4.py): Winograd for 3x3x3 /
+    stride 1 / padding 1 with >= 16 channels both ways and >= 512 output tiles; NN3D_CONV forces
+    either path where Winograd applies, never elsewhere."""
     from nn3d.kernels.conv_algorithm import conv_algorithm
     monkeypatch.delenv("NN3D_CONV", raising=False)
     k3, s1, p1 = (3, 3, 3), (1, 1, 1), (1, 1, 1)
-    rule = lambda *args: conv_algorithm(*args, "forward", "avx512")
+    rule = lambda *args: conv_algorithm(*args, "grad_weight", "avx512")
     assert rule(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64)) == "winograd"
     assert rule(k3, s1, p1, 64, 128, (1, 64, 16, 16, 16)) == "winograd"     # 512 tiles
     assert rule(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8)) == "direct"       # 64 tiles
@@ -220,7 +221,9 @@ def test_rule_is_a_function_of_the_instruction_set_the_pass_and_the_shape(monkey
     k3, s1, p1 = (3, 3, 3), (1, 1, 1), (1, 1, 1)
     for isa in ("avx2", "avx512"):
         for pass_name in PASSES:
-            assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64), pass_name, isa) == "winograd"
+            f43 = isa == "avx512" and pass_name != "grad_weight"         # F(4^3, 3^3): test_winograd4.py
+            assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64), pass_name, isa) == (
+                "winograd4" if f43 else "winograd")
             assert conv_algorithm(k3, s1, p1, 1, 16, (1, 1, 64, 64, 64), pass_name, isa) == "direct"
             expected = "winograd" if isa == "avx2" else "direct"
             assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), pass_name, isa) == expected

@@ -10,7 +10,9 @@ from nn3d.gradcheck import max_relative_error
 from nn3d.kernels.winograd.algorithm import winograd_forward_reference
 from nn3d.kernels.winograd.algorithm4 import (A4_T, B4_T, G4, filter_transform4_reference,
                                               winograd4_forward_reference)
-from nn3d.kernels.winograd.convolution4 import winograd4_forward
+from nn3d.gradcheck import check_layer
+from nn3d.kernels.reference import conv3d_grad_input_reference
+from nn3d.kernels.winograd.convolution4 import winograd4_forward, winograd4_grad_input
 from nn3d.kernels.winograd.filter_transform4 import filter_transform4
 
 WIDTHS = [4, 6, 8]      # the products' register tiles (winograd/products.py), on any CPU
@@ -81,6 +83,29 @@ def test_two_inputs_are_convolved_as_their_concatenation(channels, cout, block_r
                                expected, rtol=0, atol=1e-10)
 
 
+# (batch, Cout of the layer, the input bands C_j, (D, H, W)): one input, a decoder's two (the first a
+# multiple of 16: written in place) and the fallback (one array, cut), partial tiles, batch > 1, C = 1
+GRAD_INPUT_SHAPES = [(2, 5, (3,), (5, 6, 7)), (1, 1, (1,), (3, 4, 1)), (1, 16, (16, 16), (9, 12, 10)),
+                     (2, 17, (5, 7), (4, 3, 6)), (1, 33, (20,), (10, 13, 11))]
+
+
+@pytest.mark.parametrize("batch, cout, bands, size", GRAD_INPUT_SHAPES)
+@pytest.mark.parametrize("block_rows", WIDTHS)
+def test_grad_input_matches_reference(batch, cout, bands, size, block_rows):
+    """float64 against line (2)'s plain scatter (reference.py), cut into the inputs' bands: the
+    flipped, in/out-swapped filter is transformed right, rounding only (~1e-13)."""
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((cout, sum(bands), 3, 3, 3))
+    grad_output = rng.standard_normal((batch, *size, cout))                 # (N, D, H, W, Cout)
+    expected = conv3d_grad_input_reference(grad_output, weight, size, (1, 1, 1), (1, 1, 1))
+    grads = winograd4_grad_input(grad_output, weight, bands, block_rows)
+    starts = np.cumsum((0, *bands))
+    assert len(grads) == len(bands)
+    for grad, start, stop in zip(grads, starts[:-1], starts[1:]):
+        assert grad.shape == (batch, *size, stop - start) and grad.flags.c_contiguous
+        np.testing.assert_allclose(grad, expected[..., start:stop], rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("tiles_per_block", [8, 16])      # rows 8 = 4 + 4, 16 = 6 + 6 + 4
 def test_every_register_tile_gives_the_same_bits(tiles_per_block):
     """Each product sums over ci in the same order whatever the tile: AVX2's 6 and 4 rows of vectors
@@ -141,34 +166,33 @@ def test_float32_error_is_bounded():
 
 
 # ---- the rule (nn3d/kernels/conv_algorithm.py) and the layer ----------------------------------------
-def test_rule_takes_f43_for_inference_only(monkeypatch):
+def test_rule_takes_f43_for_inference_and_avx512_training(monkeypatch):
     from nn3d.kernels.conv_algorithm import INFERENCE, INSTRUCTION_SETS, PASSES, conv_algorithm, winograd4_wins
     monkeypatch.delenv("NN3D_CONV", raising=False)
     k3, s1, p1 = (3, 3, 3), (1, 1, 1), (1, 1, 1)
+    f43_passes = {"avx2": (INFERENCE,), "avx512": ("forward", "grad_input", INFERENCE)}
     for isa in INSTRUCTION_SETS:
-        for pass_name in PASSES:                                            # training: never
-            assert not winograd4_wins(isa, pass_name, 16, 16, 4096)
-        assert winograd4_wins(isa, INFERENCE, 16, 16, 4096)                 # 16 -> 16 at 64^3
-        assert winograd4_wins(isa, INFERENCE, 64, 64, 64)                   # 16^3: 64 tiles
-        assert not winograd4_wins(isa, INFERENCE, 128, 128, 8)              # 8^3: one block of tiles
-        assert not winograd4_wins(isa, INFERENCE, 1, 16, 4096)              # thin
-        for shape, cin, cout in [((1, 16, 64, 64, 64), 16, 16), ((1, 64, 16, 16, 16), 64, 64),
-                                 ((1, 128, 8, 8, 8), 128, 128), ((1, 1, 64, 64, 64), 1, 16)]:
-            for pass_name in PASSES:
-                assert conv_algorithm(k3, s1, p1, cin, cout, shape, pass_name, isa) != "winograd4"
-        assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64), INFERENCE, isa) == "winograd4"
-        assert conv_algorithm(k3, s1, p1, 32, 64, (1, 32, 16, 16, 16), INFERENCE, isa) == "winograd4"
-        assert conv_algorithm(k3, s1, p1, 1, 16, (1, 1, 64, 64, 64), INFERENCE, isa) == "direct"
-    # below 64 tiles of 4^3 the training forward's rule: F(2^3, 3^3) on AVX2, direct on AVX-512
-    assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), INFERENCE, "avx2") == "winograd"
-    assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), INFERENCE, "avx512") == "direct"
+        for pass_name in PASSES + (INFERENCE,):
+            chosen = pass_name in f43_passes[isa]
+            assert winograd4_wins(isa, pass_name, 16, 16, 4096) == chosen      # 16 -> 16 at 64^3
+            assert winograd4_wins(isa, pass_name, 64, 64, 64) == chosen        # 16^3: 64 tiles
+            assert not winograd4_wins(isa, pass_name, 128, 128, 8)             # 8^3: one block of tiles
+            assert not winograd4_wins(isa, pass_name, 1, 16, 4096)             # thin
+            assert (conv_algorithm(k3, s1, p1, 32, 64, (1, 32, 16, 16, 16), pass_name, isa) == "winograd4") == chosen
+            assert conv_algorithm(k3, s1, p1, 1, 16, (1, 1, 64, 64, 64), pass_name, isa) == "direct"
+            assert conv_algorithm(k3, (2, 2, 2), p1, 16, 16, (1, 16, 64, 64, 64), pass_name, isa) == "direct"
+        assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64), "grad_weight", isa) == "winograd"
+    # below 64 tiles of 4^3 the F(2^3, 3^3) rule: Winograd on AVX2, direct on AVX-512
+    for pass_name in PASSES + (INFERENCE,):
+        assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), pass_name, "avx2") == "winograd"
+        assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), pass_name, "avx512") == "direct"
     with pytest.raises(ValueError, match="pass"):
         winograd4_wins("avx2", "backward", 16, 16, 4096)
-    monkeypatch.setenv("NN3D_CONV", "winograd4")                            # forward passes only
+    monkeypatch.setenv("NN3D_CONV", "winograd4")                            # all but grad-weight
     for isa in ("avx2", "avx512"):
         assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), "forward", isa) == "winograd4"
         assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), INFERENCE, isa) == "winograd4"
-        assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 8, 8, 8), "grad_input", isa) == "winograd"
+        assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 8, 8, 8), "grad_input", isa) == "winograd4"
         assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 8, 8, 8), "grad_weight", isa) == "winograd"
         assert conv_algorithm(k3, (2, 2, 2), p1, 16, 16, (1, 16, 8, 8, 8), "forward", isa) == "direct"
 
@@ -177,7 +201,7 @@ def test_rule_takes_f43_for_inference_only(monkeypatch):
 def test_layer_runs_f43_in_inference(relu, monkeypatch):
     """Conv3d under no_grad and a folded Conv3d + BatchNorm3d(relu) take F(4^3, 3^3) where the rule
     (forced here, any ISA) says so, give the training forward's output to float32 F(4^3, 3^3)
-    accuracy, and a forced training forward by it still backpropagates (grad-input by F(2^3, 3^3))."""
+    accuracy, and a forced training forward by it still backpropagates."""
     from nn3d.batchnorm_folding import conv_batchnorm_eval
     import nn3d.conv3d as conv3d_module
     calls = []
@@ -200,3 +224,35 @@ def test_layer_runs_f43_in_inference(relu, monkeypatch):
     y = layer.forward(up, skip)                                             # training forward, forced
     grads = layer.backward(np.ones_like(y))
     assert [g.shape for g in grads] == [up.shape, skip.shape]
+
+
+@pytest.mark.parametrize("batch, channels, cout, size", [(2, (16, 16), 16, (9, 6, 7)), (1, (5,), 17, (5, 8, 4))])
+def test_layer_trains_by_f43(batch, channels, cout, size, monkeypatch):
+    """A training forward and backward forced to F(4^3, 3^3) (forward and grad-input; grad-weight by
+    F(2^3, 3^3)) against the direct kernels (themselves checked against PyTorch in test_conv3d.py):
+    a decoder's two inputs and a single odd one, float32 to F(4^3, 3^3)'s accuracy."""
+    rng = np.random.default_rng(11)
+    layer = nn3d.Conv3d(sum(channels), cout, 3, padding=1)
+    inputs = [rng.standard_normal((batch, c, *size)).astype(np.float32) for c in channels]
+    grad_output = rng.standard_normal((batch, cout, *size)).astype(np.float32)
+    results = {}
+    for algorithm in ("direct", "winograd4"):
+        monkeypatch.setenv("NN3D_CONV", algorithm)
+        layer.zero_grad()
+        y = layer.forward(*inputs).copy()
+        grads = layer.backward(grad_output)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        results[algorithm] = (y, *(g.copy() for g in grads), layer.weight.grad.copy(), layer.bias.grad.copy())
+    for ours, expected in zip(results["winograd4"], results["direct"]):
+        assert max_relative_error(ours, expected) < 1.5e-4
+
+
+def test_layer_trained_by_f43_matches_finite_differences(monkeypatch):
+    """float64 central differences of the input, weight and bias through the F(4^3, 3^3) passes."""
+    monkeypatch.setenv("NN3D_CONV", "winograd4")
+    rng = np.random.default_rng(12)
+    layer = nn3d.Conv3d(2, 3, 3, padding=1).to(np.float64)
+    results = check_layer(layer, [rng.standard_normal((1, 2, 5, 4, 6))])
+    assert [name for name, _, _ in results] == ["input", "weight", "bias"]
+    for name, analytic, numeric in results:
+        assert max_relative_error(analytic, numeric) < 1e-7, name

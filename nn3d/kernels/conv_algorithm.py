@@ -1,7 +1,7 @@
 """Which algorithm computes each pass of a Conv3d, forward, grad-input and grad-weight, and the
 forward of inference: the direct kernels (nn3d/kernels/conv3d.py, conv3d_grad_weight.py),
 Winograd's F(2^3, 3^3) (nn3d/kernels/winograd/, "winograd") or F(4^3, 3^3)
-(nn3d/kernels/winograd/convolution4.py, "winograd4", forward only).
+(nn3d/kernels/winograd/convolution4.py, "winograd4", forward and grad-input).
 
 Winograd applies to 3x3x3 kernels with stride 1 and padding 1 (the U-Net's convolutions); every other
 shape runs direct. Among those, the choice is a pure function of the instruction set the register
@@ -22,9 +22,11 @@ AVX-512"):
   16^3 volume, 8 blocks of tiles) on; below that the rule of the training forward. It does 2.37x
   fewer products than F(2^3, 3^3) and moves 2.37x less transformed data per output; below 64 tiles
   (the 8^3 bottleneck) its filter transform (216 values per channel pair, 3.4x F(2^3, 3^3)'s,
-  computed at every call) costs more than the kernel saves. Training keeps F(2^3, 3^3) in every pass: its float32 error is some 60x smaller and its
-  grad-input reuses the forward's transform (a training run's validation, under no_grad, runs
-  F(4^3, 3^3)).
+  computed at every call) costs more than the kernel saves.
+- Training on AVX-512: the forward and grad-input by F(4^3, 3^3) from 64 tiles of 4x4x4 voxels on
+  (grad-input transforms its flipped filter itself), grad-weight by F(2^3, 3^3). Its float32 error
+  is some 16x F(2^3, 3^3)'s; a 100-epoch run trains to the same loss (docs/performance.md). On AVX2
+  training keeps F(2^3, 3^3) in every pass until the same is measured there.
 
 The rule depends on the compiled instruction set and the shapes only, so a machine makes the same
 choice, and computes the same bits, on every run and for every thread count (a resumed training run
@@ -34,9 +36,8 @@ and pads x when grad-weight runs direct after a Winograd forward.
 
 NN3D_CONV=direct, winograd or winograd4, read at every call, forces one algorithm wherever Winograd
 applies (tests run every layer test with direct and with winograd, tests/test_winograd4.py the
-layer with winograd4; benchmarks compare them). winograd4 has a forward
-only: it forces F(4^3, 3^3) for the forward and inference passes and F(2^3, 3^3) for grad-input and
-grad-weight.
+layer with winograd4; benchmarks compare them). winograd4 has no grad-weight: it forces F(4^3, 3^3)
+for the forward, inference and grad-input passes and F(2^3, 3^3) for grad-weight.
 """
 import os
 
@@ -48,7 +49,8 @@ INFERENCE = "inference"                                # a forward with no backw
 INSTRUCTION_SETS = ("avx2", "avx512")
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_TILES = {"avx512": 512, "avx2": 64}   # 2x2x2 output tiles: a 16^3, an 8^3 volume
-WINOGRAD4_MIN_TILES = 64                            # 4x4x4 output tiles (a 16^3 volume); inference
+WINOGRAD4_MIN_TILES = 64                            # 4x4x4 output tiles (a 16^3 volume)
+WINOGRAD4_PASSES = {"avx512": ("forward", "grad_input", INFERENCE), "avx2": (INFERENCE,)}
 
 
 def instruction_set(width=BLOCK_W):
@@ -84,11 +86,12 @@ def winograd_wins(isa, pass_name, in_channels, out_channels, tiles):
 
 
 def winograd4_wins(isa, pass_name, in_channels, out_channels, tiles4):
-    """True where F(4^3, 3^3) is chosen (measured faster than F(2^3, 3^3) and direct, on AVX2 and on
-    AVX-512, so `isa` is only checked): the inference forward, both channel counts at least 16 and at
-    least WINOGRAD4_MIN_TILES 4x4x4 output tiles (`tiles4`); never in training (the rule above)."""
+    """True where F(4^3, 3^3) is chosen (measured faster than F(2^3, 3^3) and direct): the passes
+    WINOGRAD4_PASSES[isa] (the inference forward; on AVX-512 also the training forward and
+    grad-input), both channel counts at least 16 and at least WINOGRAD4_MIN_TILES 4x4x4 output tiles
+    (`tiles4`) (the rule above)."""
     check_rule_arguments("winograd4_wins", isa, pass_name)
-    return (pass_name == INFERENCE and min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS
+    return (pass_name in WINOGRAD4_PASSES[isa] and min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS
             and tiles4 >= WINOGRAD4_MIN_TILES)
 
 
@@ -108,8 +111,8 @@ def conv_algorithm(kernel_size, stride, padding, in_channels, out_channels, inpu
         raise ValueError(f"NN3D_CONV must be one of {', '.join(ALGORITHMS)}, got {forced!r}")
     if not winograd_applies(kernel_size, stride, padding):
         return "direct"
-    if forced == "winograd4":                          # F(4^3, 3^3) has a forward only
-        return "winograd4" if pass_name in ("forward", INFERENCE) else "winograd"
+    if forced == "winograd4":                          # F(4^3, 3^3) has no grad-weight
+        return "winograd" if pass_name == "grad_weight" else "winograd4"
     if forced:
         return forced
     isa = isa or COMPILED_FOR

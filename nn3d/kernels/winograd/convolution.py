@@ -118,13 +118,28 @@ def winograd_convolution(inputs, u, bias, output_channels, block_rows=PRODUCT_RO
         bias_padded[:cout] = bias
     if tiles_per_block is None:
         tiles_per_block = tiles_per_block_for(x0.shape[4] + x1.shape[4], cout_padded)
-    in_place = len(output_channels) == 2 and output_channels[0] % BLOCK_C == 0
-    first_band = output_channels[0] if in_place else cout
-    y0 = arena.empty((*x0.shape[:4], first_band if in_place else cout_padded), x0.dtype)
-    y1 = arena.empty((*x0.shape[:4], cout_padded - first_band), x0.dtype) if in_place else no_channels(x0)
+    y0, y1 = kernel_outputs(x0, output_channels, cout_padded)
     winograd_kernel(x0, x1, u, bias_padded, relu, np.int64(tiles_per_block), np.int64(block_rows),
                     np.int64(numba.get_num_threads()), y0, y1)
-    if in_place:
+    return output_bands(y0, y1, output_channels)
+
+
+def kernel_outputs(x0, output_channels, cout_padded):
+    """The (y0, y1) pair a kernel writes side by side, for outputs of the voxels of x0 cut into bands
+    of `output_channels` channels (Cout_padded in all): two bands whose first has a multiple of 16
+    channels as two arrays (written in place), anything else one array of Cout_padded channels and
+    an empty y1."""
+    if len(output_channels) == 2 and output_channels[0] % BLOCK_C == 0:
+        return (arena.empty((*x0.shape[:4], output_channels[0]), x0.dtype),
+                arena.empty((*x0.shape[:4], cout_padded - output_channels[0]), x0.dtype))
+    return arena.empty((*x0.shape[:4], cout_padded), x0.dtype), no_channels(x0)
+
+
+def output_bands(y0, y1, output_channels):
+    """The bands of `output_channels` channels of a kernel's (y0, y1) (`kernel_outputs`), each a
+    C-contiguous (N, D, H, W, C) array: y0 and y1 themselves where they are exactly the bands, else
+    copies of their slices."""
+    if y1.shape[4]:
         outputs = (y0, y1)
     else:
         bands = np.cumsum((0, *output_channels))

@@ -1,6 +1,6 @@
-"""The forward of a 3x3x3, stride-1, padding-1 convolution by Winograd's F(4^3, 3^3) (algorithm4.py):
-the block kernel, the blocking rule and the input and output bands (the filter transform is
-filter_transform4.py).
+"""The forward and grad-input of a 3x3x3, stride-1, padding-1 convolution by Winograd's F(4^3, 3^3)
+(algorithm4.py): the block kernel, the blocking rule and the input and output bands (the filter
+transform is filter_transform4.py).
 
 The kernel (`winograd4_kernel`) has convolution.py's structure with 6x6x6 input tiles and 4x4x4
 output tiles: channels-last x (N, D, H, W, Cin) read in place (tiles at the faces staged with their
@@ -10,18 +10,20 @@ M (216, Cout/16, rows, 16) sized for L2, two inputs read and two outputs written
 and a folded ReLU applied as the output is stored. The products are products.py's `multiply_block`
 over 216 positions.
 
-It runs the inference forward only (nn3d/kernels/conv_algorithm.py): training uses F(2^3, 3^3),
-whose grad-input reuses the forward's transform and whose float32 error is some 60x smaller.
+It runs the inference forward, and on AVX-512 the training forward and grad-input
+(nn3d/kernels/conv_algorithm.py): grad-input (`winograd4_grad_input`) is the same convolution of the
+output gradient with the flipped, in/out-swapped filter, transformed anew. Grad-weight stays
+F(2^3, 3^3)'s (grad_weight.py).
 """
 import numba
 import numpy as np
 from numba import prange
 
-from ...core import arena
 from ..jit import blocked_kernel
 from ..register_tile import BLOCK_C
 from .algorithm4 import TILE_VALUES_4
-from .convolution import kernel_inputs, no_channels
+from .convolution import kernel_inputs, kernel_outputs, output_bands
+from .filter_transform4 import filter_transform4
 from .products import PRODUCT_ROWS, multiply_block
 from .tile_transforms4 import tile_count4, transform_input_block4, transform_output_block4
 
@@ -73,21 +75,41 @@ def winograd4_work_items(shape, cin, cout):
     return -(-n_tiles // tiles_per_block4_for(n_tiles))
 
 
-def winograd4_forward(inputs, u, bias, cout, block_rows=PRODUCT_ROWS, tiles_per_block=None, relu=False):
-    """Line (1) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1, by F(4^3, 3^3): inputs, a
-    tuple of channels-last unpadded arrays (N, D, H, W, C_j) (one, or a decoder's two, convolved as
-    their channel concatenation; two are read in place when the first has a multiple of 16
-    channels) -> y (N, D, H, W, Cout). u = filter_transform4(weight) (filter_transform4.py); bias
-    (Cout,) or None; relu: max(0, y) as it is stored; block_rows: the product tile (the tests pass 4, 6 and 8);
+def winograd4_convolution(inputs, u, bias, output_channels, block_rows=PRODUCT_ROWS, tiles_per_block=None,
+                          relu=False):
+    """convolution.py's `winograd_convolution` by F(4^3, 3^3): the 3x3x3, stride-1, padding-1
+    convolution of the channel concatenation of `inputs` (channels-last (N, D, H, W, C_j), unpadded;
+    two are read in place when the first has a multiple of 16 channels) with u =
+    filter_transform4(weight) (filter_transform4.py) and bias (Cout,) or None, cut into bands of
+    `output_channels` channels (two written in place when the first has a multiple of 16); relu:
+    max(0, y) as it is stored; block_rows: the product tile (the tests pass 4, 6 and 8);
     tiles_per_block: None for `tiles_per_block4_for`."""
     x0, x1 = kernel_inputs(inputs)
     cout_padded = u.shape[1] * BLOCK_C
     bias_padded = np.zeros(cout_padded, dtype=x0.dtype)
     if bias is not None:
-        bias_padded[:cout] = bias
+        bias_padded[:sum(output_channels)] = bias
     if tiles_per_block is None:
         tiles_per_block = tiles_per_block4_for(tile_count4(x0.shape))
-    y = arena.empty((*x0.shape[:4], cout_padded), x0.dtype)
+    y0, y1 = kernel_outputs(x0, output_channels, cout_padded)
     winograd4_kernel(x0, x1, u, bias_padded, relu, np.int64(tiles_per_block), np.int64(block_rows),
-                     np.int64(numba.get_num_threads()), y, no_channels(x0))
-    return y if cout == cout_padded else arena.copy(y[..., :cout])
+                     np.int64(numba.get_num_threads()), y0, y1)
+    return output_bands(y0, y1, output_channels)
+
+
+def winograd4_forward(inputs, u, bias, cout, block_rows=PRODUCT_ROWS, tiles_per_block=None, relu=False):
+    """Line (1) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1, by F(4^3, 3^3): inputs, a
+    tuple of channels-last unpadded arrays (N, D, H, W, C_j) (one, or a decoder's two, convolved as
+    their channel concatenation) -> y (N, D, H, W, Cout). u = filter_transform4(weight) for a weight
+    of Cout output channels; bias (Cout,) or None; relu: max(0, y) as it is stored."""
+    return winograd4_convolution(inputs, u, bias, (cout,), block_rows, tiles_per_block, relu)[0]
+
+
+def winograd4_grad_input(grad_output, weight, input_channels, block_rows=PRODUCT_ROWS):
+    """Line (3) of nn3d/conv3d.py for a 3x3x3 kernel, stride 1, padding 1, by F(4^3, 3^3): the
+    output gradient (N, D, H, W, Cout), padded by k - 1 - p = 1, convolved with the flipped kernel
+    whose in/out channels are swapped, w'[ci, co, kz, ky, kx] = w[co, ci, 2 - kz, 2 - ky, 2 - kx]
+    (its transform computed here from `weight` (Cout, Cin, 3, 3, 3)), cut into the inputs' bands of
+    `input_channels` channels -> (dL/dx_0, dL/dx_1, ...), (N, D, H, W, C_j) each."""
+    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1, ::-1].transpose(1, 0, 2, 3, 4))
+    return winograd4_convolution((grad_output,), filter_transform4(flipped), None, input_channels, block_rows)
