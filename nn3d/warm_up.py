@@ -33,7 +33,7 @@ from .batchnorm_folding import conv_batchnorm_eval
 from .conv3d import Conv3d
 from .conv_transpose3d import ConvTranspose3d
 from .grad_mode import no_grad
-from .kernels.conv_algorithm import COMPILED_FOR, WINOGRAD4_MIN_TILES, winograd4_wins
+from .kernels.conv_algorithm import COMPILED_FOR, WINOGRAD4_MIN_TILES, winograd4_wins, winograd_convolves
 from .kernels.jit import FirstCompilation
 from .kernels.winograd.convolution4 import winograd4_forward, winograd4_grad_input
 from .kernels.winograd.filter_transform import filter_transform, flipped_transposed_transform
@@ -86,7 +86,10 @@ def convolution_passes(algorithm, dtype):
 def winograd_filter_transform_passes(dtype):
     """Winograd's filter transforms alone (the forward's, and grad-input's made from it), on a 16 -> 16
     weight. A task of its own, run first in a share without the Winograd convolutions (`shares`), so
-    that its kernels are in the cache by the time `winograd_passes`, in another process, needs them."""
+    that its kernels are in the cache by the time `winograd_passes`, in another process, needs them.
+    Nothing where the rule never runs F(2^3, 3^3)'s forward and grad-input (AVX-512)."""
+    if not winograd_convolves(COMPILED_FOR):
+        return
     u_packed = filter_transform(Conv3d(16, 16, 3, padding=1).to(dtype).weight.data)
     flipped_transposed_transform(u_packed, 16)
 
@@ -94,12 +97,14 @@ def winograd_filter_transform_passes(dtype):
 def winograd_passes(dtype):
     """Winograd's grad-weight first, called directly (it needs no filter transform; one input and a
     decoder's two, channels-last), then the layer passes of `convolution_passes`, which find the
-    filter transforms compiled by the other share's first task and grad-weight compiled here."""
+    filter transforms compiled by the other share's first task and grad-weight compiled here (where
+    the rule runs them: `winograd_convolves`)."""
     x0, x1, grad_output = (np.ascontiguousarray(volume(16, 8, dtype, seed).transpose(0, 2, 3, 4, 1))
                            for seed in (1, 2, 3))
     winograd_grad_weight((x0,), grad_output)
     winograd_grad_weight((x0, x1), grad_output)
-    convolution_passes("winograd", dtype)
+    if winograd_convolves(COMPILED_FOR):               # not on AVX-512: grad-weight is all it runs
+        convolution_passes("winograd", dtype)
 
 
 def winograd4_passes(dtype):
@@ -164,11 +169,16 @@ TASKS = {"winograd filter transforms": winograd_filter_transform_passes,
          "head": head_passes,
          "memory-bound": memory_bound_passes}
 
-# CPU seconds each task compiles on a cold cache (float32, AVX2, Zen 3; docs/performance.md, a
-# kernel that two tasks use counted in the first that compiles it); only their ratios matter: they
-# balance the shares
-COMPILE_SECONDS = {"winograd convolution": 39, "direct convolution": 15, "winograd4 convolution": 14,
-                   "up-convolution": 7, "memory-bound": 6, "head": 5, "winograd filter transforms": 5}
+# CPU seconds each task compiles on a cold cache, in TASKS's order in one process (a kernel that two
+# tasks use counted in the first that compiles it; docs/performance.md): AVX2 on a Zen 3, AVX-512 on
+# a Zen 4 (where the F(2^3, 3^3) forward and grad-input are not compiled: `winograd_convolves`).
+# Only their ratios matter: they balance the shares
+COMPILE_SECONDS_BY_ISA = {
+    "avx2": {"winograd convolution": 39, "direct convolution": 15, "winograd4 convolution": 14,
+             "up-convolution": 7, "memory-bound": 6, "head": 5, "winograd filter transforms": 5},
+    "avx512": {"winograd convolution": 15, "direct convolution": 12, "winograd4 convolution": 10,
+               "up-convolution": 5, "memory-bound": 4, "head": 3, "winograd filter transforms": 0}}
+COMPILE_SECONDS = COMPILE_SECONDS_BY_ISA[COMPILED_FOR]
 
 
 # the tasks only an inference forward needs, which a training run first runs at its validation:

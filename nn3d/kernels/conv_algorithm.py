@@ -24,7 +24,8 @@ AVX-512"):
   (the 8^3 bottleneck) its filter transform (216 values per channel pair, 3.4x F(2^3, 3^3)'s,
   computed at every call) costs more than the kernel saves.
 - Training on AVX-512: the forward and grad-input by F(4^3, 3^3) from 64 tiles of 4x4x4 voxels on
-  (grad-input transforms its flipped filter itself), grad-weight by F(2^3, 3^3). Its float32 error
+  (grad-input transforms its flipped filter itself), grad-weight by F(2^3, 3^3). So there the
+  F(2^3, 3^3) forward and grad-input never run unless forced (`winograd_convolves`). Its float32 error
   is some 16x F(2^3, 3^3)'s; a 100-epoch run trains to the same loss (docs/performance.md). On AVX2
   training keeps F(2^3, 3^3) in every pass until the same is measured there.
 
@@ -93,6 +94,15 @@ def winograd4_wins(isa, pass_name, in_channels, out_channels, tiles4):
     check_rule_arguments("winograd4_wins", isa, pass_name)
     return (pass_name in WINOGRAD4_PASSES[isa] and min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS
             and tiles4 >= WINOGRAD4_MIN_TILES)
+
+
+def winograd_convolves(isa):
+    """False where the rule never runs F(2^3, 3^3)'s forward or grad-input (kernels a warm-up need
+    not compile): where F(4^3, 3^3) takes both from WINOGRAD4_MIN_TILES 4x4x4 tiles on and
+    F(2^3, 3^3) would start only above 8x as many 2x2x2 tiles less one (a volume of fewer than 64
+    4x4x4 tiles has at most 8 x 63 = 504 2x2x2 tiles): AVX-512."""
+    takes_both = {"forward", "grad_input"} <= set(WINOGRAD4_PASSES[isa])
+    return not (takes_both and WINOGRAD_MIN_TILES[isa] > 8 * (WINOGRAD4_MIN_TILES - 1))
 
 
 def winograd_applies(kernel_size, stride, padding):
