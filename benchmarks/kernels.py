@@ -10,8 +10,10 @@ channels_last_3d; the faster counts. Compute-bound passes report GFLOP/s and the
 NumPy's sgemm rate measured in the same run; the 3x3x3 layers' forward and grad_input rows run the
 direct kernels, the "wino fwd" and "wino grad_in" rows the same passes by Winograd F(2^3, 3^3)
 (nn3d/kernels/winograd/convolution.py), the "wino4 fwd" row the forward by F(4^3, 3^3)
-(nn3d/kernels/winograd/convolution4.py, what inference runs from 16^3 on), the "wino grad_w" row the
-grad-weight pass by its transpose (nn3d/kernels/winograd/grad_weight.py); their rate is "effective": direct-convolution FLOPs / time.
+(nn3d/kernels/winograd/convolution4.py, what inference runs from 16^3 on, and AVX-512's training),
+the "wino4 grad_in" row grad-input by it, the "wino grad_w" row the grad-weight pass by F(2^3,
+3^3)'s transpose (nn3d/kernels/winograd/grad_weight.py); their rate is "effective":
+direct-convolution FLOPs / time.
 Winograd does 3.4x fewer multiplications, so its effective rate may exceed the sgemm rate (of
 roof > 100%).
 Memory-bound passes report GB/s (bytes of the inputs read once plus the outputs written once)
@@ -74,7 +76,7 @@ def conv_passes(kind, spec, rng):
     from nn3d.kernels.padding import pad_and_concatenate, pad_channels_last
     from nn3d.kernels.winograd.convolution import (winograd_convolution_work_items, winograd_forward,
                                                    winograd_grad_input)
-    from nn3d.kernels.winograd.convolution4 import winograd4_forward, winograd4_work_items
+    from nn3d.kernels.winograd.convolution4 import winograd4_forward, winograd4_grad_input, winograd4_work_items
     from nn3d.kernels.winograd.filter_transform import filter_transform
     from nn3d.kernels.winograd.filter_transform4 import filter_transform4
     from nn3d.kernels.winograd.grad_weight import winograd_grad_weight, winograd_grad_weight_work_items
@@ -124,10 +126,14 @@ def conv_passes(kind, spec, rng):
             lambda: winograd_forward(tuple(parts_cl), filter_transform(layer.weight.data), layer.bias.data, cout),
             formats["ncdhw"]["forward"], formats["cl"]["forward"], flops, None,
             winograd_convolution_work_items(volume, cin, cout))
-        passes["wino4 fwd"] = (         # F(4^3, 3^3), the inference forward: its filter transform, then the inputs
+        passes["wino4 fwd"] = (         # F(4^3, 3^3), the inference (and AVX-512 training) forward
             lambda: winograd4_forward(tuple(parts_cl), filter_transform4(layer.weight.data), layer.bias.data, cout),
             formats["ncdhw"]["forward"], formats["cl"]["forward"], flops, None,
             winograd4_work_items(volume, cin, cout))
+        passes["wino4 grad_in" + ("*" if cin == 1 else "")] = (     # F(4^3, 3^3), AVX-512's training grad-input
+            lambda: winograd4_grad_input(g_cl, layer.weight.data, tuple(x.shape[4] for x in parts_cl)),
+            formats["ncdhw"]["grad_input"], formats["cl"]["grad_input"], flops, None,
+            winograd4_work_items(volume, cout, cin))
         passes["wino grad_in" + ("*" if cin == 1 else "")] = (
             lambda: winograd_grad_input(g_cl, weight_transform, tuple(x.shape[4] for x in parts_cl)),
             formats["ncdhw"]["grad_input"], formats["cl"]["grad_input"], flops, None,
