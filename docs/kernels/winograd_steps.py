@@ -17,7 +17,8 @@ and the products in registers (step 3); then larger tiles do fewer multiplicatio
     2 all tiles at once: the 64 products as 64 (tiles x Cin) @ (Cin x Cout) matrix products (NumPy)
     3 the library's fused, blocked kernel, as nn3d.Conv3d calls it
     4 F(4^3, 3^3): the same kernel structure with 6x6x6 input tiles, 2.37x fewer products (the
-      library's inference forward; nn3d/kernels/winograd/algorithm4.py)
+      library's inference forward, and on AVX-512 its training forward and grad-input;
+      nn3d/kernels/winograd/algorithm4.py)
 
 Steps 1-4 use every core (Numba's threads, or NumPy's BLAS threads in step 2). Steps 0 and 2 hold
 every transformed tile in memory (8x the input, and float64 in step 0), and step 0 is slow (0.1-0.6
@@ -191,8 +192,9 @@ def larger_tiles(x, weight, bias):
     2.37x less transformed data per output to carry through V and M; the transforms cost about as
     much per output as step 3's. The price is accuracy: B4^T's and A4^T's entries up to 5 and 8 make
     intermediate values larger than the outputs, and the float32 error some 60x step 3's (still far
-    inside the tolerance; algorithm4.py, section 4). nn3d runs it for the inference forward,
-    where the layer needs no backward."""
+    inside the tolerance; algorithm4.py, section 4). nn3d runs it for the inference forward, and on
+    AVX-512 for the training forward and grad-input too, where a 100-epoch run trained to the same
+    loss (docs/performance.md)."""
     return winograd4_forward((x,), filter_transform4(weight), bias, weight.shape[0])   # (N, D, H, W, Cout)
 
 

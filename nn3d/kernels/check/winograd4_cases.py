@@ -1,8 +1,8 @@
-"""Checks of Winograd F(4^3, 3^3) (winograd/convolution4.py, filter_transform4.py): the inference
-forward at every product width, and its filter transform."""
+"""Checks of Winograd F(4^3, 3^3) (winograd/convolution4.py, filter_transform4.py): the forward and
+grad-input at every product width, and the filter transform."""
 import numpy as np
 
-from .. import register_tile
+from .. import reference, register_tile
 from ..winograd import algorithm4 as winograd_algorithm4
 from ..winograd import convolution4 as winograd_convolution4
 from ..winograd import filter_transform4 as winograd_filter_transform4
@@ -28,6 +28,17 @@ def check_winograd4_forward(case, dtype, width, rng):
     if case.relu:
         expected = np.maximum(expected, 0)
     return [(None, ours, expected, sum(case.cin) * 27 * 216)]
+
+
+@checks("winograd4_grad_input", "winograd", "winograd/convolution4.py", "reference.py: conv3d_grad_input_reference",
+        WINOGRAD4_CASES, tiled=PRODUCT_WIDTHS)
+def check_winograd4_grad_input(case, dtype, width, rng):
+    """The output gradient convolved with the flipped, in/out-swapped filter by F(4^3, 3^3), cut into
+    the inputs' bands; L as for the forward, with Cout terms per output."""
+    _, weight, _, grad_output = winograd_data(case, dtype, rng)
+    bands = winograd_convolution4.winograd4_grad_input(grad_output, weight, case.cin, width)
+    expected = reference.conv3d_grad_input_reference(*widen(grad_output, weight), case.size, (1, 1, 1), (1, 1, 1))
+    return [(None, np.concatenate(bands, axis=4), expected, case.cout * 27 * 216)]
 
 
 @checks("filter_transform4", "winograd", "winograd/filter_transform4.py",
