@@ -24,7 +24,7 @@ from tqdm import tqdm
 import nn3d
 from nn3d.kernels.jit import compile_notice
 from nn3d.kernels.register_tile import BLOCK_W
-from nn3d.warm_up import DeferredWarmUp, warm_up_for_training
+from nn3d.warm_up import warm_up
 from mri2ct.common import distributed, errors, flags
 from mri2ct.common.atomic import remove_stray_temporaries
 from mri2ct.data import PatientSet, choose_split, generate_cohort, native_spacing, open_data_folder
@@ -137,76 +137,65 @@ def announce_compilation():
     sys.stdout.flush()
 
 
-def announce_validation_wait():
-    """The line a first run prints when its first validation waits for the worker compiling its kernels."""
-    tqdm.write("waiting for the validation's kernels to finish compiling (first run only) ...")
-    sys.stdout.flush()
-
-
 def run_training(args, threads, world):
     """Open the data, build or resume the model, then train and validate epoch by epoch; rank 0 holds
     the lock of args.out and writes it."""
     config = None
-    validation_kernels = DeferredWarmUp([], np.float32)
     if world.is_root:             # first and alone: it may generate the cohort, and it fills the cache
         train_set, val_set, split = open_data(args)
         config = run_config(args, train_set, split, world.size)
-        # on a cold cache, compiles in `threads` processes; with one rank the inference kernels only the
-        # validation needs (F(4^3, 3^3)) compile in one more process while the first epoch trains
-        validation_kernels = warm_up_for_training(np.float32, processes=threads, defer=world.size == 1)
-    with validation_kernels:                          # a worker still compiling is stopped on the way out
-        config = world.broadcast(config)
-        if not world.is_root:
-            train_set, val_set, _ = open_data(args)
-        window = tuple(np.broadcast_to(np.asarray(config["shape"]), (3,)).tolist())
-        parts = world.size * args.accumulate
-        steps_per_epoch = math.ceil(len(train_set) / (args.batch_size * parts))
+        warm_up(np.float32, processes=threads)        # on a cold cache, compiles in `threads` processes
+    config = world.broadcast(config)
+    if not world.is_root:
+        train_set, val_set, _ = open_data(args)
+    window = tuple(np.broadcast_to(np.asarray(config["shape"]), (3,)).tolist())
+    parts = world.size * args.accumulate
+    steps_per_epoch = math.ceil(len(train_set) / (args.batch_size * parts))
 
-        nn3d.manual_seed(args.seed)
-        model = UNet3D(features=args.features)
-        criterion = nn3d.MSELoss()
-        optimizer = nn3d.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        scheduler = nn3d.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch, eta_min=args.lr_min)
-        history = start_history(args, config, model, optimizer, scheduler) if world.is_root else None
-        history = share_start(world, model, optimizer, scheduler, history)
+    nn3d.manual_seed(args.seed)
+    model = UNet3D(features=args.features)
+    criterion = nn3d.MSELoss()
+    optimizer = nn3d.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = nn3d.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch, eta_min=args.lr_min)
+    history = start_history(args, config, model, optimizer, scheduler) if world.is_root else None
+    history = share_start(world, model, optimizer, scheduler, history)
 
+    if world.is_root:
+        micro = (f" x {parts} micro-batches ({world.size} ranks x accumulate {args.accumulate})" if parts > 1
+                 else "")
+        print(f"UNet3D, features {' '.join(map(str, args.features))}: {model.num_parameters():,} parameters; "
+              f"{len(train_set)} train / {len(val_set)} val patients at {train_set.spacing} mm; "
+              f"{'patches ' + str(args.patch) + '^3' if args.patch else 'whole volumes'}, batch "
+              f"{args.batch_size}{micro}; {args.epochs} epochs x {steps_per_epoch} steps; {threads} threads"
+              f"{' per rank' if world.size > 1 else ''}; writing to {args.out}")
+    best_val_loss = min((record["val_loss"] for record in history if record["val_loss"] is not None),
+                        default=math.inf)
+    for epoch in range(len(history) + 1, args.epochs + 1):
+        start = time.perf_counter()
+        lr = optimizer.lr
+        train_loss = train_one_epoch(model, criterion, optimizer, scheduler, train_set, epoch, args, world,
+                                     label=f"epoch {epoch}/{args.epochs}")
+        world.check_identical([value for value in model.state_dict().values()], f"after epoch {epoch}")
+        val_loss = val_mae_hu = None
+        if epoch % args.val_every == 0 or epoch == args.epochs:
+            val_loss, val_mae_hu = validate(model, val_set, window, world)
+        seconds = time.perf_counter() - start
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                        "val_mae_hu": val_mae_hu, "lr": lr, "seconds": seconds})
+        is_best = val_loss is not None and val_loss < best_val_loss
+        best_val_loss = min(best_val_loss, val_loss if val_loss is not None else math.inf)
         if world.is_root:
-            micro = (f" x {parts} micro-batches ({world.size} ranks x accumulate {args.accumulate})" if parts > 1
-                     else "")
-            print(f"UNet3D, features {' '.join(map(str, args.features))}: {model.num_parameters():,} parameters; "
-                  f"{len(train_set)} train / {len(val_set)} val patients at {train_set.spacing} mm; "
-                  f"{'patches ' + str(args.patch) + '^3' if args.patch else 'whole volumes'}, batch "
-                  f"{args.batch_size}{micro}; {args.epochs} epochs x {steps_per_epoch} steps; {threads} threads"
-                  f"{' per rank' if world.size > 1 else ''}; writing to {args.out}")
-        best_val_loss = min((record["val_loss"] for record in history if record["val_loss"] is not None),
-                            default=math.inf)
-        for epoch in range(len(history) + 1, args.epochs + 1):
-            start = time.perf_counter()
-            lr = optimizer.lr
-            train_loss = train_one_epoch(model, criterion, optimizer, scheduler, train_set, epoch, args, world,
-                                         label=f"epoch {epoch}/{args.epochs}")
-            world.check_identical([value for value in model.state_dict().values()], f"after epoch {epoch}")
-            val_loss = val_mae_hu = None
-            if epoch % args.val_every == 0 or epoch == args.epochs:
-                validation_kernels.wait(announce_validation_wait)
-                val_loss, val_mae_hu = validate(model, val_set, window, world)
-            seconds = time.perf_counter() - start
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                            "val_mae_hu": val_mae_hu, "lr": lr, "seconds": seconds})
-            is_best = val_loss is not None and val_loss < best_val_loss
-            best_val_loss = min(best_val_loss, val_loss if val_loss is not None else math.inf)
-            if world.is_root:
-                state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "val_loss": val_loss, "history": history,
-                         "config": config, "rng": {"seed": args.seed, "next_epoch": epoch + 1}}
-                write_epoch_outputs(args.out, state, history, is_best, args.checkpoint_every, args.epochs)
-                validation = (f"val loss {val_loss:.5f}  val MAE {val_mae_hu:6.1f} HU" if val_loss is not None
-                              else "(no validation)")
-                print(f"epoch {epoch:3d}/{args.epochs}  train loss {train_loss:.5f}  {validation}  lr {lr:.2e}  "
-                      f"{seconds:5.1f} s" + ("  *best" if is_best else ""), flush=True)
-            world.barrier()                                   # the others wait for the checkpoint
-        if world.is_root and len(history) >= args.epochs:
-            print(f"done: {args.out}/final.npz, best validation loss {best_val_loss:.5f}")
+            state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "val_loss": val_loss, "history": history,
+                     "config": config, "rng": {"seed": args.seed, "next_epoch": epoch + 1}}
+            write_epoch_outputs(args.out, state, history, is_best, args.checkpoint_every, args.epochs)
+            validation = (f"val loss {val_loss:.5f}  val MAE {val_mae_hu:6.1f} HU" if val_loss is not None
+                          else "(no validation)")
+            print(f"epoch {epoch:3d}/{args.epochs}  train loss {train_loss:.5f}  {validation}  lr {lr:.2e}  "
+                  f"{seconds:5.1f} s" + ("  *best" if is_best else ""), flush=True)
+        world.barrier()                                   # the others wait for the checkpoint
+    if world.is_root and len(history) >= args.epochs:
+        print(f"done: {args.out}/final.npz, best validation loss {best_val_loss:.5f}")
 
 
 if __name__ == "__main__":

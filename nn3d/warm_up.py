@@ -2,22 +2,17 @@
 processes at once.
 
 Numba compiles one kernel at a time per process (under its compiler lock), and a fresh install
-compiles a training step's ~20 kernels in a minute or two of CPU time. The compiled code goes to the
+compiles a training step's ~20 kernels in 50-80 s of CPU time. The compiled code goes to the
 on-disk cache (`cache=True`, nn3d/kernels/jit.py), which every process on the machine shares. So
 `warm_up(dtype, processes)` runs TASKS, small passes through every layer path a U-Net uses (the
-direct and F(2^3, 3^3) convolutions, F(4^3, 3^3)'s passes where the rule runs them, the
-up-convolution, BatchNorm + ReLU, pooling, the 1x1x1 head, the loss and AdamW) on tiny arrays of
+direct convolutions, F(4^3, 3^3)'s forward and grad-input, F(2^3, 3^3)'s grad-weight and, where the
+rule runs them, its forward and grad-input, the up-convolution, BatchNorm + ReLU, pooling, the 1x1x1 head, the loss and AdamW) on tiny arrays of
 `dtype`, split into `processes` shares of about equal compile time (COMPILE_SECONDS): this process
 runs the first share, and the moment it hears its first compilation (a cold cache; Numba's
 "numba:compile" event) it starts one worker process per other share (`python -m nn3d.warm_up`). A
 warm cache starts no process: the passes load their kernels, as the first step would have. After the
 warm-up the first step finds every kernel in memory or in the cache (tests/test_warm_up.py checks
 that a U-Net step and eval forward add no compiled signature).
-
-A training run needs the inference-only kernels (F(4^3, 3^3) on AVX2, VALIDATION_TASKS) only at its
-first validation, so `warm_up_for_training` compiles the step's tasks before the first step and, on a
-cold cache, the validation's tasks in one more worker process while training runs;
-`DeferredWarmUp.wait` holds the first validation until that worker is done.
 """
 import argparse
 import contextlib
@@ -170,21 +165,15 @@ TASKS = {"winograd filter transforms": winograd_filter_transform_passes,
          "memory-bound": memory_bound_passes}
 
 # CPU seconds each task compiles on a cold cache, in TASKS's order in one process (a kernel that two
-# tasks use counted in the first that compiles it; docs/performance.md): AVX2 on a Zen 3, AVX-512 on
-# a Zen 4 (where the F(2^3, 3^3) forward and grad-input are not compiled: `winograd_convolves`).
-# Only their ratios matter: they balance the shares
+# tasks use counted in the first that compiles it; docs/performance.md), on a Zen 4, AVX2's with
+# NUMBA_CPU_NAME=znver3 and AVX-512 turned off (the F(2^3, 3^3) forward and grad-input are not
+# compiled: `winograd_convolves`). Only their ratios matter: they balance the shares
 COMPILE_SECONDS_BY_ISA = {
-    "avx2": {"winograd convolution": 39, "direct convolution": 15, "winograd4 convolution": 14,
-             "up-convolution": 7, "memory-bound": 6, "head": 5, "winograd filter transforms": 5},
+    "avx2": {"winograd convolution": 16, "direct convolution": 10, "winograd4 convolution": 9,
+             "up-convolution": 4, "memory-bound": 3, "head": 3, "winograd filter transforms": 0},
     "avx512": {"winograd convolution": 15, "direct convolution": 12, "winograd4 convolution": 10,
                "up-convolution": 5, "memory-bound": 4, "head": 3, "winograd filter transforms": 0}}
 COMPILE_SECONDS = COMPILE_SECONDS_BY_ISA[COMPILED_FOR]
-
-
-# the tasks only an inference forward needs, which a training run first runs at its validation:
-# F(4^3, 3^3) where the rule runs it for inference only (AVX2), none where training runs it too
-VALIDATION_TASKS = (("winograd4 convolution",) if not winograd4_wins(COMPILED_FOR, "forward", 16, 16,
-                                                                       WINOGRAD4_MIN_TILES) else ())
 
 
 def shares(processes, tasks=None):
@@ -247,49 +236,6 @@ def stop(worker):
     if worker.poll() is None:
         worker.kill()
         worker.wait()
-
-
-class DeferredWarmUp:
-    """Tasks compiling in a worker process while the caller goes on (`warm_up_for_training`).
-    `wait(say)` returns once they are compiled, calling `say()` first if it has to wait; leaving the
-    `with` block (or `stop()`) kills a worker still running."""
-
-    def __init__(self, names, dtype):
-        self.worker = start_worker(names, dtype) if names else None
-
-    def wait(self, say=None):
-        if self.worker is None:
-            return
-        if self.worker.poll() is None and say is not None:
-            say()
-        worker, self.worker = self.worker, None
-        finish(worker)
-
-    def stop(self):
-        if self.worker is not None:
-            stop(self.worker)
-            self.worker = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
-
-def warm_up_for_training(dtype=np.float32, processes=2, defer=True):
-    """With `defer`: `warm_up` of the training step's tasks now, then VALIDATION_TASKS in a
-    DeferredWarmUp if the step's compiled anything (a cold cache), else now (a warm cache only
-    loads them). Without: `warm_up` of every task now. Returns the DeferredWarmUp (one with no
-    worker when nothing is deferred)."""
-    if not defer:
-        warm_up(dtype, processes)
-        return DeferredWarmUp([], dtype)
-    cold = warm_up(dtype, processes, [name for name in TASKS if name not in VALIDATION_TASKS])
-    if cold:
-        return DeferredWarmUp(list(VALIDATION_TASKS), dtype)
-    run_tasks(VALIDATION_TASKS, dtype)
-    return DeferredWarmUp([], dtype)
 
 
 def main(argv=None):

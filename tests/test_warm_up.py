@@ -1,8 +1,6 @@
-"""nn3d.warm_up: after its training-step tasks the U-Net's training step, and after its validation
-tasks the eval forward, need no kernel signature it did not already load or compile (so the first
-step of a cold run waits for no further compilation, nor does its first validation once the
-deferred tasks are done); its shares cover every task once; a deferred worker is waited for and
-stopped.
+"""nn3d.warm_up: after it, the U-Net's training step and its eval forward need no kernel signature
+it did not already load or compile (so the first step of a cold run waits for no further
+compilation); its shares cover every task once and balance; an interrupted warm-up leaves no worker.
 
 The check runs in a fresh process (in this one, earlier tests have loaded kernels already) and
 counts the compiled signatures of every Numba dispatcher in nn3d before and after a 64^3 step and
@@ -24,7 +22,7 @@ import numpy as np
 from numba.core.dispatcher import Dispatcher
 
 import nn3d
-from nn3d.warm_up import TASKS, VALIDATION_TASKS, run_tasks, warm_up
+from nn3d.warm_up import warm_up
 from mri2ct.inference.sliding_window import predict_sliding_window
 from mri2ct.model import UNet3D
 from mri2ct.training.step import train_step
@@ -37,8 +35,7 @@ def signatures():
             for attribute, value in vars(module).items() if isinstance(value, Dispatcher)}
 
 
-step_tasks = [name for name in TASKS if name not in VALIDATION_TASKS]
-warm_up(np.float32, processes=1, tasks=step_tasks)         # what the trainer runs before its first step
+warm_up(np.float32, processes=1)                           # what the trainer runs before its first step
 before = signatures()
 nn3d.manual_seed(0)
 model = UNet3D()
@@ -52,7 +49,6 @@ after = signatures()
 for name in sorted(after):
     for signature in sorted(after[name] - before.get(name, set())):
         print("NEW in the step", name, signature)
-run_tasks(VALIDATION_TASKS, np.float32)                     # what its deferred worker runs
 before = signatures()
 model.eval()
 predict_sliding_window(model, x[0, 0], (64, 64, 64))
@@ -111,55 +107,3 @@ def test_an_interrupted_warm_up_leaves_no_worker_running(monkeypatch):
         warm_up.warm_up(processes=2)
     assert len(started) == 1
     assert started[0].poll() is not None                 # killed and reaped
-
-
-def sleeping_process(seconds):
-    return subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
-
-
-def test_a_cold_cache_defers_the_validation_tasks_to_a_worker(monkeypatch):
-    """Cold (the step's warm-up compiled something): VALIDATION_TASKS (AVX2's, on any machine) go to
-    one worker, which `wait` announces while it is still running and waits for, and which leaving
-    the block kills if it is still running."""
-    ran, started = [], []
-    monkeypatch.setattr(warm_up, "VALIDATION_TASKS", ("winograd4 convolution",))
-    monkeypatch.setattr(warm_up, "warm_up", lambda dtype, processes, tasks=None: ran.append(tasks) or True)
-    monkeypatch.setattr(warm_up, "run_tasks", lambda names, dtype: ran.append(list(names)))
-    monkeypatch.setattr(warm_up, "start_worker", lambda names, dtype: started.append(names) or sleeping_process(1))
-    said = []
-    with warm_up.warm_up_for_training(processes=2) as deferred:
-        deferred.wait(lambda: said.append("waiting"))
-    assert ran == [[name for name in warm_up.TASKS if name != "winograd4 convolution"]]
-    assert started == [["winograd4 convolution"]]
-    assert said == ["waiting"]
-    with warm_up.warm_up_for_training(processes=2) as deferred:
-        worker = deferred.worker
-    assert worker.poll() is not None                       # killed and reaped on the way out
-
-
-def test_a_warm_cache_loads_the_validation_tasks_at_once(monkeypatch):
-    ran = []
-    monkeypatch.setattr(warm_up, "VALIDATION_TASKS", ("winograd4 convolution",))
-    monkeypatch.setattr(warm_up, "warm_up", lambda dtype, processes, tasks=None: ran.append(tasks) or False)
-    monkeypatch.setattr(warm_up, "run_tasks", lambda names, dtype: ran.append(list(names)))
-    monkeypatch.setattr(warm_up, "start_worker", lambda names, dtype: pytest.fail("a warm cache starts no worker"))
-    with warm_up.warm_up_for_training(processes=2) as deferred:
-        assert deferred.worker is None
-    assert ran[1] == ["winograd4 convolution"]
-
-
-def test_without_deferral_every_task_runs_before_the_first_step(monkeypatch):
-    ran = []
-    monkeypatch.setattr(warm_up, "warm_up", lambda dtype, processes, tasks=None: ran.append(tasks) or True)
-    monkeypatch.setattr(warm_up, "start_worker", lambda names, dtype: pytest.fail("nothing is deferred"))
-    with warm_up.warm_up_for_training(processes=2, defer=False) as deferred:
-        assert deferred.worker is None
-    assert ran == [None]                                     # None: all of TASKS
-
-
-def test_a_failed_deferred_worker_raises_with_its_error_output():
-    deferred = warm_up.DeferredWarmUp([], "float32")
-    deferred.worker = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit('no such kernel')"],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    with pytest.raises(RuntimeError, match="no such kernel"):
-        deferred.wait()

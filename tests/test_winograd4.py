@@ -166,14 +166,15 @@ def test_float32_error_is_bounded():
 
 
 # ---- the rule (nn3d/kernels/conv_algorithm.py) and the layer ----------------------------------------
-def test_rule_takes_f43_for_inference_and_avx512_training(monkeypatch):
-    from nn3d.kernels.conv_algorithm import INFERENCE, INSTRUCTION_SETS, PASSES, conv_algorithm, winograd4_wins
+def test_rule_takes_f43_for_forward_and_grad_input(monkeypatch):
+    from nn3d.kernels.conv_algorithm import (INFERENCE, INSTRUCTION_SETS, PASSES, conv_algorithm, winograd4_wins,
+                                             winograd_convolves)
     monkeypatch.delenv("NN3D_CONV", raising=False)
     k3, s1, p1 = (3, 3, 3), (1, 1, 1), (1, 1, 1)
-    f43_passes = {"avx2": (INFERENCE,), "avx512": ("forward", "grad_input", INFERENCE)}
     for isa in INSTRUCTION_SETS:
+        assert not winograd_convolves(isa)                                  # F(2^3, 3^3): grad-weight only
         for pass_name in PASSES + (INFERENCE,):
-            chosen = pass_name in f43_passes[isa]
+            chosen = pass_name != "grad_weight"
             assert winograd4_wins(isa, pass_name, 16, 16, 4096) == chosen      # 16 -> 16 at 64^3
             assert winograd4_wins(isa, pass_name, 64, 64, 64) == chosen        # 16^3: 64 tiles
             assert not winograd4_wins(isa, pass_name, 128, 128, 8)             # 8^3: one block of tiles
@@ -181,11 +182,11 @@ def test_rule_takes_f43_for_inference_and_avx512_training(monkeypatch):
             assert (conv_algorithm(k3, s1, p1, 32, 64, (1, 32, 16, 16, 16), pass_name, isa) == "winograd4") == chosen
             assert conv_algorithm(k3, s1, p1, 1, 16, (1, 1, 64, 64, 64), pass_name, isa) == "direct"
             assert conv_algorithm(k3, (2, 2, 2), p1, 16, 16, (1, 16, 64, 64, 64), pass_name, isa) == "direct"
+            # the 8^3 bottleneck: direct in every pass; a batch of 8 of them: 64 tiles of 4^3
+            assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), pass_name, isa) == "direct"
+            assert conv_algorithm(k3, s1, p1, 128, 128, (8, 128, 8, 8, 8), pass_name, isa) == (
+                "winograd4" if chosen else "winograd")
         assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64), "grad_weight", isa) == "winograd"
-    # below 64 tiles of 4^3 the F(2^3, 3^3) rule: Winograd on AVX2, direct on AVX-512
-    for pass_name in PASSES + (INFERENCE,):
-        assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), pass_name, "avx2") == "winograd"
-        assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), pass_name, "avx512") == "direct"
     with pytest.raises(ValueError, match="pass"):
         winograd4_wins("avx2", "backward", 16, 16, 4096)
     monkeypatch.setenv("NN3D_CONV", "winograd4")                            # all but grad-weight

@@ -7,27 +7,28 @@ Winograd applies to 3x3x3 kernels with stride 1 and padding 1 (the U-Net's convo
 shape runs direct. Among those, the choice is a pure function of the instruction set the register
 tiles compile for, the pass and the shape (`winograd_wins`, `winograd4_wins`), measured on each
 instruction set (benchmarks/kernels.py, the direct rows against the "wino" and "wino4" rows; the
-figures are in docs/performance.md, "Winograd kernels", "F(4^3, 3^3) on AVX2" and "F(4^3, 3^3) on
-AVX-512"):
+figures are in docs/performance.md, "Winograd kernels", "F(4^3, 3^3) on AVX2" and "AVX-512 (Zen
+4)"):
 
-- Both: Winograd only when both channel counts are at least 16. Below that the products are too
-  thin to pay for the transforms (the U-Net's 1 -> 16 input layer).
-- AVX-512 (tile width 8): every pass by F(2^3, 3^3) from 512 output tiles of 2x2x2 voxels (a 16^3
-  volume) on; below that (the 8^3 bottleneck: 8 blocks of tiles to share between threads) direct.
-- AVX2 (tile width 4): every pass by F(2^3, 3^3) from 64 output tiles (an 8^3 volume) on: the AVX2
-  direct kernels (4-voxel tiles) are further from the machine's peak than the AVX-512 ones, so
-  Winograd wins even where few blocks are left to share.
-- Inference on both ("inference": a forward under nn3d.no_grad() or with a folded eval-mode
-  BatchNorm, after which no backward runs): F(4^3, 3^3) from 64 output tiles of 4x4x4 voxels (a
-  16^3 volume, 8 blocks of tiles) on; below that the rule of the training forward. It does 2.37x
-  fewer products than F(2^3, 3^3) and moves 2.37x less transformed data per output; below 64 tiles
-  (the 8^3 bottleneck) its filter transform (216 values per channel pair, 3.4x F(2^3, 3^3)'s,
-  computed at every call) costs more than the kernel saves.
-- Training on AVX-512: the forward and grad-input by F(4^3, 3^3) from 64 tiles of 4x4x4 voxels on
-  (grad-input transforms its flipped filter itself), grad-weight by F(2^3, 3^3). So there the
-  F(2^3, 3^3) forward and grad-input never run unless forced (`winograd_convolves`). Its float32 error
-  is some 16x F(2^3, 3^3)'s; a 100-epoch run trains to the same loss (docs/performance.md). On AVX2
-  training keeps F(2^3, 3^3) in every pass until the same is measured there.
+- Winograd only when both channel counts are at least 16. Below that the products are too thin to
+  pay for the transforms (the U-Net's 1 -> 16 input layer).
+- Forward and grad-input, in training and in inference ("inference": a forward under
+  nn3d.no_grad() or with a folded eval-mode BatchNorm, after which no backward runs): F(4^3, 3^3)
+  from 64 output tiles of 4x4x4 voxels (a 16^3 volume, 8 blocks of tiles) on, else direct.
+  F(4^3, 3^3) does 2.37x fewer products than F(2^3, 3^3) and moves 2.37x less transformed data per
+  output; grad-input transforms the flipped filter itself. Below 64 tiles (the 8^3 bottleneck) its
+  filter transform (216 values per channel pair, computed at every call) costs more than the kernel
+  saves, and F(2^3, 3^3) was no faster than direct through a training step. So the F(2^3, 3^3)
+  forward and grad-input never run unless forced (`winograd_convolves`), and a fresh install does
+  not compile them. F(4^3, 3^3)'s float32 error is some 16x F(2^3, 3^3)'s; a 100-epoch run trains
+  to the same loss (docs/performance.md).
+- Grad-weight: F(2^3, 3^3)'s transposed algorithm from 512 output tiles of 2x2x2 voxels (a 16^3
+  volume) on, else direct (at 8^3: 8 blocks of tiles to share between two threads).
+
+Measured on AVX-512 on a Zen 4, and on AVX2 with the AVX2 kernels compiled for a Zen 3 and run on
+the same Zen 4 (NUMBA_CPU_NAME=znver3 and NUMBA_CPU_FEATURES without AVX-512): the two tables
+below are equal today. On a Zen 3 itself, F(2^3, 3^3) did 1.25-2x less work than direct at 8^3 on
+one thread; the whole step was within 2 % either way on the Zen 4 (docs/performance.md).
 
 The rule depends on the compiled instruction set and the shapes only, so a machine makes the same
 choice, and computes the same bits, on every run and for every thread count (a resumed training run
@@ -49,9 +50,9 @@ PASSES = ("forward", "grad_input", "grad_weight")     # the passes of a training
 INFERENCE = "inference"                                # a forward with no backward after it
 INSTRUCTION_SETS = ("avx2", "avx512")
 WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_MIN_TILES = {"avx512": 512, "avx2": 64}   # 2x2x2 output tiles: a 16^3, an 8^3 volume
+WINOGRAD_MIN_TILES = {"avx512": 512, "avx2": 512}  # 2x2x2 output tiles (a 16^3 volume)
 WINOGRAD4_MIN_TILES = 64                            # 4x4x4 output tiles (a 16^3 volume)
-WINOGRAD4_PASSES = {"avx512": ("forward", "grad_input", INFERENCE), "avx2": (INFERENCE,)}
+WINOGRAD4_PASSES = {"avx512": ("forward", "grad_input", INFERENCE), "avx2": ("forward", "grad_input", INFERENCE)}
 
 
 def instruction_set(width=BLOCK_W):
@@ -88,9 +89,8 @@ def winograd_wins(isa, pass_name, in_channels, out_channels, tiles):
 
 def winograd4_wins(isa, pass_name, in_channels, out_channels, tiles4):
     """True where F(4^3, 3^3) is chosen (measured faster than F(2^3, 3^3) and direct): the passes
-    WINOGRAD4_PASSES[isa] (the inference forward; on AVX-512 also the training forward and
-    grad-input), both channel counts at least 16 and at least WINOGRAD4_MIN_TILES 4x4x4 output tiles
-    (`tiles4`) (the rule above)."""
+    WINOGRAD4_PASSES[isa] (forward, grad-input and the inference forward), both channel counts at
+    least 16 and at least WINOGRAD4_MIN_TILES 4x4x4 output tiles (`tiles4`) (the rule above)."""
     check_rule_arguments("winograd4_wins", isa, pass_name)
     return (pass_name in WINOGRAD4_PASSES[isa] and min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS
             and tiles4 >= WINOGRAD4_MIN_TILES)
@@ -100,7 +100,7 @@ def winograd_convolves(isa):
     """False where the rule never runs F(2^3, 3^3)'s forward or grad-input (kernels a warm-up need
     not compile): where F(4^3, 3^3) takes both from WINOGRAD4_MIN_TILES 4x4x4 tiles on and
     F(2^3, 3^3) would start only above 8x as many 2x2x2 tiles less one (a volume of fewer than 64
-    4x4x4 tiles has at most 8 x 63 = 504 2x2x2 tiles): AVX-512."""
+    4x4x4 tiles has at most 8 x 63 = 504 2x2x2 tiles): both instruction sets today."""
     takes_both = {"forward", "grad_input"} <= set(WINOGRAD4_PASSES[isa])
     return not (takes_both and WINOGRAD_MIN_TILES[isa] > 8 * (WINOGRAD4_MIN_TILES - 1))
 
