@@ -22,7 +22,7 @@ from numba import prange
 from ...core import arena
 from ..jit import blocked_kernel
 from ..padding import pad_and_concatenate
-from ..register_tile import BLOCK_C, BLOCK_W
+from ..register_tile import BLOCK_C
 from .algorithm import TILE_VALUES
 from .filter_transform import flipped_transposed_transform
 from .products import PRODUCT_ROWS, multiply_block
