@@ -15,8 +15,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
-
 from mri2ct.data import PatientSet, generate_cohort, open_data_folder
 
 STEP_RESULTS = os.path.join(os.path.dirname(__file__), "results", "step.json")

@@ -12,8 +12,6 @@ a layer's output in place before calling backward.)
 NaN propagates forward as in PyTorch; its gradient is 0. Kernels: nn3d/kernels/relu.py; plain NumPy
 references: relu_forward_reference, relu_backward_reference in nn3d/kernels/reference.py.
 """
-import numpy as np
-
 from .core import arena
 from .checks import check_forward_ran, check_grad_output, check_volume
 from .grad_mode import is_grad_enabled

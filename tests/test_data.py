@@ -1,5 +1,4 @@
 """Cohort folder, NIfTI validation, dataset normalisation, seeded epochs and flips, CLI."""
-import json
 import os
 import subprocess
 import sys

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from mri2ct import data
 from mri2ct.common import errors
 from mri2ct.data import phantom
-from mri2ct.data import cohort, folders, preprocess
+from mri2ct.data import cohort, preprocess
 from mri2ct.data.__main__ import main
 from mri2ct.data.nifti import save_volume
 from mri2ct.data.orientation import to_ras

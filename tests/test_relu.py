@@ -25,7 +25,6 @@ def test_matches_torch(shape):
     # ReLU selects or zeroes values: no arithmetic, so output and gradient must be bit-identical.
     rng = np.random.default_rng(0)
     x = input_with_zeros(shape, rng)
-    grad_output = rng.standard_normal(shape).astype(np.float32)
     ours = assert_matches_torch(ReLU(), torch.nn.ReLU(), [x], 0)
     assert np.all(ours["grad_input"][x == 0] == 0), "PyTorch's convention: gradient 0 at x = 0"
     assert is_channels_last(ours["output"]) and is_channels_last(ours["grad_input"])

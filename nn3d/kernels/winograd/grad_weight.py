@@ -75,7 +75,7 @@ from numba import prange
 from ...core import arena
 from ..jit import blocked_kernel, parallel_kernel
 from ..partial_sums import WORK_ITEMS
-from ..register_tile import BLOCK_C, BLOCK_W
+from ..register_tile import BLOCK_C
 from .algorithm import A_T, B_T, G, G_KRON, TILE_VALUES
 from .convolution import kernel_inputs
 from .products import PRODUCT_ROWS, accumulate_block_products

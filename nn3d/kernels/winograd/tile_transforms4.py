@@ -19,7 +19,6 @@ checks to avoid). Tiles at the volume's faces, and the last block of channels wh
 multiple of 16, are staged with their zeros into a 6x6x6x16 buffer (`stage_edge_tile4`); every
 other tile is read where it lies.
 """
-import numpy as np
 
 from ..jit import inlined_tile_helper, tile_helper
 from ..register_tile import BLOCK_C
