@@ -10,8 +10,8 @@ channels_last_3d; the faster counts. Compute-bound passes report GFLOP/s and the
 NumPy's sgemm rate measured in the same run; the 3x3x3 layers' forward and grad_input rows run the
 direct kernels, the "wino fwd" and "wino grad_in" rows the same passes by Winograd F(2^3, 3^3)
 (nn3d/kernels/winograd/convolution.py), the "wino4 fwd" row the forward by F(4^3, 3^3)
-(nn3d/kernels/winograd/convolution4.py, what inference runs from 16^3 on, and AVX-512's training),
-the "wino4 grad_in" row grad-input by it, the "wino grad_w" row the grad-weight pass by F(2^3,
+(nn3d/kernels/winograd/convolution4.py, what training and inference run from 16^3 on), the
+"wino4 grad_in" row grad-input by it, the "wino grad_w" row the grad-weight pass by F(2^3,
 3^3)'s transpose (nn3d/kernels/winograd/grad_weight.py); their rate is "effective":
 direct-convolution FLOPs / time.
 Winograd does 3.4x fewer multiplications, so its effective rate may exceed the sgemm rate (of
@@ -126,11 +126,11 @@ def conv_passes(kind, spec, rng):
             lambda: winograd_forward(tuple(parts_cl), filter_transform(layer.weight.data), layer.bias.data, cout),
             formats["ncdhw"]["forward"], formats["cl"]["forward"], flops, None,
             winograd_convolution_work_items(volume, cin, cout))
-        passes["wino4 fwd"] = (         # F(4^3, 3^3), the inference (and AVX-512 training) forward
+        passes["wino4 fwd"] = (         # F(4^3, 3^3), the forward from 16^3 on
             lambda: winograd4_forward(tuple(parts_cl), filter_transform4(layer.weight.data), layer.bias.data, cout),
             formats["ncdhw"]["forward"], formats["cl"]["forward"], flops, None,
             winograd4_work_items(volume, cin, cout))
-        passes["wino4 grad_in" + ("*" if cin == 1 else "")] = (     # F(4^3, 3^3), AVX-512's training grad-input
+        passes["wino4 grad_in" + ("*" if cin == 1 else "")] = (     # F(4^3, 3^3), grad-input from 16^3 on
             lambda: winograd4_grad_input(g_cl, layer.weight.data, tuple(x.shape[4] for x in parts_cl)),
             formats["ncdhw"]["grad_input"], formats["cl"]["grad_input"], flops, None,
             winograd4_work_items(volume, cout, cin))

@@ -69,18 +69,16 @@ gradient comes out already split, one contiguous array per input.
 Reference: conv3d_forward_reference, conv3d_grad_input_reference and conv3d_grad_weight_reference in
 nn3d/kernels/reference.py compute (1), (2) and (4) in plain NumPy; read them before the fast kernels.
 
-Algorithm: 3x3x3, stride-1, padding-1 convolutions of 16 or more channels compute (1), (3) and (4)
-by Winograd's F(2^3, 3^3) (nn3d/kernels/winograd/: 64 multiplications per 2x2x2 output tile and
-channel pair instead of 216; (4) by its transpose, nn3d/kernels/winograd/grad_weight.py);
-`conv_algorithm` (nn3d/kernels/conv_algorithm.py) decides per pass, and NN3D_CONV=direct|winograd
-forces one for all three. A forward under nn3d.no_grad() (inference), and on AVX-512 the training
-forward and (3), may instead run by F(4^3, 3^3) (nn3d/kernels/winograd/convolution4.py, 216
-multiplications per 4x4x4 output tile; NN3D_CONV=winograd4 forces it for every forward and (3); its
-(3) transforms the flipped, in/out-swapped filter itself). (5) is a channel sum either way. Winograd reads
-its inputs unpadded and in place, a decoder's two side by side as if concatenated (so backward makes
-no x_pad), and computes (3) for all of them in one pass whose output comes out split into the
-inputs' bands. The filter transform it needs (U, from the weights) is computed once, in forward, and
-kept for backward (computed in backward when grad-input runs by Winograd after a direct forward).
+Algorithm: 3x3x3, stride-1, padding-1 convolutions of 16 or more channels may compute (1), (3) and
+(4) by Winograd's minimal filtering (nn3d/kernels/winograd/): F(4^3, 3^3) for (1) and (3) (216
+multiplications per 4x4x4 output tile and channel pair instead of 1728, convolution4.py) and
+F(2^3, 3^3)'s transpose for (4) (grad_weight.py); `conv_algorithm` (nn3d/kernels/conv_algorithm.py)
+decides per pass and shape, and NN3D_CONV=direct|winograd|winograd4 forces one. (5) is a channel
+sum either way. Winograd reads its inputs unpadded and in place, a decoder's two side by side as if
+concatenated (so backward makes no x_pad), and computes (3) for all of them in one pass whose
+output comes out split into the inputs' bands. F(2^3, 3^3)'s (3) reuses the filter transform (U,
+from the weights) its forward computed and kept (computed in backward after a direct forward);
+F(4^3, 3^3)'s (3) transforms the flipped, in/out-swapped filter itself.
 
 Memory: activations are channels-last (nn3d/layout.py); the kernels (nn3d/kernels/conv3d.py and
 conv3d_grad_weight.py) work on (N, D, H, W, C) arrays, cite the line numbers above and use the same
@@ -232,7 +230,8 @@ class Conv3d(Module):
 
     def _algorithm(self, input_shape, pass_name="forward"):
         """'direct', 'winograd' or 'winograd4' for the pass (1) 'forward', (3) 'grad_input' or (4)
-        'grad_weight' (or 'inference') on an input of input_shape (N, Cin, D, H, W): nn3d/kernels/conv_algorithm.py."""
+        'grad_weight' (or 'inference') on an input of input_shape (N, Cin, D, H, W):
+        nn3d/kernels/conv_algorithm.py."""
         return conv_algorithm(self.kernel_size, self.stride, self.padding, self.in_channels,
                               self.out_channels, input_shape, pass_name)
 

@@ -5,14 +5,15 @@ Numba compiles one kernel at a time per process (under its compiler lock), and a
 compiles a training step's ~20 kernels in 50-80 s of CPU time. The compiled code goes to the
 on-disk cache (`cache=True`, nn3d/kernels/jit.py), which every process on the machine shares. So
 `warm_up(dtype, processes)` runs TASKS, small passes through every layer path a U-Net uses (the
-direct convolutions, F(4^3, 3^3)'s forward and grad-input, F(2^3, 3^3)'s grad-weight and, where the
-rule runs them, its forward and grad-input, the up-convolution, BatchNorm + ReLU, pooling, the 1x1x1 head, the loss and AdamW) on tiny arrays of
-`dtype`, split into `processes` shares of about equal compile time (COMPILE_SECONDS): this process
-runs the first share, and the moment it hears its first compilation (a cold cache; Numba's
-"numba:compile" event) it starts one worker process per other share (`python -m nn3d.warm_up`). A
-warm cache starts no process: the passes load their kernels, as the first step would have. After the
-warm-up the first step finds every kernel in memory or in the cache (tests/test_warm_up.py checks
-that a U-Net step and eval forward add no compiled signature).
+direct convolutions, F(4^3, 3^3)'s forward and grad-input, F(2^3, 3^3)'s grad-weight and, where
+the rule runs them, its forward and grad-input, the up-convolution, BatchNorm + ReLU, pooling, the
+1x1x1 head, the loss and AdamW) on tiny arrays of `dtype`, split into `processes` shares of about
+equal compile time (COMPILE_SECONDS): this process runs the first share, and the moment it hears its
+first compilation (a cold cache; Numba's "numba:compile" event) it starts one worker process per
+other share (`python -m nn3d.warm_up`). A warm cache starts no process: the passes load their
+kernels, as the first step would have. After the warm-up the first step finds every kernel in
+memory or in the cache (tests/test_warm_up.py checks that a U-Net step and eval forward add no
+compiled signature).
 """
 import argparse
 import contextlib
@@ -82,7 +83,7 @@ def winograd_filter_transform_passes(dtype):
     """Winograd's filter transforms alone (the forward's, and grad-input's made from it), on a 16 -> 16
     weight. A task of its own, run first in a share without the Winograd convolutions (`shares`), so
     that its kernels are in the cache by the time `winograd_passes`, in another process, needs them.
-    Nothing where the rule never runs F(2^3, 3^3)'s forward and grad-input (AVX-512)."""
+    Nothing where the rule never runs F(2^3, 3^3)'s forward and grad-input (`winograd_convolves`)."""
     if not winograd_convolves(COMPILED_FOR):
         return
     u_packed = filter_transform(Conv3d(16, 16, 3, padding=1).to(dtype).weight.data)
@@ -98,13 +99,13 @@ def winograd_passes(dtype):
                            for seed in (1, 2, 3))
     winograd_grad_weight((x0,), grad_output)
     winograd_grad_weight((x0, x1), grad_output)
-    if winograd_convolves(COMPILED_FOR):               # not on AVX-512: grad-weight is all it runs
+    if winograd_convolves(COMPILED_FOR):               # else grad-weight is all F(2^3, 3^3) runs
         convolution_passes("winograd", dtype)
 
 
 def winograd4_passes(dtype):
     """F(4^3, 3^3): the eval forward, one input and a decoder's two, its BatchNorm folded in, and
-    where the rule trains by it (nn3d/kernels/conv_algorithm.py: AVX-512) the training forward and
+    where the rule trains by it (nn3d/kernels/conv_algorithm.py: both today) the training forward and
     grad-input, called directly (the layer's backward would also compile F(2^3, 3^3)'s grad-weight,
     which `winograd_passes` compiles in another share)."""
     with forced_algorithm("winograd4"), no_grad():

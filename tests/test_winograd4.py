@@ -231,7 +231,14 @@ def test_layer_runs_f43_in_inference(relu, monkeypatch):
 def test_layer_trains_by_f43(batch, channels, cout, size, monkeypatch):
     """A training forward and backward forced to F(4^3, 3^3) (forward and grad-input; grad-weight by
     F(2^3, 3^3)) against the direct kernels (themselves checked against PyTorch in test_conv3d.py):
-    a decoder's two inputs and a single odd one, float32 to F(4^3, 3^3)'s accuracy."""
+    a decoder's two inputs and a single odd one, float32 to F(4^3, 3^3)'s accuracy; both F(4^3, 3^3)
+    passes did run."""
+    import nn3d.conv3d as conv3d_module
+    calls = []
+    for name in ("winograd4_forward", "winograd4_grad_input"):
+        original = getattr(conv3d_module, name)
+        monkeypatch.setattr(conv3d_module, name,
+                            lambda *a, name=name, original=original, **k: calls.append(name) or original(*a, **k))
     rng = np.random.default_rng(11)
     layer = nn3d.Conv3d(sum(channels), cout, 3, padding=1)
     inputs = [rng.standard_normal((batch, c, *size)).astype(np.float32) for c in channels]
@@ -244,6 +251,7 @@ def test_layer_trains_by_f43(batch, channels, cout, size, monkeypatch):
         grads = layer.backward(grad_output)
         grads = grads if isinstance(grads, tuple) else (grads,)
         results[algorithm] = (y, *(g.copy() for g in grads), layer.weight.grad.copy(), layer.bias.grad.copy())
+    assert calls == ["winograd4_forward", "winograd4_grad_input"]
     for ours, expected in zip(results["winograd4"], results["direct"]):
         assert max_relative_error(ours, expected) < 1.5e-4
 

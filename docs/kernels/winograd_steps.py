@@ -15,10 +15,9 @@ and the products in registers (step 3); then larger tiles do fewer multiplicatio
     1 one tile at a time in plain loops: gather d, B^T along three axes, 64 products per channel
       pair, A^T along three axes (Numba, tiles in parallel)
     2 all tiles at once: the 64 products as 64 (tiles x Cin) @ (Cin x Cout) matrix products (NumPy)
-    3 the library's fused, blocked kernel, as nn3d.Conv3d calls it
+    3 the library's fused, blocked kernel (nn3d.Conv3d's with NN3D_CONV=winograd)
     4 F(4^3, 3^3): the same kernel structure with 6x6x6 input tiles, 2.37x fewer products (the
-      library's inference forward, and on AVX-512 its training forward and grad-input;
-      nn3d/kernels/winograd/algorithm4.py)
+      library's forward and grad-input from 16^3 on; nn3d/kernels/winograd/algorithm4.py)
 
 Steps 1-4 use every core (Numba's threads, or NumPy's BLAS threads in step 2). Steps 0 and 2 hold
 every transformed tile in memory (8x the input, and float64 in step 0), and step 0 is slow (0.1-0.6
@@ -175,12 +174,13 @@ def batched_products(x, weight, bias):
 
 # ---- step 3 ----------------------------------------------------------------------------------------
 def library(x, weight, bias):
-    """Step 3, nn3d's winograd_forward as nn3d.Conv3d calls it (after filter_transform, U packed in
-    blocks of 16 output channels): step 2's matrix products without its memory traffic. Blocks of
+    """Step 3, nn3d's winograd_forward as nn3d.Conv3d calls it with NN3D_CONV=winograd (by default
+    the layer runs step 4, and this kernel's transpose for grad-weight), after filter_transform (U
+    packed in blocks of 16 output channels): step 2's matrix products without its memory traffic. Blocks of
     8-64 consecutive tiles, one per worker thread at a time: a block's V and M (about 128 KiB) stay in
     L2 from the input transform through the products to the output transform; the transforms run 16
     channels at a time in vector registers, one plane of a tile at a time; the products are register
-    tiles (4 or 8 tiles x 16 output channels), like the direct kernel's."""
+    tiles (6 or 8 tiles x 16 output channels), like the direct kernel's."""
     u_packed = filter_transform(weight)                                         # (64, Cout/16, Cin, 16)
     return winograd_forward((x,), u_packed, bias, weight.shape[0])              # (N, D, H, W, Cout)
 
@@ -192,9 +192,9 @@ def larger_tiles(x, weight, bias):
     2.37x less transformed data per output to carry through V and M; the transforms cost about as
     much per output as step 3's. The price is accuracy: B4^T's and A4^T's entries up to 5 and 8 make
     intermediate values larger than the outputs, and the float32 error some 60x step 3's (still far
-    inside the tolerance; algorithm4.py, section 4). nn3d runs it for the inference forward, and on
-    AVX-512 for the training forward and grad-input too, where a 100-epoch run trained to the same
-    loss (docs/performance.md)."""
+    inside the tolerance; algorithm4.py, section 4). nn3d runs it for the forward and grad-input of
+    the layers of 16^3 and more, in training too, where a 100-epoch run trained to the same loss as
+    step 3 (docs/performance.md)."""
     return winograd4_forward((x,), filter_transform4(weight), bias, weight.shape[0])   # (N, D, H, W, Cout)
 
 

@@ -7,7 +7,7 @@
     convolution.py       forward and grad-input: the block kernel, the blocking rule, the bands
     grad_weight.py       grad-weight by the transposed algorithm
 
-and F(4^3, 3^3), the inference forward (nn3d/kernels/conv_algorithm.py), in the same order:
+and F(4^3, 3^3), the forward and grad-input (nn3d/kernels/conv_algorithm.py), in the same order:
 
     algorithm4.py         F(4, 3)'s derivation, matrices B4^T, G4, A4^T, its notation, plain references
     filter_transform4.py  its U from the weights, packed

@@ -10,10 +10,11 @@ M (216, Cout/16, rows, 16) sized for L2, two inputs read and two outputs written
 and a folded ReLU applied as the output is stored. The products are products.py's `multiply_block`
 over 216 positions.
 
-It runs the inference forward, and on AVX-512 the training forward and grad-input
-(nn3d/kernels/conv_algorithm.py): grad-input (`winograd4_grad_input`) is the same convolution of the
-output gradient with the flipped, in/out-swapped filter, transformed anew. Grad-weight stays
-F(2^3, 3^3)'s (grad_weight.py).
+It runs the forward (training and inference) and grad-input (nn3d/kernels/conv_algorithm.py):
+grad-input (`winograd4_grad_input`) is the same convolution of the output gradient with the flipped,
+in/out-swapped filter, transformed anew. (F(2^3, 3^3) gets that transform from the forward's by
+exchanging the points 0 and infinity; F(4^3, 3^3)'s points 2 and -2 have no inverse among its points,
+so no such exchange exists.) Grad-weight stays F(2^3, 3^3)'s (grad_weight.py).
 """
 import numba
 import numpy as np
