@@ -166,12 +166,12 @@ TASKS = {"winograd filter transforms": winograd_filter_transform_passes,
          "memory-bound": memory_bound_passes}
 
 # CPU seconds each task compiles on a cold cache, in TASKS's order in one process (a kernel that two
-# tasks use counted in the first that compiles it; docs/performance.md), on a Zen 4, AVX2's with
-# NUMBA_CPU_NAME=znver3 and AVX-512 turned off (the F(2^3, 3^3) forward and grad-input are not
-# compiled: `winograd_convolves`). Only their ratios matter: they balance the shares
+# tasks use counted in the first that compiles it; docs/performance.md): AVX2's on a Zen 3, AVX-512's
+# on a Zen 4 (the F(2^3, 3^3) forward and grad-input are not compiled: `winograd_convolves`). Only
+# their ratios matter: they balance the shares
 COMPILE_SECONDS_BY_ISA = {
-    "avx2": {"winograd convolution": 16, "direct convolution": 10, "winograd4 convolution": 9,
-             "up-convolution": 4, "memory-bound": 3, "head": 3, "winograd filter transforms": 0},
+    "avx2": {"winograd convolution": 22, "direct convolution": 15, "winograd4 convolution": 13,
+             "up-convolution": 7, "memory-bound": 4, "head": 4, "winograd filter transforms": 0},
     "avx512": {"winograd convolution": 15, "direct convolution": 12, "winograd4 convolution": 10,
                "up-convolution": 5, "memory-bound": 4, "head": 3, "winograd filter transforms": 0}}
 COMPILE_SECONDS = COMPILE_SECONDS_BY_ISA[COMPILED_FOR]

@@ -25,10 +25,10 @@ figures are in docs/performance.md, "Winograd kernels", "F(4^3, 3^3) on AVX2" an
 - Grad-weight: F(2^3, 3^3)'s transposed algorithm from 512 output tiles of 2x2x2 voxels (a 16^3
   volume) on, else direct (at 8^3: 8 blocks of tiles to share between two threads).
 
-Measured on AVX-512 on a Zen 4, and on AVX2 with the AVX2 kernels compiled for a Zen 3 and run on
-the same Zen 4 (NUMBA_CPU_NAME=znver3 and NUMBA_CPU_FEATURES without AVX-512): the two tables
-below are equal today. On a Zen 3 itself, F(2^3, 3^3) did 1.25-2x less work than direct at 8^3 on
-one thread; the whole step was within 2 % either way on the Zen 4 (docs/performance.md).
+Measured on AVX-512 on a Zen 4 and on AVX2 on a Zen 3: the two tables below are equal today. At 8^3
+F(2^3, 3^3) is faster per pass on a Zen 3, but through a whole step by 1-3.5 % at most, less than the
+14 s of compilation its forward and grad-input would add to a fresh install (docs/performance.md,
+"AVX2 (Zen 3)").
 
 The rule depends on the compiled instruction set and the shapes only, so a machine makes the same
 choice, and computes the same bits, on every run and for every thread count (a resumed training run
