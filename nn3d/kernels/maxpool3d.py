@@ -16,16 +16,21 @@ A NaN replaces it too, so NaN propagates, as in PyTorch.
 Each kernel has a plain NumPy reference with the same loop names in nn3d/kernels/reference.py;
 tests compare the pairs.
 """
+import functools
+
 import numpy as np
 from numba import prange
 
 from .jit import parallel_kernel
 
 
+@functools.lru_cache(maxsize=64)
 def window_offsets(x_shape, kernel_d, kernel_h, kernel_w):
     """The flat offsets of a window's voxels from its first voxel in a C-contiguous (N, D, H, W, C)
     array of shape x_shape, in scan order (position a = (kz * kernel_h + ky) * kernel_w + kx): a tuple
-    of unsigned integers, so its length (the window's size) is a compile-time constant of the kernel."""
+    of unsigned integers, so its length (the window's size) is a compile-time constant of the kernel.
+    Kept per shape: a U-Net asks for the same few every step, and building one costs as much as
+    pooling an 8^3 output."""
     _, _, in_h, in_w, channels = x_shape
     return tuple(np.uint64(((kz * in_h + ky) * in_w + kx) * channels)
                  for kz in range(kernel_d) for ky in range(kernel_h) for kx in range(kernel_w))
