@@ -11,8 +11,9 @@ NumPy's sgemm rate measured in the same run; the 3x3x3 layers' forward and grad_
 direct kernels, the "wino fwd" and "wino grad_in" rows the same passes by Winograd F(2^3, 3^3)
 (nn3d/kernels/winograd/convolution.py), the "wino4 fwd" row the forward by F(4^3, 3^3)
 (nn3d/kernels/winograd/convolution4.py, what training and inference run from 16^3 on), the
-"wino4 grad_in" row grad-input by it, the "wino grad_w" row the grad-weight pass by F(2^3,
-3^3)'s transpose (nn3d/kernels/winograd/grad_weight.py); their rate is "effective":
+"wino4 grad_in" row grad-input by it, the "wino grad_w" and "wino4 grad_w" rows the grad-weight
+pass by the transpose of F(2^3, 3^3) and F(4^3, 3^3) (nn3d/kernels/winograd/grad_weight.py,
+grad_weight4.py: the first on AVX-512, the second on AVX2); their rate is "effective":
 direct-convolution FLOPs / time.
 Winograd does 3.4x fewer multiplications, so its effective rate may exceed the sgemm rate (of
 roof > 100%).
@@ -80,6 +81,7 @@ def conv_passes(kind, spec, rng):
     from nn3d.kernels.winograd.filter_transform import filter_transform
     from nn3d.kernels.winograd.filter_transform4 import filter_transform4
     from nn3d.kernels.winograd.grad_weight import winograd_grad_weight, winograd_grad_weight_work_items
+    from nn3d.kernels.winograd.grad_weight4 import winograd4_grad_weight, winograd4_grad_weight_work_items
     from nn3d.layout import to_channels_last
 
     cin, cout, size = spec["cin"], spec["cout"], spec["size"]
@@ -141,6 +143,9 @@ def conv_passes(kind, spec, rng):
         passes["wino grad_w"] = (       # the inputs in place, as the layer
             lambda: winograd_grad_weight(tuple(parts_cl), g_cl), formats["ncdhw"]["grad_weight"],
             formats["cl"]["grad_weight"], flops, None, winograd_grad_weight_work_items(volume, cin, cout))
+        passes["wino4 grad_w"] = (      # F(4^3, 3^3), grad-weight from 16^3 on where the rule says so
+            lambda: winograd4_grad_weight(tuple(parts_cl), g_cl), formats["ncdhw"]["grad_weight"],
+            formats["cl"]["grad_weight"], flops, None, winograd4_grad_weight_work_items(volume, cin, cout))
     return passes
 
 

@@ -71,9 +71,10 @@ nn3d/kernels/reference.py compute (1), (2) and (4) in plain NumPy; read them bef
 
 Algorithm: 3x3x3, stride-1, padding-1 convolutions of 16 or more channels may compute (1), (3) and
 (4) by Winograd's minimal filtering (nn3d/kernels/winograd/): F(4^3, 3^3) for (1) and (3) (216
-multiplications per 4x4x4 output tile and channel pair instead of 1728, convolution4.py) and
-F(2^3, 3^3)'s transpose for (4) (grad_weight.py); `conv_algorithm` (nn3d/kernels/conv_algorithm.py)
-decides per pass and shape, and NN3D_CONV=direct|winograd|winograd4 forces one. (5) is a channel
+multiplications per 4x4x4 output tile and channel pair instead of 1728, convolution4.py) and the
+transpose of F(4^3, 3^3) or F(2^3, 3^3) for (4) (grad_weight4.py, grad_weight.py); `conv_algorithm`
+(nn3d/kernels/conv_algorithm.py) decides per pass, shape and instruction set, and
+NN3D_CONV=direct|winograd|winograd4 forces one. (5) is a channel
 sum either way. Winograd reads its inputs unpadded and in place, a decoder's two side by side as if
 concatenated (so backward makes no x_pad), and computes (3) for all of them in one pass whose
 output comes out split into the inputs' bands. F(2^3, 3^3)'s (3) reuses the filter transform (U,
@@ -101,6 +102,7 @@ from .kernels.winograd.convolution4 import winograd4_forward, winograd4_grad_inp
 from .kernels.winograd.filter_transform import filter_transform
 from .kernels.winograd.filter_transform4 import filter_transform4
 from .kernels.winograd.grad_weight import winograd_grad_weight
+from .kernels.winograd.grad_weight4 import winograd4_grad_weight
 from .layout import from_channels_last, to_channels_last
 from .module import Module, Parameter
 
@@ -193,7 +195,10 @@ class Conv3d(Module):
         check_grad_output(grad_output, output_shape, inputs_cl[0].dtype, "Conv3d")
         self._cache = None                                                # consumed: x goes after (4)
         grad_output_cl = to_channels_last(grad_output)                    # (N, Do, Ho, Wo, Cout)
-        if self._algorithm(input_shape, "grad_weight") == "winograd":     # the inputs in place
+        grad_weight_algorithm = self._algorithm(input_shape, "grad_weight")
+        if grad_weight_algorithm == "winograd4":                          # the inputs in place
+            self.weight.grad += winograd4_grad_weight(inputs_cl, grad_output_cl)  # (4) (Cout, Cin, 3, 3, 3)
+        elif grad_weight_algorithm == "winograd":                         # the inputs in place
             self.weight.grad += winograd_grad_weight(inputs_cl, grad_output_cl)   # (4) (Cout, Cin, 3, 3, 3)
         else:
             x_pad = pad_and_concatenate(inputs_cl, self.padding)          # (N, D+2pd, H+2ph, W+2pw, Cin)

@@ -29,12 +29,14 @@ from .batchnorm_folding import conv_batchnorm_eval
 from .conv3d import Conv3d
 from .conv_transpose3d import ConvTranspose3d
 from .grad_mode import no_grad
-from .kernels.conv_algorithm import COMPILED_FOR, WINOGRAD4_MIN_TILES, winograd4_wins, winograd_convolves
+from .kernels.conv_algorithm import (COMPILED_FOR, WINOGRAD4_MIN_TILES, winograd4_wins, winograd_convolves,
+                                     winograd_runs)
 from .kernels.jit import FirstCompilation
 from .kernels.winograd.convolution4 import winograd4_forward, winograd4_grad_input
 from .kernels.winograd.filter_transform import filter_transform, flipped_transposed_transform
 from .kernels.winograd.filter_transform4 import filter_transform4
 from .kernels.winograd.grad_weight import winograd_grad_weight
+from .kernels.winograd.grad_weight4 import winograd4_grad_weight
 from .loss import MSELoss
 from .maxpool3d import MaxPool3d
 from .optim import AdamW, clip_grad_norm_
@@ -90,24 +92,29 @@ def winograd_filter_transform_passes(dtype):
     flipped_transposed_transform(u_packed, 16)
 
 
+def channels_last_volumes(dtype):
+    """Two inputs and an output gradient (1, 8, 8, 8, 16), channels-last, for kernels called directly."""
+    return tuple(np.ascontiguousarray(volume(16, 8, dtype, seed).transpose(0, 2, 3, 4, 1)) for seed in (1, 2, 3))
+
+
 def winograd_passes(dtype):
-    """Winograd's grad-weight first, called directly (it needs no filter transform; one input and a
+    """F(2^3, 3^3)'s grad-weight first, called directly (it needs no filter transform; one input and a
     decoder's two, channels-last), then the layer passes of `convolution_passes`, which find the
-    filter transforms compiled by the other share's first task and grad-weight compiled here (where
-    the rule runs them: `winograd_convolves`)."""
-    x0, x1, grad_output = (np.ascontiguousarray(volume(16, 8, dtype, seed).transpose(0, 2, 3, 4, 1))
-                           for seed in (1, 2, 3))
-    winograd_grad_weight((x0,), grad_output)
-    winograd_grad_weight((x0, x1), grad_output)
-    if winograd_convolves(COMPILED_FOR):               # else grad-weight is all F(2^3, 3^3) runs
+    filter transforms compiled by the other share's first task and grad-weight compiled here: each
+    where the rule runs it (`winograd_runs`, `winograd_convolves`)."""
+    x0, x1, grad_output = channels_last_volumes(dtype)
+    if winograd_runs(COMPILED_FOR, "grad_weight"):
+        winograd_grad_weight((x0,), grad_output)
+        winograd_grad_weight((x0, x1), grad_output)
+    if winograd_convolves(COMPILED_FOR):
         convolution_passes("winograd", dtype)
 
 
 def winograd4_passes(dtype):
     """F(4^3, 3^3): the eval forward, one input and a decoder's two, its BatchNorm folded in, and
-    where the rule trains by it (nn3d/kernels/conv_algorithm.py: both today) the training forward and
-    grad-input, called directly (the layer's backward would also compile F(2^3, 3^3)'s grad-weight,
-    which `winograd_passes` compiles in another share)."""
+    where the rule trains by it (nn3d/kernels/conv_algorithm.py) the training forward, grad-input and
+    grad-weight, called directly (on AVX-512 the layer's backward would also compile F(2^3, 3^3)'s
+    grad-weight, which `winograd_passes` compiles in another share)."""
     with forced_algorithm("winograd4"), no_grad():
         batchnorm = BatchNorm3d(16, relu=True).to(dtype).eval()
         conv_batchnorm_eval(Conv3d(16, 16, 3, padding=1).to(dtype), batchnorm, volume(16, 8, dtype))
@@ -115,12 +122,13 @@ def winograd4_passes(dtype):
                             volume(16, 8, dtype, 2))
     if not winograd4_wins(COMPILED_FOR, "forward", 16, 16, WINOGRAD4_MIN_TILES):
         return
-    x0, x1, grad_output = (np.ascontiguousarray(volume(16, 8, dtype, seed).transpose(0, 2, 3, 4, 1))
-                           for seed in (1, 2, 3))
+    x0, x1, grad_output = channels_last_volumes(dtype)
     for inputs in ((x0,), (x0, x1)):
         weight = Conv3d(16 * len(inputs), 16, 3, padding=1).to(dtype).weight.data
         winograd4_forward(inputs, filter_transform4(weight), None, 16)
         winograd4_grad_input(grad_output, weight, (16,) * len(inputs))
+        if winograd4_wins(COMPILED_FOR, "grad_weight", 16, 16, WINOGRAD4_MIN_TILES):
+            winograd4_grad_weight(inputs, grad_output)
 
 
 def up_convolution_passes(dtype):

@@ -220,7 +220,7 @@ def test_rule_is_a_function_of_the_instruction_set_the_pass_and_the_shape(monkey
     k3, s1, p1 = (3, 3, 3), (1, 1, 1), (1, 1, 1)
     for isa in ("avx2", "avx512"):
         for pass_name in PASSES:
-            f43 = pass_name != "grad_weight"                              # F(4^3, 3^3): test_winograd4.py
+            f43 = pass_name != "grad_weight" or isa == "avx2"             # F(4^3, 3^3): test_winograd4.py
             assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64), pass_name, isa) == (
                 "winograd4" if f43 else "winograd")
             assert conv_algorithm(k3, s1, p1, 1, 16, (1, 1, 64, 64, 64), pass_name, isa) == "direct"

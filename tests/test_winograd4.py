@@ -1,4 +1,5 @@
-"""Winograd F(4^3, 3^3) (nn3d/kernels/winograd/algorithm4.py, filter_transform4.py, convolution4.py):
+"""Winograd F(4^3, 3^3) (nn3d/kernels/winograd/algorithm4.py, filter_transform4.py, convolution4.py;
+grad_weight4.py's kernel is tested in test_winograd4_grad_weight.py):
 the matrices against the direct 1-D sum and their derivation, the fast kernel against the plain
 reference (itself checked against the direct convolution in tests/test_winograd.py), the rule that
 picks it, and the layer that runs it."""
@@ -166,15 +167,16 @@ def test_float32_error_is_bounded():
 
 
 # ---- the rule (nn3d/kernels/conv_algorithm.py) and the layer ----------------------------------------
-def test_rule_takes_f43_for_forward_and_grad_input(monkeypatch):
+def test_rule_takes_f43_for_forward_and_grad_input_and_on_avx2_grad_weight(monkeypatch):
     from nn3d.kernels.conv_algorithm import (INFERENCE, INSTRUCTION_SETS, PASSES, conv_algorithm, winograd4_wins,
-                                             winograd_convolves)
+                                             winograd_convolves, winograd_runs)
     monkeypatch.delenv("NN3D_CONV", raising=False)
     k3, s1, p1 = (3, 3, 3), (1, 1, 1), (1, 1, 1)
     for isa in INSTRUCTION_SETS:
-        assert not winograd_convolves(isa)                                  # F(2^3, 3^3): grad-weight only
+        assert not winograd_convolves(isa)                                  # F(2^3, 3^3): grad-weight only,
+        assert winograd_runs(isa, "grad_weight") == (isa == "avx512")      # and that on AVX-512 only
         for pass_name in PASSES + (INFERENCE,):
-            chosen = pass_name != "grad_weight"
+            chosen = pass_name != "grad_weight" or isa == "avx2"
             assert winograd4_wins(isa, pass_name, 16, 16, 4096) == chosen      # 16 -> 16 at 64^3
             assert winograd4_wins(isa, pass_name, 64, 64, 64) == chosen        # 16^3: 64 tiles
             assert not winograd4_wins(isa, pass_name, 128, 128, 8)             # 8^3: one block of tiles
@@ -186,15 +188,16 @@ def test_rule_takes_f43_for_forward_and_grad_input(monkeypatch):
             assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), pass_name, isa) == "direct"
             assert conv_algorithm(k3, s1, p1, 128, 128, (8, 128, 8, 8, 8), pass_name, isa) == (
                 "winograd4" if chosen else "winograd")
-        assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64), "grad_weight", isa) == "winograd"
+        assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 64, 64, 64), "grad_weight", isa) == (
+            "winograd4" if isa == "avx2" else "winograd")
     with pytest.raises(ValueError, match="pass"):
         winograd4_wins("avx2", "backward", 16, 16, 4096)
-    monkeypatch.setenv("NN3D_CONV", "winograd4")                            # all but grad-weight
+    monkeypatch.setenv("NN3D_CONV", "winograd4")                            # every pass
     for isa in ("avx2", "avx512"):
         assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), "forward", isa) == "winograd4"
         assert conv_algorithm(k3, s1, p1, 128, 128, (1, 128, 8, 8, 8), INFERENCE, isa) == "winograd4"
         assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 8, 8, 8), "grad_input", isa) == "winograd4"
-        assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 8, 8, 8), "grad_weight", isa) == "winograd"
+        assert conv_algorithm(k3, s1, p1, 16, 16, (1, 16, 8, 8, 8), "grad_weight", isa) == "winograd4"
         assert conv_algorithm(k3, (2, 2, 2), p1, 16, 16, (1, 16, 8, 8, 8), "forward", isa) == "direct"
 
 
@@ -229,13 +232,13 @@ def test_layer_runs_f43_in_inference(relu, monkeypatch):
 
 @pytest.mark.parametrize("batch, channels, cout, size", [(2, (16, 16), 16, (9, 6, 7)), (1, (5,), 17, (5, 8, 4))])
 def test_layer_trains_by_f43(batch, channels, cout, size, monkeypatch):
-    """A training forward and backward forced to F(4^3, 3^3) (forward and grad-input; grad-weight by
-    F(2^3, 3^3)) against the direct kernels (themselves checked against PyTorch in test_conv3d.py):
-    a decoder's two inputs and a single odd one, float32 to F(4^3, 3^3)'s accuracy; both F(4^3, 3^3)
+    """A training forward and backward forced to F(4^3, 3^3) (forward, grad-input and grad-weight)
+    against the direct kernels (themselves checked against PyTorch in test_conv3d.py): a decoder's
+    two inputs and a single odd one, float32 to F(4^3, 3^3)'s accuracy; all three F(4^3, 3^3)
     passes did run."""
     import nn3d.conv3d as conv3d_module
     calls = []
-    for name in ("winograd4_forward", "winograd4_grad_input"):
+    for name in ("winograd4_forward", "winograd4_grad_input", "winograd4_grad_weight"):
         original = getattr(conv3d_module, name)
         monkeypatch.setattr(conv3d_module, name,
                             lambda *a, name=name, original=original, **k: calls.append(name) or original(*a, **k))
@@ -251,7 +254,7 @@ def test_layer_trains_by_f43(batch, channels, cout, size, monkeypatch):
         grads = layer.backward(grad_output)
         grads = grads if isinstance(grads, tuple) else (grads,)
         results[algorithm] = (y, *(g.copy() for g in grads), layer.weight.grad.copy(), layer.bias.grad.copy())
-    assert calls == ["winograd4_forward", "winograd4_grad_input"]
+    assert sorted(calls) == ["winograd4_forward", "winograd4_grad_input", "winograd4_grad_weight"]
     for ours, expected in zip(results["winograd4"], results["direct"]):
         assert max_relative_error(ours, expected) < 1.5e-4
 

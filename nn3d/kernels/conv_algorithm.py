@@ -1,7 +1,7 @@
 """Which algorithm computes each pass of a Conv3d, forward, grad-input and grad-weight, and the
 forward of inference: the direct kernels (nn3d/kernels/conv3d.py, conv3d_grad_weight.py),
 Winograd's F(2^3, 3^3) (nn3d/kernels/winograd/, "winograd") or F(4^3, 3^3)
-(nn3d/kernels/winograd/convolution4.py, "winograd4", forward and grad-input).
+(nn3d/kernels/winograd/convolution4.py and grad_weight4.py, "winograd4").
 
 Winograd applies to 3x3x3 kernels with stride 1 and padding 1 (the U-Net's convolutions); every other
 shape runs direct. Among those, the choice is a pure function of the instruction set the register
@@ -22,13 +22,17 @@ figures are in docs/performance.md, "Winograd kernels", "F(4^3, 3^3) on AVX2" an
   forward and grad-input never run unless forced (`winograd_convolves`), and a fresh install does
   not compile them. F(4^3, 3^3)'s float32 error is some 16x F(2^3, 3^3)'s; a 100-epoch run trains
   to the same loss (docs/performance.md).
-- Grad-weight: F(2^3, 3^3)'s transposed algorithm from 512 output tiles of 2x2x2 voxels (a 16^3
-  volume) on, else direct (at 8^3: 8 blocks of tiles to share between two threads).
+- Grad-weight: on AVX2, F(4^3, 3^3)'s transposed algorithm from 64 output tiles of 4x4x4 voxels (a
+  16^3 volume) on, else direct; measured 1.2-1.7x faster than F(2^3, 3^3)'s on every U-Net layer
+  from 16^3 on, on a Zen 3, so F(2^3, 3^3) runs nothing there (`winograd_runs`). On AVX-512,
+  F(2^3, 3^3)'s transposed algorithm from 512 output tiles of 2x2x2 voxels (a 16^3 volume) on, else
+  direct: F(4^3, 3^3)'s grad-weight is not yet timed on an AVX-512 machine. At 8^3 (8 blocks of tiles
+  to share between two threads) direct on both.
 
-Measured on AVX-512 on a Zen 4 and on AVX2 on a Zen 3: the two tables below are equal today. At 8^3
-F(2^3, 3^3) is faster per pass on a Zen 3, but through a whole step by 1-3.5 % at most, less than the
-14 s of compilation its forward and grad-input would add to a fresh install (docs/performance.md,
-"AVX2 (Zen 3)").
+Measured on AVX-512 on a Zen 4 and on AVX2 on a Zen 3; the tables below differ in grad-weight only.
+At 8^3 F(2^3, 3^3) is faster per pass on a Zen 3, but through a whole step by 1-3.5 % at most, less
+than the 14 s of compilation its forward and grad-input would add to a fresh install
+(docs/performance.md, "AVX2 (Zen 3)").
 
 The rule depends on the compiled instruction set and the shapes only, so a machine makes the same
 choice, and computes the same bits, on every run and for every thread count (a resumed training run
@@ -38,8 +42,7 @@ and pads x when grad-weight runs direct after a Winograd forward.
 
 NN3D_CONV=direct, winograd or winograd4, read at every call, forces one algorithm wherever Winograd
 applies (tests run every layer test with direct and with winograd, tests/test_winograd4.py the
-layer with winograd4; benchmarks compare them). winograd4 has no grad-weight: it forces F(4^3, 3^3)
-for the forward, inference and grad-input passes and F(2^3, 3^3) for grad-weight.
+layer with winograd4; benchmarks compare them).
 """
 import os
 
@@ -52,7 +55,8 @@ INSTRUCTION_SETS = ("avx2", "avx512")
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_TILES = {"avx512": 512, "avx2": 512}  # 2x2x2 output tiles (a 16^3 volume)
 WINOGRAD4_MIN_TILES = 64                            # 4x4x4 output tiles (a 16^3 volume)
-WINOGRAD4_PASSES = {"avx512": ("forward", "grad_input", INFERENCE), "avx2": ("forward", "grad_input", INFERENCE)}
+WINOGRAD4_PASSES = {"avx512": ("forward", "grad_input", INFERENCE),
+                    "avx2": ("forward", "grad_input", "grad_weight", INFERENCE)}
 
 
 def instruction_set(width=BLOCK_W):
@@ -96,13 +100,19 @@ def winograd4_wins(isa, pass_name, in_channels, out_channels, tiles4):
             and tiles4 >= WINOGRAD4_MIN_TILES)
 
 
-def winograd_convolves(isa):
-    """False where the rule never runs F(2^3, 3^3)'s forward or grad-input (kernels a warm-up need
-    not compile): where F(4^3, 3^3) takes both from WINOGRAD4_MIN_TILES 4x4x4 tiles on and
+def winograd_runs(isa, pass_name):
+    """False where the rule never runs F(2^3, 3^3) for the pass `pass_name` (a kernel a warm-up need
+    not compile): where F(4^3, 3^3) takes the pass from WINOGRAD4_MIN_TILES 4x4x4 tiles on and
     F(2^3, 3^3) would start only above 8x as many 2x2x2 tiles less one (a volume of fewer than 64
-    4x4x4 tiles has at most 8 x 63 = 504 2x2x2 tiles): both instruction sets today."""
-    takes_both = {"forward", "grad_input"} <= set(WINOGRAD4_PASSES[isa])
-    return not (takes_both and WINOGRAD_MIN_TILES[isa] > 8 * (WINOGRAD4_MIN_TILES - 1))
+    4x4x4 tiles has at most 8 x 63 = 504 2x2x2 tiles)."""
+    check_rule_arguments("winograd_runs", isa, pass_name)
+    return not (pass_name in WINOGRAD4_PASSES[isa] and WINOGRAD_MIN_TILES[isa] > 8 * (WINOGRAD4_MIN_TILES - 1))
+
+
+def winograd_convolves(isa):
+    """False where the rule never runs F(2^3, 3^3)'s forward or grad-input (`winograd_runs`): both
+    instruction sets today."""
+    return winograd_runs(isa, "forward") or winograd_runs(isa, "grad_input")
 
 
 def winograd_applies(kernel_size, stride, padding):
@@ -121,8 +131,6 @@ def conv_algorithm(kernel_size, stride, padding, in_channels, out_channels, inpu
         raise ValueError(f"NN3D_CONV must be one of {', '.join(ALGORITHMS)}, got {forced!r}")
     if not winograd_applies(kernel_size, stride, padding):
         return "direct"
-    if forced == "winograd4":                          # F(4^3, 3^3) has no grad-weight
-        return "winograd" if pass_name == "grad_weight" else "winograd4"
     if forced:
         return forced
     isa = isa or COMPILED_FOR

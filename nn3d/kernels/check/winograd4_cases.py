@@ -1,11 +1,14 @@
-"""Checks of Winograd F(4^3, 3^3) (winograd/convolution4.py, filter_transform4.py): the forward and
-grad-input at every product width, and the filter transform."""
+"""Checks of Winograd F(4^3, 3^3) (winograd/convolution4.py, grad_weight4.py, filter_transform4.py):
+the forward, grad-input and grad-weight at every product width, and the filter transform."""
+import math
+
 import numpy as np
 
 from .. import reference, register_tile
 from ..winograd import algorithm4 as winograd_algorithm4
 from ..winograd import convolution4 as winograd_convolution4
 from ..winograd import filter_transform4 as winograd_filter_transform4
+from ..winograd import grad_weight4 as winograd_grad_weight4
 from .registry import PRODUCT_WIDTHS, checks, conv_case, normal, widen
 from .winograd_cases import FILTER_CASES, winograd_data
 
@@ -39,6 +42,18 @@ def check_winograd4_grad_input(case, dtype, width, rng):
     bands = winograd_convolution4.winograd4_grad_input(grad_output, weight, case.cin, width)
     expected = reference.conv3d_grad_input_reference(*widen(grad_output, weight), case.size, (1, 1, 1), (1, 1, 1))
     return [(None, np.concatenate(bands, axis=4), expected, case.cout * 27 * 216)]
+
+
+@checks("winograd4_grad_weight", "winograd", "winograd/grad_weight4.py",
+        "winograd/grad_weight4.py: winograd4_grad_weight_reference", WINOGRAD4_CASES, tiled=PRODUCT_WIDTHS)
+def check_winograd4_grad_weight(case, dtype, width, rng):
+    """L counts each weight's N*D*H*W voxel terms times 216: as for the forward, the transforms make
+    the summed values (dU) far larger than the gradient they give (grad_weight4.py, section 3)."""
+    inputs, _, _, grad_output = winograd_data(case, dtype, rng)
+    ours = winograd_grad_weight4.winograd4_grad_weight(inputs, grad_output, width)
+    expected = winograd_grad_weight4.winograd4_grad_weight_reference(np.concatenate(widen(*inputs), axis=4),
+                                                                     *widen(grad_output))
+    return [(None, ours, expected, math.prod(grad_output.shape[:4]) * 216)]
 
 
 @checks("filter_transform4", "winograd", "winograd/filter_transform4.py",

@@ -82,23 +82,26 @@ from .products import PRODUCT_ROWS, accumulate_block_products
 from .tile_transforms import tile_count, transform_grad_output_block, transform_input_block
 
 
-def winograd_grad_weight_reference(x, grad_output):
-    """Sections 1-2 plainly, in float64: x (N, D, H, W, Cin) channels-last, unpadded; grad_output
-    (N, D, H, W, Cout) -> dL/dweight (Cout, Cin, 3, 3, 3) of the stride-1, padding-1 convolution."""
+def winograd_grad_weight_reference(x, grad_output, b_t=B_T, g=G, a_t=A_T):
+    """Sections 1-2 plainly, in float64, for the 1-D transforms of any F(e, 3) (F(2, 3)'s by default,
+    algorithm4.py's F(4, 3) for grad_weight4.py): x (N, D, H, W, Cin) channels-last, unpadded;
+    grad_output (N, D, H, W, Cout) -> dL/dweight (Cout, Cin, 3, 3, 3) of the stride-1, padding-1
+    convolution."""
+    e, e2 = a_t.shape                                                      # e outputs, e + 2 inputs
     n_batch, *size, cin = x.shape
     cout = grad_output.shape[4]
-    tiles_d, tiles_h, tiles_w = tiles = [(s + 1) // 2 for s in size]
-    x_pad = np.zeros((n_batch, *(2 * t + 2 for t in tiles), cin))          # halo 1, rounded up to even
+    tiles_d, tiles_h, tiles_w = tiles = [-(-s // e) for s in size]
+    x_pad = np.zeros((n_batch, *(e * t + 2 for t in tiles), cin))         # halo 1, rounded up to e
     x_pad[:, 1:size[0] + 1, 1:size[1] + 1, 1:size[2] + 1] = x
-    d = np.lib.stride_tricks.sliding_window_view(x_pad, (4, 4, 4), axis=(1, 2, 3))[:, ::2, ::2, ::2]
-    # d: (N, tiles_d, tiles_h, tiles_w, Cin, 4, 4, 4), input tiles overlapping by 2
-    dy = np.zeros((n_batch, *(2 * t for t in tiles), cout))      # output gradient, zeros past odd edges
+    d = np.lib.stride_tricks.sliding_window_view(x_pad, (e2, e2, e2), axis=(1, 2, 3))[:, ::e, ::e, ::e]
+    # d: (N, tiles_d, tiles_h, tiles_w, Cin, e+2, e+2, e+2), input tiles overlapping by 2
+    dy = np.zeros((n_batch, *(e * t for t in tiles), cout))      # output gradient, zeros past the edges
     dy[:, :size[0], :size[1], :size[2]] = grad_output
-    dy = dy.reshape(n_batch, tiles_d, 2, tiles_h, 2, tiles_w, 2, cout)  # (N, td, p, th, q, tw, r, Cout)
-    v = np.einsum("ai,bj,ck,ntuvxijk->ntuvabcx", B_T, B_T, B_T, d, optimize=True)   # (..., 4, 4, 4, Cin)
-    dm = np.einsum("pa,qb,rc,ntpuqvro->ntuvabco", A_T, A_T, A_T, dy, optimize=True)  # (..., 4, 4, 4, Cout)
-    du = np.einsum("ntuvabcx,ntuvabco->abcxo", v, dm, optimize=True)                 # (4, 4, 4, Cin, Cout)
-    return np.einsum("ai,bj,ck,abcxo->oxijk", G, G, G, du, optimize=True)          # (Cout, Cin, 3, 3, 3)
+    dy = dy.reshape(n_batch, tiles_d, e, tiles_h, e, tiles_w, e, cout)  # (N, td, p, th, q, tw, r, Cout)
+    v = np.einsum("ai,bj,ck,ntuvxijk->ntuvabcx", b_t, b_t, b_t, d, optimize=True)   # (..., e+2 x3, Cin)
+    dm = np.einsum("pa,qb,rc,ntpuqvro->ntuvabco", a_t, a_t, a_t, dy, optimize=True)  # (..., e+2 x3, Cout)
+    du = np.einsum("ntuvabcx,ntuvabco->abcxo", v, dm, optimize=True)                 # (e+2 x3, Cin, Cout)
+    return np.einsum("ai,bj,ck,abcxo->oxijk", g, g, g, du, optimize=True)          # (Cout, Cin, 3, 3, 3)
 
 
 # ---- the fast kernel ------------------------------------------------------------------------------
@@ -141,26 +144,27 @@ def winograd_grad_weight_kernel(x0, x1, grad_output, tiles_per_chunk, tiles_per_
                 transform_input_block(x0, x1, first, count, rows, v, staged)
                 transform_grad_output_block(grad_output, first, count, rows, cb_first, cb_end, dm, staged)
                 accumulate_block_products(v, dm_matrix, count, rows, cin_padded, n_cblocks, cb_first, cb_end,
-                                          block_rows, du, first == chunk_first, zeros)
+                                          block_rows, du, first == chunk_first, zeros, TILE_VALUES)
 
 
 @parallel_kernel
 def sum_chunks_and_transform(partial, g_kron, grad_weight):
     """grad_weight[co, ci, k] = sum_xi g_kron[xi, k] dU[xi, ci, co], where dU = sum_chunk partial[chunk]
     (section 2's second line), in float64: the chunks added in chunk order (the same on any thread
-    count), then the (27, 64) G_KRON^T product, skipping its zeros. One work item per input channel
-    ci: it reads row ci of every chunk's dU[xi] and writes grad_weight[:, ci]. partial (n_chunks, 64,
-    Cin_padded, Cout_padded); g_kron (64, 27) float64; grad_weight (Cout, Cin, 27)."""
-    n_chunks = partial.shape[0]
+    count), then the (27, positions) G_KRON^T product, skipping its zeros. One work item per input
+    channel ci: it reads row ci of every chunk's dU[xi] and writes grad_weight[:, ci]. partial
+    (n_chunks, positions, Cin_padded, Cout_padded), positions = 64 (F(2^3, 3^3)) or 216
+    (F(4^3, 3^3), grad_weight4.py); g_kron (positions, 27) float64; grad_weight (Cout, Cin, 27)."""
+    n_chunks, positions = partial.shape[0], partial.shape[1]
     cout, cin, taps = grad_weight.shape
     for ci in prange(cin):
-        du = np.zeros((TILE_VALUES, cout))                  # dU[:, ci, :], float64
+        du = np.zeros((positions, cout))                    # dU[:, ci, :], float64
         for chunk in range(n_chunks):
-            for xi in range(TILE_VALUES):
+            for xi in range(positions):
                 for co in range(cout):
                     du[xi, co] += partial[chunk, xi, ci, co]
         dw = np.zeros((taps, cout))                          # grad_weight[:, ci, :]^T, float64
-        for xi in range(TILE_VALUES):
+        for xi in range(positions):
             for k in range(taps):
                 if g_kron[xi, k] != 0:
                     for co in range(cout):
@@ -171,21 +175,27 @@ def sum_chunks_and_transform(partial, g_kron, grad_weight):
 
 
 PARTIAL_BUDGET = 1 << 22   # values of all chunks' partial dU together (16 MiB of float32)
-MIN_CHUNK_TILES = 64       # a chunk's tiles: its arithmetic must outweigh zeroing and summing its dU
+MIN_CHUNK_VOXELS = 512     # a chunk's output voxels (64 tiles of 2^3, 8 of 4^3): its arithmetic must
+                           # outweigh zeroing and summing its dU
+MIN_BLOCK_TILES = {TILE_VALUES: 16, 216: 64}  # a block's fewest tiles, F(2^3, 3^3) and F(4^3, 3^3)
 
 
-def grad_weight_partition(n_tiles, cin_padded, cout_padded):
-    """(tiles_per_block, tiles_per_chunk, n_chunks, n_groups) for n_tiles tiles, from the shapes only
-    (never the thread count: the sums are the same on any machine). Blocks: V and dM of a block,
-    64 * tiles * (Cin + Cout) values, in about 1 MiB of float32 (half of this machine's L2): 16, 32 or
-    64 tiles, a power of two (which divides the tile counts of power-of-two volumes into equal chunks).
-    Chunks: WORK_ITEMS (32) when there are enough tiles, at least MIN_CHUNK_TILES tiles each, and
-    no more than PARTIAL_BUDGET values of partial dU (64 * Cin * Cout each) in all; whole blocks.
-    Groups of output-channel blocks per chunk: as many as make WORK_ITEMS work items (chunk, group),
-    at most one per block of 16 output channels (a 16^3 volume: 8 chunks x 4 groups at 64 channels)."""
-    tiles_per_block = int(min(64, max(16, 2 ** int(np.log2(4096 // (cin_padded + cout_padded))))))
-    partial_size = TILE_VALUES * cin_padded * cout_padded
-    n_chunks = max(1, min(WORK_ITEMS, n_tiles // MIN_CHUNK_TILES, PARTIAL_BUDGET // partial_size))
+def grad_weight_partition(n_tiles, cin_padded, cout_padded, positions=TILE_VALUES):
+    """(tiles_per_block, tiles_per_chunk, n_chunks, n_groups) for n_tiles tiles of `positions`
+    transformed values (64: F(2^3, 3^3)'s 2x2x2 output tiles; 216: F(4^3, 3^3)'s 4x4x4), from the
+    shapes only (never the thread count: the sums are the same on any machine). Blocks: V and dM of
+    a block, positions * tiles * (Cin + Cout) values, in about 1 MiB of float32 (half of this
+    machine's L2): a power of two of at least MIN_BLOCK_TILES and at most 64 tiles (which divides
+    the tile counts of power-of-two volumes into equal chunks). Chunks: WORK_ITEMS (32) when there
+    are enough tiles, at least MIN_CHUNK_VOXELS output voxels each, and no more than PARTIAL_BUDGET
+    values of partial dU (positions * Cin * Cout each) in all; whole blocks. Groups of output-channel
+    blocks per chunk: as many as make WORK_ITEMS work items (chunk, group), at most one per block of
+    16 output channels (a 16^3 volume by F(2^3, 3^3): 8 chunks x 4 groups at 64 channels)."""
+    fitting = max(1, (1 << 18) // (positions * (cin_padded + cout_padded)))
+    tiles_per_block = int(min(64, max(MIN_BLOCK_TILES[positions], 2 ** int(np.log2(fitting)))))
+    tile_voxels = 8 if positions == TILE_VALUES else 64
+    partial_size = positions * cin_padded * cout_padded
+    n_chunks = max(1, min(WORK_ITEMS, n_tiles * tile_voxels // MIN_CHUNK_VOXELS, PARTIAL_BUDGET // partial_size))
     tiles_per_chunk = -(-n_tiles // n_chunks)
     tiles_per_chunk = -(-tiles_per_chunk // tiles_per_block) * tiles_per_block
     n_chunks = -(-n_tiles // tiles_per_chunk)

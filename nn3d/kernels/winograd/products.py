@@ -15,7 +15,6 @@ import numpy as np
 from ..jit import inlined_tile_helper, tile_helper
 from ..register_tile import BLOCK_C, BLOCK_W, UINT, fma_tile4
 from ..simd import add_into16, fma16, load16, load16_at, store16_at
-from .algorithm import TILE_VALUES
 
 PRODUCT_ROWS = 8 if BLOCK_W == 8 else 6   # rows of a product tile on this CPU: AVX-512 8, AVX2 6
 SIXTEEN = np.uint64(BLOCK_C)                  # BLOCK_C, unsigned
@@ -142,14 +141,15 @@ def add_rows4_into(flat, at, row_step, tile, fresh):
 
 @tile_helper
 def accumulate_block_products(v, dm_matrix, count, rows, cin_padded, n_cblocks, cb_first, cb_end, block_rows,
-                              du, fresh, zeros):
-    """dU[xi, ci, 16cb:16cb+16] += sum_{t < count} V[xi, t, ci] dM[xi, cb, t, :] for the 64 positions xi
-    and the output-channel blocks cb_first <= cb < cb_end:
+                              du, fresh, zeros, positions):
+    """dU[xi, ci, 16cb:16cb+16] += sum_{t < count} V[xi, t, ci] dM[xi, cb, t, :] for the transformed
+    positions xi < positions (64 for F(2^3, 3^3), 216 for F(4^3, 3^3)) and the output-channel blocks
+    cb_first <= cb < cb_end:
     (Cin x count) @ (count x 16) per output-channel block cb, a register tile of block_rows = 8
     input channels (AVX-512), or 6 then 4 (AVX2) x 16 output channels that runs over the block's
     tiles (per tile: one load of 16 dM values, a broadcast of V and an FMA per row), then is added
-    into dU. v (64, rows, Cin_padded) flat; dm_matrix rows (xi, cb, t) of 16;
-    du (64, Cin_padded, Cout_padded) flat."""
+    into dU. v (positions, rows, Cin_padded) flat; dm_matrix rows (xi, cb, t) of 16;
+    du (positions, Cin_padded, Cout_padded) flat."""
     row_u = np.uint64(cin_padded)                          # from V[xi, t] to V[xi, t + 1]
     du_row = np.uint64(n_cblocks * BLOCK_C)                # from dU[xi, ci] to dU[xi, ci + 1]
     count_u = np.uint64(count)
@@ -157,7 +157,7 @@ def accumulate_block_products(v, dm_matrix, count, rows, cin_padded, n_cblocks, 
     end6 = end8 if block_rows == 8 else end_of_6_tiles(cin_padded, block_rows)
     dm_flat = dm_matrix.reshape(dm_matrix.size)
     zeros_flat = zeros.reshape(zeros.size)
-    for xi in range(TILE_VALUES):
+    for xi in range(positions):
         for cb in range(cb_first, cb_end):
             dm_0 = np.uint64((xi * n_cblocks + cb) * rows)
             # AVX-512's 8-row tile stays written out: it cannot be timed on AVX2 (docs/performance.md)

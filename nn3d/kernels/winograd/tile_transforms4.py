@@ -1,7 +1,9 @@
 """The transforms of one block of F(4^3, 3^3) tiles (algorithm4.py), 16 channels at a time: the input
-transform V = B4^T along each axis of a 6x6x6 input tile d (`transform_input_block4`) and the output
+transform V = B4^T along each axis of a 6x6x6 input tile d (`transform_input_block4`), the output
 transform y = A4^T along each axis of M plus the bias, with the ReLU folded in
-(`transform_output_block4`). The notation is algorithm.py's and algorithm4.py's.
+(`transform_output_block4`), and the output-gradient transform dM = A4 along each axis of a 4x4x4
+tile of dy (`transform_grad_output_block4`, grad_weight4.py's). The notation is algorithm.py's and
+algorithm4.py's.
 
 A 6x6x6 tile of 16-channel vectors is 216 vectors; AVX2 has 16 vector registers (8 such vectors),
 AVX-512 32. So each axis is one pass over the tile: a pass reads a line of 6 vectors (a column of
@@ -56,6 +58,18 @@ def output_transform4_1d(m0, m1, m2, m3, m4, m5):
 
 
 @tile_helper
+def grad_output_transform4_1d(g0, g1, g2, g3):
+    """A4 (g0, g1, g2, g3) on 16-channel vectors (A4 = (A4^T)^T, the output gradient at the six
+    points 0, 1, -1, 2, -2, infinity: grad_weight4.py): with e = g0 + g2, o = g1 + g3,
+    e4 = g0 + 4 g2, o4 = g1 + 4 g3: (g0, e + o, e - o, e4 + 2 o4, e4 - 2 o4, g3)."""
+    even = add16(g0, g2)
+    odd = add16(g1, g3)
+    even4 = fma16(g0, 4.0, g2)                        # g0 + 4 g2
+    odd4 = fma16(g1, 4.0, g3)                         # g1 + 4 g3
+    return g0, add16(even, odd), sub16(even, odd), fma16(even4, 2.0, odd4), fma16(even4, -2.0, odd4), g3
+
+
+@tile_helper
 def input_line(source, at, step, to_flat, to, to_step):
     """to_flat[to + a*to_step : ... + 16] = (B4^T line)[a] for a < 6, the line's vector i at
     source[at + i*step]."""
@@ -86,6 +100,20 @@ def output_line_to(source, at, step, to_flat, to, to_step):
     store16_at(to_flat, to + to_step, r[1])
     store16_at(to_flat, to + 2 * to_step, r[2])
     store16_at(to_flat, to + 3 * to_step, r[3])
+
+
+@tile_helper
+def grad_output_line(source, at, step, to_flat, to, to_step):
+    """to_flat[to + a*to_step : ... + 16] = (A4 line)[a] for a < 6, the line's vector p (p < 4) at
+    source[at + p*step]."""
+    r = grad_output_transform4_1d(load16_at(source, at), load16_at(source, at + step),
+                                  load16_at(source, at + 2 * step), load16_at(source, at + 3 * step))
+    store16_at(to_flat, to, r[0])
+    store16_at(to_flat, to + to_step, r[1])
+    store16_at(to_flat, to + 2 * to_step, r[2])
+    store16_at(to_flat, to + 3 * to_step, r[3])
+    store16_at(to_flat, to + 4 * to_step, r[4])
+    store16_at(to_flat, to + 5 * to_step, r[5])
 
 
 def tile_count4(shape):
@@ -217,3 +245,52 @@ def transform_output_block4(m, bias, relu, first, count, rows, y0, y1, scratch_z
             output_tile4(m, (cb * rows + t) * BLOCK_C, xi_step, b16, relu, target_flat,
                          corner_voxel * channels + channel, size_h * size_w * channels, size_w * channels, channels,
                          nz, ny, nx, scratch_z, scratch_zy)
+
+
+# ---- output-gradient tiles (grad-weight) -----------------------------------------------------------
+@inlined_tile_helper
+def grad_output_tile4(source, at, plane, row_length, voxel_step, dm, to, xi_step, scratch_z, scratch_zy):
+    """dM[xi = (az*6 + ay)*6 + ax] = sum_{p,q,r} A4^T[p, az] A4^T[q, ay] A4^T[r, ax] dy[p, q, r] for one
+    4x4x4 tile of the output gradient and 16 channels, stored at dm[to + xi * xi_step]; dy[p, q, r] at
+    source[at + p*plane + q*row_length + r*voxel_step]. scratch_z holds (az, q, r) after the pass
+    along z (6x4x4 vectors), scratch_zy (az, ay, r) after the pass along y (6x6x4)."""
+    for q in range(4):
+        for r in range(4):
+            grad_output_line(source, at + q * row_length + r * voxel_step, plane, scratch_z,
+                             (q * 4 + r) * BLOCK_C, 16 * BLOCK_C)
+    for az in range(6):
+        for r in range(4):
+            grad_output_line(scratch_z, (az * 16 + r) * BLOCK_C, 4 * BLOCK_C, scratch_zy, (az * 24 + r) * BLOCK_C,
+                             4 * BLOCK_C)
+    for line in range(36):                                   # (az, ay): dM[xi] for ax = 0..5
+        grad_output_line(scratch_zy, line * 4 * BLOCK_C, BLOCK_C, dm, to + line * 6 * xi_step, xi_step)
+
+
+@tile_helper
+def transform_grad_output_block4(grad_output, first, count, rows, cb_first, cb_end, dm, staged, scratch_z,
+                                 scratch_zy):
+    """dM[xi, cb, t, :] = (A4 dy_t A4^T along each axis) of the output-gradient tiles first + t,
+    t < count, for the output-channel blocks cb_first <= cb < cb_end (16 channels each).
+    grad_output (N, D, H, W, Cout); dm (216, Cout_padded/16, rows, 16) flat; staged, scratch_z,
+    scratch_zy (216 * 16,). A tile past an edge that is not a multiple of 4, and the last block of
+    channels when Cout is not a multiple of 16, are read from `staged` with their zeros
+    (`stage_edge_tile4`: a 6x6x6 window whose first 4x4x4 voxels are the tile)."""
+    n_batch, size_d, size_h, size_w, cout = grad_output.shape
+    tiles_d, tiles_h, tiles_w = (size_d + 3) // 4, (size_h + 3) // 4, (size_w + 3) // 4
+    n_cblocks = (cout + BLOCK_C - 1) // BLOCK_C
+    g_flat = grad_output.reshape(grad_output.size)
+    xi_step = n_cblocks * rows * BLOCK_C                   # from dM[xi] to dM[xi + 1]
+    for t in range(count):
+        n, td, th, tw = tile_position(first + t, tiles_d, tiles_h, tiles_w)
+        iz0, iy0, ix0 = 4 * td, 4 * th, 4 * tw             # the tile's first voxel
+        whole = iz0 + 3 < size_d and iy0 + 3 < size_h and ix0 + 3 < size_w
+        for cb in range(cb_first, cb_end):
+            c0 = cb * BLOCK_C
+            to = (cb * rows + t) * BLOCK_C
+            if whole and c0 + BLOCK_C <= cout:
+                at = (((n * size_d + iz0) * size_h + iy0) * size_w + ix0) * cout + c0
+                grad_output_tile4(g_flat, at, size_h * size_w * cout, size_w * cout, cout, dm, to, xi_step,
+                                  scratch_z, scratch_zy)
+            else:
+                stage_edge_tile4(grad_output, g_flat, n, iz0, iy0, ix0, c0, staged)
+                grad_output_tile4(staged, 0, PLANE, LINE, BLOCK_C, dm, to, xi_step, scratch_z, scratch_zy)
