@@ -5,8 +5,8 @@ Numba compiles one kernel at a time per process (under its compiler lock), and a
 compiles a training step's ~20 kernels in 50-80 s of CPU time. The compiled code goes to the
 on-disk cache (`cache=True`, nn3d/kernels/jit.py), which every process on the machine shares. So
 `warm_up(dtype, processes)` runs TASKS, small passes through every layer path a U-Net uses (the
-direct convolutions, F(4^3, 3^3)'s forward and grad-input, F(2^3, 3^3)'s grad-weight and, where
-the rule runs them, its forward and grad-input, the up-convolution, BatchNorm + ReLU, pooling, the
+direct convolutions, F(4^3, 3^3)'s forward, grad-input and (on AVX2) grad-weight, F(2^3, 3^3)'s
+passes where the rule runs them (grad-weight on AVX-512), the up-convolution, BatchNorm + ReLU, pooling, the
 1x1x1 head, the loss and AdamW) on tiny arrays of `dtype`, split into `processes` shares of about
 equal compile time (COMPILE_SECONDS): this process runs the first share, and the moment it hears its
 first compilation (a cold cache; Numba's "numba:compile" event) it starts one worker process per
@@ -175,11 +175,12 @@ TASKS = {"winograd filter transforms": winograd_filter_transform_passes,
 
 # CPU seconds each task compiles on a cold cache, in TASKS's order in one process (a kernel that two
 # tasks use counted in the first that compiles it; docs/performance.md): AVX2's on a Zen 3, AVX-512's
-# on a Zen 4 (the F(2^3, 3^3) forward and grad-input are not compiled: `winograd_convolves`). Only
-# their ratios matter: they balance the shares
+# on a Zen 4 (the F(2^3, 3^3) forward and grad-input are not compiled: `winograd_convolves`; on AVX2
+# neither is its grad-weight, F(4^3, 3^3)'s runs instead: `winograd_runs`). Only their ratios matter:
+# they balance the shares
 COMPILE_SECONDS_BY_ISA = {
-    "avx2": {"winograd convolution": 22, "direct convolution": 15, "winograd4 convolution": 13,
-             "up-convolution": 7, "memory-bound": 4, "head": 4, "winograd filter transforms": 0},
+    "avx2": {"winograd4 convolution": 22, "direct convolution": 13, "up-convolution": 6, "memory-bound": 4,
+             "head": 3, "winograd convolution": 0, "winograd filter transforms": 0},
     "avx512": {"winograd convolution": 15, "direct convolution": 12, "winograd4 convolution": 10,
                "up-convolution": 5, "memory-bound": 4, "head": 3, "winograd filter transforms": 0}}
 COMPILE_SECONDS = COMPILE_SECONDS_BY_ISA[COMPILED_FOR]

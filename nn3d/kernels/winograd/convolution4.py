@@ -14,7 +14,7 @@ It runs the forward (training and inference) and grad-input (nn3d/kernels/conv_a
 grad-input (`winograd4_grad_input`) is the same convolution of the output gradient with the flipped,
 in/out-swapped filter, transformed anew. (F(2^3, 3^3) gets that transform from the forward's by
 exchanging the points 0 and infinity; F(4^3, 3^3)'s points 2 and -2 have no inverse among its points,
-so no such exchange exists.) Grad-weight stays F(2^3, 3^3)'s (grad_weight.py).
+so no such exchange exists.) Grad-weight by F(4^3, 3^3) is grad_weight4.py's transposed algorithm.
 """
 import numba
 import numpy as np
