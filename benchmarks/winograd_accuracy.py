@@ -1,6 +1,6 @@
-"""Float32 error of Winograd F(2^3, 3^3) against float64, next to the direct kernels', at the U-Net's
-3x3x3 layer shapes: forward and grad-input (nn3d/kernels/winograd/convolution.py) and grad-weight, by the
-transposed algorithm (nn3d/kernels/winograd/grad_weight.py).
+"""Float32 error of Winograd F(2^3, 3^3) and F(4^3, 3^3) against float64, next to the direct kernels',
+at the U-Net's 3x3x3 layer shapes: forward and grad-input (nn3d/kernels/winograd/convolution.py,
+convolution4.py) and grad-weight, by the transposed algorithms (grad_weight.py, grad_weight4.py).
 
     python -m benchmarks.winograd_accuracy [--size 64]
 
@@ -24,7 +24,10 @@ def pass_errors(cin, cout, size, rng):
     from nn3d.kernels.padding import pad_channels_last
     from nn3d.kernels.winograd.convolution import winograd_forward, winograd_grad_input
     from nn3d.kernels.winograd.filter_transform import filter_transform
+    from nn3d.kernels.winograd.convolution4 import winograd4_forward, winograd4_grad_input
+    from nn3d.kernels.winograd.filter_transform4 import filter_transform4
     from nn3d.kernels.winograd.grad_weight import winograd_grad_weight
+    from nn3d.kernels.winograd.grad_weight4 import winograd4_grad_weight
 
     bound = 1 / np.sqrt(cin * 27)
     weight = rng.uniform(-bound, bound, (cout, cin, 3, 3, 3)).astype(np.float32)
@@ -40,7 +43,10 @@ def pass_errors(cin, cout, size, rng):
             ("grad_input", "direct"): conv3d_grad_input(g, weight, (size,) * 3, ones, pad),
             ("grad_input", "winograd"): winograd_grad_input(g, filter_transform(weight), (cin,))[0],
             ("grad_weight", "direct"): conv3d_grad_weight(pad_channels_last(x, pad), g, kernel, ones),
-            ("grad_weight", "winograd"): winograd_grad_weight((x,), g)}
+            ("grad_weight", "winograd"): winograd_grad_weight((x,), g),
+            ("forward", "winograd4"): winograd4_forward((x,), filter_transform4(weight), None, cout),
+            ("grad_input", "winograd4"): winograd4_grad_input(g, weight, (cin,))[0],
+            ("grad_weight", "winograd4"): winograd4_grad_weight((x,), g)}
     return {key: max_relative_error(value, truth[key[0]]) for key, value in ours.items()}
 
 
@@ -50,15 +56,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     set_threads(2)
     rng = np.random.default_rng(0)
-    print(f"{'layer':<18}{'Cin':>5}{'Cout':>6}{'size':>6}  {'pass':<11}{'direct':>10}{'winograd':>10}{'ratio':>7}")
+    print(f"{'layer':<18}{'Cin':>5}{'Cout':>6}{'size':>6}  {'pass':<11}{'direct':>10}{'F(2^3,3^3)':>12}"
+          f"{'F(4^3,3^3)':>12}")
     for name, kind, spec in unet_layer_shapes(args.size):
         if kind != "conv3":
             continue
         errors = pass_errors(spec["cin"], spec["cout"], spec["size"], rng)
         for pass_name in ("forward", "grad_input", "grad_weight"):
-            direct, winograd = errors[(pass_name, "direct")], errors[(pass_name, "winograd")]
+            direct, winograd, winograd4 = (errors[(pass_name, algorithm)]
+                                           for algorithm in ("direct", "winograd", "winograd4"))
             print(f"{name:<18}{spec['cin']:>5}{spec['cout']:>6}{spec['size']:>6}  {pass_name:<11}"
-                  f"{direct:>10.2e}{winograd:>10.2e}{winograd / direct:>7.1f}")
+                  f"{direct:>10.2e}{winograd:>12.2e}{winograd4:>12.2e}")
 
 
 if __name__ == "__main__":

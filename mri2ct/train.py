@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 import nn3d
 from nn3d.kernels.jit import compile_notice
-from nn3d.kernels.register_tile import BLOCK_W
 from nn3d.warm_up import warm_up
 from mri2ct.common import distributed, errors, flags
 from mri2ct.common.atomic import remove_stray_temporaries
@@ -39,9 +38,9 @@ from mri2ct.training.run_folder import (MIN_PATCH, UNET_MULTIPLE, run_config, st
 DEFAULT_DATA = os.path.join("data", "cohort")
 DEFAULT_OUT = os.path.join("checkpoints", "run")
 # A fresh install's compilation before the first step on 2 cores, in 2 processes (nn3d/warm_up.py):
-# AVX2 (the 4-wide register tiles) measured at 33-35 s on a Zen 3, AVX-512 (the 8-wide register tiles)
-# at 28-30 s on a Zen 4 (docs/performance.md, "AVX2 (Zen 3)" and "AVX-512 (Zen 4)").
-COMPILE_SECONDS = 30 if BLOCK_W == 8 else 35
+# 28-29 s on a Zen 3 (AVX2, the 4-wide register tiles) and 28-30 s on a Zen 4 (AVX-512, the 8-wide
+# ones) (docs/performance.md, "F(4^3, 3^3) grad-weight on AVX2" and "AVX-512 (Zen 4)").
+COMPILE_SECONDS = 30
 COMPILE_NOTICE = (f"compiling nn3d's kernels for this CPU (first run only, about {COMPILE_SECONDS} s; "
                   f"then cached in __pycache__) ...")
 

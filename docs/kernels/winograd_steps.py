@@ -17,7 +17,8 @@ and the products in registers (step 3); then larger tiles do fewer multiplicatio
     2 all tiles at once: the 64 products as 64 (tiles x Cin) @ (Cin x Cout) matrix products (NumPy)
     3 the library's fused, blocked kernel (nn3d.Conv3d's with NN3D_CONV=winograd)
     4 F(4^3, 3^3): the same kernel structure with 6x6x6 input tiles, 2.37x fewer products (the
-      library's forward and grad-input from 16^3 on; nn3d/kernels/winograd/algorithm4.py)
+      library's forward and grad-input from 16^3 on, and on AVX2 its transpose for grad-weight,
+      nn3d/kernels/winograd/grad_weight4.py; nn3d/kernels/winograd/algorithm4.py)
 
 Steps 1-4 use every core (Numba's threads, or NumPy's BLAS threads in step 2). Steps 0 and 2 hold
 every transformed tile in memory (8x the input, and float64 in step 0), and step 0 is slow (0.1-0.6
@@ -175,8 +176,8 @@ def batched_products(x, weight, bias):
 # ---- step 3 ----------------------------------------------------------------------------------------
 def library(x, weight, bias):
     """Step 3, nn3d's winograd_forward as nn3d.Conv3d calls it with NN3D_CONV=winograd (by default
-    the layer runs step 4, and this kernel's transpose for grad-weight), after filter_transform (U
-    packed in blocks of 16 output channels): step 2's matrix products without its memory traffic. Blocks of
+    the layer runs step 4, and on AVX-512 this kernel's transpose for grad-weight), after
+    filter_transform (U packed in blocks of 16 output channels): step 2's matrix products without its memory traffic. Blocks of
     8-64 consecutive tiles, one per worker thread at a time: a block's V and M (about 128 KiB) stay in
     L2 from the input transform through the products to the output transform; the transforms run 16
     channels at a time in vector registers, one plane of a tile at a time; the products are register
