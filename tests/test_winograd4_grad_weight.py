@@ -4,36 +4,21 @@ register tile, one and two inputs, several chunks and groups), its float32 error
 PyTorch and the direct kernel, and the same bits on every register tile and on 1 and 2 threads."""
 import numpy as np
 import pytest
-import torch
 
 from nn3d.gradcheck import max_relative_error
-from nn3d.kernels import reference
 from nn3d.kernels.conv3d_grad_weight import conv3d_grad_weight
 from nn3d.kernels.padding import pad_channels_last
-from nn3d.kernels.winograd.algorithm4 import A4_T
+from nn3d.kernels.winograd.algorithm4 import A4_T, B4_T, G4
 from nn3d.kernels.winograd.grad_weight import grad_weight_partition
 from nn3d.kernels.winograd.grad_weight4 import (winograd4_grad_weight, winograd4_grad_weight_reference,
                                                 winograd4_grad_weight_work_items)
-from torch_reference import to_torch
+from grad_weight_reference import ONES, direct_reference, random_pair, torch_grad_weight
 
-ONES = (1, 1, 1)
 WIDTHS = [4, 6, 8]      # the products' register tiles (winograd/products.py), on any CPU
-
-
-def direct_reference(x, grad_output):
-    """Line (4) of nn3d/conv3d.py plainly (kernels/reference.py), for a 3x3x3, padding-1 kernel."""
-    return reference.conv3d_grad_weight_reference(pad_channels_last(x, ONES), grad_output, (3, 3, 3), ONES)
-
-
-def random_pair(rng, batch, cin, cout, size, dtype=np.float64):
-    """x (N, D, H, W, Cin) and grad_output (N, D, H, W, Cout), standard normal."""
-    return (rng.standard_normal((batch, *size, cin)).astype(dtype),
-            rng.standard_normal((batch, *size, cout)).astype(dtype))
 
 
 def test_one_dimensional_transposed_f43_is_the_correlation():
     """grad_weight4.py, section 1, in 1-D: dg = G4^T [(A4 dy) * (B4^T d)] is sum_o d[o + i] dy[o]."""
-    from nn3d.kernels.winograd.algorithm4 import B4_T, G4
     rng = np.random.default_rng(0)
     d, dy = rng.standard_normal(6), rng.standard_normal(4)
     dg = G4.T @ ((A4_T.T @ dy) * (B4_T @ d))                 # 6 multiplications
@@ -88,13 +73,6 @@ def test_two_inputs_give_the_gradient_of_their_concatenation(channels, cout, blo
     expected = direct_reference(np.concatenate(inputs, axis=4), grad_output)
     np.testing.assert_allclose(winograd4_grad_weight(inputs, grad_output, block_rows), expected,
                                rtol=0, atol=1e-9)                           # float64: rounding only
-
-
-def torch_grad_weight(x, grad_output):
-    """PyTorch's dL/dweight for the same convolution (NCDHW tensors from our channels-last arrays)."""
-    x_t, g_t = (to_torch(a.transpose(0, 4, 1, 2, 3)) for a in (x, grad_output))
-    return torch.nn.grad.conv3d_weight(x_t, (grad_output.shape[4], x.shape[4], 3, 3, 3), g_t,
-                                       padding=1).numpy()
 
 
 @pytest.mark.parametrize("block_rows", WIDTHS)

@@ -3,28 +3,13 @@ against the direct-convolution reference, the fast kernel against both (float64,
 tiles), against PyTorch and the direct kernel in float32, and the same bits on 1 and 2 threads."""
 import numpy as np
 import pytest
-import torch
 
 from nn3d.gradcheck import max_relative_error
-from nn3d.kernels import reference
 from nn3d.kernels.conv3d_grad_weight import conv3d_grad_weight
 from nn3d.kernels.padding import pad_channels_last
 from nn3d.kernels.winograd.grad_weight import (grad_weight_partition, winograd_grad_weight,
                                                winograd_grad_weight_reference)
-from torch_reference import to_torch
-
-ONES = (1, 1, 1)
-
-
-def direct_reference(x, grad_output):
-    """Line (4) of nn3d/conv3d.py plainly (kernels/reference.py), for a 3x3x3, padding-1 kernel."""
-    return reference.conv3d_grad_weight_reference(pad_channels_last(x, ONES), grad_output, (3, 3, 3), ONES)
-
-
-def random_pair(rng, batch, cin, cout, size, dtype=np.float64):
-    """x (N, D, H, W, Cin) and grad_output (N, D, H, W, Cout), standard normal."""
-    return (rng.standard_normal((batch, *size, cin)).astype(dtype),
-            rng.standard_normal((batch, *size, cout)).astype(dtype))
+from grad_weight_reference import ONES, direct_reference, random_pair, torch_grad_weight
 
 
 # (batch, Cin, Cout, (D, H, W)): odd and even sizes (partial last tiles), non-cubic, batch 2, C = 1
@@ -69,13 +54,6 @@ def test_kernel_matches_references(batch, cin, cout, size, block_rows):
     fast = winograd_grad_weight((x,), grad_output, block_rows)
     assert fast.shape == (cout, cin, 3, 3, 3) and fast.dtype == np.float64
     np.testing.assert_allclose(fast, expected, rtol=0, atol=1e-11)          # float64: rounding only
-
-
-def torch_grad_weight(x, grad_output):
-    """PyTorch's dL/dweight for the same convolution (NCDHW tensors from our channels-last arrays)."""
-    x_t, g_t = (to_torch(a.transpose(0, 4, 1, 2, 3)) for a in (x, grad_output))
-    return torch.nn.grad.conv3d_weight(x_t, (grad_output.shape[4], x.shape[4], 3, 3, 3), g_t,
-                                       padding=1).numpy()
 
 
 @pytest.mark.parametrize("block_rows", [4, 6, 8])

@@ -75,11 +75,13 @@ from numba import prange
 from ...core import arena
 from ..jit import blocked_kernel, parallel_kernel
 from ..partial_sums import WORK_ITEMS
-from ..register_tile import BLOCK_C
+from ..register_tile import BLOCK_C, padded_channels
 from .algorithm import A_T, B_T, G, G_KRON, TILE_VALUES
+from .algorithm4 import TILE_VALUES_4
 from .convolution import kernel_inputs
 from .products import PRODUCT_ROWS, accumulate_block_products
 from .tile_transforms import tile_count, transform_grad_output_block, transform_input_block
+from .tile_transforms4 import tile_count4
 
 
 def winograd_grad_weight_reference(x, grad_output, b_t=B_T, g=G, a_t=A_T):
@@ -177,7 +179,8 @@ def sum_chunks_and_transform(partial, g_kron, grad_weight):
 PARTIAL_BUDGET = 1 << 22   # values of all chunks' partial dU together (16 MiB of float32)
 MIN_CHUNK_VOXELS = 512     # a chunk's output voxels (64 tiles of 2^3, 8 of 4^3): its arithmetic must
                            # outweigh zeroing and summing its dU
-MIN_BLOCK_TILES = {TILE_VALUES: 16, 216: 64}  # a block's fewest tiles, F(2^3, 3^3) and F(4^3, 3^3)
+MIN_BLOCK_TILES = {TILE_VALUES: 16, TILE_VALUES_4: 64}   # a block's fewest tiles, F(2^3, 3^3) and F(4^3, 3^3)
+TILE_VOXELS = {TILE_VALUES: 8, TILE_VALUES_4: 64}       # output voxels per tile
 
 
 def grad_weight_partition(n_tiles, cin_padded, cout_padded, positions=TILE_VALUES):
@@ -193,9 +196,9 @@ def grad_weight_partition(n_tiles, cin_padded, cout_padded, positions=TILE_VALUE
     16 output channels (a 16^3 volume by F(2^3, 3^3): 8 chunks x 4 groups at 64 channels)."""
     fitting = max(1, (1 << 18) // (positions * (cin_padded + cout_padded)))
     tiles_per_block = int(min(64, max(MIN_BLOCK_TILES[positions], 2 ** int(np.log2(fitting)))))
-    tile_voxels = 8 if positions == TILE_VALUES else 64
     partial_size = positions * cin_padded * cout_padded
-    n_chunks = max(1, min(WORK_ITEMS, n_tiles * tile_voxels // MIN_CHUNK_VOXELS, PARTIAL_BUDGET // partial_size))
+    n_chunks = max(1, min(WORK_ITEMS, n_tiles * TILE_VOXELS[positions] // MIN_CHUNK_VOXELS,
+                          PARTIAL_BUDGET // partial_size))
     tiles_per_chunk = -(-n_tiles // n_chunks)
     tiles_per_chunk = -(-tiles_per_chunk // tiles_per_block) * tiles_per_block
     n_chunks = -(-n_tiles // tiles_per_chunk)
@@ -204,12 +207,42 @@ def grad_weight_partition(n_tiles, cin_padded, cout_padded, positions=TILE_VALUE
     return tiles_per_block, tiles_per_chunk, n_chunks, -(-n_cblocks // blocks_per_group)
 
 
-def winograd_grad_weight_work_items(shape, cin, cout):
-    """The parallel work items of `winograd_grad_weight` for inputs (N, D, H, W, ...) = shape of Cin
-    channels in all and Cout output channels: (chunk, group) pairs of `winograd_grad_weight_kernel`."""
-    padded = lambda c: -(-c // BLOCK_C) * BLOCK_C
-    _, _, n_chunks, n_groups = grad_weight_partition(tile_count(shape), padded(cin), padded(cout))
+def partition_of(shape, cin, cout, positions=TILE_VALUES):
+    """`grad_weight_partition` for inputs (N, D, H, W, ...) = shape of Cin channels in all and Cout
+    output channels, by F(2^3, 3^3) (positions 64) or F(4^3, 3^3) (216)."""
+    count = tile_count if positions == TILE_VALUES else tile_count4
+    return grad_weight_partition(count(shape), padded_channels(cin), padded_channels(cout), positions)
+
+
+def winograd_grad_weight_work_items(shape, cin, cout, positions=TILE_VALUES):
+    """The parallel work items of `winograd_grad_weight` (of grad_weight4.py's `winograd4_grad_weight`
+    for positions 216) for inputs (N, D, H, W, ...) = shape of Cin channels in all and Cout output
+    channels: the (chunk, group) pairs of the kernel."""
+    _, _, n_chunks, n_groups = partition_of(shape, cin, cout, positions)
     return n_chunks * n_groups
+
+
+def chunked_grad_weight(chunk_kernel, g_kron, inputs, grad_output, block_rows, caller):
+    """Line (4) of nn3d/conv3d.py by a transposed Winograd algorithm whose transform has g_kron.shape[0]
+    positions: `chunk_kernel` (this file's `winograd_grad_weight_kernel`, or grad_weight4.py's)
+    writes each chunk's partial dU, `sum_chunks_and_transform` adds them and applies g_kron^T. Shared
+    by `winograd_grad_weight` and grad_weight4.py's `winograd4_grad_weight` (arguments as theirs;
+    `caller` names the function in the error message)."""
+    if any(x.shape[:4] != grad_output.shape[:4] for x in inputs):
+        raise ValueError(f"{caller}: grad_output {grad_output.shape} does not match the "
+                         f"input {inputs[0].shape} outside the channel axis")
+    positions = g_kron.shape[0]
+    x0, x1 = kernel_inputs(inputs)
+    grad_output = np.ascontiguousarray(grad_output, dtype=x0.dtype)
+    cin, cout = x0.shape[4] + x1.shape[4], grad_output.shape[4]
+    cin_padded, cout_padded = padded_channels(cin), padded_channels(cout)
+    tiles_per_block, tiles_per_chunk, n_chunks, n_groups = partition_of(x0.shape, cin, cout, positions)
+    partial = arena.empty((n_chunks, positions * cin_padded * cout_padded), x0.dtype)    # dU per chunk
+    chunk_kernel(x0, x1, grad_output, np.int64(tiles_per_chunk), np.int64(tiles_per_block), np.int64(n_groups),
+                 np.int64(block_rows), np.int64(numba.get_num_threads()), partial)
+    grad_weight = np.empty((cout, cin, 27), x0.dtype)                                # (Cout, Cin, 27)
+    sum_chunks_and_transform(partial.reshape(n_chunks, positions, cin_padded, cout_padded), g_kron, grad_weight)
+    return grad_weight.reshape(cout, cin, 3, 3, 3)
 
 
 def winograd_grad_weight(inputs, grad_output, block_rows=PRODUCT_ROWS):
@@ -219,20 +252,5 @@ def winograd_grad_weight(inputs, grad_output, block_rows=PRODUCT_ROWS):
     are read in place, anything else through one concatenated copy), grad_output (N, D, H, W, Cout)
     -> dL/dweight (Cout, Cin, 3, 3, 3) in x's dtype. block_rows: input channels per register tile
     (this CPU's PRODUCT_ROWS; the tests pass 4, 6 and 8)."""
-    if any(x.shape[:4] != grad_output.shape[:4] for x in inputs):
-        raise ValueError(f"winograd_grad_weight: grad_output {grad_output.shape} does not match the "
-                         f"input {inputs[0].shape} outside the channel axis")
-    x0, x1 = kernel_inputs(inputs)
-    grad_output = np.ascontiguousarray(grad_output, dtype=x0.dtype)
-    cin, cout = x0.shape[4] + x1.shape[4], grad_output.shape[4]
-    cin_padded, cout_padded = (-(-c // BLOCK_C) * BLOCK_C for c in (cin, cout))
-    tiles_per_block, tiles_per_chunk, n_chunks, n_groups = grad_weight_partition(tile_count(x0.shape),
-                                                                                 cin_padded, cout_padded)
-    partial = arena.empty((n_chunks, TILE_VALUES * cin_padded * cout_padded), x0.dtype)   # dU per chunk
-    winograd_grad_weight_kernel(x0, x1, grad_output, np.int64(tiles_per_chunk), np.int64(tiles_per_block),
-                                np.int64(n_groups), np.int64(block_rows), np.int64(numba.get_num_threads()),
-                                partial)
-    grad_weight = np.empty((cout, cin, 27), x0.dtype)                                # (Cout, Cin, 27)
-    sum_chunks_and_transform(partial.reshape(n_chunks, TILE_VALUES, cin_padded, cout_padded), G_KRON,
-                             grad_weight)
-    return grad_weight.reshape(cout, cin, 3, 3, 3)
+    return chunked_grad_weight(winograd_grad_weight_kernel, G_KRON, inputs, grad_output, block_rows,
+                               "winograd_grad_weight")

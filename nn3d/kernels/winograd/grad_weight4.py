@@ -36,21 +36,18 @@ The kernel (`winograd4_grad_weight_kernel`) has grad_weight.py's layout and part
 (`grad_weight_partition` with 216 positions): chunks of consecutive 4x4x4 tiles, each with its own
 partial dU (216, Cin_padded, Cout_padded), work items (chunk, group of output-channel blocks),
 blocks of tiles whose V (216, rows, Cin_padded) and dM (216, Cout_padded/16, rows, 16) stay in the
-worker's buffers, products.py's `accumulate_block_products` over 216 positions, and grad_weight.py's
-`sum_chunks_and_transform` with G4_KRON.
+worker's buffers, products.py's `accumulate_block_products` over 216 positions; grad_weight.py's
+`chunked_grad_weight` runs it and adds the chunks' partials with G4_KRON (`sum_chunks_and_transform`).
 """
-import numba
 import numpy as np
 from numba import prange
 
-from ...core import arena
 from ..jit import blocked_kernel
 from ..register_tile import BLOCK_C
 from .algorithm4 import A4_T, B4_T, G4, TILE_VALUES_4
-from .convolution import kernel_inputs
-from .grad_weight import grad_weight_partition, sum_chunks_and_transform, winograd_grad_weight_reference
+from .grad_weight import chunked_grad_weight, winograd_grad_weight_reference, winograd_grad_weight_work_items
 from .products import PRODUCT_ROWS, accumulate_block_products
-from .tile_transforms4 import tile_count4, transform_grad_output_block4, transform_input_block4
+from .tile_transforms4 import transform_grad_output_block4, transform_input_block4
 
 G4_KRON = np.kron(np.kron(G4, G4), G4)                                # (216, 27): G4 along three axes at once
 
@@ -108,9 +105,7 @@ def winograd4_grad_weight_kernel(x0, x1, grad_output, tiles_per_chunk, tiles_per
 def winograd4_grad_weight_work_items(shape, cin, cout):
     """The parallel work items of `winograd4_grad_weight` for inputs (N, D, H, W, ...) = shape of Cin
     channels in all and Cout output channels: (chunk, group) pairs of `winograd4_grad_weight_kernel`."""
-    padded = lambda c: -(-c // BLOCK_C) * BLOCK_C
-    _, _, n_chunks, n_groups = grad_weight_partition(tile_count4(shape), padded(cin), padded(cout), TILE_VALUES_4)
-    return n_chunks * n_groups
+    return winograd_grad_weight_work_items(shape, cin, cout, TILE_VALUES_4)
 
 
 def winograd4_grad_weight(inputs, grad_output, block_rows=PRODUCT_ROWS):
@@ -119,20 +114,5 @@ def winograd4_grad_weight(inputs, grad_output, block_rows=PRODUCT_ROWS):
     decoder's two, whose channel concatenation is x), grad_output (N, D, H, W, Cout) -> dL/dweight
     (Cout, Cin, 3, 3, 3) in x's dtype. block_rows: input channels per register tile (this CPU's
     PRODUCT_ROWS; the tests pass 4, 6 and 8)."""
-    if any(x.shape[:4] != grad_output.shape[:4] for x in inputs):
-        raise ValueError(f"winograd4_grad_weight: grad_output {grad_output.shape} does not match the "
-                         f"input {inputs[0].shape} outside the channel axis")
-    x0, x1 = kernel_inputs(inputs)
-    grad_output = np.ascontiguousarray(grad_output, dtype=x0.dtype)
-    cin, cout = x0.shape[4] + x1.shape[4], grad_output.shape[4]
-    cin_padded, cout_padded = (-(-c // BLOCK_C) * BLOCK_C for c in (cin, cout))
-    tiles_per_block, tiles_per_chunk, n_chunks, n_groups = grad_weight_partition(
-        tile_count4(x0.shape), cin_padded, cout_padded, TILE_VALUES_4)
-    partial = arena.empty((n_chunks, TILE_VALUES_4 * cin_padded * cout_padded), x0.dtype)   # dU per chunk
-    winograd4_grad_weight_kernel(x0, x1, grad_output, np.int64(tiles_per_chunk), np.int64(tiles_per_block),
-                                 np.int64(n_groups), np.int64(block_rows), np.int64(numba.get_num_threads()),
-                                 partial)
-    grad_weight = np.empty((cout, cin, 27), x0.dtype)                                # (Cout, Cin, 27)
-    sum_chunks_and_transform(partial.reshape(n_chunks, TILE_VALUES_4, cin_padded, cout_padded), G4_KRON,
-                             grad_weight)
-    return grad_weight.reshape(cout, cin, 3, 3, 3)
+    return chunked_grad_weight(winograd4_grad_weight_kernel, G4_KRON, inputs, grad_output, block_rows,
+                               "winograd4_grad_weight")

@@ -70,18 +70,24 @@ def grad_output_transform4_1d(g0, g1, g2, g3):
 
 
 @tile_helper
+def store_line6(to_flat, to, to_step, line):
+    """to_flat[to + a*to_step : ... + 16] = line[a] for the six vectors of a transformed line, a < 6."""
+    store16_at(to_flat, to, line[0])
+    store16_at(to_flat, to + to_step, line[1])
+    store16_at(to_flat, to + 2 * to_step, line[2])
+    store16_at(to_flat, to + 3 * to_step, line[3])
+    store16_at(to_flat, to + 4 * to_step, line[4])
+    store16_at(to_flat, to + 5 * to_step, line[5])
+
+
+@tile_helper
 def input_line(source, at, step, to_flat, to, to_step):
     """to_flat[to + a*to_step : ... + 16] = (B4^T line)[a] for a < 6, the line's vector i at
     source[at + i*step]."""
-    r = input_transform4_1d(load16_at(source, at), load16_at(source, at + step), load16_at(source, at + 2 * step),
-                            load16_at(source, at + 3 * step), load16_at(source, at + 4 * step),
-                            load16_at(source, at + 5 * step))
-    store16_at(to_flat, to, r[0])
-    store16_at(to_flat, to + to_step, r[1])
-    store16_at(to_flat, to + 2 * to_step, r[2])
-    store16_at(to_flat, to + 3 * to_step, r[3])
-    store16_at(to_flat, to + 4 * to_step, r[4])
-    store16_at(to_flat, to + 5 * to_step, r[5])
+    store_line6(to_flat, to, to_step,
+                input_transform4_1d(load16_at(source, at), load16_at(source, at + step),
+                                    load16_at(source, at + 2 * step), load16_at(source, at + 3 * step),
+                                    load16_at(source, at + 4 * step), load16_at(source, at + 5 * step)))
 
 
 @tile_helper
@@ -106,14 +112,9 @@ def output_line_to(source, at, step, to_flat, to, to_step):
 def grad_output_line(source, at, step, to_flat, to, to_step):
     """to_flat[to + a*to_step : ... + 16] = (A4 line)[a] for a < 6, the line's vector p (p < 4) at
     source[at + p*step]."""
-    r = grad_output_transform4_1d(load16_at(source, at), load16_at(source, at + step),
-                                  load16_at(source, at + 2 * step), load16_at(source, at + 3 * step))
-    store16_at(to_flat, to, r[0])
-    store16_at(to_flat, to + to_step, r[1])
-    store16_at(to_flat, to + 2 * to_step, r[2])
-    store16_at(to_flat, to + 3 * to_step, r[3])
-    store16_at(to_flat, to + 4 * to_step, r[4])
-    store16_at(to_flat, to + 5 * to_step, r[5])
+    store_line6(to_flat, to, to_step,
+                grad_output_transform4_1d(load16_at(source, at), load16_at(source, at + step),
+                                          load16_at(source, at + 2 * step), load16_at(source, at + 3 * step)))
 
 
 def tile_count4(shape):
